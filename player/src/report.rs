@@ -1,0 +1,275 @@
+//! What a playback produced: the QoE report (JSON), the event stream (JSON lines), the human summary
+//! and the SVG timeline.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::qoe;
+
+/// One played segment.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SegmentRecord {
+    /// Media sequence number (position in the playlist for VOD starting at 0).
+    pub index: u64,
+    /// Index of the variant in the master playlist as listed (0 for a media playlist alone).
+    pub rendition: usize,
+    pub bitrate_bps: u64,
+    pub bytes: u64,
+    pub download_ms: u64,
+    /// A download of this segment at a higher rendition was abandoned before this one.
+    pub abandoned: bool,
+}
+
+/// The `--report` JSON.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    pub url: String,
+    pub startup_ms: u64,
+    pub played_s: f64,
+    pub stall_count: u32,
+    pub stall_ms: u64,
+    /// Stall time / played time.
+    pub rebuffer_ratio: f64,
+    /// Mean of the played segments' bitrates, weighted by segment duration.
+    pub avg_bitrate_bps: u64,
+    pub switches: usize,
+    /// All bytes fetched, abandoned downloads and playlists included.
+    pub bytes: u64,
+    pub qoe_lin: f64,
+    pub abandoned_downloads: u32,
+    pub interrupted: bool,
+    pub segments: Vec<SegmentRecord>,
+}
+
+impl Report {
+    /// Builds the report; `durations_s` are the played segments' durations (same order).
+    #[allow(clippy::too_many_arguments)]
+    pub fn build(
+        url: String,
+        startup_ms: u64,
+        played_s: f64,
+        stall_count: u32,
+        stall_s: f64,
+        bytes: u64,
+        abandoned_downloads: u32,
+        interrupted: bool,
+        segments: Vec<SegmentRecord>,
+        durations_s: &[f64],
+    ) -> Self {
+        let bitrates: Vec<u64> = segments.iter().map(|s| s.bitrate_bps).collect();
+        let total_duration: f64 = durations_s.iter().sum();
+        let weighted: f64 = bitrates
+            .iter()
+            .zip(durations_s)
+            .map(|(&b, &d)| b as f64 * d)
+            .sum();
+        Report {
+            url,
+            startup_ms,
+            played_s,
+            stall_count,
+            stall_ms: (stall_s * 1000.0).round() as u64,
+            rebuffer_ratio: if played_s > 0.0 {
+                stall_s / played_s
+            } else {
+                0.0
+            },
+            avg_bitrate_bps: if total_duration > 0.0 {
+                (weighted / total_duration).round() as u64
+            } else {
+                0
+            },
+            switches: qoe::switch_count(&bitrates),
+            bytes,
+            qoe_lin: qoe::qoe_lin(&bitrates, stall_s),
+            abandoned_downloads,
+            interrupted,
+            segments,
+        }
+    }
+
+    /// The summary printed on stdout at the end.
+    pub fn summary(&self) -> String {
+        format!(
+            "eddy-play: played {:.1} s | startup {} ms | stalls {} ({} ms, rebuffer {:.1}%) | avg bitrate {} kbps | switches {} | abandoned {} | fetched {} | QoE_lin {:.2}",
+            self.played_s,
+            self.startup_ms,
+            self.stall_count,
+            self.stall_ms,
+            self.rebuffer_ratio * 100.0,
+            self.avg_bitrate_bps / 1000,
+            self.switches,
+            self.abandoned_downloads,
+            eddy_shared::size::format_size(self.bytes),
+            self.qoe_lin,
+        )
+    }
+}
+
+/// Writes `contents` to `path` through a temporary file and a rename, so a failure leaves no partial
+/// file behind.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let temporary = path.with_file_name(format!(".{file_name}.tmp{}", std::process::id()));
+    let result =
+        std::fs::write(&temporary, contents).and_then(|()| std::fs::rename(&temporary, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    result
+}
+
+/// One point of the timeline drawn by `--plot`.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct TimelinePoint {
+    pub t_s: f64,
+    pub estimate_bps: f64,
+    pub bitrate_bps: f64,
+    pub buffer_s: f64,
+}
+
+/// Streams JSON lines (`--events`), flushing each so a reader can follow along.
+pub struct EventWriter {
+    file: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl EventWriter {
+    pub fn create(path: Option<&Path>) -> std::io::Result<Self> {
+        let file = match path {
+            Some(path) => Some(std::io::BufWriter::new(std::fs::File::create(path)?)),
+            None => None,
+        };
+        Ok(Self { file })
+    }
+
+    pub fn write(&mut self, event: &serde_json::Value) {
+        if let Some(file) = &mut self.file {
+            let result = serde_json::to_writer(&mut *file, event)
+                .map_err(std::io::Error::other)
+                .and_then(|()| file.write_all(b"\n"))
+                .and_then(|()| file.flush());
+            if let Err(e) = result {
+                tracing::warn!("cannot write the event log: {e}");
+                self.file = None;
+            }
+        }
+    }
+}
+
+/// Draws the timeline as SVG: bandwidth estimate and chosen bitrate (Mbps, left axis) and buffer level
+/// (seconds, right axis) over time.
+pub fn plot_timeline(path: &Path, points: &[TimelinePoint]) -> Result<(), String> {
+    use plotters::prelude::*;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (960, 480)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let t_max = points.last().map_or(1.0, |p| p.t_s).max(1.0);
+        let mbps_max = points
+            .iter()
+            .map(|p| p.estimate_bps.max(p.bitrate_bps) / 1e6)
+            .fold(1.0f64, f64::max)
+            .min(1000.0)
+            * 1.1;
+        let buffer_max = points.iter().map(|p| p.buffer_s).fold(1.0f64, f64::max) * 1.1;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(20)
+            .set_label_area_size(LabelAreaPosition::Left, 40)
+            .set_label_area_size(LabelAreaPosition::Right, 40)
+            .set_label_area_size(LabelAreaPosition::Bottom, 30)
+            .build_cartesian_2d(0.0..t_max, 0.0..mbps_max)
+            .map_err(|e| e.to_string())?
+            .set_secondary_coord(0.0..t_max, 0.0..buffer_max);
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .draw()
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_secondary_axes()
+            .draw()
+            .map_err(|e| e.to_string())?;
+        let estimate = points
+            .iter()
+            .map(|p| (p.t_s, (p.estimate_bps / 1e6).min(mbps_max)));
+        chart
+            .draw_series(LineSeries::new(estimate, &BLUE))
+            .map_err(|e| e.to_string())?;
+        let bitrate = points.iter().map(|p| (p.t_s, p.bitrate_bps / 1e6));
+        chart
+            .draw_series(LineSeries::new(bitrate, RED.stroke_width(2)))
+            .map_err(|e| e.to_string())?;
+        let buffer = points.iter().map(|p| (p.t_s, p.buffer_s));
+        chart
+            .draw_secondary_series(LineSeries::new(buffer, &GREEN))
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    // A legend without font rendering: plotters' text needs font features we do not enable.
+    let legend = "<!-- eddy-play timeline: blue = bandwidth estimate (Mbps, left axis), red = chosen bitrate (Mbps, left axis), green = buffer level (s, right axis) -->\n";
+    let svg = svg.replacen("<svg", &format!("{legend}<svg"), 1);
+    write_atomically(path, svg.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(index: u64, bitrate_bps: u64) -> SegmentRecord {
+        SegmentRecord {
+            index,
+            rendition: 0,
+            bitrate_bps,
+            bytes: 1000,
+            download_ms: 10,
+            abandoned: false,
+        }
+    }
+
+    #[test]
+    fn report_fields_follow_the_segments() {
+        let segments = vec![
+            segment(0, 1_000_000),
+            segment(1, 3_000_000),
+            segment(2, 3_000_000),
+        ];
+        let report = Report::build(
+            "u".into(),
+            100,
+            6.0,
+            1,
+            0.5,
+            5000,
+            0,
+            false,
+            segments,
+            &[2.0, 2.0, 2.0],
+        );
+        assert_eq!(report.switches, 1);
+        assert_eq!(report.stall_ms, 500);
+        assert!((report.rebuffer_ratio - 0.5 / 6.0).abs() < 1e-9);
+        assert_eq!(report.avg_bitrate_bps, 2_333_333);
+        assert!((report.qoe_lin - (7.0 - 2.15 - 2.0)).abs() < 1e-9);
+        let json = serde_json::to_value(&report).unwrap_or_default();
+        for key in [
+            "startup_ms",
+            "played_s",
+            "stall_count",
+            "stall_ms",
+            "rebuffer_ratio",
+            "avg_bitrate_bps",
+            "switches",
+            "bytes",
+            "qoe_lin",
+            "segments",
+        ] {
+            assert!(json.get(key).is_some(), "{key} missing");
+        }
+        assert_eq!(json["segments"][0]["abandoned"], false);
+    }
+}
