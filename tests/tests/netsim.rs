@@ -124,6 +124,24 @@ async fn a_download_takes_the_shaped_time_and_is_logged() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pensieve_trace_file_shapes_and_loops() -> Result<()> {
+    let upstream = upstream().await;
+    let dir = tempfile::tempdir()?;
+    let trace = dir.path().join("trace.txt");
+    // 4 Mbit/s for 0.5 s, 1 Mbit/s for 0.5 s, looping: 2.5 Mbit per second.
+    std::fs::write(&trace, "# time_s bandwidth_Mbps\n0.0 4\n0.5 1\n")?;
+    let trace_arg = trace.to_str().context("temp path is not UTF-8")?;
+    let (_netsim, base) = start_netsim(&upstream.uri(), &["--trace", trace_arg])?;
+
+    let (body, elapsed) = timed_get(&reqwest::Client::new(), &format!("{base}/seg.ts")).await?;
+
+    assert_eq!(body.len(), SEGMENT_BYTES);
+    // 3.2 Mbit: one loop (2.5 Mbit by 1.0 s), then 0.7 Mbit at 4 Mbit/s = 1.175 s.
+    assert_within(elapsed, 1.175, "400 kB through the looping trace");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_downloads_share_the_link_instead_of_doubling_it() -> Result<()> {
     let upstream = upstream().await;
     let (_netsim, base) = start_netsim(&upstream.uri(), &["--rate", "2M"])?;
