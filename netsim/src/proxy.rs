@@ -116,8 +116,17 @@ impl Proxy {
             .request(method.clone(), url.clone())
             .headers(forwardable(request.headers(), true))
             .send();
+        // Hyper drops this future if the client hangs up before the head is sent: log that too.
+        let pending = HangUpBeforeHead {
+            proxy: &self,
+            record: Some(RequestRecord {
+                status: CLIENT_CLOSED_REQUEST,
+                ..record(StatusCode::OK, 0, start_ms, start_ms, true)
+            }),
+        };
         // The first-byte latency runs while the upstream answers, as on a real path.
         let (upstream, ()) = tokio::join!(forwarded, self.link.wait_first_byte(arrived));
+        pending.disarm();
         let first_byte_ms = self.ms_at(Instant::now());
         let upstream = match upstream {
             Ok(upstream) => upstream,
@@ -214,6 +223,35 @@ impl Proxy {
 
     fn ms_at(&self, instant: Instant) -> u64 {
         (self.link.seconds_at(instant) * 1000.0).round() as u64
+    }
+}
+
+/// Status logged for a request whose client went away before the response head (nginx's 499).
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// Logs a request as abandoned when dropped armed, i.e. when hyper drops the handler because the
+/// client hung up while the proxy was still waiting for the upstream or the first-byte latency.
+struct HangUpBeforeHead<'a> {
+    proxy: &'a Proxy,
+    record: Option<RequestRecord>,
+}
+
+impl HangUpBeforeHead<'_> {
+    fn disarm(mut self) {
+        self.record = None;
+    }
+}
+
+impl Drop for HangUpBeforeHead<'_> {
+    fn drop(&mut self) {
+        if let Some(record) = self.record.take() {
+            let now = self.proxy.ms_at(Instant::now());
+            self.proxy.finish(RequestRecord {
+                first_byte_ms: now,
+                end_ms: now,
+                ..record
+            });
+        }
     }
 }
 

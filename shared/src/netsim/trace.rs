@@ -243,6 +243,9 @@ impl Trace {
                 format!("wrong number of ':' fields for '{shape}'"),
             )),
             _ if spec.contains('@') => Trace::from_steps(spec),
+            _ if !spec.contains(':') && parse_bitrate(spec).is_ok() => {
+                wrap(Trace::constant(rate(spec)?))
+            }
             _ => Err(pattern_error(
                 spec,
                 "expected RATE@TIME,... steps or one of constant:, square:, sawtooth:, random:",
@@ -499,7 +502,7 @@ pub const PATTERN_HELP: &str = "\
 PATTERN is one of:
   RATE@TIME,RATE@TIME,...[,end@TIME]   steps, e.g. 3M@0s,600k@20s,3M@40s (first step at 0s;
                                        the last rate holds, or the pattern loops at end@TIME)
-  constant:RATE                        e.g. constant:2M
+  RATE  or  constant:RATE              a constant rate, e.g. 2M or constant:2M
   square:HIGH:LOW:PERIOD               HIGH for half of each PERIOD, then LOW, e.g. square:3M:600k:20s
   sawtooth:HIGH:LOW:PERIOD             falls linearly from HIGH to LOW over PERIOD, then jumps back
   random:FAMILY:SEED[:DURATION]        seeded Markov trace, FAMILY broadband|3g|4g, loops after
