@@ -32,10 +32,7 @@ pub struct LinkSchedule {
 
 impl LinkSchedule {
     pub fn new(trace: Trace) -> LinkSchedule {
-        LinkSchedule {
-            trace,
-            busy_until_s: 0.0,
-        }
+        LinkSchedule { trace, busy_until_s: 0.0 }
     }
 
     pub fn trace(&self) -> &Trace {
@@ -59,11 +56,7 @@ impl LinkSchedule {
     /// last of them has crossed. Time the link sat idle is lost, not saved up as a burst — except
     /// for [`IDLE_GRACE_S`], so a sender that wakes a timer tick late still goes back to back.
     pub fn reserve(&mut self, now_s: f64, bytes: u64) -> f64 {
-        let start = if now_s - self.busy_until_s <= IDLE_GRACE_S {
-            self.busy_until_s
-        } else {
-            now_s
-        };
+        let start = if now_s - self.busy_until_s <= IDLE_GRACE_S { self.busy_until_s } else { now_s };
         let end = start + self.trace.transfer_time(start, bytes);
         self.busy_until_s = end;
         end
@@ -155,9 +148,7 @@ impl Link {
 
     /// Link time at `instant`, seconds (0 for instants before link time 0).
     pub fn seconds_at(&self, instant: Instant) -> f64 {
-        instant
-            .saturating_duration_since(self.epoch())
-            .as_secs_f64()
+        instant.saturating_duration_since(self.epoch()).as_secs_f64()
     }
 
     /// Waits until the first byte of a request that arrived at `arrived` may go out.
@@ -185,10 +176,7 @@ impl Link {
 
     fn schedule(&self) -> std::sync::MutexGuard<'_, LinkSchedule> {
         // The schedule is a pair of numbers, consistent even if a holder panicked.
-        self.inner
-            .schedule
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.schedule.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -199,11 +187,7 @@ mod tests {
 
     /// Bytes of `flow` (or all flows) delivered by `t_s`.
     fn delivered_by(deliveries: &[Delivery], flow: Option<usize>, t_s: f64) -> f64 {
-        deliveries
-            .iter()
-            .filter(|d| d.at_s <= t_s && flow.is_none_or(|f| d.flow == f))
-            .map(|d| d.bytes as f64)
-            .sum()
+        deliveries.iter().filter(|d| d.at_s <= t_s && flow.is_none_or(|f| d.flow == f)).map(|d| d.bytes as f64).sum()
     }
 
     fn within(actual: f64, expected: f64, tolerance: f64) -> bool {
@@ -236,31 +220,16 @@ mod tests {
     #[test]
     fn delivered_bytes_follow_a_constant_rate() {
         let trace = Trace::constant(2e6).unwrap();
-        assert_follows_trace(
-            &trace,
-            &[Download {
-                start_s: 0.0,
-                bytes: 10_000_000,
-            }],
-            0.05,
-            30.0,
-        );
+        assert_follows_trace(&trace, &[Download { start_s: 0.0, bytes: 10_000_000 }], 0.05, 30.0);
     }
 
     #[test]
     fn delivered_bytes_follow_steps_square_waves_and_random_traces() {
         // One download that keeps the link busy a little past the checked window.
         let busy = |trace: &Trace, until_s: f64| {
-            [Download {
-                start_s: 0.0,
-                bytes: (trace.cumulative_bits(until_s + 2.0) / 8.0) as u64,
-            }]
+            [Download { start_s: 0.0, bytes: (trace.cumulative_bits(until_s + 2.0) / 8.0) as u64 }]
         };
-        for pattern in [
-            "3M@0s,600k@20s,3M@40s",
-            "square:5M:300k:10s",
-            "sawtooth:8M:500k:7s",
-        ] {
+        for pattern in ["3M@0s,600k@20s,3M@40s", "square:5M:300k:10s", "sawtooth:8M:500k:7s"] {
             let trace = Trace::from_pattern(pattern).unwrap();
             assert_follows_trace(&trace, &busy(&trace, 60.0), 0.0, 60.0);
         }
@@ -273,93 +242,45 @@ mod tests {
     #[test]
     fn a_download_finishes_when_the_trace_has_carried_it() {
         let trace = Trace::from_pattern("3M@0s,600k@20s,3M@40s").unwrap();
-        let deliveries = simulate(
-            &trace,
-            0.1,
-            &[Download {
-                start_s: 18.0,
-                bytes: 1_000_000,
-            }],
-        );
+        let deliveries = simulate(&trace, 0.1, &[Download { start_s: 18.0, bytes: 1_000_000 }]);
         let end = deliveries.last().map(|d| d.at_s).unwrap();
         let expected = 18.1 + trace.transfer_time(18.1, 1_000_000);
         assert!((end - expected).abs() < 1e-6, "{end} vs {expected}");
-        assert!(deliveries
-            .iter()
-            .all(|d| d.bytes as usize <= MAX_CHUNK_BYTES));
+        assert!(deliveries.iter().all(|d| d.bytes as usize <= MAX_CHUNK_BYTES));
     }
 
     #[test]
     fn concurrent_flows_share_the_link_instead_of_doubling_it() {
         let trace = Trace::constant(2e6).unwrap();
-        let downloads = [
-            Download {
-                start_s: 0.0,
-                bytes: 1_000_000,
-            },
-            Download {
-                start_s: 0.0,
-                bytes: 1_000_000,
-            },
-        ];
+        let downloads = [Download { start_s: 0.0, bytes: 1_000_000 }, Download { start_s: 0.0, bytes: 1_000_000 }];
         let deliveries = simulate(&trace, 0.0, &downloads);
         // Together: 2 MB at 2 Mbit/s = 8 s, however many connections.
         for t in [1.0, 2.0, 4.0, 6.0, 7.9] {
             let together = delivered_by(&deliveries, None, t);
-            assert!(
-                within(together, t * 250_000.0, 0.02),
-                "at {t} s together {together}"
-            );
+            assert!(within(together, t * 250_000.0, 0.02), "at {t} s together {together}");
             for flow in 0..2 {
                 let alone = delivered_by(&deliveries, Some(flow), t);
-                assert!(
-                    within(alone, t * 125_000.0, 0.05),
-                    "at {t} s flow {flow} got {alone}"
-                );
+                assert!(within(alone, t * 125_000.0, 0.05), "at {t} s flow {flow} got {alone}");
             }
         }
-        let finish = |flow| {
-            deliveries
-                .iter()
-                .filter(|d| d.flow == flow)
-                .map(|d| d.at_s)
-                .fold(0.0, f64::max)
-        };
-        assert!(
-            within(finish(0), 8.0, 0.02) && within(finish(1), 8.0, 0.02),
-            "{} {}",
-            finish(0),
-            finish(1)
-        );
+        let finish = |flow| deliveries.iter().filter(|d| d.flow == flow).map(|d| d.at_s).fold(0.0, f64::max);
+        assert!(within(finish(0), 8.0, 0.02) && within(finish(1), 8.0, 0.02), "{} {}", finish(0), finish(1));
     }
 
     #[test]
     fn a_prefetch_joining_later_takes_half_and_the_total_still_follows_the_trace() {
         let trace = Trace::from_pattern("4M@0s,1M@5s,4M@10s").unwrap();
         let downloads = [
-            Download {
-                start_s: 0.0,
-                bytes: 20_000_000,
-            },
-            Download {
-                start_s: 3.0,
-                bytes: 20_000_000,
-            },
-            Download {
-                start_s: 7.5,
-                bytes: 300_000,
-            },
+            Download { start_s: 0.0, bytes: 20_000_000 },
+            Download { start_s: 3.0, bytes: 20_000_000 },
+            Download { start_s: 7.5, bytes: 300_000 },
         ];
         assert_follows_trace(&trace, &downloads, 0.0, 20.0);
         let deliveries = simulate(&trace, 0.0, &downloads);
         // Between 11 s and 15 s only the two big flows are active: 2 Mbit/s each.
         for flow in 0..2 {
-            let share = delivered_by(&deliveries, Some(flow), 15.0)
-                - delivered_by(&deliveries, Some(flow), 11.0);
-            assert!(
-                within(share, 4.0 * 250_000.0, 0.05),
-                "flow {flow} got {share}"
-            );
+            let share = delivered_by(&deliveries, Some(flow), 15.0) - delivered_by(&deliveries, Some(flow), 11.0);
+            assert!(within(share, 4.0 * 250_000.0, 0.05), "flow {flow} got {share}");
         }
     }
 
@@ -419,9 +340,6 @@ mod tests {
         // chunk (20 ms) of it: they shared the link, neither had it alone.
         let last = finished.iter().copied().fold(0.0, f64::max);
         assert!((last - 2.05).abs() < 0.002, "finished at {finished:?}");
-        assert!(
-            finished.iter().all(|&f| f >= 2.05 - 0.021),
-            "finished at {finished:?}"
-        );
+        assert!(finished.iter().all(|&f| f >= 2.05 - 0.021), "finished at {finished:?}");
     }
 }

@@ -37,10 +37,7 @@ pub enum TraceError {
 }
 
 fn pattern_error(spec: &str, reason: impl Into<String>) -> TraceError {
-    TraceError::Pattern {
-        spec: spec.to_string(),
-        reason: reason.into(),
-    }
+    TraceError::Pattern { spec: spec.to_string(), reason: reason.into() }
 }
 
 /// A piecewise-constant bandwidth over time. A trace either loops (recorded and generated traces,
@@ -67,22 +64,14 @@ impl Trace {
             return Err(TraceError::Empty);
         };
         if first_start != 0.0 {
-            return Err(TraceError::Invalid(format!(
-                "the first step must start at 0 s, not {first_start} s"
-            )));
+            return Err(TraceError::Invalid(format!("the first step must start at 0 s, not {first_start} s")));
         }
         for (index, &(start, rate)) in steps.iter().enumerate() {
             if !start.is_finite() || start < 0.0 {
-                return Err(TraceError::Invalid(format!(
-                    "step {}: bad start time {start}",
-                    index + 1
-                )));
+                return Err(TraceError::Invalid(format!("step {}: bad start time {start}", index + 1)));
             }
             if !rate.is_finite() || rate < 0.0 {
-                return Err(TraceError::Invalid(format!(
-                    "step {}: bad rate {rate} bit/s",
-                    index + 1
-                )));
+                return Err(TraceError::Invalid(format!("step {}: bad rate {rate} bit/s", index + 1)));
             }
             if index > 0 && start <= steps[index - 1].0 {
                 return Err(TraceError::Invalid(format!(
@@ -103,9 +92,7 @@ impl Trace {
         }
         let trace = Trace::build(starts, rates_bps, period_s);
         if trace.loops() && trace.prefix_bits[trace.starts.len()] <= 0.0 {
-            return Err(TraceError::Invalid(
-                "the trace never delivers a byte (all rates are 0)".into(),
-            ));
+            return Err(TraceError::Invalid("the trace never delivers a byte (all rates are 0)".into()));
         }
         Ok(trace)
     }
@@ -124,12 +111,7 @@ impl Trace {
             total += rates_bps[i] * (end - starts[i]);
             prefix_bits.push(total);
         }
-        Trace {
-            starts,
-            rates_bps,
-            period_s,
-            prefix_bits,
-        }
+        Trace { starts, rates_bps, period_s, prefix_bits }
     }
 
     /// A constant rate that holds forever.
@@ -140,10 +122,7 @@ impl Trace {
     /// `high_bps` for the first half of each period, `low_bps` for the second half.
     pub fn square(high_bps: f64, low_bps: f64, period_s: f64) -> Result<Trace, TraceError> {
         check_period(period_s)?;
-        Trace::from_rates(
-            vec![(0.0, high_bps), (period_s / 2.0, low_bps)],
-            Some(period_s),
-        )
+        Trace::from_rates(vec![(0.0, high_bps), (period_s / 2.0, low_bps)], Some(period_s))
     }
 
     /// Falls linearly (in 0.25 s steps) from `high_bps` to `low_bps` over each period, then jumps back.
@@ -154,10 +133,7 @@ impl Trace {
         let rates = (0..steps)
             .map(|i| {
                 let fraction = i as f64 / (steps - 1) as f64;
-                (
-                    i as f64 * step_s,
-                    high_bps + (low_bps - high_bps) * fraction,
-                )
+                (i as f64 * step_s, high_bps + (low_bps - high_bps) * fraction)
             })
             .collect();
         Trace::from_rates(rates, Some(period_s))
@@ -170,10 +146,7 @@ impl Trace {
         let mut period = None;
         for (index, item) in spec.split(',').map(str::trim).enumerate() {
             let Some((rate, time)) = item.split_once('@') else {
-                return Err(pattern_error(
-                    spec,
-                    format!("'{item}' is not RATE@TIME (e.g. 600k@20s)"),
-                ));
+                return Err(pattern_error(spec, format!("'{item}' is not RATE@TIME (e.g. 600k@20s)")));
             };
             if period.is_some() {
                 return Err(pattern_error(spec, "'end@TIME' must be the last item"));
@@ -185,8 +158,7 @@ impl Trace {
                 period = Some(time);
                 continue;
             }
-            let rate = parse_bitrate(rate)
-                .map_err(|e| pattern_error(spec, format!("item {}: {e}", index + 1)))?;
+            let rate = parse_bitrate(rate).map_err(|e| pattern_error(spec, format!("item {}: {e}", index + 1)))?;
             steps.push((time, rate as f64));
         }
         if steps.is_empty() {
@@ -202,33 +174,20 @@ impl Trace {
         let shape = parts.next().unwrap_or_default().to_ascii_lowercase();
         let args: Vec<&str> = parts.collect();
         let rate = |text: &str| -> Result<f64, TraceError> {
-            parse_bitrate(text)
-                .map(|r| r as f64)
-                .map_err(|e| pattern_error(spec, e.to_string()))
+            parse_bitrate(text).map(|r| r as f64).map_err(|e| pattern_error(spec, e.to_string()))
         };
         let seconds = |text: &str| -> Result<f64, TraceError> {
-            parse_duration(text)
-                .map(|d| d.as_secs_f64())
-                .map_err(|e| pattern_error(spec, e.to_string()))
+            parse_duration(text).map(|d| d.as_secs_f64()).map_err(|e| pattern_error(spec, e.to_string()))
         };
-        let wrap = |result: Result<Trace, TraceError>| {
-            result.map_err(|e| pattern_error(spec, e.to_string()))
-        };
+        let wrap = |result: Result<Trace, TraceError>| result.map_err(|e| pattern_error(spec, e.to_string()));
         match (shape.as_str(), args.as_slice()) {
             ("constant", [bps]) => wrap(Trace::constant(rate(bps)?)),
-            ("square", [high, low, period]) => {
-                wrap(Trace::square(rate(high)?, rate(low)?, seconds(period)?))
-            }
-            ("sawtooth", [high, low, period]) => {
-                wrap(Trace::sawtooth(rate(high)?, rate(low)?, seconds(period)?))
-            }
+            ("square", [high, low, period]) => wrap(Trace::square(rate(high)?, rate(low)?, seconds(period)?)),
+            ("sawtooth", [high, low, period]) => wrap(Trace::sawtooth(rate(high)?, rate(low)?, seconds(period)?)),
             ("random", [family, seed, rest @ ..]) if rest.len() <= 1 => {
-                let family: Family = family
-                    .parse()
-                    .map_err(|e: TraceError| pattern_error(spec, e.to_string()))?;
-                let seed: u64 = seed.parse().map_err(|_| {
-                    pattern_error(spec, format!("seed '{seed}' is not a whole number"))
-                })?;
+                let family: Family = family.parse().map_err(|e: TraceError| pattern_error(spec, e.to_string()))?;
+                let seed: u64 =
+                    seed.parse().map_err(|_| pattern_error(spec, format!("seed '{seed}' is not a whole number")))?;
                 let duration = match rest.first() {
                     Some(text) => seconds(text)?,
                     None => 600.0,
@@ -238,14 +197,11 @@ impl Trace {
                 }
                 Ok(generate(family, seed, duration))
             }
-            ("constant" | "square" | "sawtooth" | "random", _) => Err(pattern_error(
-                spec,
-                format!("wrong number of ':' fields for '{shape}'"),
-            )),
-            _ if spec.contains('@') => Trace::from_steps(spec),
-            _ if !spec.contains(':') && parse_bitrate(spec).is_ok() => {
-                wrap(Trace::constant(rate(spec)?))
+            ("constant" | "square" | "sawtooth" | "random", _) => {
+                Err(pattern_error(spec, format!("wrong number of ':' fields for '{shape}'")))
             }
+            _ if spec.contains('@') => Trace::from_steps(spec),
+            _ if !spec.contains(':') && parse_bitrate(spec).is_ok() => wrap(Trace::constant(rate(spec)?)),
             _ => Err(pattern_error(
                 spec,
                 "expected RATE@TIME,... steps or one of constant:, square:, sawtooth:, random:",
@@ -259,23 +215,15 @@ impl Trace {
     pub fn parse_pensieve(text: &str) -> Result<Trace, TraceError> {
         let mut samples: Vec<(f64, f64)> = Vec::new();
         for (number, fields) in data_lines(text) {
-            let line_error = |reason: String| TraceError::Line {
-                line: number,
-                reason,
-            };
+            let line_error = |reason: String| TraceError::Line { line: number, reason };
             let [time, mbps] = fields.as_slice() else {
-                return Err(line_error(format!(
-                    "expected 'time_s bandwidth_Mbps', found {} fields",
-                    fields.len()
-                )));
+                return Err(line_error(format!("expected 'time_s bandwidth_Mbps', found {} fields", fields.len())));
             };
             let time: f64 = parse_number(time).map_err(&line_error)?;
             let mbps: f64 = parse_number(mbps).map_err(&line_error)?;
             if let Some(&(previous, _)) = samples.last() {
                 if time <= previous {
-                    return Err(line_error(format!(
-                        "time {time} is not after the previous one ({previous})"
-                    )));
+                    return Err(line_error(format!("time {time} is not after the previous one ({previous})")));
                 }
             }
             samples.push((time, mbps * 1e6));
@@ -288,10 +236,7 @@ impl Trace {
             _ => 1.0,
         };
         let period = samples[samples.len() - 1].0 - first + last_interval;
-        let steps = samples
-            .into_iter()
-            .map(|(t, bps)| (t - first, bps))
-            .collect();
+        let steps = samples.into_iter().map(|(t, bps)| (t - first, bps)).collect();
         Trace::from_rates(steps, Some(period))
     }
 
@@ -300,24 +245,14 @@ impl Trace {
     pub fn parse_mahimahi(text: &str) -> Result<Trace, TraceError> {
         let mut times_ms: Vec<u64> = Vec::new();
         for (number, fields) in data_lines(text) {
-            let line_error = |reason: String| TraceError::Line {
-                line: number,
-                reason,
-            };
+            let line_error = |reason: String| TraceError::Line { line: number, reason };
             let [time] = fields.as_slice() else {
-                return Err(line_error(format!(
-                    "expected one timestamp in ms, found {} fields",
-                    fields.len()
-                )));
+                return Err(line_error(format!("expected one timestamp in ms, found {} fields", fields.len())));
             };
-            let time: u64 = time
-                .parse()
-                .map_err(|_| line_error(format!("'{time}' is not a whole number of ms")))?;
+            let time: u64 = time.parse().map_err(|_| line_error(format!("'{time}' is not a whole number of ms")))?;
             if let Some(&previous) = times_ms.last() {
                 if time < previous {
-                    return Err(line_error(format!(
-                        "{time} ms comes before the previous line ({previous} ms)"
-                    )));
+                    return Err(line_error(format!("{time} ms comes before the previous line ({previous} ms)")));
                 }
             }
             times_ms.push(time);
@@ -326,9 +261,7 @@ impl Trace {
             return Err(TraceError::Empty);
         };
         if last_ms == 0 {
-            return Err(TraceError::Invalid(
-                "the last timestamp must be after 0 ms (it is the loop period)".into(),
-            ));
+            return Err(TraceError::Invalid("the last timestamp must be after 0 ms (it is the loop period)".into()));
         }
         let period = last_ms as f64 / 1000.0;
         let bins = last_ms.div_ceil(MAHIMAHI_BIN_MS) as usize;
@@ -362,10 +295,7 @@ impl Trace {
 
     /// [`Trace::parse`] on a file; errors name the file.
     pub fn load(path: &Path) -> Result<Trace, TraceError> {
-        let file_error = |reason: String| TraceError::File {
-            path: path.display().to_string(),
-            reason,
-        };
+        let file_error = |reason: String| TraceError::File { path: path.display().to_string(), reason };
         let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
         Trace::parse(&text).map_err(|e| file_error(e.to_string()))
     }
@@ -388,10 +318,7 @@ impl Trace {
 
     /// The steps of one loop, `(start_s, bits_per_s)`.
     pub fn steps(&self) -> impl Iterator<Item = (f64, f64)> + '_ {
-        self.starts
-            .iter()
-            .copied()
-            .zip(self.rates_bps.iter().copied())
+        self.starts.iter().copied().zip(self.rates_bps.iter().copied())
     }
 
     /// Mean rate over one loop; for a trace that holds its last rate, that rate (its long-run mean).
@@ -466,9 +393,7 @@ impl Trace {
     }
 
     fn step_index(&self, t: f64) -> usize {
-        self.starts
-            .partition_point(|&start| start <= t)
-            .saturating_sub(1)
+        self.starts.partition_point(|&start| start <= t).saturating_sub(1)
     }
 }
 
@@ -476,9 +401,7 @@ fn check_period(period_s: f64) -> Result<(), TraceError> {
     if period_s.is_finite() && period_s > 0.0 {
         Ok(())
     } else {
-        Err(TraceError::Invalid(format!(
-            "the period must be a positive time, not {period_s} s"
-        )))
+        Err(TraceError::Invalid(format!("the period must be a positive time, not {period_s} s")))
     }
 }
 
@@ -537,15 +460,17 @@ impl Family {
                 levels_mbps: &[1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.5, 8.0, 10.0],
                 mean_stay_s: 20.0,
                 neighbour_reach: 1.0,
-                deep_drop_probability: 0.03,
+                drop_every_s: 300.0,
+                drop_mean_s: 2.0,
                 noise: 0.05,
                 salt: 0x6272_6f61_6462_616e,
             },
             Family::ThreeG => FamilyParams {
-                levels_mbps: &[0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0],
-                mean_stay_s: 5.0,
+                levels_mbps: &[0.2, 0.4, 0.6, 0.9, 1.2, 1.6, 2.2, 3.0],
+                mean_stay_s: 6.0,
                 neighbour_reach: 1.5,
-                deep_drop_probability: 0.3,
+                drop_every_s: 20.0,
+                drop_mean_s: 3.0,
                 noise: 0.15,
                 salt: 0x3367,
             },
@@ -553,7 +478,8 @@ impl Family {
                 levels_mbps: &[1.0, 2.0, 4.0, 6.0, 9.0, 13.0, 18.0, 25.0, 32.0, 40.0],
                 mean_stay_s: 4.0,
                 neighbour_reach: 3.0,
-                deep_drop_probability: 0.08,
+                drop_every_s: 45.0,
+                drop_mean_s: 2.0,
                 noise: 0.25,
                 salt: 0x3467,
             },
@@ -580,9 +506,7 @@ impl FromStr for Family {
             "broadband" => Ok(Family::Broadband),
             "3g" => Ok(Family::ThreeG),
             "4g" => Ok(Family::FourG),
-            other => Err(TraceError::Invalid(format!(
-                "unknown trace family '{other}' (expected broadband, 3g or 4g)"
-            ))),
+            other => Err(TraceError::Invalid(format!("unknown trace family '{other}' (expected broadband, 3g or 4g)"))),
         }
     }
 }
@@ -593,8 +517,11 @@ struct FamilyParams {
     mean_stay_s: f64,
     /// How far (in levels) a move usually goes: neighbour weight falls as exp(-distance / reach).
     neighbour_reach: f64,
-    /// Chance that a move is a drop to one of the two lowest levels.
-    deep_drop_probability: f64,
+    /// Mean time between deep drops (tunnels, handovers): short stays on one of the two lowest
+    /// levels, after which the chain returns to where it was.
+    drop_every_s: f64,
+    /// Mean length of a deep drop.
+    drop_mean_s: f64,
     /// Standard deviation of the multiplicative Gaussian noise per 1 s sample.
     noise: f64,
     /// Mixed into the seed so the families give unrelated traces for the same seed.
@@ -603,26 +530,34 @@ struct FamilyParams {
 
 /// A seeded random trace of `duration_s` seconds (rounded up to whole seconds, at least 1) in 1 s
 /// samples that loops at its end: a Markov chain over the family's bandwidth levels (long stays,
-/// moves mostly to nearby levels, occasional deep drops) with Gaussian noise, clamped to the family's
-/// range. The same family, seed and duration always give the same trace.
+/// moves mostly to nearby levels), interrupted by short deep drops to the lowest levels, with
+/// Gaussian noise, clamped to the family's range. The same family, seed and duration always give
+/// the same trace.
 pub fn generate(family: Family, seed: u64, duration_s: f64) -> Trace {
     let params = family.params();
     let levels = params.levels_mbps;
-    let seconds = if duration_s.is_finite() {
-        duration_s.ceil().max(1.0) as usize
-    } else {
-        1
-    };
+    let seconds = if duration_s.is_finite() { duration_s.ceil().max(1.0) as usize } else { 1 };
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ params.salt.rotate_left(17));
     let mut level = rng.random_range(0..levels.len());
-    let stay_probability = 1.0 - 1.0 / params.mean_stay_s;
+    let mut dropped_to: Option<usize> = None;
     let (low, high) = (levels[0], levels[levels.len() - 1]);
     let mut steps = Vec::with_capacity(seconds);
     for second in 0..seconds {
-        if second > 0 && !rng.random_bool(stay_probability) {
-            level = next_level(&mut rng, &params, level);
+        if second > 0 {
+            dropped_to = match dropped_to {
+                Some(_) if rng.random_bool(1.0 / params.drop_mean_s) => None,
+                Some(bottom) => Some(bottom),
+                None if rng.random_bool(1.0 / params.drop_every_s) => Some(rng.random_range(0..2.min(levels.len()))),
+                None => {
+                    if rng.random_bool(1.0 / params.mean_stay_s) {
+                        level = next_level(&mut rng, &params, level);
+                    }
+                    None
+                }
+            };
         }
-        let noisy = levels[level] * (1.0 + params.noise * standard_normal(&mut rng));
+        let base = levels[dropped_to.unwrap_or(level)];
+        let noisy = base * (1.0 + params.noise * standard_normal(&mut rng));
         steps.push((second as f64, noisy.clamp(low, high) * 1e6));
     }
     // Valid by construction: starts at 0, increasing, rates > 0, period after the last start.
@@ -632,17 +567,8 @@ pub fn generate(family: Family, seed: u64, duration_s: f64) -> Trace {
 
 fn next_level(rng: &mut ChaCha8Rng, params: &FamilyParams, current: usize) -> usize {
     let count = params.levels_mbps.len();
-    if rng.random_bool(params.deep_drop_probability) {
-        return rng.random_range(0..2.min(count));
-    }
     let weights: Vec<f64> = (0..count)
-        .map(|i| {
-            if i == current {
-                0.0
-            } else {
-                (-(i.abs_diff(current) as f64 - 1.0) / params.neighbour_reach).exp()
-            }
-        })
+        .map(|i| if i == current { 0.0 } else { (-(i.abs_diff(current) as f64 - 1.0) / params.neighbour_reach).exp() })
         .collect();
     let total: f64 = weights.iter().sum();
     let mut pick = rng.random_range(0.0..total);
@@ -713,13 +639,9 @@ mod tests {
         assert!(err.contains("'1M' is not RATE@TIME"), "{err}");
         let err = Trace::from_steps("3Q@0s").unwrap_err().to_string();
         assert!(err.contains("3Q"), "{err}");
-        let err = Trace::from_steps("3M@0s,1M@10s,2M@5s")
-            .unwrap_err()
-            .to_string();
+        let err = Trace::from_steps("3M@0s,1M@10s,2M@5s").unwrap_err().to_string();
         assert!(err.contains("not after"), "{err}");
-        let err = Trace::from_steps("3M@0s,end@10s,1M@20s")
-            .unwrap_err()
-            .to_string();
+        let err = Trace::from_steps("3M@0s,end@10s,1M@20s").unwrap_err().to_string();
         assert!(err.contains("last item"), "{err}");
     }
 
@@ -737,29 +659,12 @@ mod tests {
         assert!(saw.bandwidth_at(5.0) < 4e6 && saw.bandwidth_at(5.0) > 1e6);
         assert_eq!(saw.bandwidth_at(10.1), 4e6);
 
-        assert_eq!(
-            Trace::from_pattern("constant:2M")
-                .unwrap()
-                .bandwidth_at(9.0),
-            2e6
-        );
-        assert_eq!(
-            Trace::from_pattern("3M@0s,1M@1s")
-                .unwrap()
-                .bandwidth_at(2.0),
-            1e6
-        );
+        assert_eq!(Trace::from_pattern("constant:2M").unwrap().bandwidth_at(9.0), 2e6);
+        assert_eq!(Trace::from_pattern("3M@0s,1M@1s").unwrap().bandwidth_at(2.0), 1e6);
         let random = Trace::from_pattern("random:3g:7:60s").unwrap();
         assert_eq!(random, generate(Family::ThreeG, 7, 60.0));
 
-        for bad in [
-            "square:3M:600k",
-            "wobble:1M",
-            "random:5g:1",
-            "random:3g:x",
-            "sawtooth:1M:1M:0s",
-            "",
-        ] {
+        for bad in ["square:3M:600k", "wobble:1M", "random:5g:1", "random:3g:x", "sawtooth:1M:1M:0s", ""] {
             assert!(Trace::from_pattern(bad).is_err(), "{bad} was accepted");
         }
     }
@@ -781,13 +686,7 @@ mod tests {
     #[test]
     fn pensieve_errors_name_the_line() {
         let err = Trace::parse_pensieve("0 1\n1 x\n").unwrap_err();
-        assert_eq!(
-            err,
-            TraceError::Line {
-                line: 2,
-                reason: "'x' is not a non-negative number".into()
-            }
-        );
+        assert_eq!(err, TraceError::Line { line: 2, reason: "'x' is not a non-negative number".into() });
         let err = Trace::parse_pensieve("0 1\n0 2\n").unwrap_err();
         assert!(matches!(err, TraceError::Line { line: 2, .. }), "{err}");
         assert_eq!(Trace::parse_pensieve("# nothing\n"), Err(TraceError::Empty));
@@ -820,19 +719,10 @@ mod tests {
     #[test]
     fn transfer_time_inverts_cumulative_bits_across_loops_and_zero_rates() {
         let trace = Trace::from_steps("2M@0s,0@1s,1M@2s,end@4s").unwrap();
-        for &(start, bytes) in &[
-            (0.0, 1u64),
-            (0.5, 300_000),
-            (1.2, 10),
-            (3.9, 5_000_000),
-            (17.3, 123_456),
-        ] {
+        for &(start, bytes) in &[(0.0, 1u64), (0.5, 300_000), (1.2, 10), (3.9, 5_000_000), (17.3, 123_456)] {
             let took = trace.transfer_time(start, bytes);
             let carried = trace.bits_between(start, start + took);
-            assert!(
-                close(carried, bytes as f64 * 8.0),
-                "{start} {bytes}: {carried}"
-            );
+            assert!(close(carried, bytes as f64 * 8.0), "{start} {bytes}: {carried}");
         }
         // Starting inside the zero-rate gap waits for it to end.
         assert!(close(trace.transfer_time(1.0, 125_000), 2.0));
@@ -849,10 +739,7 @@ mod tests {
             assert_ne!(a, generate(family, 43, 300.0));
             assert_eq!(a.duration_s(), 300.0);
             let (low, high) = family.range_bps();
-            assert!(
-                a.steps().all(|(_, bps)| bps >= low && bps <= high),
-                "{family}"
-            );
+            assert!(a.steps().all(|(_, bps)| bps >= low && bps <= high), "{family}");
             assert_eq!(family.name().parse::<Family>().unwrap(), family);
         }
         assert_eq!(generate(Family::ThreeG, 1, 0.2).duration_s(), 1.0);
@@ -867,10 +754,7 @@ mod tests {
                 let trace = generate(family, seed, 300.0);
                 let rates: Vec<f64> = trace.steps().map(|(_, bps)| bps / 1e6).collect();
                 mean += rates.iter().sum::<f64>() / rates.len() as f64;
-                changes += rates
-                    .windows(2)
-                    .filter(|w| (w[1] / w[0]).ln().abs() > 0.35)
-                    .count() as f64;
+                changes += rates.windows(2).filter(|w| (w[1] / w[0]).ln().abs() > 0.35).count() as f64;
                 deep += rates.iter().filter(|&&r| r < 0.4).count() as f64 / rates.len() as f64;
             }
             (mean / 20.0, changes / 20.0, deep / 20.0)
@@ -881,17 +765,8 @@ mod tests {
         assert!((2.0..8.0).contains(&broadband_mean), "{broadband_mean}");
         assert!((0.5..2.0).contains(&g3_mean), "{g3_mean}");
         assert!(g4_mean > broadband_mean, "{g4_mean} vs {broadband_mean}");
-        assert!(
-            g3_changes > 2.0 * broadband_changes,
-            "{g3_changes} vs {broadband_changes}"
-        );
-        assert!(
-            g4_changes > 2.0 * broadband_changes,
-            "{g4_changes} vs {broadband_changes}"
-        );
-        assert!(
-            g3_deep > 0.1,
-            "3G spends {g3_deep} of the time in deep drops"
-        );
+        assert!(g3_changes > 2.0 * broadband_changes, "{g3_changes} vs {broadband_changes}");
+        assert!(g4_changes > 2.0 * broadband_changes, "{g4_changes} vs {broadband_changes}");
+        assert!(g3_deep > 0.1, "3G spends {g3_deep} of the time in deep drops");
     }
 }
