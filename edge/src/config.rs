@@ -1,0 +1,416 @@
+//! The edge's configuration: a TOML file (every key documented in `configs/edge.toml`), overridden by
+//! command-line flags, over built-in defaults. Everything is validated at load: unknown keys and bad values
+//! are refused with the file, the key and the reason.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use thiserror::Error;
+
+use eddy_shared::duration::parse_duration;
+use eddy_shared::size::parse_size;
+
+use crate::ratelimit::RateLimitConfig;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{origin}: invalid value for `{key}`: {reason}")]
+    Invalid { origin: String, key: String, reason: String },
+}
+
+/// Where a setting came from, for error messages: a file path or "command line".
+fn invalid(origin: &str, key: &str, reason: impl fmt::Display) -> ConfigError {
+    ConfigError::Invalid { origin: origin.to_string(), key: key.to_string(), reason: reason.to_string() }
+}
+
+/// A byte count written as `64MiB`, `2GiB` or plain bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(text) => parse_size(&text).map(ByteSize).map_err(de::Error::custom),
+        }
+    }
+}
+
+/// A duration written as `500ms`, `2s`, `1h`, `1d`, or a number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(n) => Ok(HumanDuration(Duration::from_secs(n))),
+            Raw::Text(text) => parse_duration(&text).map(HumanDuration).map_err(de::Error::custom),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Eviction {
+    /// moka's default: LRU eviction with a TinyLFU admission filter (frequency sketch), which keeps a
+    /// burst of one-off requests from flushing popular segments.
+    #[default]
+    TinyLfu,
+    /// Plain least-recently-used.
+    Lru,
+}
+
+/// Operator TTL for responses whose origin said nothing about freshness. Matches by path suffix or
+/// by Content-Type prefix (one of the two).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TtlRule {
+    pub suffix: Option<String>,
+    pub content_type: Option<String>,
+    pub ttl: HumanDuration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub size: ByteSize,
+    pub max_object_size: ByteSize,
+    pub eviction: Eviction,
+    pub ignore_query_params: Vec<String>,
+    pub negative_ttl: HumanDuration,
+    pub stale_if_error: HumanDuration,
+    pub stale_while_revalidate: HumanDuration,
+    pub ttl_rules: Vec<TtlRule>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            size: ByteSize(256 << 20),
+            max_object_size: ByteSize(64 << 20),
+            eviction: Eviction::TinyLfu,
+            ignore_query_params: Vec::new(),
+            negative_ttl: HumanDuration(Duration::from_secs(10)),
+            stale_if_error: HumanDuration(Duration::from_secs(24 * 3600)),
+            stale_while_revalidate: HumanDuration(Duration::ZERO),
+            ttl_rules: vec![
+                TtlRule {
+                    suffix: Some(".m3u8".into()),
+                    content_type: None,
+                    ttl: HumanDuration(Duration::from_secs(1)),
+                },
+                TtlRule {
+                    suffix: Some(".ts".into()),
+                    content_type: None,
+                    ttl: HumanDuration(Duration::from_secs(86_400)),
+                },
+                TtlRule {
+                    suffix: Some(".m4s".into()),
+                    content_type: None,
+                    ttl: HumanDuration(Duration::from_secs(86_400)),
+                },
+                TtlRule {
+                    suffix: Some(".mp4".into()),
+                    content_type: None,
+                    ttl: HumanDuration(Duration::from_secs(86_400)),
+                },
+                TtlRule {
+                    suffix: Some(".key".into()),
+                    content_type: None,
+                    ttl: HumanDuration(Duration::from_secs(86_400)),
+                },
+            ],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginConfig {
+    pub connect_timeout: HumanDuration,
+    pub first_byte_timeout: HumanDuration,
+    pub total_timeout: HumanDuration,
+    pub failure_backoff: HumanDuration,
+    pub max_idle_connections: usize,
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        OriginConfig {
+            connect_timeout: HumanDuration(Duration::from_secs(2)),
+            first_byte_timeout: HumanDuration(Duration::from_secs(5)),
+            total_timeout: HumanDuration(Duration::from_secs(30)),
+            failure_backoff: HumanDuration(Duration::from_secs(10)),
+            max_idle_connections: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeadersConfig {
+    /// Value of Access-Control-Allow-Origin; empty disables CORS headers.
+    pub cors_allow_origin: String,
+}
+
+impl Default for HeadersConfig {
+    fn default() -> Self {
+        HeadersConfig { cors_allow_origin: "*".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token that guards `POST /purge`; purge is refused when unset.
+    pub purge_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// Runtime worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Origins in failover order: http(s) URLs or directories.
+    pub origins: Vec<String>,
+    /// Host names this edge answers for; empty accepts any Host (every request still goes only to the
+    /// configured origins, so the edge is never an open proxy).
+    pub server_names: Vec<String>,
+    /// How long in-flight responses may take to finish after SIGTERM/SIGINT.
+    pub shutdown_grace: HumanDuration,
+    pub cache: CacheConfig,
+    pub origin: OriginConfig,
+    pub headers: HeadersConfig,
+    pub admin: AdminConfig,
+    pub rate_limit: RateLimitConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            workers: 0,
+            origins: Vec::new(),
+            server_names: Vec::new(),
+            shutdown_grace: HumanDuration(Duration::from_secs(10)),
+            cache: CacheConfig::default(),
+            origin: OriginConfig::default(),
+            headers: HeadersConfig::default(),
+            admin: AdminConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+        }
+    }
+}
+
+/// Command-line values that override the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub origins: Vec<String>,
+    pub cache_size: Option<u64>,
+    pub workers: Option<usize>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates TOML text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate(&path.display().to_string())?;
+        Ok(config)
+    }
+
+    /// Applies command-line overrides, then validates the result.
+    pub fn with_overrides(mut self, overrides: Overrides) -> Result<Config, ConfigError> {
+        if let Some(listen) = overrides.listen {
+            self.listen = listen;
+        }
+        if let Some(admin) = overrides.admin_listen {
+            self.admin_listen = admin;
+        }
+        if !overrides.origins.is_empty() {
+            self.origins = overrides.origins;
+        }
+        if let Some(size) = overrides.cache_size {
+            self.cache.size = ByteSize(size);
+        }
+        if let Some(workers) = overrides.workers {
+            self.workers = workers;
+        }
+        self.validate("command line")?;
+        Ok(self)
+    }
+
+    /// Checks what types alone cannot. `origin` names where the values came from.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        for (i, entry) in self.origins.iter().enumerate() {
+            let key = format!("origins[{i}]");
+            if entry.starts_with("http://") || entry.starts_with("https://") {
+                url::Url::parse(entry).map_err(|e| invalid(origin, &key, format!("'{entry}': {e}")))?;
+            } else if entry.contains("://") {
+                return Err(invalid(
+                    origin,
+                    &key,
+                    format!("'{entry}': only http and https URLs or directories are supported"),
+                ));
+            } else if entry.is_empty() {
+                return Err(invalid(origin, &key, "empty origin"));
+            }
+        }
+        if self.cache.size.0 == 0 {
+            return Err(invalid(origin, "cache.size", "must be greater than 0"));
+        }
+        if self.cache.max_object_size.0 == 0 {
+            return Err(invalid(origin, "cache.max_object_size", "must be greater than 0"));
+        }
+        if self.cache.max_object_size.0 > u32::MAX as u64 {
+            return Err(invalid(origin, "cache.max_object_size", "must be below 4GiB"));
+        }
+        for (i, rule) in self.cache.ttl_rules.iter().enumerate() {
+            if rule.suffix.is_some() == rule.content_type.is_some() {
+                return Err(invalid(
+                    origin,
+                    &format!("cache.ttl_rules[{i}]"),
+                    "give exactly one of `suffix` or `content_type`",
+                ));
+            }
+        }
+        if self.origin.connect_timeout.0.is_zero() {
+            return Err(invalid(origin, "origin.connect_timeout", "must be greater than 0"));
+        }
+        if self.origin.first_byte_timeout.0.is_zero() {
+            return Err(invalid(origin, "origin.first_byte_timeout", "must be greater than 0"));
+        }
+        if self.origin.total_timeout.0 < self.origin.first_byte_timeout.0 {
+            return Err(invalid(origin, "origin.total_timeout", "must not be shorter than origin.first_byte_timeout"));
+        }
+        if !self.headers.cors_allow_origin.is_empty()
+            && http::HeaderValue::from_str(&self.headers.cors_allow_origin).is_err()
+        {
+            return Err(invalid(origin, "headers.cors_allow_origin", "not a valid header value"));
+        }
+        if let Some(token) = &self.admin.purge_token {
+            if token.trim().is_empty() {
+                return Err(invalid(origin, "admin.purge_token", "must not be empty (leave it out to disable purge)"));
+            }
+        }
+        self.rate_limit.validate().map_err(|(key, reason)| invalid(origin, &format!("rate_limit.{key}"), reason))?;
+        Ok(())
+    }
+
+    /// The worker thread count to start the runtime with.
+    pub fn worker_threads(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("edge.toml"))
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = parse("").expect("empty config is valid");
+        assert_eq!(config.cache.size, ByteSize(256 << 20));
+        assert_eq!(config.cache.eviction, Eviction::TinyLfu);
+    }
+
+    #[test]
+    fn reads_sizes_durations_and_rules() {
+        let config = parse(
+            r#"
+            origins = ["http://127.0.0.1:9000", "/srv/hls"]
+            [cache]
+            size = "2GiB"
+            eviction = "lru"
+            negative_ttl = "5s"
+            [[cache.ttl_rules]]
+            suffix = ".m3u8"
+            ttl = "2s"
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(config.cache.size, ByteSize(2 << 30));
+        assert_eq!(config.cache.eviction, Eviction::Lru);
+        assert_eq!(config.cache.negative_ttl, HumanDuration(Duration::from_secs(5)));
+        assert_eq!(config.cache.ttl_rules.len(), 1);
+        assert_eq!(config.origins.len(), 2);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_file_and_key() {
+        let err = parse("[cache]\nsize = \"1GiB\"\nsizee = 3\n").unwrap_err().to_string();
+        assert!(err.contains("edge.toml"), "{err}");
+        assert!(err.contains("sizee"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_reason() {
+        let err = parse("[cache]\nsize = \"lots\"\n").unwrap_err().to_string();
+        assert!(err.contains("edge.toml") && err.contains("size") && err.contains("lots"), "{err}");
+
+        let err = parse("origins = [\"ftp://x\"]").unwrap_err().to_string();
+        assert!(err.contains("origins[0]") && err.contains("only http"), "{err}");
+
+        let err = parse("[[cache.ttl_rules]]\nttl = \"1s\"\n").unwrap_err().to_string();
+        assert!(err.contains("cache.ttl_rules[0]"), "{err}");
+
+        let err = parse("[origin]\ntotal_timeout = \"1s\"\nfirst_byte_timeout = \"5s\"\n").unwrap_err().to_string();
+        assert!(err.contains("origin.total_timeout"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let config = parse("origins = [\"http://a.example\"]\n[cache]\nsize = \"1GiB\"\n").expect("valid");
+        let config = config
+            .with_overrides(Overrides {
+                origins: vec!["/srv".into()],
+                cache_size: Some(1 << 20),
+                ..Overrides::default()
+            })
+            .expect("valid");
+        assert_eq!(config.origins, vec!["/srv".to_string()]);
+        assert_eq!(config.cache.size, ByteSize(1 << 20));
+    }
+}

@@ -1,0 +1,14 @@
+//! Eddy's edge cache. See ARCHITECTURE.md for the map; in short, a request flows through
+//! `phases` (route → identify → rate limit → lookup → fetch/pass → respond), the cache lives in `cache`
+//! (keys, policy, storage, coalescing), origins in `origin`, and the listeners in `server` and `admin`.
+
+pub mod admin;
+pub mod body;
+pub mod cache;
+pub mod config;
+pub mod metrics;
+pub mod origin;
+pub mod phases;
+pub mod ratelimit;
+pub mod server;
+pub mod stats_cmd;

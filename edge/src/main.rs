@@ -1,0 +1,123 @@
+//! `eddy-edge`: the command line. Flags override the config file, which overrides defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use eddy_edge::config::{Config, Overrides};
+use eddy_edge::phases::Edge;
+use eddy_edge::{server, stats_cmd};
+use eddy_shared::size::parse_size;
+
+#[derive(Parser)]
+#[command(
+    name = "eddy-edge",
+    version,
+    about = "Eddy's edge cache for HLS: serves playlists and segments from memory, falls back to the origin"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve: answer viewers from the cache, fetch misses from the origins.
+    Serve {
+        /// TOML config file (see configs/edge.toml for every key).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address for viewers, e.g. 0.0.0.0:8080.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Address of the admin listener (/metrics, /stats, /healthz, /purge).
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+        /// An origin: http(s) URL or directory. Repeat for failover order.
+        #[arg(long = "origin", value_name = "URL_OR_DIR")]
+        origins: Vec<String>,
+        /// Cache capacity, e.g. 64MiB, 2GiB or plain bytes.
+        #[arg(long, value_parser = parse_size_arg)]
+        cache_size: Option<u64>,
+        /// Runtime worker threads (default: all cores).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Print an edge's figures (hit ratio, bytes, entries…).
+    Stats {
+        /// The edge's admin listener.
+        #[arg(long, default_value = "http://127.0.0.1:9090")]
+        admin: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every SECS seconds.
+        #[arg(long, value_name = "SECS")]
+        watch: Option<u64>,
+    },
+    /// Validate a config file and exit.
+    CheckConfig { file: PathBuf },
+}
+
+fn parse_size_arg(text: &str) -> Result<u64, String> {
+    parse_size(text).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    eddy_shared::logging::init("info");
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("eddy-edge: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::CheckConfig { file } => {
+            let config = Config::load(&file)?;
+            println!(
+                "{}: ok ({} origin(s), cache {} bytes)",
+                file.display(),
+                config.origins.len(),
+                config.cache.size.0
+            );
+            Ok(())
+        }
+        Command::Stats { admin, json, watch } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(stats_cmd::run(&admin, json, watch))
+        }
+        Command::Serve { config, listen, admin_listen, origins, cache_size, workers } => {
+            let base = match &config {
+                Some(path) => Config::load(path)?,
+                None => Config::default(),
+            };
+            let config = base.with_overrides(Overrides { listen, admin_listen, origins, cache_size, workers })?;
+            if config.origins.is_empty() {
+                anyhow::bail!("no origin configured: pass --origin URL_OR_DIR or set `origins` in the config file");
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(config.worker_threads())
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            runtime.block_on(serve(config))
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let edge = Arc::new(Edge::new(config)?);
+    let (public, admin) = server::bind(&edge).await?;
+    let ready = server::ready_line(public.local_addr()?, admin.local_addr()?);
+    tracing::info!(origins = ?edge.origins.names(), cache_bytes = edge.config.cache.size.0, "{ready}");
+    println!("{ready}");
+    server::run(edge, public, admin, server::shutdown_signal()).await
+}

@@ -1,0 +1,234 @@
+//! Counters for `/metrics` (Prometheus text) and `/stats` (JSON). Counting is lock-free atomics on the
+//! request path; gauges of the cache are read from it when scraped.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::{text::encode, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+
+use crate::phases::respond::CacheResult;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub status: u16,
+    pub cache: &'static str,
+}
+
+/// The figures `/stats` returns and `eddy-edge stats` prints.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Stats {
+    pub requests: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub stale: u64,
+    pub revalidated: u64,
+    pub passes: u64,
+    pub coalesced: u64,
+    pub hit_ratio: f64,
+    pub byte_hit_ratio: f64,
+    pub origin_requests: u64,
+    pub origin_errors: u64,
+    pub bytes_from_cache: u64,
+    pub bytes_from_origin: u64,
+    pub entries: u64,
+    pub cache_bytes: u64,
+    pub cache_capacity: u64,
+    pub evictions: u64,
+    pub in_flight: u64,
+}
+
+#[derive(Default)]
+struct Totals {
+    requests: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    stale: AtomicU64,
+    revalidated: AtomicU64,
+    passes: AtomicU64,
+    coalesced: AtomicU64,
+    origin_requests: AtomicU64,
+    origin_errors: AtomicU64,
+    bytes_from_cache: AtomicU64,
+    bytes_from_origin: AtomicU64,
+}
+
+pub struct Metrics {
+    totals: Totals,
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    bytes_from_cache: Counter,
+    bytes_from_origin: Counter,
+    origin_requests: Counter,
+    origin_errors: Counter,
+    coalesced: Counter,
+    origin_latency: Histogram,
+    cache_entries: Gauge,
+    cache_bytes: Gauge,
+    evictions: Gauge,
+}
+
+/// Cache gauges read at scrape time.
+pub struct CacheGauges {
+    pub entries: u64,
+    pub bytes: u64,
+    pub capacity: u64,
+    pub evictions: u64,
+    pub in_flight: u64,
+}
+
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("eddy_edge");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("requests", "Requests answered, by status and cache result", requests.clone());
+        let bytes_from_cache = Counter::default();
+        registry.register(
+            "bytes_from_cache",
+            "Body bytes served to clients without an origin fetch of their own",
+            bytes_from_cache.clone(),
+        );
+        let bytes_from_origin = Counter::default();
+        registry.register("bytes_from_origin", "Body bytes received from origins", bytes_from_origin.clone());
+        let origin_requests = Counter::default();
+        registry.register("origin_requests", "Requests sent to origins", origin_requests.clone());
+        let origin_errors = Counter::default();
+        registry.register(
+            "origin_errors",
+            "Origin requests that failed (unreachable, timeout, broken body)",
+            origin_errors.clone(),
+        );
+        let coalesced = Counter::default();
+        registry.register(
+            "coalesced_waiters",
+            "Requests that joined another request's origin fetch",
+            coalesced.clone(),
+        );
+        let origin_latency = Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
+        registry.register(
+            "origin_first_byte_seconds",
+            "Time from sending an origin request to its response head",
+            origin_latency.clone(),
+        );
+        let cache_entries = Gauge::default();
+        registry.register("cache_entries", "Objects in the cache", cache_entries.clone());
+        let cache_bytes = Gauge::default();
+        registry.register("cache_bytes", "Bytes held by the cache (weighted size)", cache_bytes.clone());
+        let evictions = Gauge::default();
+        registry.register("cache_evictions", "Objects evicted to make room (total)", evictions.clone());
+        Metrics {
+            totals: Totals::default(),
+            registry,
+            requests,
+            bytes_from_cache,
+            bytes_from_origin,
+            origin_requests,
+            origin_errors,
+            coalesced,
+            origin_latency,
+            cache_entries,
+            cache_bytes,
+            evictions,
+        }
+    }
+
+    pub fn record_response(&self, status: u16, result: CacheResult) {
+        self.requests.get_or_create(&RequestLabels { status, cache: result.as_str() }).inc();
+        self.totals.requests.fetch_add(1, Ordering::Relaxed);
+        let counter = match result {
+            CacheResult::Hit => &self.totals.hits,
+            CacheResult::Miss => &self.totals.misses,
+            CacheResult::Stale => &self.totals.stale,
+            CacheResult::Revalidated => &self.totals.revalidated,
+            CacheResult::Pass => &self.totals.passes,
+            CacheResult::Local => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_bytes_from_cache(&self, bytes: u64) {
+        self.bytes_from_cache.inc_by(bytes);
+        self.totals.bytes_from_cache.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn record_bytes_from_origin(&self, bytes: u64) {
+        self.bytes_from_origin.inc_by(bytes);
+        self.totals.bytes_from_origin.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn record_origin_request(&self, first_byte_seconds: f64, failed: bool) {
+        self.origin_requests.inc();
+        self.totals.origin_requests.fetch_add(1, Ordering::Relaxed);
+        self.origin_latency.observe(first_byte_seconds);
+        if failed {
+            self.record_origin_error();
+        }
+    }
+
+    pub fn record_origin_error(&self) {
+        self.origin_errors.inc();
+        self.totals.origin_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_coalesced(&self) {
+        self.coalesced.inc();
+        self.totals.coalesced.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn stats(&self, cache: &CacheGauges) -> Stats {
+        let t = &self.totals;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (hits, misses, stale, revalidated) = (get(&t.hits), get(&t.misses), get(&t.stale), get(&t.revalidated));
+        let (from_cache, from_origin) = (get(&t.bytes_from_cache), get(&t.bytes_from_origin));
+        Stats {
+            requests: get(&t.requests),
+            hits,
+            misses,
+            stale,
+            revalidated,
+            passes: get(&t.passes),
+            coalesced: get(&t.coalesced),
+            hit_ratio: ratio(hits + stale, hits + stale + misses + revalidated),
+            byte_hit_ratio: ratio(from_cache, from_cache + from_origin),
+            origin_requests: get(&t.origin_requests),
+            origin_errors: get(&t.origin_errors),
+            bytes_from_cache: from_cache,
+            bytes_from_origin: from_origin,
+            entries: cache.entries,
+            cache_bytes: cache.bytes,
+            cache_capacity: cache.capacity,
+            evictions: cache.evictions,
+            in_flight: cache.in_flight,
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self, cache: &CacheGauges) -> String {
+        self.cache_entries.set(cache.entries as i64);
+        self.cache_bytes.set(cache.bytes as i64);
+        self.evictions.set(cache.evictions as i64);
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,164 @@
+//! Origins: where misses are fetched from. Several origins, HTTP(S) or directories, in failover order;
+//! an origin that fails (cannot connect, times out, answers 5xx) is skipped for a back-off period.
+
+pub mod dir;
+pub mod http;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ::http::{HeaderMap, Method, StatusCode};
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use thiserror::Error;
+
+use crate::config::OriginConfig;
+
+#[derive(Debug, Error)]
+pub enum OriginError {
+    #[error("origin {origin} unreachable: {reason}")]
+    Unreachable { origin: String, reason: String },
+    #[error("origin {origin} did not answer within {after:?}")]
+    Timeout { origin: String, after: Duration },
+    #[error("origin body broke off: {0}")]
+    Body(String),
+    #[error("invalid origin {origin}: {reason}")]
+    Invalid { origin: String, reason: String },
+    #[error("no origin configured")]
+    NoOrigin,
+}
+
+impl OriginError {
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, OriginError::Timeout { .. })
+    }
+}
+
+/// What the edge asks an origin for.
+#[derive(Debug, Clone)]
+pub struct OriginRequest {
+    pub method: Method,
+    /// Path and query, starting with `/`.
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+pub type OriginBody = BoxStream<'static, Result<Bytes, OriginError>>;
+
+pub struct OriginResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: OriginBody,
+    /// The origin's name (URL or directory), for logs.
+    pub origin: String,
+}
+
+pub enum Origin {
+    Http(http::HttpOrigin),
+    Dir(dir::DirOrigin),
+}
+
+impl Origin {
+    pub fn name(&self) -> &str {
+        match self {
+            Origin::Http(o) => o.name(),
+            Origin::Dir(o) => o.name(),
+        }
+    }
+
+    async fn send(&self, request: &OriginRequest) -> Result<OriginResponse, OriginError> {
+        match self {
+            Origin::Http(o) => o.send(request).await,
+            Origin::Dir(o) => o.send(request).await,
+        }
+    }
+}
+
+/// The configured origins, tried in order, with a back-off for those that failed.
+pub struct OriginSet {
+    origins: Vec<Origin>,
+    /// Per origin: milliseconds since `epoch` until which it is skipped (0: healthy).
+    down_until_ms: Vec<AtomicU64>,
+    epoch: Instant,
+    backoff: Duration,
+    total_timeout: Duration,
+}
+
+impl OriginSet {
+    pub fn new(specs: &[String], config: &OriginConfig) -> Result<OriginSet, OriginError> {
+        if specs.is_empty() {
+            return Err(OriginError::NoOrigin);
+        }
+        let client = http::HttpOrigin::client(config)?;
+        let origins = specs
+            .iter()
+            .map(|spec| {
+                if spec.starts_with("http://") || spec.starts_with("https://") {
+                    http::HttpOrigin::new(spec, client.clone(), config).map(Origin::Http)
+                } else {
+                    dir::DirOrigin::new(spec).map(Origin::Dir)
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let down_until_ms = origins.iter().map(|_| AtomicU64::new(0)).collect();
+        Ok(OriginSet {
+            origins,
+            down_until_ms,
+            epoch: Instant::now(),
+            backoff: config.failure_backoff.0,
+            total_timeout: config.total_timeout.0,
+        })
+    }
+
+    /// The longest a whole body may take to arrive.
+    pub fn total_timeout(&self) -> Duration {
+        self.total_timeout
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.origins.iter().map(|o| o.name().to_string()).collect()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Sends the request to the first healthy origin, failing over to the next on connection errors,
+    /// timeouts and 5xx. Origins in back-off are tried last, in order, rather than not at all.
+    pub async fn send(&self, request: &OriginRequest) -> Result<OriginResponse, OriginError> {
+        let now = self.now_ms();
+        let (healthy, resting): (Vec<usize>, Vec<usize>) =
+            (0..self.origins.len()).partition(|&i| self.down_until_ms[i].load(Ordering::Relaxed) <= now);
+        let order: Vec<usize> = healthy.into_iter().chain(resting).collect();
+        let mut last_error = None;
+        for (attempt, &i) in order.iter().enumerate() {
+            let is_last = attempt + 1 == order.len();
+            match self.origins[i].send(request).await {
+                Ok(response) if response.status.is_server_error() && !is_last => {
+                    tracing::warn!(origin = self.origins[i].name(), status = %response.status, "origin failed; trying the next");
+                    self.mark_down(i);
+                }
+                Ok(response) => {
+                    if response.status.is_server_error() {
+                        self.mark_down(i);
+                    } else {
+                        self.down_until_ms[i].store(0, Ordering::Relaxed);
+                    }
+                    return Ok(response);
+                }
+                Err(error) => {
+                    tracing::warn!(origin = self.origins[i].name(), %error, "origin failed");
+                    self.mark_down(i);
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error.unwrap_or(OriginError::NoOrigin))
+    }
+
+    fn mark_down(&self, index: usize) {
+        let until = self.now_ms() + self.backoff.as_millis() as u64;
+        self.down_until_ms[index].store(until.max(1), Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,44 @@
+//! Phase 4: the cache lookup. A fresh object is a hit; a stale one within stale-while-revalidate is
+//! served while one background refresh runs; otherwise the request goes on to `fetch` (a miss, or a
+//! revalidation of the stale copy, which may still be served if the origin fails).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::request::Parts;
+
+use super::fetch;
+use super::respond::{self, CacheResult, Outcome};
+use super::route::Target;
+use super::Edge;
+use crate::cache::{CacheKey, Lifecycle};
+
+pub async fn serve(edge: &Arc<Edge>, parts: &Parts, target: &Target, peer: SocketAddr) -> Outcome {
+    let key =
+        CacheKey::primary(&target.host, &target.path, target.query.as_deref(), &edge.config.cache.ignore_query_params);
+    let Some(object) = edge.storage.get(&key, &parts.headers).await else {
+        return fetch::fetch(edge, key, parts, target, None, peer).await;
+    };
+    let now = Instant::now();
+    match object.lifecycle(now) {
+        Lifecycle::Fresh { ttl } => Outcome {
+            response: respond::from_object(&object, &parts.method, &parts.headers, now),
+            result: CacheResult::Hit,
+            cache_status: format!("hit; ttl={}", ttl.as_secs()),
+            from_cache: true,
+            coalesced: false,
+        },
+        Lifecycle::StaleRevalidateInBackground { stale_for } => {
+            fetch::revalidate_in_background(edge, key, parts, target, object.clone(), peer);
+            Outcome {
+                response: respond::from_object(&object, &parts.method, &parts.headers, now),
+                result: CacheResult::Stale,
+                cache_status: format!("hit; ttl=-{}; detail=stale-while-revalidate", stale_for.as_secs()),
+                from_cache: true,
+                coalesced: false,
+            }
+        }
+        Lifecycle::Stale { .. } => fetch::fetch(edge, key, parts, target, Some(object), peer).await,
+    }
+}

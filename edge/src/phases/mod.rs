@@ -1,0 +1,196 @@
+//! The request's path through the edge, one phase per module, in the order a request meets them:
+//!
+//! 1. `route`: is this a request we serve (host, target form)? The edge is never an open proxy.
+//! 2. `identify`: who is the client?
+//! 3. rate limit (`crate::ratelimit`), before any cache lookup so that hits cannot bypass it.
+//! 4. `lookup`: the cache lookup and the hit / stale / miss decision.
+//! 5. `fetch`: a miss or revalidation, coalesced so the origin sees each object once.
+//!    `pass`: methods that are not cached go straight to the origin and invalidate the stored URL.
+//! 6. `respond`: the response and the headers every response carries.
+//!
+//! Access logging and metrics wrap the whole path (`handle`).
+
+pub mod fetch;
+pub mod identify;
+pub mod lookup;
+pub mod pass;
+pub mod range;
+pub mod respond;
+pub mod route;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::body::{BodyError, EdgeBody};
+use crate::cache::coalesce::Flights;
+use crate::cache::policy::CacheRules;
+use crate::cache::Storage;
+use crate::config::Config;
+use crate::metrics::{CacheGauges, Metrics};
+use crate::origin::OriginSet;
+use respond::{CacheResult, Outcome};
+
+/// Everything the request path shares: configuration, cache, flights, origins, metrics.
+pub struct Edge {
+    pub config: Config,
+    pub rules: CacheRules,
+    pub storage: Storage,
+    pub flights: Flights,
+    pub origins: OriginSet,
+    pub metrics: Metrics,
+    pub cors_allow_origin: Option<HeaderValue>,
+}
+
+impl Edge {
+    pub fn new(config: Config) -> Result<Edge, crate::origin::OriginError> {
+        let origins = OriginSet::new(&config.origins, &config.origin)?;
+        let storage = Storage::new(config.cache.size.0, config.cache.eviction);
+        let cors_allow_origin = if config.headers.cors_allow_origin.is_empty() {
+            None
+        } else {
+            HeaderValue::from_str(&config.headers.cors_allow_origin).ok()
+        };
+        Ok(Edge {
+            rules: CacheRules::from_config(&config.cache),
+            storage,
+            flights: Flights::default(),
+            origins,
+            metrics: Metrics::new(),
+            cors_allow_origin,
+            config,
+        })
+    }
+
+    pub fn gauges(&self) -> CacheGauges {
+        CacheGauges {
+            entries: self.storage.entry_count(),
+            bytes: self.storage.weighted_bytes(),
+            capacity: self.config.cache.size.0,
+            evictions: self.storage.evictions(),
+            in_flight: self.flights.in_flight() as u64,
+        }
+    }
+}
+
+/// Serves one request. Never fails: every problem becomes an HTTP answer.
+pub async fn handle(
+    edge: Arc<Edge>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<LoggedBody>, Infallible> {
+    let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let client = identify::ClientId::of(&parts.headers, peer);
+    let mut outcome = match route::accept(&parts, &edge.config.server_names) {
+        Err((status, reason)) => Outcome::local(status, &reason),
+        Ok(target) => {
+            if parts.method == Method::OPTIONS
+                && parts.headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+            {
+                respond::preflight(&parts.headers, edge.cors_allow_origin.as_ref())
+            } else if parts.method == Method::GET || parts.method == Method::HEAD {
+                lookup::serve(&edge, &parts, &target, peer).await
+            } else {
+                pass::forward(&edge, &parts, body, &target, peer).await
+            }
+        }
+    };
+    respond::finish_headers(&mut outcome, edge.cors_allow_origin.as_ref());
+    let status = outcome.response.status().as_u16();
+    edge.metrics.record_response(status, outcome.result);
+    if outcome.coalesced {
+        edge.metrics.record_coalesced();
+    }
+    let (response_parts, body) = outcome.response.into_parts();
+    let log = AccessLog {
+        edge: edge.clone(),
+        method: parts.method,
+        path: parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default(),
+        status,
+        result: outcome.result,
+        client,
+        from_cache: outcome.from_cache,
+        started,
+        bytes: 0,
+        complete: body.is_end_stream(),
+    };
+    Ok(Response::from_parts(response_parts, LoggedBody { inner: body, log }))
+}
+
+/// The access-log line and the served-bytes count of one response, written when its body is done (or
+/// dropped, when the client went away).
+struct AccessLog {
+    edge: Arc<Edge>,
+    method: Method,
+    path: String,
+    status: u16,
+    result: CacheResult,
+    client: identify::ClientId,
+    from_cache: bool,
+    started: Instant,
+    bytes: u64,
+    complete: bool,
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        if self.from_cache {
+            self.edge.metrics.record_bytes_from_cache(self.bytes);
+        }
+        tracing::info!(
+            target: "access",
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            cache = self.result.as_str(),
+            bytes = self.bytes,
+            duration_ms = format!("{:.3}", self.started.elapsed().as_secs_f64() * 1000.0),
+            client = %self.client,
+            complete = self.complete,
+        );
+    }
+}
+
+/// A response body that counts what it sends and logs the request once it is finished.
+pub struct LoggedBody {
+    inner: EdgeBody,
+    log: AccessLog,
+}
+
+impl Body for LoggedBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.log.bytes += data.len() as u64;
+                }
+                // hyper stops polling once the body says it has ended, so note it here.
+                this.log.complete = this.inner.is_end_stream();
+            }
+            Poll::Ready(None) => this.log.complete = true,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,237 @@
+//! The last phase: turning a stored object or a flight into the client's response, and the headers every
+//! response carries (`Age`, `Cache-Status` per RFC 9211, `X-Cache`, CORS).
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode};
+
+use super::range::{self, RangeAnswer};
+use crate::body::EdgeBody;
+use crate::cache::CachedObject;
+
+/// How the cache took part in a response; shown in `X-Cache` and counted in the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CacheResult {
+    Hit,
+    Miss,
+    Stale,
+    Revalidated,
+    Pass,
+    /// Answered by the edge itself (errors, preflight, refusals).
+    Local,
+}
+
+impl CacheResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "HIT",
+            CacheResult::Miss => "MISS",
+            CacheResult::Stale => "STALE",
+            CacheResult::Revalidated => "REVALIDATED",
+            CacheResult::Pass => "PASS",
+            CacheResult::Local => "LOCAL",
+        }
+    }
+}
+
+pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// A response on its way out, with what the request path learnt about it.
+pub struct Outcome {
+    pub response: Response<EdgeBody>,
+    pub result: CacheResult,
+    /// The RFC 9211 parameters after `eddy; ` (e.g. `hit; ttl=30`).
+    pub cache_status: String,
+    /// The body was served by the cache (hit, stale, revalidated, or a coalesced follower).
+    pub from_cache: bool,
+    /// Whether the response will be recorded as `coalesced` (joined someone else's fetch).
+    pub coalesced: bool,
+}
+
+impl Outcome {
+    pub fn local(status: StatusCode, message: &str) -> Outcome {
+        let mut response = Response::new(EdgeBody::full(Bytes::from(format!("{message}\n"))));
+        *response.status_mut() = status;
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        Outcome {
+            response,
+            result: CacheResult::Local,
+            cache_status: "fwd=request".into(),
+            from_cache: false,
+            coalesced: false,
+        }
+    }
+}
+
+/// Answers a GET/HEAD from a stored object: 304 for a matching conditional request, 206/416 for a
+/// range, otherwise the whole object. The body is the cache's own `Bytes` (no copy).
+pub fn from_object(object: &CachedObject, method: &Method, request: &HeaderMap, now: Instant) -> Response<EdgeBody> {
+    let mut headers = object.headers.clone();
+    set_age(&mut headers, object.age(now));
+    if object.status == StatusCode::OK && client_has_current_copy(request, &object.headers) {
+        return response(StatusCode::NOT_MODIFIED, strip_for_304(headers), EdgeBody::empty());
+    }
+    let length = object.body.len() as u64;
+    let etag = object.headers.get(header::ETAG).and_then(|v| v.to_str().ok());
+    let answer =
+        if object.status == StatusCode::OK { range::answer(request, length, etag) } else { RangeAnswer::Whole };
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let (status, body) = match answer {
+        RangeAnswer::Whole => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+            (object.status, object.body.clone())
+        }
+        RangeAnswer::Partial { start, end } => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{length}")) {
+                headers.insert(header::CONTENT_RANGE, v);
+            }
+            (StatusCode::PARTIAL_CONTENT, object.body.slice(start as usize..=end as usize))
+        }
+        RangeAnswer::Unsatisfiable => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{length}")) {
+                headers.insert(header::CONTENT_RANGE, v);
+            }
+            (StatusCode::RANGE_NOT_SATISFIABLE, Bytes::new())
+        }
+    };
+    let body = if *method == Method::HEAD { EdgeBody::empty() } else { EdgeBody::full(body) };
+    response(status, headers, body)
+}
+
+/// RFC 9110 §13.1: does the client's conditional GET name the representation we hold?
+pub fn client_has_current_copy(request: &HeaderMap, stored: &HeaderMap) -> bool {
+    if let Some(tags) = request.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        let Some(etag) = stored.get(header::ETAG).and_then(|v| v.to_str().ok()) else { return false };
+        let etag = etag.trim_start_matches("W/");
+        return tags.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag);
+    }
+    let since = request
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    let modified =
+        stored.get(header::LAST_MODIFIED).and_then(|v| v.to_str().ok()).and_then(|v| httpdate::parse_http_date(v).ok());
+    matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
+}
+
+/// A 304 carries the validators and caching headers, not the body's description.
+fn strip_for_304(mut headers: HeaderMap) -> HeaderMap {
+    for name in [header::CONTENT_LENGTH, header::CONTENT_TYPE, header::CONTENT_RANGE, header::CONTENT_ENCODING] {
+        headers.remove(name);
+    }
+    headers
+}
+
+pub fn set_age(headers: &mut HeaderMap, age: Duration) {
+    headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
+}
+
+pub fn response(status: StatusCode, headers: HeaderMap, body: EdgeBody) -> Response<EdgeBody> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+/// Headers every response gets on its way out.
+pub fn finish_headers(outcome: &mut Outcome, cors_allow_origin: Option<&HeaderValue>) {
+    let headers = outcome.response.headers_mut();
+    headers.insert(X_CACHE.clone(), HeaderValue::from_static(outcome.result.as_str()));
+    if let Ok(value) = HeaderValue::from_str(&format!("eddy; {}", outcome.cache_status)) {
+        headers.insert(CACHE_STATUS.clone(), value);
+    }
+    if let Some(origin) = cors_allow_origin {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("Age, Cache-Status, X-Cache, Content-Length, Content-Range, ETag"),
+        );
+    }
+}
+
+/// Answer to a CORS preflight, so that browser players may use the edge.
+pub fn preflight(request: &HeaderMap, cors_allow_origin: Option<&HeaderValue>) -> Outcome {
+    let mut outcome = Outcome::local(StatusCode::NO_CONTENT, "");
+    outcome.response = response(StatusCode::NO_CONTENT, HeaderMap::new(), EdgeBody::empty());
+    let headers = outcome.response.headers_mut();
+    if cors_allow_origin.is_some() {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, HEAD, OPTIONS"));
+        if let Some(asked) = request.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+        }
+        headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::policy::{judge, CacheRules};
+    use crate::config::CacheConfig;
+    use std::time::SystemTime;
+
+    fn object(body: &'static [u8]) -> CachedObject {
+        let rules = CacheRules::from_config(&CacheConfig::default());
+        let request = http::Request::get("http://h/a").body(()).expect("request").into_parts().0;
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
+        headers.insert(header::ETAG, HeaderValue::from_static("\"v1\""));
+        headers.insert(header::LAST_MODIFIED, HeaderValue::from_static("Mon, 01 Jan 2024 00:00:00 GMT"));
+        let verdict = judge(&rules, &request, StatusCode::OK, &headers, "/a", SystemTime::now());
+        CachedObject::from_verdict(StatusCode::OK, headers, Bytes::from_static(body), verdict, Instant::now())
+    }
+
+    fn request(pairs: &[(HeaderName, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (n, v) in pairs {
+            map.insert(n.clone(), v.parse().expect("value"));
+        }
+        map
+    }
+
+    #[test]
+    fn conditional_requests_get_304() {
+        let object = object(b"0123456789");
+        let now = Instant::now();
+        let r = from_object(&object, &Method::GET, &request(&[(header::IF_NONE_MATCH, "\"v1\"")]), now);
+        assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+        assert!(!r.headers().contains_key(header::CONTENT_LENGTH));
+        let r = from_object(&object, &Method::GET, &request(&[(header::IF_NONE_MATCH, "\"v0\"")]), now);
+        assert_eq!(r.status(), StatusCode::OK);
+        let r = from_object(
+            &object,
+            &Method::GET,
+            &request(&[(header::IF_MODIFIED_SINCE, "Tue, 02 Jan 2024 00:00:00 GMT")]),
+            now,
+        );
+        assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    }
+
+    #[test]
+    fn ranges_are_cut_from_the_whole_object() {
+        let object = object(b"0123456789");
+        let r = from_object(&object, &Method::GET, &request(&[(header::RANGE, "bytes=2-4")]), Instant::now());
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(r.headers()[header::CONTENT_RANGE], "bytes 2-4/10");
+        assert_eq!(r.headers()[header::CONTENT_LENGTH], "3");
+        let r = from_object(&object, &Method::GET, &request(&[(header::RANGE, "bytes=20-")]), Instant::now());
+        assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(r.headers()[header::CONTENT_RANGE], "bytes */10");
+    }
+
+    #[test]
+    fn head_has_length_but_no_body() {
+        use hyper::body::Body;
+        let object = object(b"0123456789");
+        let r = from_object(&object, &Method::HEAD, &HeaderMap::new(), Instant::now());
+        assert_eq!(r.headers()[header::CONTENT_LENGTH], "10");
+        assert!(r.body().is_end_stream());
+        assert!(r.headers().contains_key(header::AGE));
+    }
+}
