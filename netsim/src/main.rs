@@ -77,9 +77,7 @@ struct Args {
 fn parse_upstream(text: &str) -> Result<Url, String> {
     let url = Url::parse(text).map_err(|e| format!("'{text}' is not a URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(format!(
-            "'{text}' is not an http:// or https:// URL with a host"
-        ));
+        return Err(format!("'{text}' is not an http:// or https:// URL with a host"));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(format!("'{text}' must not have a query or fragment"));
@@ -140,9 +138,8 @@ async fn run(args: Args) -> Result<()> {
     let link = Link::new(trace.clone(), Duration::from_millis(args.latency));
     let proxy = Arc::new(Proxy::new(args.upstream.clone(), link, log)?);
 
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("--listen {}: cannot listen", args.listen))?;
+    let listener =
+        TcpListener::bind(args.listen).await.with_context(|| format!("--listen {}: cannot listen", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!(
         upstream = %args.upstream,
@@ -195,20 +192,11 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_problem() {
-        let err = Args::try_parse_from(["eddy-netsim", "--upstream", "ftp://x", "--rate", "1M"])
-            .unwrap_err();
+        let err = Args::try_parse_from(["eddy-netsim", "--upstream", "ftp://x", "--rate", "1M"]).unwrap_err();
         assert!(err.to_string().contains("ftp://x"), "{err}");
-        let err = Args::try_parse_from(["eddy-netsim", "--upstream", "http://x", "--rate", "fast"])
-            .unwrap_err();
+        let err = Args::try_parse_from(["eddy-netsim", "--upstream", "http://x", "--rate", "fast"]).unwrap_err();
         assert!(err.to_string().contains("fast"), "{err}");
-        let err = Args::try_parse_from([
-            "eddy-netsim",
-            "--upstream",
-            "http://x",
-            "--pattern",
-            "3M@5s",
-        ])
-        .unwrap_err();
+        let err = Args::try_parse_from(["eddy-netsim", "--upstream", "http://x", "--pattern", "3M@5s"]).unwrap_err();
         assert!(err.to_string().contains("start at 0"), "{err}");
     }
 }

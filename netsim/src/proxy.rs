@@ -54,12 +54,7 @@ impl Proxy {
             .connect_timeout(std::time::Duration::from_secs(5))
             .build()
             .context("building the upstream HTTP client")?;
-        Ok(Proxy {
-            client,
-            upstream,
-            link,
-            log,
-        })
+        Ok(Proxy { client, upstream, link, log })
     }
 
     fn upstream_url(&self, request_path: &str, query: Option<&str>) -> Url {
@@ -70,52 +65,35 @@ impl Proxy {
         url
     }
 
-    async fn handle(
-        self: Arc<Self>,
-        request: Request<Incoming>,
-    ) -> Result<Response<ProxyBody>, Infallible> {
+    async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
         let arrived = Instant::now();
         let start_ms = self.ms_at(arrived);
         let method = request.method().clone();
-        let path = request
-            .uri()
-            .path_and_query()
-            .map_or_else(|| "/".to_string(), |p| p.to_string());
-        let record = |status: StatusCode,
-                      bytes: u64,
-                      first_byte_ms: u64,
-                      end_ms: u64,
-                      closed_early: bool| RequestRecord {
-            method: method.to_string(),
-            path: path.clone(),
-            status: status.as_u16(),
-            bytes,
-            start_ms,
-            first_byte_ms,
-            end_ms,
-            closed_early,
-        };
+        let path = request.uri().path_and_query().map_or_else(|| "/".to_string(), |p| p.to_string());
+        let record =
+            |status: StatusCode, bytes: u64, first_byte_ms: u64, end_ms: u64, closed_early: bool| RequestRecord {
+                method: method.to_string(),
+                path: path.clone(),
+                status: status.as_u16(),
+                bytes,
+                start_ms,
+                first_byte_ms,
+                end_ms,
+                closed_early,
+            };
 
         if method != Method::GET && method != Method::HEAD {
             self.link.wait_first_byte(arrived).await;
             let now = self.ms_at(Instant::now());
             self.finish(record(StatusCode::METHOD_NOT_ALLOWED, 0, now, now, false));
-            let mut response = text_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "only GET and HEAD are forwarded\n",
-            );
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            let mut response = text_response(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are forwarded\n");
+            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return Ok(response);
         }
 
         let url = self.upstream_url(request.uri().path(), request.uri().query());
-        let forwarded = self
-            .client
-            .request(method.clone(), url.clone())
-            .headers(forwardable(request.headers(), true))
-            .send();
+        let forwarded =
+            self.client.request(method.clone(), url.clone()).headers(forwardable(request.headers(), true)).send();
         // Hyper drops this future if the client hangs up before the head is sent: log that too.
         let pending = HangUpBeforeHead {
             proxy: &self,
@@ -132,17 +110,8 @@ impl Proxy {
             Ok(upstream) => upstream,
             Err(e) => {
                 tracing::warn!(%url, error = %e, "upstream request failed");
-                self.finish(record(
-                    StatusCode::BAD_GATEWAY,
-                    0,
-                    first_byte_ms,
-                    first_byte_ms,
-                    false,
-                ));
-                return Ok(text_response(
-                    StatusCode::BAD_GATEWAY,
-                    &format!("upstream request failed: {e}\n"),
-                ));
+                self.finish(record(StatusCode::BAD_GATEWAY, 0, first_byte_ms, first_byte_ms, false));
+                return Ok(text_response(StatusCode::BAD_GATEWAY, &format!("upstream request failed: {e}\n")));
             }
         };
 
@@ -157,9 +126,7 @@ impl Proxy {
             && !status.is_informational();
         if !has_body {
             self.finish(record(status, 0, first_byte_ms, first_byte_ms, false));
-            return Ok(builder
-                .body(empty_body())
-                .unwrap_or_else(|_| internal_error()));
+            return Ok(builder.body(empty_body()).unwrap_or_else(|_| internal_error()));
         }
 
         // Capacity 1: the pump stays at most one chunk ahead of the connection, and notices quickly
@@ -170,12 +137,7 @@ impl Proxy {
         tokio::spawn(async move {
             let (bytes, closed_early) = proxy.pump(upstream, sender).await;
             let end_ms = proxy.ms_at(Instant::now());
-            proxy.finish(RequestRecord {
-                bytes,
-                end_ms,
-                closed_early,
-                ..base_record
-            });
+            proxy.finish(RequestRecord { bytes, end_ms, closed_early, ..base_record });
         });
         let body = ShapedBody { receiver }.boxed();
         Ok(builder.body(body).unwrap_or_else(|_| internal_error()))
@@ -246,11 +208,7 @@ impl Drop for HangUpBeforeHead<'_> {
     fn drop(&mut self) {
         if let Some(record) = self.record.take() {
             let now = self.proxy.ms_at(Instant::now());
-            self.proxy.finish(RequestRecord {
-                first_byte_ms: now,
-                end_ms: now,
-                ..record
-            });
+            self.proxy.finish(RequestRecord { first_byte_ms: now, end_ms: now, ..record });
         }
     }
 }
@@ -270,10 +228,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
         let proxy = Arc::clone(&proxy);
         tokio::spawn(async move {
             let service = service_fn(move |request| Arc::clone(&proxy).handle(request));
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
@@ -305,30 +260,18 @@ fn forwardable(headers: &HeaderMap, is_request: bool) -> HeaderMap {
 }
 
 fn text_response(status: StatusCode, text: &str) -> Response<ProxyBody> {
-    let mut response = Response::new(
-        Full::new(Bytes::from(text.to_string()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut response = Response::new(Full::new(Bytes::from(text.to_string())).map_err(|never| match never {}).boxed());
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
 }
 
 fn empty_body() -> ProxyBody {
-    Full::new(Bytes::new())
-        .map_err(|never| match never {})
-        .boxed()
+    Full::new(Bytes::new()).map_err(|never| match never {}).boxed()
 }
 
 fn internal_error() -> Response<ProxyBody> {
-    text_response(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "the proxy could not build the response\n",
-    )
+    text_response(StatusCode::INTERNAL_SERVER_ERROR, "the proxy could not build the response\n")
 }
 
 /// A response body fed chunk by chunk by the pump task.
@@ -340,13 +283,8 @@ impl hyper::body::Body for ShapedBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.receiver
-            .poll_recv(cx)
-            .map(|item| item.map(|result| result.map(Frame::data)))
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.receiver.poll_recv(cx).map(|item| item.map(|result| result.map(Frame::data)))
     }
 }
 
@@ -358,16 +296,10 @@ mod tests {
     fn hop_by_hop_headers_are_dropped() {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, HeaderValue::from_static("proxy"));
-        headers.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-private"),
-        );
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-private"));
         headers.insert("x-private", HeaderValue::from_static("1"));
         headers.insert(header::RANGE, HeaderValue::from_static("bytes=0-99"));
-        headers.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
+        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         let request = forwardable(&headers, true);
         assert_eq!(request.len(), 1);
         assert!(request.contains_key(header::RANGE));
@@ -378,23 +310,11 @@ mod tests {
 
     #[test]
     fn upstream_paths_keep_the_base_prefix() {
-        let link = Link::new(
-            eddy_shared::netsim::Trace::constant(1e6).unwrap(),
-            std::time::Duration::ZERO,
-        );
+        let link = Link::new(eddy_shared::netsim::Trace::constant(1e6).unwrap(), std::time::Duration::ZERO);
         let proxy = Proxy::new(Url::parse("http://127.0.0.1:9/cdn/").unwrap(), link, None).unwrap();
-        assert_eq!(
-            proxy.upstream_url("/a/b.ts", Some("x=1")).as_str(),
-            "http://127.0.0.1:9/cdn/a/b.ts?x=1"
-        );
-        let link = Link::new(
-            eddy_shared::netsim::Trace::constant(1e6).unwrap(),
-            std::time::Duration::ZERO,
-        );
+        assert_eq!(proxy.upstream_url("/a/b.ts", Some("x=1")).as_str(), "http://127.0.0.1:9/cdn/a/b.ts?x=1");
+        let link = Link::new(eddy_shared::netsim::Trace::constant(1e6).unwrap(), std::time::Duration::ZERO);
         let proxy = Proxy::new(Url::parse("http://127.0.0.1:9").unwrap(), link, None).unwrap();
-        assert_eq!(
-            proxy.upstream_url("/live.m3u8", None).as_str(),
-            "http://127.0.0.1:9/live.m3u8"
-        );
+        assert_eq!(proxy.upstream_url("/live.m3u8", None).as_str(), "http://127.0.0.1:9/live.m3u8");
     }
 }

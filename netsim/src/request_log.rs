@@ -52,12 +52,8 @@ pub struct RequestLog {
 impl RequestLog {
     /// Creates (or empties) the file.
     pub fn create(path: &Path) -> Result<RequestLog> {
-        let file = File::create(path)
-            .with_context(|| format!("--log {}: cannot create", path.display()))?;
-        Ok(RequestLog {
-            path: path.to_path_buf(),
-            file: Mutex::new(file),
-        })
+        let file = File::create(path).with_context(|| format!("--log {}: cannot create", path.display()))?;
+        Ok(RequestLog { path: path.to_path_buf(), file: Mutex::new(file) })
     }
 
     pub fn write(&self, record: &RequestRecord) {
@@ -69,10 +65,7 @@ impl RequestLog {
             }
         };
         line.push('\n');
-        let mut file = self
-            .file
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut file = self.file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Err(e) = file.write_all(line.as_bytes()) {
             tracing::warn!(path = %self.path.display(), error = %e, "cannot write the request log");
         }

@@ -31,9 +31,7 @@ async fn upstream() -> MockServer {
 /// Starts `eddy-netsim --listen 127.0.0.1:0 --upstream <upstream>` plus `args`; returns it and its base URL.
 fn start_netsim(upstream: &str, args: &[&str]) -> Result<(Running, String)> {
     let mut command = Command::new(bin_path("eddy-netsim"));
-    command
-        .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
-        .args(args);
+    command.args(["--listen", "127.0.0.1:0", "--upstream", upstream]).args(args);
     let process = spawn_until_ready(command, "eddy-netsim listening on", Duration::from_secs(20))?;
     let addr = process.addr_after("listening on ")?;
     Ok((process, format!("http://{addr}")))
@@ -42,18 +40,11 @@ fn start_netsim(upstream: &str, args: &[&str]) -> Result<(Running, String)> {
 /// Downloads `url` in full; returns the body and how long it took.
 async fn timed_get(client: &reqwest::Client, url: &str) -> Result<(Vec<u8>, Duration)> {
     let started = Instant::now();
-    let response = client
-        .get(url)
-        .send()
-        .await
-        .with_context(|| format!("GET {url}"))?;
+    let response = client.get(url).send().await.with_context(|| format!("GET {url}"))?;
     if !response.status().is_success() {
         bail!("GET {url}: {}", response.status());
     }
-    let body = response
-        .bytes()
-        .await
-        .with_context(|| format!("reading {url}"))?;
+    let body = response.bytes().await.with_context(|| format!("reading {url}"))?;
     Ok((body.to_vec(), started.elapsed()))
 }
 
@@ -71,10 +62,7 @@ async fn log_records(log: &Path, count: usize) -> Result<Vec<Value>> {
             return Ok(records);
         }
         if Instant::now() > deadline {
-            bail!(
-                "the log has {} records, expected {count}: {text}",
-                records.len()
-            );
+            bail!("the log has {} records, expected {count}: {text}", records.len());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -83,10 +71,7 @@ async fn log_records(log: &Path, count: usize) -> Result<Vec<Value>> {
 fn assert_within(elapsed: Duration, expected_s: f64, what: &str) {
     let (low, high) = (expected_s * 0.75, expected_s * 1.25);
     let took = elapsed.as_secs_f64();
-    assert!(
-        (low..=high).contains(&took),
-        "{what} took {took:.2} s, expected {expected_s} s ±25%"
-    );
+    assert!((low..=high).contains(&took), "{what} took {took:.2} s, expected {expected_s} s ±25%");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,10 +86,7 @@ async fn a_download_takes_the_shaped_time_and_is_logged() -> Result<()> {
     let (body, elapsed) = timed_get(&client, &format!("{base}/seg.ts")).await?;
 
     assert_eq!(body.len(), SEGMENT_BYTES);
-    assert!(
-        body.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8),
-        "body corrupted"
-    );
+    assert!(body.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8), "body corrupted");
     // 400 kB at 2 Mbit/s = 1.6 s.
     assert_within(elapsed, 1.6, "400 kB at 2 Mbit/s");
     let records = log_records(&log, 1).await?;
@@ -116,10 +98,7 @@ async fn a_download_takes_the_shaped_time_and_is_logged() -> Result<()> {
     assert_eq!(record["closed_early"], false);
     let start = record["start_ms"].as_u64().context("start_ms")?;
     let end = record["end_ms"].as_u64().context("end_ms")?;
-    assert!(
-        (1200..=2000).contains(&(end - start)),
-        "logged {start}..{end} ms"
-    );
+    assert!((1200..=2000).contains(&(end - start)), "logged {start}..{end} ms");
     Ok(())
 }
 
@@ -155,16 +134,8 @@ async fn concurrent_downloads_share_the_link_instead_of_doubling_it() -> Result<
 
     assert_eq!(first_body.len(), SEGMENT_BYTES / 2);
     assert_eq!(second_body.len(), SEGMENT_BYTES / 2);
-    assert_within(
-        first_took,
-        1.6,
-        "the first of two concurrent 200 kB downloads",
-    );
-    assert_within(
-        second_took,
-        1.6,
-        "the second of two concurrent 200 kB downloads",
-    );
+    assert_within(first_took, 1.6, "the first of two concurrent 200 kB downloads");
+    assert_within(second_took, 1.6, "the second of two concurrent 200 kB downloads");
     Ok(())
 }
 
@@ -174,10 +145,7 @@ async fn a_client_that_hangs_up_is_logged_as_closed_early() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let log = dir.path().join("requests.jsonl");
     let log_arg = log.to_str().context("temp path is not UTF-8")?;
-    let (_netsim, base) = start_netsim(
-        &upstream.uri(),
-        &["--rate", "4M", "--latency", "30", "--log", log_arg],
-    )?;
+    let (_netsim, base) = start_netsim(&upstream.uri(), &["--rate", "4M", "--latency", "30", "--log", log_arg])?;
 
     // Read about 50 kB, then abandon the download, as a player abandons a segment.
     let mut response = reqwest::get(format!("{base}/seg.ts")).await?;
@@ -194,10 +162,7 @@ async fn a_client_that_hangs_up_is_logged_as_closed_early() -> Result<()> {
     let bytes = record["bytes"].as_u64().context("bytes")?;
     assert!(bytes < SEGMENT_BYTES as u64, "{record}");
     let first_byte = record["first_byte_ms"].as_u64().context("first_byte_ms")?;
-    assert!(
-        first_byte >= 30,
-        "the 30 ms first-byte latency was not applied: {record}"
-    );
+    assert!(first_byte >= 30, "the 30 ms first-byte latency was not applied: {record}");
     Ok(())
 }
 
@@ -215,20 +180,12 @@ fn bad_flags_and_traces_fail_with_a_clear_error() -> Result<()> {
     ];
     for (args, expected) in cases {
         let output = Command::new(bin_path("eddy-netsim"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--upstream",
-                "http://127.0.0.1:9",
-            ])
+            .args(["--listen", "127.0.0.1:0", "--upstream", "http://127.0.0.1:9"])
             .args(args)
             .output()?;
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{args:?} was accepted");
-        assert!(
-            stderr.contains(expected),
-            "{args:?}: stderr does not say '{expected}': {stderr}"
-        );
+        assert!(stderr.contains(expected), "{args:?}: stderr does not say '{expected}': {stderr}");
         assert!(output.stdout.is_empty(), "{args:?} printed a ready line");
     }
     Ok(())
