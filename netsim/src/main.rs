@@ -40,7 +40,8 @@ EXAMPLES:
   eddy-netsim --listen 127.0.0.1:8090 --upstream http://127.0.0.1:8080 --rate 3M --latency 40
   eddy-netsim --upstream http://127.0.0.1:8080 --pattern 5M@0s,800k@20s,5M@40s --log requests.jsonl
   eddy-netsim --upstream http://127.0.0.1:8080 --pattern square:4M:500k:30s
-  eddy-netsim --upstream http://127.0.0.1:8080 --trace norway-bus-1.log";
+  eddy-netsim --upstream http://127.0.0.1:8080 --trace norway-bus-1.log
+  eddy-netsim --pattern random:4g:3:300s --print-trace > 4g-3.txt";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -55,8 +56,8 @@ struct Args {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8090")]
     listen: SocketAddr,
     /// Origin the requests are forwarded to, e.g. http://127.0.0.1:8080 (a path prefix is kept).
-    #[arg(long, value_name = "URL", value_parser = parse_upstream)]
-    upstream: Url,
+    #[arg(long, value_name = "URL", value_parser = parse_upstream, required_unless_present = "print_trace")]
+    upstream: Option<Url>,
     /// Bandwidth trace file (Pensieve or Mahimahi format, see below).
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
@@ -72,6 +73,10 @@ struct Args {
     /// Also write one JSON line per request to this file (replaced at start).
     #[arg(long, value_name = "FILE.jsonl")]
     log: Option<PathBuf>,
+    /// Print the trace (one loop) in Pensieve's format on stdout and exit, e.g. to save a generated
+    /// trace: --pattern random:3g:7:300s --print-trace > 3g-7.txt
+    #[arg(long)]
+    print_trace: bool,
 }
 
 fn parse_upstream(text: &str) -> Result<Url, String> {
@@ -131,18 +136,25 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<()> {
     let trace = trace_from(&args)?;
+    if args.print_trace {
+        print!("{}", trace.to_pensieve());
+        return Ok(());
+    }
+    let Some(upstream) = args.upstream.clone() else {
+        bail!("--upstream is required");
+    };
     let log = match &args.log {
         Some(path) => Some(RequestLog::create(path)?),
         None => None,
     };
     let link = Link::new(trace.clone(), Duration::from_millis(args.latency));
-    let proxy = Arc::new(Proxy::new(args.upstream.clone(), link, log)?);
+    let proxy = Arc::new(Proxy::new(upstream.clone(), link, log)?);
 
     let listener =
         TcpListener::bind(args.listen).await.with_context(|| format!("--listen {}: cannot listen", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!(
-        upstream = %args.upstream,
+        upstream = %upstream,
         mean_kbps = (trace.mean_bps() / 1000.0).round(),
         loop_s = trace.duration_s(),
         latency_ms = args.latency,
@@ -188,6 +200,13 @@ mod tests {
         let ok = [&base[..], &["--rate", "1M"]].concat();
         let args = Args::try_parse_from(ok).unwrap();
         assert_eq!(args.rate, Some(1e6));
+    }
+
+    #[test]
+    fn printing_a_trace_needs_no_upstream() {
+        let args = Args::try_parse_from(["eddy-netsim", "--pattern", "random:3g:1", "--print-trace"]).unwrap();
+        assert!(args.print_trace && args.upstream.is_none());
+        assert!(Args::try_parse_from(["eddy-netsim", "--pattern", "random:3g:1"]).is_err());
     }
 
     #[test]

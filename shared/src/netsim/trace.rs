@@ -300,6 +300,26 @@ impl Trace {
         Trace::parse(&text).map_err(|e| file_error(e.to_string()))
     }
 
+    /// The trace in Pensieve's format (`time_s bandwidth_Mbps` per line), so generated traces can be
+    /// saved, plotted and read back with [`Trace::parse_pensieve`]. A looping trace reads back as the
+    /// same trace: its last step is written as two samples of half its length, since Pensieve's format
+    /// gives the last sample the length of the interval before it. A trace that holds its last rate
+    /// reads back looping, with that rate lasting as long as the interval before it (1 s if alone).
+    pub fn to_pensieve(&self) -> String {
+        let mut samples: Vec<(f64, f64)> = self.steps().collect();
+        if let (Some(period), Some(&(last_start, rate))) = (self.period_s, samples.last()) {
+            let last_length = period - last_start;
+            let implied = match samples.as_slice() {
+                [.., (before, _), (last, _)] => last - before,
+                _ => 1.0,
+            };
+            if last_length != implied {
+                samples.push((last_start + last_length / 2.0, rate));
+            }
+        }
+        samples.iter().map(|(t, bps)| format!("{t} {}\n", bps / 1e6)).collect()
+    }
+
     /// Rate at `t_s` seconds, in bits/s (looping traces wrap; before 0 is the first rate).
     pub fn bandwidth_at(&self, t_s: f64) -> f64 {
         let t = self.wrap(t_s.max(0.0)).1;
@@ -681,6 +701,26 @@ mod tests {
         // Offsets are removed.
         let shifted = Trace::parse_pensieve("10.0 1.0\n11.0 2.0\n12.0 0.5").unwrap();
         assert_eq!(shifted, trace);
+    }
+
+    #[test]
+    fn traces_written_in_pensieve_format_read_back_the_same() {
+        let traces = [
+            generate(Family::FourG, 9, 120.0),
+            Trace::from_pattern("square:3M:600k:20s").unwrap(),
+            Trace::from_pattern("3M@0s,1M@2s,2M@7s,end@8s").unwrap(),
+            Trace::parse_mahimahi("1\n2\n3\n250\n").unwrap(),
+        ];
+        for trace in traces {
+            let back = Trace::parse_pensieve(&trace.to_pensieve()).unwrap();
+            assert!(close(back.duration_s(), trace.duration_s()), "{} vs {}", back.duration_s(), trace.duration_s());
+            for i in 0..400 {
+                let t = i as f64 * 0.37;
+                assert!(close(back.cumulative_bits(t), trace.cumulative_bits(t)), "at {t} s");
+            }
+        }
+        let constant = Trace::parse_pensieve(&Trace::constant(2e6).unwrap().to_pensieve()).unwrap();
+        assert!(close(constant.bandwidth_at(100.0), 2e6));
     }
 
     #[test]
