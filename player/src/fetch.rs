@@ -82,10 +82,7 @@ impl Fetcher {
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("eddy-play/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| FetchError::Request {
-                url: String::new(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| FetchError::Request { url: String::new(), reason: e.to_string() })?;
         Ok(Self { client })
     }
 
@@ -93,10 +90,7 @@ impl Fetcher {
     pub async fn get(&self, url: &Url, range: Option<Range>) -> Result<Bytes, FetchError> {
         match self.download(url, range, |_| false).await? {
             Outcome::Done(download) => Ok(download.body),
-            Outcome::Abandoned { .. } => Err(FetchError::Request {
-                url: url.to_string(),
-                reason: "abandoned".into(),
-            }),
+            Outcome::Abandoned { .. } => Err(FetchError::Request { url: url.to_string(), reason: "abandoned".into() }),
         }
     }
 
@@ -133,26 +127,15 @@ impl Fetcher {
         if url.scheme() == "file" {
             return read_file(url, range, requested_at).await.map(Outcome::Done);
         }
-        let request_error = |e: reqwest::Error| FetchError::Request {
-            url: url.to_string(),
-            reason: e.to_string(),
-        };
+        let request_error = |e: reqwest::Error| FetchError::Request { url: url.to_string(), reason: e.to_string() };
         let mut request = self.client.get(url.clone());
         if let Some(range) = range {
             let last = range.offset + range.length.saturating_sub(1);
-            request = request.header(
-                reqwest::header::RANGE,
-                format!("bytes={}-{last}", range.offset),
-            );
+            request = request.header(reqwest::header::RANGE, format!("bytes={}-{last}", range.offset));
         }
         let send = request.send();
         tokio::pin!(send);
-        let mut progress = Progress {
-            requested_at,
-            first_byte_at: None,
-            bytes_so_far: 0,
-            expected_bytes: None,
-        };
+        let mut progress = Progress { requested_at, first_byte_at: None, bytes_so_far: 0, expected_bytes: None };
         let mut response = loop {
             match tokio::time::timeout(PROGRESS_INTERVAL, &mut send).await {
                 Ok(result) => break result.map_err(request_error)?,
@@ -161,25 +144,17 @@ impl Fetcher {
                         return Ok(Outcome::Abandoned { bytes_so_far: 0 });
                     }
                     if requested_at.elapsed() > STALLED_REQUEST {
-                        return Err(FetchError::Request {
-                            url: url.to_string(),
-                            reason: "no response".into(),
-                        });
+                        return Err(FetchError::Request { url: url.to_string(), reason: "no response".into() });
                     }
                 }
             }
         };
         let status = response.status();
         if !status.is_success() {
-            return Err(FetchError::Status {
-                url: url.to_string(),
-                status: status.as_u16(),
-            });
+            return Err(FetchError::Status { url: url.to_string(), status: status.as_u16() });
         }
         progress.expected_bytes = response.content_length().or(range.map(|r| r.length));
-        let mut body = BytesMut::with_capacity(
-            progress.expected_bytes.unwrap_or(64 * 1024).min(64 << 20) as usize,
-        );
+        let mut body = BytesMut::with_capacity(progress.expected_bytes.unwrap_or(64 * 1024).min(64 << 20) as usize);
         let mut last_byte_at = Instant::now();
         loop {
             match tokio::time::timeout(PROGRESS_INTERVAL, response.chunk()).await {
@@ -192,17 +167,12 @@ impl Fetcher {
                 Ok(Ok(None)) => break,
                 Ok(Err(e)) => return Err(request_error(e)),
                 Err(_) if last_byte_at.elapsed() > STALLED_REQUEST => {
-                    return Err(FetchError::Request {
-                        url: url.to_string(),
-                        reason: "transfer stalled".into(),
-                    });
+                    return Err(FetchError::Request { url: url.to_string(), reason: "transfer stalled".into() });
                 }
                 Err(_) => {}
             }
             if abandon(&progress) {
-                return Ok(Outcome::Abandoned {
-                    bytes_so_far: progress.bytes_so_far,
-                });
+                return Ok(Outcome::Abandoned { bytes_so_far: progress.bytes_so_far });
             }
         }
         if let Some(expected) = progress.expected_bytes {
@@ -223,38 +193,20 @@ impl Fetcher {
     }
 }
 
-async fn read_file(
-    url: &Url,
-    range: Option<Range>,
-    requested_at: Instant,
-) -> Result<Download, FetchError> {
-    let file_error = |reason: String| FetchError::File {
-        url: url.to_string(),
-        reason,
-    };
-    let path = url
-        .to_file_path()
-        .map_err(|()| file_error("not a local path".into()))?;
-    let data = tokio::fs::read(&path)
-        .await
-        .map_err(|e| file_error(e.to_string()))?;
+async fn read_file(url: &Url, range: Option<Range>, requested_at: Instant) -> Result<Download, FetchError> {
+    let file_error = |reason: String| FetchError::File { url: url.to_string(), reason };
+    let path = url.to_file_path().map_err(|()| file_error("not a local path".into()))?;
+    let data = tokio::fs::read(&path).await.map_err(|e| file_error(e.to_string()))?;
     let body = match range {
         None => Bytes::from(data),
         Some(range) => {
-            let start = usize::try_from(range.offset)
-                .map_err(|_| file_error("range out of file".into()))?;
+            let start = usize::try_from(range.offset).map_err(|_| file_error("range out of file".into()))?;
             let end = start.saturating_add(usize::try_from(range.length).unwrap_or(usize::MAX));
-            let slice = data
-                .get(start..end)
-                .ok_or_else(|| file_error(format!("range {start}..{end} is past the end")))?;
+            let slice =
+                data.get(start..end).ok_or_else(|| file_error(format!("range {start}..{end} is past the end")))?;
             Bytes::copy_from_slice(slice)
         }
     };
     let finished_at = Instant::now();
-    Ok(Download {
-        body,
-        requested_at,
-        first_byte_at: finished_at,
-        finished_at,
-    })
+    Ok(Download { body, requested_at, first_byte_at: finished_at, finished_at })
 }

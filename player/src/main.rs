@@ -83,9 +83,7 @@ fn positive_seconds(name: &str, value: f64) -> Result<()> {
 }
 
 async fn run_player(args: PlayArgs) -> Result<()> {
-    let Some(url_arg) = args.url else {
-        bail!("a playlist URL or path is required")
-    };
+    let Some(url_arg) = args.url else { bail!("a playlist URL or path is required") };
     let url = playlist::source_url(&url_arg).map_err(anyhow::Error::msg)?;
     positive_seconds("buffer", args.buffer)?;
     if let Some(duration) = args.duration {
@@ -98,11 +96,7 @@ async fn run_player(args: PlayArgs) -> Result<()> {
     }
     let headless = args.headless || !display_available();
     if headless {
-        let why = if args.headless {
-            "--headless"
-        } else {
-            "no display found (DISPLAY/WAYLAND_DISPLAY unset)"
-        };
+        let why = if args.headless { "--headless" } else { "no display found (DISPLAY/WAYLAND_DISPLAY unset)" };
         eprintln!("eddy-play: {why}: playing with real-time fake sinks (no window, no sound)");
     }
     let config = PlayerConfig {
@@ -124,13 +118,10 @@ async fn run_player(args: PlayArgs) -> Result<()> {
     println!("{}", played.report.summary());
     if let Some(path) = &args.report {
         let json = serde_json::to_vec_pretty(&played.report).context("serialising the report")?;
-        write_atomically(path, &json)
-            .with_context(|| format!("writing the report {}", path.display()))?;
+        write_atomically(path, &json).with_context(|| format!("writing the report {}", path.display()))?;
     }
     if let Some(path) = &args.plot {
-        plot_timeline(path, &played.timeline)
-            .map_err(anyhow::Error::msg)
-            .context("writing the plot")?;
+        plot_timeline(path, &played.timeline).map_err(anyhow::Error::msg).context("writing the plot")?;
     }
     Ok(())
 }
@@ -140,11 +131,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Evaluate(args)) => sim::run_evaluate(args),
-        None => match tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-        {
+        None => match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
             Ok(runtime) => runtime.block_on(run_player(cli.play)),
             Err(e) => Err(anyhow::Error::new(e).context("starting the async runtime")),
         },

@@ -46,9 +46,7 @@ impl Pipeline {
     pub fn new(container: Container, headless: bool) -> Result<Self, PipelineError> {
         gst::init().map_err(setup_error)?;
         let pipeline = gst::Pipeline::new();
-        let ts_caps = gst::Caps::builder("video/mpegts")
-            .field("systemstream", true)
-            .build();
+        let ts_caps = gst::Caps::builder("video/mpegts").field("systemstream", true).build();
         let mut builder = gst_app::AppSrc::builder()
             .format(gst::Format::Bytes)
             .is_live(false)
@@ -59,12 +57,8 @@ impl Pipeline {
             builder = builder.caps(&ts_caps);
         }
         let appsrc = builder.build();
-        let decodebin = gst::ElementFactory::make("decodebin")
-            .build()
-            .map_err(setup_error)?;
-        pipeline
-            .add_many([appsrc.upcast_ref(), &decodebin])
-            .map_err(setup_error)?;
+        let decodebin = gst::ElementFactory::make("decodebin").build().map_err(setup_error)?;
+        pipeline.add_many([appsrc.upcast_ref(), &decodebin]).map_err(setup_error)?;
         appsrc.link(&decodebin).map_err(setup_error)?;
         let weak = pipeline.downgrade();
         decodebin.connect_pad_added(move |_, pad| {
@@ -72,10 +66,7 @@ impl Pipeline {
                 return;
             };
             let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
-            let media = caps
-                .structure(0)
-                .map(|s| s.name().to_string())
-                .unwrap_or_default();
+            let media = caps.structure(0).map(|s| s.name().to_string()).unwrap_or_default();
             let description = match (media.split('/').next(), headless) {
                 (Some("video"), true) => "queue ! fakesink sync=true",
                 (Some("video"), false) => "queue ! videoconvert ! videoscale ! autovideosink",
@@ -92,18 +83,12 @@ impl Pipeline {
 
     /// Starts playing (the pipeline reaches PLAYING once it has prerolled).
     pub fn play(&self) -> Result<(), PipelineError> {
-        self.pipeline
-            .set_state(gst::State::Playing)
-            .map(|_| ())
-            .map_err(setup_error)
+        self.pipeline.set_state(gst::State::Playing).map(|_| ()).map_err(setup_error)
     }
 
     /// Pauses for a stall.
     pub fn pause(&self) -> Result<(), PipelineError> {
-        self.pipeline
-            .set_state(gst::State::Paused)
-            .map(|_| ())
-            .map_err(setup_error)
+        self.pipeline.set_state(gst::State::Paused).map(|_| ()).map_err(setup_error)
     }
 
     /// Pushes bytes; `discontinuity` marks a jump (a new init section or rendition).
@@ -114,26 +99,18 @@ impl Pipeline {
                 buffer.set_flags(gst::BufferFlags::DISCONT);
             }
         }
-        self.appsrc
-            .push_buffer(buffer)
-            .map(|_| ())
-            .map_err(|e| setup_error(format!("push: {e:?}")))
+        self.appsrc.push_buffer(buffer).map(|_| ()).map_err(|e| setup_error(format!("push: {e:?}")))
     }
 
     /// No more data: the pipeline posts end-of-stream once everything has played.
     pub fn end_of_stream(&self) -> Result<(), PipelineError> {
-        self.appsrc
-            .end_of_stream()
-            .map(|_| ())
-            .map_err(|e| setup_error(format!("end of stream: {e:?}")))
+        self.appsrc.end_of_stream().map(|_| ()).map_err(|e| setup_error(format!("end of stream: {e:?}")))
     }
 
     /// Clock time minus base time: how long the pipeline has been playing since its base time was
     /// (re)set. `None` before it first plays.
     pub fn running_time_s(&self) -> Option<f64> {
-        self.pipeline
-            .current_running_time()
-            .map(|t| t.nseconds() as f64 / 1e9)
+        self.pipeline.current_running_time().map(|t| t.nseconds() as f64 / 1e9)
     }
 
     pub fn is_playing(&self) -> bool {
@@ -153,17 +130,10 @@ impl Pipeline {
                 MessageView::Error(error) => events.push(PipelineEvent::Error(format!(
                     "{} ({})",
                     error.error(),
-                    error
-                        .debug()
-                        .map(|d| d.to_string())
-                        .unwrap_or_default()
-                        .lines()
-                        .next()
-                        .unwrap_or("")
+                    error.debug().map(|d| d.to_string()).unwrap_or_default().lines().next().unwrap_or("")
                 ))),
                 MessageView::StateChanged(change)
-                    if change.src() == Some(self.pipeline.upcast_ref())
-                        && change.current() == gst::State::Playing =>
+                    if change.src() == Some(self.pipeline.upcast_ref()) && change.current() == gst::State::Playing =>
                 {
                     events.push(PipelineEvent::Playing)
                 }
@@ -184,24 +154,16 @@ impl Drop for Pipeline {
     }
 }
 
-fn attach_branch(
-    pipeline: &gst::Pipeline,
-    pad: &gst::Pad,
-    description: &str,
-) -> Result<(), PipelineError> {
+fn attach_branch(pipeline: &gst::Pipeline, pad: &gst::Pad, description: &str) -> Result<(), PipelineError> {
     let bin = gst::parse::bin_from_description(description, true).map_err(setup_error)?;
     pipeline.add(&bin).map_err(setup_error)?;
     bin.sync_state_with_parent().map_err(setup_error)?;
-    let sink = bin
-        .static_pad("sink")
-        .ok_or_else(|| setup_error("branch has no sink pad"))?;
+    let sink = bin.static_pad("sink").ok_or_else(|| setup_error("branch has no sink pad"))?;
     pad.link(&sink).map_err(setup_error)?;
     Ok(())
 }
 
 /// Whether a window can be opened (a display server is advertised).
 pub fn display_available() -> bool {
-    ["DISPLAY", "WAYLAND_DISPLAY"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
+    ["DISPLAY", "WAYLAND_DISPLAY"].iter().any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
 }

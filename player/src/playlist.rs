@@ -10,11 +10,7 @@ pub enum PlaylistError {
     #[error("{url}: not an HLS playlist ({reason})")]
     Malformed { url: String, reason: String },
     #[error("{url}: bad URI '{uri}': {reason}")]
-    BadUri {
-        url: String,
-        uri: String,
-        reason: String,
-    },
+    BadUri { url: String, uri: String, reason: String },
     #[error("{url}: {reason}")]
     Unsupported { url: String, reason: String },
 }
@@ -127,10 +123,7 @@ fn resolve(base: &Url, uri: &str) -> Result<Url, PlaylistError> {
 
 /// Parses a playlist fetched from `base`.
 pub fn parse(bytes: &[u8], base: &Url) -> Result<Parsed, PlaylistError> {
-    let malformed = |reason: &str| PlaylistError::Malformed {
-        url: base.to_string(),
-        reason: reason.into(),
-    };
+    let malformed = |reason: &str| PlaylistError::Malformed { url: base.to_string(), reason: reason.into() };
     if !bytes.trim_ascii_start().starts_with(b"#EXTM3U") {
         return Err(malformed("it does not start with #EXTM3U"));
     }
@@ -155,20 +148,12 @@ pub fn parse(bytes: &[u8], base: &Url) -> Result<Parsed, PlaylistError> {
             Ok(Parsed::Master(variants))
         }
         Ok(Playlist::MediaPlaylist(media)) => Ok(Parsed::Media(media_playlist(media, base)?)),
-        Err(e) => Err(malformed(
-            &format!("parse error: {e:?}")
-                .chars()
-                .take(200)
-                .collect::<String>(),
-        )),
+        Err(e) => Err(malformed(&format!("parse error: {e:?}").chars().take(200).collect::<String>())),
     }
 }
 
 fn parse_iv(text: &str) -> Option<[u8; 16]> {
-    let hex = text
-        .trim()
-        .strip_prefix("0x")
-        .or_else(|| text.trim().strip_prefix("0X"))?;
+    let hex = text.trim().strip_prefix("0x").or_else(|| text.trim().strip_prefix("0X"))?;
     if hex.len() > 32 || hex.is_empty() {
         return None;
     }
@@ -176,14 +161,8 @@ fn parse_iv(text: &str) -> Option<[u8; 16]> {
     Some(value.to_be_bytes())
 }
 
-fn media_playlist(
-    media: m3u8_rs::MediaPlaylist,
-    base: &Url,
-) -> Result<MediaPlaylist, PlaylistError> {
-    let unsupported = |reason: String| PlaylistError::Unsupported {
-        url: base.to_string(),
-        reason,
-    };
+fn media_playlist(media: m3u8_rs::MediaPlaylist, base: &Url) -> Result<MediaPlaylist, PlaylistError> {
+    let unsupported = |reason: String| PlaylistError::Unsupported { url: base.to_string(), reason };
     let mut segments = Vec::with_capacity(media.segments.len());
     let mut key: Option<(Url, Option<[u8; 16]>)> = None;
     let mut init: Option<InitSection> = None;
@@ -194,33 +173,20 @@ fn media_playlist(
             key = match &tag.method {
                 KeyMethod::None => None,
                 KeyMethod::AES128 => {
-                    let uri = tag
-                        .uri
-                        .as_deref()
-                        .ok_or_else(|| unsupported("EXT-X-KEY AES-128 without URI".into()))?;
+                    let uri = tag.uri.as_deref().ok_or_else(|| unsupported("EXT-X-KEY AES-128 without URI".into()))?;
                     let iv = match &tag.iv {
-                        Some(text) => Some(
-                            parse_iv(text)
-                                .ok_or_else(|| unsupported(format!("bad IV '{text}'")))?,
-                        ),
+                        Some(text) => Some(parse_iv(text).ok_or_else(|| unsupported(format!("bad IV '{text}'")))?),
                         None => None,
                     };
                     Some((resolve(base, uri)?, iv))
                 }
-                other => {
-                    return Err(unsupported(format!(
-                        "encryption method {other:?} is not supported"
-                    )))
-                }
+                other => return Err(unsupported(format!("encryption method {other:?} is not supported"))),
             };
         }
         if let Some(map) = &segment.map {
             init = Some(InitSection {
                 uri: resolve(base, &map.uri)?,
-                range: map.byte_range.as_ref().map(|r| Range {
-                    offset: r.offset.unwrap_or(0),
-                    length: r.length,
-                }),
+                range: map.byte_range.as_ref().map(|r| Range { offset: r.offset.unwrap_or(0), length: r.length }),
             });
         }
         let uri = resolve(base, &segment.uri)?;
@@ -231,16 +197,12 @@ fn media_playlist(
                     (None, Some((previous, end))) if *previous == uri => *end,
                     (None, _) => {
                         return Err(unsupported(
-                            "EXT-X-BYTERANGE without offset follows no range of the same URI"
-                                .into(),
+                            "EXT-X-BYTERANGE without offset follows no range of the same URI".into(),
                         ))
                     }
                 };
                 next_offset = Some((uri.clone(), offset + r.length));
-                Some(Range {
-                    offset,
-                    length: r.length,
-                })
+                Some(Range { offset, length: r.length })
             }
             None => {
                 next_offset = None;
@@ -260,11 +222,7 @@ fn media_playlist(
             discontinuity: segment.discontinuity,
         });
     }
-    Ok(MediaPlaylist {
-        target_duration_s: media.target_duration as f64,
-        segments,
-        ended: media.end_list,
-    })
+    Ok(MediaPlaylist { target_duration_s: media.target_duration as f64, segments, ended: media.end_list })
 }
 
 /// Turns a command-line argument (URL or file path) into a URL.
@@ -288,14 +246,9 @@ mod tests {
     #[test]
     fn master_variants_resolve_relative_uris_in_order() {
         let text = b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=800000,RESOLUTION=640x360\n360p/index.m3u8\n#EXT-X-STREAM-INF:BANDWIDTH=300000,AVERAGE-BANDWIDTH=280000\nhttp://cdn.test/240p.m3u8\n";
-        let Ok(Parsed::Master(variants)) = parse(text, &base()) else {
-            panic!("master expected")
-        };
+        let Ok(Parsed::Master(variants)) = parse(text, &base()) else { panic!("master expected") };
         assert_eq!(variants.len(), 2);
-        assert_eq!(
-            variants[0].uri.as_str(),
-            "http://example.test/live/360p/index.m3u8"
-        );
+        assert_eq!(variants[0].uri.as_str(), "http://example.test/live/360p/index.m3u8");
         assert_eq!(variants[0].resolution, Some((640, 360)));
         assert_eq!(variants[1].index, 1);
         assert_eq!(variants[1].average_bandwidth_bps, Some(280_000));
@@ -304,32 +257,14 @@ mod tests {
     #[test]
     fn keys_maps_and_byteranges_carry_forward() {
         let text = b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:7\n#EXT-X-MAP:URI=\"init.mp4\"\n#EXT-X-KEY:METHOD=AES-128,URI=\"k.key\"\n#EXTINF:2.0,\n#EXT-X-BYTERANGE:1000@0\nall.m4s\n#EXTINF:2.0,\n#EXT-X-BYTERANGE:500\nall.m4s\n#EXT-X-KEY:METHOD=AES-128,URI=\"k2.key\",IV=0x0000000000000000000000000000002A\n#EXTINF:1.5,\nlast.m4s\n#EXT-X-ENDLIST\n";
-        let Ok(Parsed::Media(media)) = parse(text, &base()) else {
-            panic!("media expected")
-        };
+        let Ok(Parsed::Media(media)) = parse(text, &base()) else { panic!("media expected") };
         assert!(media.ended);
         assert_eq!(media.segments.len(), 3);
         let first = &media.segments[0];
         assert_eq!(first.sequence, 7);
-        assert_eq!(
-            first.range,
-            Some(Range {
-                offset: 0,
-                length: 1000
-            })
-        );
-        assert_eq!(
-            media.segments[1].range,
-            Some(Range {
-                offset: 1000,
-                length: 500
-            })
-        );
-        assert_eq!(
-            first.key.as_ref().map(|k| k.iv[15]),
-            Some(7),
-            "IV from the sequence number"
-        );
+        assert_eq!(first.range, Some(Range { offset: 0, length: 1000 }));
+        assert_eq!(media.segments[1].range, Some(Range { offset: 1000, length: 500 }));
+        assert_eq!(first.key.as_ref().map(|k| k.iv[15]), Some(7), "IV from the sequence number");
         assert_eq!(media.segments[2].key.as_ref().map(|k| k.iv[15]), Some(42));
         assert!(media.segments.iter().all(|s| s.init.is_some()));
         assert!(media.is_fmp4());
@@ -339,23 +274,18 @@ mod tests {
 
     #[test]
     fn live_starts_three_target_durations_from_the_edge() {
-        let mut text =
-            String::from("#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:100\n");
+        let mut text = String::from("#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:100\n");
         for i in 0..6 {
             text.push_str(&format!("#EXTINF:1.0,\ns{i}.ts\n"));
         }
-        let Ok(Parsed::Media(media)) = parse(text.as_bytes(), &base()) else {
-            panic!("media expected")
-        };
+        let Ok(Parsed::Media(media)) = parse(text.as_bytes(), &base()) else { panic!("media expected") };
         assert!(!media.ended);
         assert_eq!(media.live_start_sequence(), Some(103));
     }
 
     #[test]
     fn garbage_is_refused_with_the_url() {
-        let error = parse(b"<html>not found</html>", &base())
-            .err()
-            .map(|e| e.to_string());
+        let error = parse(b"<html>not found</html>", &base()).err().map(|e| e.to_string());
         assert!(error.is_some_and(|e| e.contains("example.test") && e.contains("EXTM3U")));
     }
 }

@@ -60,27 +60,15 @@ impl Report {
     ) -> Self {
         let bitrates: Vec<u64> = segments.iter().map(|s| s.bitrate_bps).collect();
         let total_duration: f64 = durations_s.iter().sum();
-        let weighted: f64 = bitrates
-            .iter()
-            .zip(durations_s)
-            .map(|(&b, &d)| b as f64 * d)
-            .sum();
+        let weighted: f64 = bitrates.iter().zip(durations_s).map(|(&b, &d)| b as f64 * d).sum();
         Report {
             url,
             startup_ms,
             played_s,
             stall_count,
             stall_ms: (stall_s * 1000.0).round() as u64,
-            rebuffer_ratio: if played_s > 0.0 {
-                stall_s / played_s
-            } else {
-                0.0
-            },
-            avg_bitrate_bps: if total_duration > 0.0 {
-                (weighted / total_duration).round() as u64
-            } else {
-                0
-            },
+            rebuffer_ratio: if played_s > 0.0 { stall_s / played_s } else { 0.0 },
+            avg_bitrate_bps: if total_duration > 0.0 { (weighted / total_duration).round() as u64 } else { 0 },
             switches: qoe::switch_count(&bitrates),
             bytes,
             qoe_lin: qoe::qoe_lin(&bitrates, stall_s),
@@ -111,13 +99,9 @@ impl Report {
 /// Writes `contents` to `path` through a temporary file and a rename, so a failure leaves no partial
 /// file behind.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
+    let file_name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let temporary = path.with_file_name(format!(".{file_name}.tmp{}", std::process::id()));
-    let result =
-        std::fs::write(&temporary, contents).and_then(|()| std::fs::rename(&temporary, path));
+    let result = std::fs::write(&temporary, contents).and_then(|()| std::fs::rename(&temporary, path));
     if result.is_err() {
         let _ = std::fs::remove_file(&temporary);
     }
@@ -170,12 +154,8 @@ pub fn plot_timeline(path: &Path, points: &[TimelinePoint]) -> Result<(), String
         let root = SVGBackend::with_string(&mut svg, (960, 480)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let t_max = points.last().map_or(1.0, |p| p.t_s).max(1.0);
-        let mbps_max = points
-            .iter()
-            .map(|p| p.estimate_bps.max(p.bitrate_bps) / 1e6)
-            .fold(1.0f64, f64::max)
-            .min(1000.0)
-            * 1.1;
+        let mbps_max =
+            points.iter().map(|p| p.estimate_bps.max(p.bitrate_bps) / 1e6).fold(1.0f64, f64::max).min(1000.0) * 1.1;
         let buffer_max = points.iter().map(|p| p.buffer_s).fold(1.0f64, f64::max) * 1.1;
         let mut chart = ChartBuilder::on(&root)
             .margin(20)
@@ -185,29 +165,14 @@ pub fn plot_timeline(path: &Path, points: &[TimelinePoint]) -> Result<(), String
             .build_cartesian_2d(0.0..t_max, 0.0..mbps_max)
             .map_err(|e| e.to_string())?
             .set_secondary_coord(0.0..t_max, 0.0..buffer_max);
-        chart
-            .configure_mesh()
-            .disable_mesh()
-            .draw()
-            .map_err(|e| e.to_string())?;
-        chart
-            .configure_secondary_axes()
-            .draw()
-            .map_err(|e| e.to_string())?;
-        let estimate = points
-            .iter()
-            .map(|p| (p.t_s, (p.estimate_bps / 1e6).min(mbps_max)));
-        chart
-            .draw_series(LineSeries::new(estimate, &BLUE))
-            .map_err(|e| e.to_string())?;
+        chart.configure_mesh().disable_mesh().draw().map_err(|e| e.to_string())?;
+        chart.configure_secondary_axes().draw().map_err(|e| e.to_string())?;
+        let estimate = points.iter().map(|p| (p.t_s, (p.estimate_bps / 1e6).min(mbps_max)));
+        chart.draw_series(LineSeries::new(estimate, &BLUE)).map_err(|e| e.to_string())?;
         let bitrate = points.iter().map(|p| (p.t_s, p.bitrate_bps / 1e6));
-        chart
-            .draw_series(LineSeries::new(bitrate, RED.stroke_width(2)))
-            .map_err(|e| e.to_string())?;
+        chart.draw_series(LineSeries::new(bitrate, RED.stroke_width(2))).map_err(|e| e.to_string())?;
         let buffer = points.iter().map(|p| (p.t_s, p.buffer_s));
-        chart
-            .draw_secondary_series(LineSeries::new(buffer, &GREEN))
-            .map_err(|e| e.to_string())?;
+        chart.draw_secondary_series(LineSeries::new(buffer, &GREEN)).map_err(|e| e.to_string())?;
         root.present().map_err(|e| e.to_string())?;
     }
     // A legend without font rendering: plotters' text needs font features we do not enable.
@@ -221,35 +186,13 @@ mod tests {
     use super::*;
 
     fn segment(index: u64, bitrate_bps: u64) -> SegmentRecord {
-        SegmentRecord {
-            index,
-            rendition: 0,
-            bitrate_bps,
-            bytes: 1000,
-            download_ms: 10,
-            abandoned: false,
-        }
+        SegmentRecord { index, rendition: 0, bitrate_bps, bytes: 1000, download_ms: 10, abandoned: false }
     }
 
     #[test]
     fn report_fields_follow_the_segments() {
-        let segments = vec![
-            segment(0, 1_000_000),
-            segment(1, 3_000_000),
-            segment(2, 3_000_000),
-        ];
-        let report = Report::build(
-            "u".into(),
-            100,
-            6.0,
-            1,
-            0.5,
-            5000,
-            0,
-            false,
-            segments,
-            &[2.0, 2.0, 2.0],
-        );
+        let segments = vec![segment(0, 1_000_000), segment(1, 3_000_000), segment(2, 3_000_000)];
+        let report = Report::build("u".into(), 100, 6.0, 1, 0.5, 5000, 0, false, segments, &[2.0, 2.0, 2.0]);
         assert_eq!(report.switches, 1);
         assert_eq!(report.stall_ms, 500);
         assert!((report.rebuffer_ratio - 0.5 / 6.0).abs() < 1e-9);

@@ -15,8 +15,7 @@ use thiserror::Error;
 use url::Url;
 
 use crate::abr::{
-    AbandonInput, AbrAlgorithm, AbrInput, BandwidthEstimator, EddyAbr, PartialTransfer, Rung,
-    TransferSample,
+    AbandonInput, AbrAlgorithm, AbrInput, BandwidthEstimator, EddyAbr, PartialTransfer, Rung, TransferSample,
 };
 use crate::crypto;
 use crate::fetch::{FetchError, Fetcher, Outcome};
@@ -32,7 +31,9 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a timeline point is recorded for `--plot`.
 const TIMELINE_INTERVAL: Duration = Duration::from_millis(250);
 /// Playback that has not started this long after the first segment was pushed is undecodable.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
+/// The same once the whole stream has been pushed: nothing more can make it start.
+const STARTUP_TIMEOUT_AFTER_END: Duration = Duration::from_secs(4);
 
 #[derive(Debug, Clone)]
 pub struct PlayerConfig {
@@ -52,11 +53,11 @@ pub struct PlayerConfig {
 
 #[derive(Debug, Error)]
 pub enum PlayError {
-    #[error("{0}")]
+    #[error(transparent)]
     Fetch(#[from] FetchError),
-    #[error("{0}")]
+    #[error(transparent)]
     Playlist(#[from] PlaylistError),
-    #[error("{0}")]
+    #[error(transparent)]
     Pipeline(#[from] PipelineError),
     #[error("no playable rendition: {0}")]
     NoRendition(String),
@@ -122,10 +123,7 @@ impl Shared {
         if let Some(frozen) = self.frozen_played_s {
             return frozen;
         }
-        self.pipeline
-            .running_time_s()
-            .unwrap_or(0.0)
-            .min(self.pushed_media_s)
+        self.pipeline.running_time_s().unwrap_or(0.0).min(self.pushed_media_s)
     }
 
     fn buffer_ahead_s(&self) -> f64 {
@@ -134,13 +132,9 @@ impl Shared {
 
     fn event(&mut self, mut event: serde_json::Value) {
         if let Some(object) = event.as_object_mut() {
-            object.insert(
-                "t_s".into(),
-                json!((self.now_s() * 1000.0).round() / 1000.0),
-            );
-            let unix_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
+            object.insert("t_s".into(), json!((self.now_s() * 1000.0).round() / 1000.0));
+            let unix_ms =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
             object.insert("unix_ms".into(), json!(unix_ms));
         }
         self.events.write(&event);
@@ -154,18 +148,11 @@ impl Shared {
 }
 
 fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    shared
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One tick of the monitor: pipeline messages, stall detection, duration, status line, timeline.
-fn monitor_tick(
-    shared: &mut Shared,
-    quiet: bool,
-    last_status: &mut Instant,
-    last_point: &mut Instant,
-) {
+fn monitor_tick(shared: &mut Shared, quiet: bool, last_status: &mut Instant, last_point: &mut Instant) {
     for event in shared.pipeline.poll() {
         match event {
             PipelineEvent::Playing if shared.playing_since.is_none() => {
@@ -179,13 +166,9 @@ fn monitor_tick(
         }
     }
     if shared.playing_since.is_none() {
-        if shared
-            .play_requested_at
-            .is_some_and(|t| t.elapsed() > STARTUP_TIMEOUT)
-        {
-            shared.finish(Finish::Failed(
-                "playback did not start: the stream could not be decoded".into(),
-            ));
+        let limit = if shared.all_pushed { STARTUP_TIMEOUT_AFTER_END } else { STARTUP_TIMEOUT };
+        if shared.play_requested_at.is_some_and(|t| t.elapsed() > limit) {
+            shared.finish(Finish::Failed("playback did not start: the stream could not be decoded".into()));
         }
         return;
     }
@@ -228,9 +211,7 @@ fn monitor_tick(
     if !quiet && last_status.elapsed() >= STATUS_INTERVAL {
         *last_status = Instant::now();
         let status = &shared.status;
-        let resolution = status
-            .resolution
-            .map_or_else(|| "?".to_string(), |(w, h)| format!("{w}x{h}"));
+        let resolution = status.resolution.map_or_else(|| "?".to_string(), |(w, h)| format!("{w}x{h}"));
         let line = format!(
             "rendition {} {} {} kbps | buffer {:.1} s | bandwidth {:.2} Mbps | played {:.1} s | stalls {}{}",
             status.rendition,
@@ -271,22 +252,12 @@ enum Next {
 }
 
 impl Playlists {
-    async fn load(
-        &mut self,
-        fetcher: &Fetcher,
-        variant: &Variant,
-    ) -> Result<&LoadedPlaylist, PlayError> {
+    async fn load(&mut self, fetcher: &Fetcher, variant: &Variant) -> Result<&LoadedPlaylist, PlayError> {
         if let std::collections::hash_map::Entry::Vacant(entry) = self.loaded.entry(variant.index) {
             let playlist = fetch_media_playlist(fetcher, &variant.uri).await?;
-            entry.insert(LoadedPlaylist {
-                playlist,
-                loaded_at: Instant::now(),
-                unchanged: false,
-            });
+            entry.insert(LoadedPlaylist { playlist, loaded_at: Instant::now(), unchanged: false });
         }
-        self.loaded
-            .get(&variant.index)
-            .ok_or_else(|| PlayError::NoRendition("playlist vanished".into()))
+        self.loaded.get(&variant.index).ok_or_else(|| PlayError::NoRendition("playlist vanished".into()))
     }
 
     /// The segment `sequence` of `variant`, waiting for live reloads as needed. Returns `Ok(None)` if
@@ -312,32 +283,18 @@ impl Playlists {
                 return Ok(Some(Next::End));
             }
             // Live: reload after a target duration, or half of one after an unchanged reload.
-            let interval = if loaded.unchanged {
-                playlist.target_duration_s / 2.0
-            } else {
-                playlist.target_duration_s
-            };
+            let interval = if loaded.unchanged { playlist.target_duration_s / 2.0 } else { playlist.target_duration_s };
             let due = loaded.loaded_at + Duration::from_secs_f64(interval.max(0.1));
             while Instant::now() < due {
                 if stop() {
                     return Ok(None);
                 }
-                tokio::time::sleep(
-                    MONITOR_INTERVAL.min(due.saturating_duration_since(Instant::now())),
-                )
-                .await;
+                tokio::time::sleep(MONITOR_INTERVAL.min(due.saturating_duration_since(Instant::now()))).await;
             }
             let previous_last = playlist.last_sequence();
             let fresh = fetch_media_playlist(fetcher, &variant.uri).await?;
             let unchanged = fresh.last_sequence() == previous_last;
-            self.loaded.insert(
-                variant.index,
-                LoadedPlaylist {
-                    playlist: fresh,
-                    loaded_at: Instant::now(),
-                    unchanged,
-                },
-            );
+            self.loaded.insert(variant.index, LoadedPlaylist { playlist: fresh, loaded_at: Instant::now(), unchanged });
         }
     }
 }
@@ -364,31 +321,17 @@ struct Ladder {
 fn build_ladder(mut variants: Vec<Variant>, config: &PlayerConfig) -> Result<Ladder, PlayError> {
     if let Some(pinned) = config.rendition {
         let count = variants.len();
-        let variant = variants
-            .into_iter()
-            .find(|v| v.index == pinned)
-            .ok_or_else(|| {
-                PlayError::NoRendition(format!(
-                    "--rendition {pinned} but the playlist has {count} variant(s)"
-                ))
-            })?;
+        let variant = variants.into_iter().find(|v| v.index == pinned).ok_or_else(|| {
+            PlayError::NoRendition(format!("--rendition {pinned} but the playlist has {count} variant(s)"))
+        })?;
         variants = vec![variant];
     }
     variants.sort_by_key(|v| (v.bandwidth_bps, v.index));
-    let rungs: Vec<Rung> = variants
-        .iter()
-        .map(|v| Rung {
-            bitrate_bps: v.bandwidth_bps,
-            height: v.resolution.map(|r| r.1),
-        })
-        .collect();
+    let rungs: Vec<Rung> =
+        variants.iter().map(|v| Rung { bitrate_bps: v.bandwidth_bps, height: v.resolution.map(|r| r.1) }).collect();
     let allowed = |r: &Rung| {
-        config
-            .max_bitrate_bps
-            .is_none_or(|max| r.bitrate_bps <= max)
-            && config
-                .max_height
-                .is_none_or(|max| r.height.is_none_or(|h| h <= max))
+        config.max_bitrate_bps.is_none_or(|max| r.bitrate_bps <= max)
+            && config.max_height.is_none_or(|max| r.height.is_none_or(|h| h <= max))
     };
     let Some(max_rung) = rungs.iter().rposition(allowed) else {
         return Err(PlayError::NoRendition(format!(
@@ -396,11 +339,7 @@ fn build_ladder(mut variants: Vec<Variant>, config: &PlayerConfig) -> Result<Lad
             rungs.len()
         )));
     };
-    Ok(Ladder {
-        variants,
-        rungs,
-        max_rung,
-    })
+    Ok(Ladder { variants, rungs, max_rung })
 }
 
 /// Plays `config.url` to the end (or `--duration`, or Ctrl-C).
@@ -408,20 +347,11 @@ pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
     let started_at = Instant::now();
     let fetcher = Fetcher::new()?;
     let body = fetcher.get(&config.url, None).await?;
-    let mut playlists = Playlists {
-        loaded: HashMap::new(),
-    };
+    let mut playlists = Playlists { loaded: HashMap::new() };
     let variants = match playlist::parse(&body, &config.url)? {
         Parsed::Master(variants) => variants,
         Parsed::Media(media) => {
-            playlists.loaded.insert(
-                0,
-                LoadedPlaylist {
-                    playlist: media,
-                    loaded_at: Instant::now(),
-                    unchanged: false,
-                },
-            );
+            playlists.loaded.insert(0, LoadedPlaylist { playlist: media, loaded_at: Instant::now(), unchanged: false });
             vec![Variant {
                 index: 0,
                 uri: config.url.clone(),
@@ -434,40 +364,23 @@ pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
     let ladder = build_ladder(variants, &config)?;
     // The lowest rung's playlist tells the container and the start position (all rungs align).
     let first_rung = 0;
-    let first = playlists
-        .load(&fetcher, &ladder.variants[first_rung])
-        .await?
-        .playlist
-        .clone();
+    let first = playlists.load(&fetcher, &ladder.variants[first_rung]).await?.playlist.clone();
     if first.segments.is_empty() && first.ended {
         return Err(PlayError::NoRendition(format!(
             "{}: the playlist has no segment",
             ladder.variants[first_rung].uri
         )));
     }
-    let container = if first.is_fmp4() {
-        Container::Fmp4
-    } else {
-        Container::MpegTs
-    };
+    let container = if first.is_fmp4() { Container::Fmp4 } else { Container::MpegTs };
     let start_sequence = match config.start_at_s {
-        Some(seconds) => first.sequence_at(seconds).ok_or_else(|| {
-            PlayError::NoRendition(format!(
-                "--start-at {seconds} is past the end of the stream"
-            ))
-        })?,
+        Some(seconds) => first
+            .sequence_at(seconds)
+            .ok_or_else(|| PlayError::NoRendition(format!("--start-at {seconds} is past the end of the stream")))?,
         None if !first.ended => first.live_start_sequence().unwrap_or(0),
         None => first.segments.first().map_or(0, |s| s.sequence),
     };
     let events = EventWriter::create(config.events.as_deref()).map_err(|e| {
-        PlayError::Output(format!(
-            "{}: {e}",
-            config
-                .events
-                .as_deref()
-                .unwrap_or(std::path::Path::new(""))
-                .display()
-        ))
+        PlayError::Output(format!("{}: {e}", config.events.as_deref().unwrap_or(std::path::Path::new("")).display()))
     })?;
     let shared = Arc::new(Mutex::new(Shared {
         pipeline: Pipeline::new(container, config.headless)?,
@@ -531,12 +444,8 @@ pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
     }
     let _ = monitor.await;
     interrupt.abort();
-    let (records, durations, bytes, abandoned) = (
-        downloader.records,
-        downloader.durations,
-        downloader.bytes,
-        downloader.abandoned,
-    );
+    let (records, durations, bytes, abandoned) =
+        (downloader.records, downloader.durations, downloader.bytes, downloader.abandoned);
     result?;
     let mut state = lock(&shared);
     let finish = state.finish.clone().unwrap_or(Finish::EndOfStream);
@@ -548,9 +457,7 @@ pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
         Finish::EndOfStream => state.pushed_media_s,
         _ => state.played_s(),
     };
-    let startup_ms = state
-        .playing_since
-        .map_or(0, |t| t.duration_since(started_at).as_millis() as u64);
+    let startup_ms = state.playing_since.map_or(0, |t| t.duration_since(started_at).as_millis() as u64);
     // Only segments that (at least partly) played belong to the report.
     let mut start = 0.0;
     let played_count = durations
@@ -573,13 +480,9 @@ pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
         records[..played_count].to_vec(),
         &durations[..played_count],
     );
-    state
-        .event(json!({"event": "end", "reason": format!("{finish:?}"), "qoe_lin": report.qoe_lin}));
+    state.event(json!({"event": "end", "reason": format!("{finish:?}"), "qoe_lin": report.qoe_lin}));
     state.pipeline.stop();
-    Ok(Played {
-        report,
-        timeline: std::mem::take(&mut state.timeline),
-    })
+    Ok(Played { report, timeline: std::mem::take(&mut state.timeline) })
 }
 
 struct Downloader<'a> {
@@ -626,11 +529,7 @@ impl Downloader<'_> {
             let mut rung = self.decide(current, buffer_s, now_s, sequence).await?;
             let shared = Arc::clone(self.shared);
             let stop = move || lock(&shared).finish.is_some();
-            let segment = match self
-                .playlists
-                .next(self.fetcher, &self.ladder.variants[rung], sequence, &stop)
-                .await?
-            {
+            let segment = match self.playlists.next(self.fetcher, &self.ladder.variants[rung], sequence, &stop).await? {
                 None => return Ok(()),
                 Some(Next::End) => break,
                 Some(Next::Skip(to)) => {
@@ -650,27 +549,18 @@ impl Downloader<'_> {
                         rung = lower;
                     }
                     Err(error) if rung > 0 => {
-                        tracing::warn!("segment {sequence} failed at rendition {}: {error}; trying a lower one", self.ladder.variants[rung].index);
+                        tracing::warn!(
+                            "segment {sequence} failed at rendition {}: {error}; trying a lower one",
+                            self.ladder.variants[rung].index
+                        );
                         rung -= 1;
                     }
-                    Err(error) => {
-                        return Err(PlayError::Segment {
-                            sequence,
-                            reason: error.to_string(),
-                        })
-                    }
+                    Err(error) => return Err(PlayError::Segment { sequence, reason: error.to_string() }),
                 }
-                match self
-                    .playlists
-                    .next(self.fetcher, &self.ladder.variants[rung], sequence, &stop)
-                    .await?
-                {
+                match self.playlists.next(self.fetcher, &self.ladder.variants[rung], sequence, &stop).await? {
                     Some(Next::Segment(lower)) => segment = *lower,
                     _ => {
-                        return Err(PlayError::Segment {
-                            sequence,
-                            reason: "missing from the lower rendition".into(),
-                        })
+                        return Err(PlayError::Segment { sequence, reason: "missing from the lower rendition".into() })
                     }
                 }
             };
@@ -689,16 +579,19 @@ impl Downloader<'_> {
             let record = SegmentRecord {
                 index: segment.sequence,
                 rendition: variant.index,
-                bitrate_bps: variant.bandwidth_bps,
+                // A media playlist alone declares no bitrate: use the segment's own.
+                bitrate_bps: if variant.bandwidth_bps > 0 {
+                    variant.bandwidth_bps
+                } else {
+                    (data.len() as f64 * 8.0 / segment.duration_s.max(1e-3)).round() as u64
+                },
                 bytes: data.len() as u64,
                 download_ms,
                 abandoned: abandoned_here,
             };
             {
                 let mut state = lock(self.shared);
-                state
-                    .pipeline
-                    .push(data, (switched || segment.discontinuity) && !init_changed)?;
+                state.pipeline.push(data, (switched || segment.discontinuity) && !init_changed)?;
                 state.pushed_media_s += segment.duration_s;
                 if state.play_requested_at.is_none() {
                     state.pipeline.play()?;
@@ -708,7 +601,7 @@ impl Downloader<'_> {
                 state.status = Status {
                     rendition: variant.index,
                     resolution: variant.resolution,
-                    bitrate_bps: variant.bandwidth_bps,
+                    bitrate_bps: record.bitrate_bps,
                     estimate_bps: estimate,
                 };
                 let buffer_s = state.buffer_ahead_s();
@@ -726,9 +619,7 @@ impl Downloader<'_> {
         let mut state = lock(self.shared);
         state.all_pushed = true;
         if state.play_requested_at.is_none() {
-            return Err(PlayError::NoRendition(
-                "the stream has no segment to play".into(),
-            ));
+            return Err(PlayError::NoRendition("the stream has no segment to play".into()));
         }
         state.pipeline.end_of_stream()?;
         Ok(())
@@ -745,15 +636,10 @@ impl Downloader<'_> {
         if ladder.rungs.len() == 1 {
             return Ok(0);
         }
-        let duration = match self
-            .playlists
-            .loaded
-            .get(&ladder.variants[current.unwrap_or(0)].index)
-        {
-            Some(loaded) => loaded
-                .playlist
-                .segment(sequence)
-                .map_or(loaded.playlist.target_duration_s, |s| s.duration_s),
+        let duration = match self.playlists.loaded.get(&ladder.variants[current.unwrap_or(0)].index) {
+            Some(loaded) => {
+                loaded.playlist.segment(sequence).map_or(loaded.playlist.target_duration_s, |s| s.duration_s)
+            }
             None => 4.0,
         };
         let input = AbrInput {
@@ -779,11 +665,7 @@ impl Downloader<'_> {
         Ok(rung)
     }
 
-    async fn fetch_segment(
-        &mut self,
-        segment: &Segment,
-        rung: usize,
-    ) -> Result<SegmentFetch, FetchError> {
+    async fn fetch_segment(&mut self, segment: &Segment, rung: usize) -> Result<SegmentFetch, FetchError> {
         let ladder = self.ladder;
         let shared = self.shared;
         let estimator = &mut self.estimator;
@@ -840,13 +722,9 @@ impl Downloader<'_> {
                 };
                 self.estimator.add_transfer(sample);
                 let transfer_s = (sample.end_s - sample.request_s).max(1e-3);
-                self.past_throughputs
-                    .push(sample.bytes as f64 * 8.0 / transfer_s);
+                self.past_throughputs.push(sample.bytes as f64 * 8.0 / transfer_s);
                 self.bytes += sample.bytes;
-                let download_ms = download
-                    .finished_at
-                    .duration_since(download.requested_at)
-                    .as_millis() as u64;
+                let download_ms = download.finished_at.duration_since(download.requested_at).as_millis() as u64;
                 Ok(SegmentFetch::Done(download.body.to_vec(), download_ms))
             }
             Outcome::Abandoned { bytes_so_far } => {
@@ -858,7 +736,9 @@ impl Downloader<'_> {
                 let buffer_s = state.buffer_ahead_s();
                 tracing::info!(
                     "abandoned segment {} at rendition {} after {bytes_so_far} bytes; refetching at rendition {}",
-                    segment.sequence, ladder.variants[rung].index, ladder.variants[to].index
+                    segment.sequence,
+                    ladder.variants[rung].index,
+                    ladder.variants[to].index
                 );
                 state.event(json!({
                     "event": "abandon", "index": segment.sequence, "rendition": ladder.variants[rung].index,
@@ -881,10 +761,8 @@ impl Downloader<'_> {
                 bytes
             }
         };
-        crypto::decrypt_aes128(&key_bytes, &key.iv, &data).map_err(|e| PlayError::Decrypt {
-            sequence: segment.sequence,
-            reason: e.to_string(),
-        })
+        crypto::decrypt_aes128(&key_bytes, &key.iv, &data)
+            .map_err(|e| PlayError::Decrypt { sequence: segment.sequence, reason: e.to_string() })
     }
 }
 

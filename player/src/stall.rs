@@ -47,10 +47,7 @@ impl StallTracker {
 
     /// Stall time including a stall still in progress at `now_s`.
     pub fn total_at(&self, now_s: f64) -> f64 {
-        self.total_s
-            + self
-                .stalled_since_s
-                .map_or(0.0, |since| (now_s - since).max(0.0))
+        self.total_s + self.stalled_since_s.map_or(0.0, |since| (now_s - since).max(0.0))
     }
 }
 

@@ -33,8 +33,7 @@ impl AbrAlgorithm for ThroughputAbr {
         if finish_s <= input.buffer_s {
             return None;
         }
-        let refetch =
-            |r: usize| input.ladder[r].bitrate_bps as f64 * input.segment_duration_s / rate;
+        let refetch = |r: usize| input.ladder[r].bitrate_bps as f64 * input.segment_duration_s / rate;
         (0..input.rung).rev().find(|&r| finish_s > 2.0 * refetch(r))
     }
 }
@@ -49,10 +48,7 @@ pub struct BbaAbr {
 
 impl Default for BbaAbr {
     fn default() -> Self {
-        Self {
-            reservoir_s: 5.0,
-            cushion_s: 10.0,
-        }
+        Self { reservoir_s: 5.0, cushion_s: 10.0 }
     }
 }
 
@@ -98,17 +94,11 @@ impl AbrAlgorithm for BolaAbr {
         }
         let lowest = input.ladder[0].bitrate_bps.max(1) as f64;
         let utility = |r: usize| (input.ladder[r].bitrate_bps as f64 / lowest).ln() + 1.0;
-        let target = input
-            .buffer_target_s
-            .max(BOLA_MINIMUM_BUFFER_S + input.segment_duration_s);
+        let target = input.buffer_target_s.max(BOLA_MINIMUM_BUFFER_S + input.segment_duration_s);
         let gp = (utility(top) - 1.0) / (target / BOLA_MINIMUM_BUFFER_S - 1.0).max(0.1);
         let v = BOLA_MINIMUM_BUFFER_S / gp.max(1e-6);
-        let score = |r: usize| {
-            (v * (utility(r) + gp) - input.buffer_s) / input.ladder[r].bitrate_bps.max(1) as f64
-        };
-        (0..=top)
-            .max_by(|&a, &b| score(a).total_cmp(&score(b)))
-            .unwrap_or(0)
+        let score = |r: usize| (v * (utility(r) + gp) - input.buffer_s) / input.ladder[r].bitrate_bps.max(1) as f64;
+        (0..=top).max_by(|&a, &b| score(a).total_cmp(&score(b))).unwrap_or(0)
     }
 }
 
@@ -155,8 +145,7 @@ impl AbrAlgorithm for RobustMpcAbr {
         // Score the previous prediction against the sample that arrived since.
         if samples.len() > self.seen_samples {
             if let (Some(&actual), Some(&predicted)) = (samples.last(), self.predictions.last()) {
-                self.errors
-                    .push(((predicted - actual) / actual.max(1.0)).abs());
+                self.errors.push(((predicted - actual) / actual.max(1.0)).abs());
             }
             self.seen_samples = samples.len();
         }
@@ -167,9 +156,8 @@ impl AbrAlgorithm for RobustMpcAbr {
             recent.len() as f64 / recent.iter().map(|s| 1.0 / s.max(1.0)).sum::<f64>()
         };
         self.predictions.push(harmonic);
-        let max_error = self.errors[self.errors.len().saturating_sub(MPC_WINDOW)..]
-            .iter()
-            .fold(0.0f64, |a, &b| a.max(b));
+        let max_error =
+            self.errors[self.errors.len().saturating_sub(MPC_WINDOW)..].iter().fold(0.0f64, |a, &b| a.max(b));
         let rate = (harmonic / (1.0 + max_error)).max(1.0);
         let previous = input.current.unwrap_or(0);
         let mut best = (f64::NEG_INFINITY, 0);
@@ -178,11 +166,8 @@ impl AbrAlgorithm for RobustMpcAbr {
             let download_s = bitrate * input.segment_duration_s / rate;
             let rebuffer_s = (download_s - input.buffer_s).max(0.0);
             let next_buffer = (input.buffer_s - download_s).max(0.0) + input.segment_duration_s;
-            let change = if input.current.is_some() {
-                (bitrate - input.ladder[previous].bitrate_bps as f64).abs()
-            } else {
-                0.0
-            };
+            let change =
+                if input.current.is_some() { (bitrate - input.ladder[previous].bitrate_bps as f64).abs() } else { 0.0 };
             let qoe = bitrate / 1e6 - crate::qoe::REBUFFER_PENALTY * rebuffer_s - change / 1e6
                 + Self::plan(input, rate, 1, next_buffer, r);
             if qoe > best.0 {
@@ -199,23 +184,13 @@ mod tests {
     use crate::abr::Rung;
 
     fn ladder() -> Vec<Rung> {
-        [
-            300_000u64, 750_000, 1_200_000, 1_850_000, 2_850_000, 4_300_000,
-        ]
-        .iter()
-        .map(|&b| Rung {
-            bitrate_bps: b,
-            height: None,
-        })
-        .collect()
+        [300_000u64, 750_000, 1_200_000, 1_850_000, 2_850_000, 4_300_000]
+            .iter()
+            .map(|&b| Rung { bitrate_bps: b, height: None })
+            .collect()
     }
 
-    fn input<'a>(
-        ladder: &'a [Rung],
-        buffer_s: f64,
-        estimate: f64,
-        past: &'a [f64],
-    ) -> AbrInput<'a> {
+    fn input<'a>(ladder: &'a [Rung], buffer_s: f64, estimate: f64, past: &'a [f64]) -> AbrInput<'a> {
         AbrInput {
             ladder,
             estimate_bps: estimate,

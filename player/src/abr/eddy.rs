@@ -76,11 +76,7 @@ impl EddyAbr {
         if input.buffer_s >= rich && choice < top {
             let above = choice + 1;
             // Staying on a boosted rung needs one segment less buffer than reaching it: hysteresis.
-            let floor = if above == current {
-                rich - 2.0 * input.segment_duration_s
-            } else {
-                rich
-            };
+            let floor = if above == current { rich - 2.0 * input.segment_duration_s } else { rich };
             if input.buffer_s - input.download_time_s(above) >= floor {
                 choice = above;
             }
@@ -105,15 +101,12 @@ impl EddyAbr {
             return None;
         }
         let refetch_s = |rung: usize| {
-            input.ttfb_s
-                + input.ladder[rung].bitrate_bps as f64 * input.segment_duration_s / rate.max(1.0)
+            input.ttfb_s + input.ladder[rung].bitrate_bps as f64 * input.segment_duration_s / rate.max(1.0)
         };
         if refetch_s(0) >= finish_s {
             return None;
         }
-        let fitting = (0..input.rung)
-            .rev()
-            .find(|&r| refetch_s(r) <= input.buffer_s);
+        let fitting = (0..input.rung).rev().find(|&r| refetch_s(r) <= input.buffer_s);
         Some(fitting.unwrap_or(0))
     }
 }
@@ -138,15 +131,10 @@ mod tests {
     use crate::abr::{BandwidthEstimator, Rung, TransferSample};
 
     fn ladder() -> Vec<Rung> {
-        [
-            300_000u64, 750_000, 1_200_000, 1_850_000, 2_850_000, 4_300_000,
-        ]
-        .iter()
-        .map(|&b| Rung {
-            bitrate_bps: b,
-            height: None,
-        })
-        .collect()
+        [300_000u64, 750_000, 1_200_000, 1_850_000, 2_850_000, 4_300_000]
+            .iter()
+            .map(|&b| Rung { bitrate_bps: b, height: None })
+            .collect()
     }
 
     /// A tiny closed loop: each segment (4 s) is downloaded at the link rate given for that segment,
@@ -194,10 +182,7 @@ mod tests {
     #[test]
     fn steady_high_bandwidth_reaches_the_top_and_stays() {
         let chosen = run(&[10_000_000.0; 20]);
-        let first_top = chosen
-            .iter()
-            .position(|&r| r == 5)
-            .expect("reaches the top rung");
+        let first_top = chosen.iter().position(|&r| r == 5).expect("reaches the top rung");
         assert!(first_top <= 3, "{chosen:?}");
         assert!(chosen[first_top..].iter().all(|&r| r == 5), "{chosen:?}");
     }
@@ -210,10 +195,7 @@ mod tests {
         assert_eq!(chosen[5], 4, "{chosen:?}");
         // The drop happens during segment 6's download; segment 7 is already lower.
         assert!(chosen[7] < 4, "{chosen:?}");
-        assert!(
-            chosen[11] <= 1,
-            "settles at what 900 kbps sustains: {chosen:?}"
-        );
+        assert!(chosen[11] <= 1, "settles at what 900 kbps sustains: {chosen:?}");
     }
 
     #[test]
@@ -231,9 +213,7 @@ mod tests {
     #[test]
     fn alternating_bandwidth_around_a_rung_does_not_oscillate() {
         // Around rung 2's bitrate / UP_SAFETY: 1.6 and 2.0 Mbps in turn.
-        let link: Vec<f64> = (0..30)
-            .map(|i| if i % 2 == 0 { 1_600_000.0 } else { 2_000_000.0 })
-            .collect();
+        let link: Vec<f64> = (0..30).map(|i| if i % 2 == 0 { 1_600_000.0 } else { 2_000_000.0 }).collect();
         let chosen = run(&link);
         let switches = chosen.windows(2).skip(5).filter(|w| w[0] != w[1]).count();
         assert!(switches <= 2, "{chosen:?}");
@@ -290,10 +270,7 @@ mod tests {
         };
         // Rest: 16.8 Mbit at 200 kbps = 84 s > 8 s of buffer; rung 0 takes 6 s.
         assert_eq!(EddyAbr::should_abandon(&input), Some(0));
-        let healthy = AbandonInput {
-            partial_bps: Some(8_000_000.0),
-            ..input.clone()
-        };
+        let healthy = AbandonInput { partial_bps: Some(8_000_000.0), ..input.clone() };
         assert_eq!(EddyAbr::should_abandon(&healthy), None);
         let lowest = AbandonInput { rung: 0, ..input };
         assert_eq!(EddyAbr::should_abandon(&lowest), None);

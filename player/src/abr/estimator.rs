@@ -66,11 +66,7 @@ struct Ewma {
 
 impl Ewma {
     fn new(half_life: f64) -> Self {
-        Self {
-            alpha: (0.5f64.ln() / half_life).exp(),
-            value: 0.0,
-            total_weight: 0.0,
-        }
+        Self { alpha: (0.5f64.ln() / half_life).exp(), value: 0.0, total_weight: 0.0 }
     }
 
     fn add(&mut self, weight: f64, sample: f64) {
@@ -129,8 +125,7 @@ impl BandwidthEstimator {
         }
         let bits = sample.bytes as f64 * 8.0;
         if transfer_s < CACHED_TRANSFER_S {
-            self.cached_only
-                .add(CACHED_TRANSFER_S, bits / CACHED_TRANSFER_S);
+            self.cached_only.add(CACHED_TRANSFER_S, bits / CACHED_TRANSFER_S);
             return;
         }
         let bps = bits / transfer_s;
@@ -242,16 +237,10 @@ mod tests {
         }
         estimator.add_transfer(transfer(10.0, 0.0, 2.0, 500_000.0));
         let after_drop = estimator.estimate_bps(12.0);
-        assert!(
-            after_drop < 3_000_000.0,
-            "fast average reacts: {after_drop}"
-        );
+        assert!(after_drop < 3_000_000.0, "fast average reacts: {after_drop}");
         estimator.add_transfer(transfer(12.0, 0.0, 0.5, 4_000_000.0));
         let after_one_good = estimator.estimate_bps(13.0);
-        assert!(
-            after_one_good < 3_600_000.0,
-            "one good sample is not enough: {after_one_good}"
-        );
+        assert!(after_one_good < 3_600_000.0, "one good sample is not enough: {after_one_good}");
     }
 
     #[test]
@@ -262,24 +251,14 @@ mod tests {
         }
         let before = estimator.estimate_bps(5.0);
         // 1 MB in 2 ms: a cache hit, 4 Gbps "measured".
-        estimator.add_transfer(TransferSample {
-            request_s: 5.0,
-            first_byte_s: 5.001,
-            end_s: 5.003,
-            bytes: 1_000_000,
-        });
+        estimator.add_transfer(TransferSample { request_s: 5.0, first_byte_s: 5.001, end_s: 5.003, bytes: 1_000_000 });
         assert_eq!(estimator.estimate_bps(6.0), before);
     }
 
     #[test]
     fn only_cached_transfers_give_a_high_but_finite_estimate() {
         let mut estimator = BandwidthEstimator::default();
-        estimator.add_transfer(TransferSample {
-            request_s: 0.0,
-            first_byte_s: 0.0005,
-            end_s: 0.001,
-            bytes: 100_000,
-        });
+        estimator.add_transfer(TransferSample { request_s: 0.0, first_byte_s: 0.0005, end_s: 0.001, bytes: 100_000 });
         let estimate = estimator.estimate_bps(1.0);
         assert!((estimate - 80_000_000.0).abs() < 1.0, "{estimate}");
     }
@@ -290,11 +269,7 @@ mod tests {
         for i in 0..5 {
             estimator.add_transfer(transfer(i as f64, 0.0, 1.0, 4_000_000.0));
         }
-        estimator.set_in_progress(PartialTransfer {
-            request_s: 10.0,
-            first_byte_s: Some(10.0),
-            bytes_so_far: 25_000,
-        });
+        estimator.set_in_progress(PartialTransfer { request_s: 10.0, first_byte_s: Some(10.0), bytes_so_far: 25_000 });
         // 200 kbps so far over one second.
         let estimate = estimator.estimate_bps(11.0);
         assert!((estimate - 200_000.0).abs() < 1.0, "{estimate}");
@@ -308,11 +283,7 @@ mod tests {
     fn no_first_byte_for_long_means_zero_throughput() {
         let mut estimator = BandwidthEstimator::default();
         estimator.add_transfer(transfer(0.0, 0.1, 1.0, 4_000_000.0));
-        estimator.set_in_progress(PartialTransfer {
-            request_s: 2.0,
-            first_byte_s: None,
-            bytes_so_far: 0,
-        });
+        estimator.set_in_progress(PartialTransfer { request_s: 2.0, first_byte_s: None, bytes_so_far: 0 });
         assert_eq!(estimator.estimate_bps(3.0), 0.0);
     }
 }

@@ -50,10 +50,7 @@ impl AbrInput<'_> {
     /// Highest allowed rung whose bitrate is at most `bps` (rung 0 if none is).
     pub fn highest_at_most(&self, bps: f64) -> usize {
         let top = self.top();
-        (0..=top)
-            .rev()
-            .find(|&r| self.ladder[r].bitrate_bps as f64 <= bps)
-            .unwrap_or(0)
+        (0..=top).rev().find(|&r| self.ladder[r].bitrate_bps as f64 <= bps).unwrap_or(0)
     }
 
     /// Highest rung the caps allow.

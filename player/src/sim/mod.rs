@@ -12,8 +12,7 @@ use serde::Serialize;
 
 use crate::abr::baselines::{BbaAbr, BolaAbr, RobustMpcAbr, ThroughputAbr};
 use crate::abr::{
-    AbandonInput, AbrAlgorithm, AbrInput, BandwidthEstimator, EddyAbr, PartialTransfer, Rung,
-    TransferSample,
+    AbandonInput, AbrAlgorithm, AbrInput, BandwidthEstimator, EddyAbr, PartialTransfer, Rung, TransferSample,
 };
 use crate::qoe;
 
@@ -66,13 +65,7 @@ pub struct SimConfig {
 impl Default for SimConfig {
     fn default() -> Self {
         Self {
-            ladder: LADDER_KBPS
-                .iter()
-                .map(|&k| Rung {
-                    bitrate_bps: k * 1000,
-                    height: None,
-                })
-                .collect(),
+            ladder: LADDER_KBPS.iter().map(|&k| Rung { bitrate_bps: k * 1000, height: None }).collect(),
             segment_duration_s: SEGMENT_S,
             segments: SEGMENTS,
             buffer_target_s: 30.0,
@@ -179,12 +172,7 @@ pub fn simulate(algorithm: &mut dyn AbrAlgorithm, trace: &Trace, config: &SimCon
                 may_abandon = false;
                 continue;
             }
-            let sample = TransferSample {
-                request_s: request,
-                first_byte_s: first_byte,
-                end_s: end,
-                bytes,
-            };
+            let sample = TransferSample { request_s: request, first_byte_s: first_byte, end_s: end, bytes };
             estimator.add_transfer(sample);
             past_throughputs.push(bytes as f64 * 8.0 / (end - request).max(1e-6));
             drain(&mut buffer, &mut stall_s, playing, end - t);
@@ -199,13 +187,7 @@ pub fn simulate(algorithm: &mut dyn AbrAlgorithm, trace: &Trace, config: &SimCon
         bitrates.push(config.ladder[rung].bitrate_bps);
         current = Some(rung);
     }
-    SimResult {
-        bitrates_bps: bitrates,
-        stall_s,
-        startup_s,
-        played_s: config.segments as f64 * seg,
-        abandoned,
-    }
+    SimResult { bitrates_bps: bitrates, stall_s, startup_s, played_s: config.segments as f64 * seg, abandoned }
 }
 
 /// The algorithms compared, ours first.
@@ -305,29 +287,20 @@ pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
     let families: Vec<Family> = if args.family.eq_ignore_ascii_case("all") {
         Family::ALL.to_vec()
     } else {
-        vec![args
-            .family
-            .parse::<Family>()
-            .map_err(|e| anyhow::anyhow!("--family: {e}"))?]
+        vec![args.family.parse::<Family>().map_err(|e| anyhow::anyhow!("--family: {e}"))?]
     };
     let config = SimConfig::default();
     let mut report = serde_json::Map::new();
     let mut rows = Vec::new();
     let sets: Vec<(String, Vec<Trace>)> = match &args.traces {
         Some(dir) => {
-            let name = if families.len() == 1 {
-                families[0].name().to_string()
-            } else {
-                "traces".to_string()
-            };
+            let name = if families.len() == 1 { families[0].name().to_string() } else { "traces".to_string() };
             vec![(name, load_traces(dir)?)]
         }
         None => families
             .iter()
             .map(|&family| {
-                let traces = (0..args.count as u64)
-                    .map(|i| generate(family, args.seed + i, TRACE_S))
-                    .collect();
+                let traces = (0..args.count as u64).map(|i| generate(family, args.seed + i, TRACE_S)).collect();
                 (family.name().to_string(), traces)
             })
             .collect(),
@@ -342,28 +315,24 @@ pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
         if let Some(dir) = &args.plot_dir {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             let path = dir.join(format!("qoe-{family}.svg"));
-            let svg = bar_chart_svg(
-                &format!(
-                    "Mean QoE_lin per algorithm, {family} ({} traces)",
-                    traces.len()
-                ),
-                &results,
-            );
+            let svg =
+                bar_chart_svg(&format!("Mean QoE_lin per algorithm, {family} ({} traces)", traces.len()), &results);
             crate::report::write_atomically(&path, svg.as_bytes())
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         report.insert(family.clone(), serde_json::Value::Object(algorithms));
     }
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "families": report }))?
-        );
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "families": report }))?);
         return Ok(());
     }
     println!(
         "ladder {:?} kbps, {} s segments, {} segments per session, {} s buffer target, {} ms first-byte latency",
-        LADDER_KBPS, config.segment_duration_s, config.segments, config.buffer_target_s, config.latency_s * 1000.0
+        LADDER_KBPS,
+        config.segment_duration_s,
+        config.segments,
+        config.buffer_target_s,
+        config.latency_s * 1000.0
     );
     println!(
         "{:<10} {:<11} {:>9} {:>13} {:>10} {:>9} {:>10}",
@@ -385,15 +354,8 @@ pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
 /// A plain SVG bar chart (drawn by hand: plotters' text rendering needs font features not enabled).
 fn bar_chart_svg(title: &str, results: &[(&'static str, Summary)]) -> String {
     let (width, height, left, bottom, top) = (640.0, 360.0, 60.0, 40.0, 40.0);
-    let max = results
-        .iter()
-        .map(|(_, s)| s.qoe_lin)
-        .fold(1.0f64, f64::max)
-        * 1.1;
-    let min = results
-        .iter()
-        .map(|(_, s)| s.qoe_lin)
-        .fold(0.0f64, f64::min);
+    let max = results.iter().map(|(_, s)| s.qoe_lin).fold(1.0f64, f64::max) * 1.1;
+    let min = results.iter().map(|(_, s)| s.qoe_lin).fold(0.0f64, f64::min);
     let span = (max - min).max(1e-9);
     let plot_h = height - bottom - top;
     let y = |v: f64| top + plot_h * (max - v) / span;
@@ -405,11 +367,7 @@ fn bar_chart_svg(title: &str, results: &[(&'static str, Summary)]) -> String {
     for (i, (name, summary)) in results.iter().enumerate() {
         let x = left + slot * i as f64 + slot * 0.15;
         let (y0, y1) = (y(0.0), y(summary.qoe_lin));
-        let colour = if *name == "eddy" {
-            "#d62728"
-        } else {
-            "#1f77b4"
-        };
+        let colour = if *name == "eddy" { "#d62728" } else { "#1f77b4" };
         svg.push_str(&format!(
             "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{colour}\"/>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{:.1}</text>\n<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{name}</text>\n",
             y0.min(y1), slot * 0.7, (y1 - y0).abs(), x + slot * 0.35, y0.min(y1) - 4.0, summary.qoe_lin, x + slot * 0.35, height - 15.0
