@@ -1,0 +1,38 @@
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::fmp4::Fmp4Error;
+use crate::ladder::LadderError;
+
+#[derive(Debug, Error)]
+pub enum PackageError {
+    #[error("input {0} does not exist")]
+    InputMissing(PathBuf),
+    #[error("input {path} cannot be decoded: {reason}")]
+    Undecodable { path: PathBuf, reason: String },
+    #[error("input {0} has no video stream")]
+    NoVideo(PathBuf),
+    #[error(transparent)]
+    Ladder(#[from] LadderError),
+    #[error("no ladder rung fits the {height}-line source (all taller: {skipped})")]
+    NothingToMake { height: u32, skipped: String },
+    #[error("cannot write to output folder {path}: {source}")]
+    Output {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("GStreamer element '{0}' is missing (install the GStreamer plugin that provides it)")]
+    MissingElement(String),
+    #[error("GStreamer pipeline: {0}")]
+    Pipeline(String),
+    #[error("rendition {rung}: fragmented MP4: {source}")]
+    Fmp4 {
+        rung: String,
+        #[source]
+        source: Fmp4Error,
+    },
+    #[error("renditions disagree: {0}")]
+    Misaligned(String),
+}

@@ -1,0 +1,17 @@
+//! Eddy's packager: one video (or a generated test pattern) in, an HLS bitrate ladder out.
+//!
+//! Pure parts (ladder parsing, playlists and bitrate figures, AES-128, fMP4 splitting, codec strings)
+//! are plain functions; [`package`] is the I/O shell that runs the GStreamer pipeline and writes files.
+
+pub mod codecs;
+pub mod crypto;
+pub mod error;
+pub mod fmp4;
+pub mod ladder;
+pub mod output;
+pub mod pipeline;
+pub mod playlist;
+mod run;
+
+pub use error::PackageError;
+pub use run::{package, PackageConfig, Progress, RenditionSummary, Summary, MASTER_PLAYLIST};

@@ -1,0 +1,189 @@
+//! `eddy-package`: transcode a video (or a test pattern) into an HLS bitrate ladder.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use eddy_packager::ladder::{parse_ladder, DEFAULT_LADDER};
+use eddy_packager::pipeline::{Format, Source};
+use eddy_packager::{package, PackageConfig, Progress, Summary};
+use eddy_shared::size::format_size;
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FormatArg {
+    /// MPEG-2 transport stream segments (.ts)
+    Ts,
+    /// CMAF fragmented MP4 segments (.m4s) with an init.mp4 per rendition
+    Fmp4,
+}
+
+/// Transcode a video into an HLS bitrate ladder: DIR/master.m3u8 and DIR/<rung>/index.m3u8.
+#[derive(Debug, Parser)]
+#[command(name = "eddy-package", version)]
+struct Cli {
+    /// Video file to package (anything GStreamer decodes: mp4, mkv, webm, mov, ts).
+    #[arg(required_unless_present = "test_pattern", conflicts_with = "test_pattern")]
+    input: Option<PathBuf>,
+    /// Package a generated test pattern of this length instead of a file (e.g. 30s, 2m).
+    #[arg(long, value_name = "DURATION")]
+    test_pattern: Option<String>,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Renditions as HEIGHTp:VIDEO_BITRATE, comma-separated.
+    #[arg(long, default_value = DEFAULT_LADDER)]
+    ladder: String,
+    /// Segment (and GOP) duration in seconds.
+    #[arg(long, default_value_t = 2.0)]
+    segment_duration: f64,
+    #[arg(long, value_enum, default_value = "ts")]
+    format: FormatArg,
+    /// Encrypt segments with AES-128; the key is written to DIR/enc.key.
+    #[arg(long)]
+    encrypt: bool,
+    /// Write a sliding-window live playlist in real time (test pattern only).
+    #[arg(long, requires = "test_pattern")]
+    live: bool,
+    /// Segments per live playlist.
+    #[arg(long, default_value_t = 6, requires = "live")]
+    window: usize,
+    /// x264 speed preset (ultrafast, superfast, veryfast, ...); default ultrafast for the test
+    /// pattern, veryfast for files.
+    #[arg(long)]
+    preset: Option<String>,
+    /// Print the summary as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+const PRESETS: [&str; 10] =
+    ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"];
+
+/// `30s`, `2m`, `1.5m`, or plain seconds.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let trimmed = text.trim();
+    let (number, scale) = if let Some(n) = trimmed.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = trimmed.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = trimmed.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = trimmed.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (trimmed, 1.0)
+    };
+    let seconds = number.trim().parse::<f64>().ok()? * scale;
+    (seconds.is_finite() && seconds > 0.0 && seconds <= 24.0 * 3600.0).then(|| Duration::from_secs_f64(seconds))
+}
+
+fn config_from(cli: &Cli) -> Result<PackageConfig> {
+    let ladder = parse_ladder(&cli.ladder).with_context(|| format!("--ladder '{}'", cli.ladder))?;
+    if !(cli.segment_duration.is_finite() && (0.5..=30.0).contains(&cli.segment_duration)) {
+        bail!("--segment-duration {} must be between 0.5 and 30 seconds", cli.segment_duration);
+    }
+    if cli.live && cli.window < 2 {
+        bail!("--window {} must be at least 2 segments", cli.window);
+    }
+    if let Some(preset) = cli.preset.as_deref().filter(|p| !PRESETS.contains(p)) {
+        bail!("--preset '{preset}' is not an x264 preset (one of {})", PRESETS.join(", "));
+    }
+    let source = match (&cli.input, &cli.test_pattern) {
+        (_, Some(length)) => Source::TestPattern {
+            duration: parse_duration(length)
+                .with_context(|| format!("--test-pattern '{length}' is not a duration such as 30s or 2m"))?,
+            live: cli.live,
+        },
+        (Some(input), None) => Source::File(input.clone()),
+        (None, None) => bail!("give an INPUT file or --test-pattern DURATION"),
+    };
+    Ok(PackageConfig {
+        source,
+        out_dir: cli.out.clone(),
+        ladder,
+        segment_duration: cli.segment_duration,
+        format: match cli.format {
+            FormatArg::Ts => Format::Ts,
+            FormatArg::Fmp4 => Format::Fmp4,
+        },
+        encrypt: cli.encrypt,
+        live_window: cli.live.then_some(cli.window),
+        preset: cli.preset.clone(),
+    })
+}
+
+fn print_table(summary: &Summary) {
+    println!(
+        "{:<8} {:>10} {:>10} {:>10} {:>10} {:>9} {:>10}",
+        "rung", "resolution", "target", "average", "peak", "segments", "bytes"
+    );
+    for r in &summary.renditions {
+        println!(
+            "{:<8} {:>10} {:>10} {:>10} {:>10} {:>9} {:>10}",
+            r.name,
+            format!("{}x{}", r.width, r.height),
+            format!("{}k", r.target_video_bitrate / 1000),
+            format!("{}k", r.average_bitrate / 1000),
+            format!("{}k", r.peak_bitrate / 1000),
+            r.segments,
+            format_size(r.bytes),
+        );
+    }
+    if !summary.skipped.is_empty() {
+        println!("skipped (taller than the source): {}", summary.skipped.join(", "));
+    }
+    println!("master playlist: {} ({:.1} s)", summary.master.display(), summary.wall_seconds);
+}
+
+fn main() -> Result<()> {
+    eddy_shared::logging::init("info");
+    let cli = Cli::parse();
+    let config = config_from(&cli)?;
+    let live = config.live_window.is_some();
+    let bar = ProgressBar::new(1000);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {percent}% ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let master = config.out_dir.join(eddy_packager::MASTER_PLAYLIST);
+    let mut announced = false;
+    let result = package(&config, &mut |event| match event {
+        Progress::Position { done, total } => {
+            if let Some(total) = total.filter(|t| !t.is_zero()) {
+                bar.set_position((done.as_secs_f64() / total.as_secs_f64() * 1000.0).min(1000.0) as u64);
+            }
+        }
+        Progress::MasterWritten => {
+            // Live: tests and demos wait for this line before starting a player.
+            if live && !announced {
+                announced = true;
+                bar.suspend(|| println!("eddy-package live master at {}", master.display()));
+            }
+        }
+    });
+    bar.finish_and_clear();
+    let summary = result?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_table(&summary);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("10"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_duration("-3s"), None);
+    }
+}
