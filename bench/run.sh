@@ -1,0 +1,341 @@
+#!/usr/bin/env bash
+# Eddy edge vs nginx proxy_cache, side by side, on this machine. One command:
+#
+#     bench/run.sh                  # all scenarios (1-5), ~4 minutes on 2 cores
+#     SCENARIOS="1 2" bench/run.sh  # a subset
+#
+# Knobs (environment): DURATION (s of load per wrk run, default 8), SERVER_CORE (1), LOAD_CORE (0),
+# ACCESS_LOG (on|off: both servers log every request to a file, or neither; default on),
+# CARGO_TARGET_DIR (where the release build goes), EDGE_BIN (use this binary, no build), KEEP=1 (keep the work dir), RESULTS (file to which the
+# final markdown table is also written).
+#
+# Installs nginx and wrk with apt-get when missing, builds eddy-edge in release, starts one origin
+# (bench/origin.py), then for each scenario runs eddy-edge and nginx one after the other against it, the
+# server pinned to SERVER_CORE and the load generator to LOAD_CORE, and prints a table with both figures
+# and their ratio. Every process it starts is stopped on exit, also on failure.
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$BENCH_DIR")
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+DURATION=${DURATION:-8}
+SERVER_CORE=${SERVER_CORE:-1}
+LOAD_CORE=${LOAD_CORE:-0}
+ACCESS_LOG=${ACCESS_LOG:-on}
+SCENARIOS=${SCENARIOS:-1 2 3 4 5}
+WORK=$(mktemp -d /tmp/eddy-bench.XXXXXX)
+RESULTS_JSONL=$WORK/results.jsonl
+PIDS=()
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+stop_pid() {
+    local pid=$1
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local status=$?
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    if [[ ${KEEP:-0} == 1 || $status != 0 ]]; then
+        log "work dir kept: $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+forget_pid() {
+    local gone=$1 kept=()
+    for pid in "${PIDS[@]}"; do [[ $pid == "$gone" ]] || kept+=("$pid"); done
+    PIDS=("${kept[@]}")
+}
+
+# Waits until FILE contains a line matching REGEX (the server's ready line), or fails after 30 s.
+wait_for_line() {
+    local file=$1 regex=$2 pid=$3 deadline=$((SECONDS + 30))
+    until grep -qE "$regex" "$file" 2>/dev/null; do
+        kill -0 "$pid" 2>/dev/null || die "process $pid exited before getting ready (see $file)"
+        ((SECONDS < deadline)) || die "no ready line in $file after 30 s"
+        sleep 0.05
+    done
+}
+
+# Waits until a TCP port accepts connections (nginx prints no ready line).
+wait_for_port() {
+    local port=$1 pid=$2 deadline=$((SECONDS + 30))
+    until python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null; do
+        kill -0 "$pid" 2>/dev/null || die "process $pid exited before listening on $port"
+        ((SECONDS < deadline)) || die "nothing listening on $port after 30 s"
+        sleep 0.05
+    done
+}
+
+free_port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
+
+pin() { # pin CORE command...
+    local core=$1
+    shift
+    if [[ $PINNING == 1 ]]; then taskset -c "$core" "$@"; else "$@"; fi
+}
+
+# ------------------------------------------------------------------------------------------ setup
+
+install_missing() {
+    local missing=()
+    command -v nginx >/dev/null || missing+=(nginx)
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v taskset >/dev/null || missing+=(util-linux)
+    command -v python3 >/dev/null || missing+=(python3)
+    ((${#missing[@]} == 0)) && return 0
+    log "installing ${missing[*]}"
+    local sudo=()
+    [[ $(id -u) == 0 ]] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+install_missing
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+PINNING=1
+if (($(nproc) < 2)); then
+    log "fewer than 2 cores: not pinning server and load generator"
+    PINNING=0
+fi
+ulimit -n 65536 2>/dev/null || ulimit -n 8192 2>/dev/null || true
+
+if [[ -z ${EDGE_BIN:-} ]]; then
+    log "building eddy-edge (release) into $CARGO_TARGET_DIR"
+    (cd "$ROOT" && cargo build --release -q -p eddy-edge)
+    EDGE_BIN=$CARGO_TARGET_DIR/release/eddy-edge
+fi
+[[ -x $EDGE_BIN ]] || die "no binary at $EDGE_BIN"
+
+log "starting the origin"
+ORIGIN_LOG=$WORK/origin.log
+: >"$ORIGIN_LOG"
+pin "$LOAD_CORE" python3 "$BENCH_DIR/origin.py" --log "$ORIGIN_LOG" >"$WORK/origin.out" 2>"$WORK/origin.err" &
+ORIGIN_PID=$!
+PIDS+=("$ORIGIN_PID")
+wait_for_line "$WORK/origin.out" 'origin listening on' "$ORIGIN_PID"
+ORIGIN=$(sed -n 's/^origin listening on //p' "$WORK/origin.out")
+log "origin on $ORIGIN"
+
+# ------------------------------------------------------------------------------------------ servers
+
+SERVER_PID=
+SERVER_ADDR=
+SERVER_ADMIN=
+
+# start_eddy NAME CACHE_SIZE EVICTION
+start_eddy() {
+    local name=$1 size=$2 eviction=$3 dir=$WORK/$1
+    mkdir -p "$dir"
+    printf '[cache]\neviction = "%s"\n' "$eviction" >"$dir/edge.toml"
+    local filter=info
+    [[ $ACCESS_LOG == on ]] || filter=warn
+    NO_COLOR=1 RUST_LOG=$filter pin "$SERVER_CORE" "$EDGE_BIN" serve --config "$dir/edge.toml" \
+        --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --origin "http://$ORIGIN" \
+        --cache-size "$size" --workers 1 >"$dir/stdout" 2>"$dir/stderr" &
+    SERVER_PID=$!
+    PIDS+=("$SERVER_PID")
+    wait_for_line "$dir/stdout" 'eddy-edge listening on' "$SERVER_PID"
+    SERVER_ADDR=$(sed -n 's/^eddy-edge listening on \([^ ]*\) admin on .*/\1/p' "$dir/stdout")
+    SERVER_ADMIN=$(sed -n 's/^eddy-edge listening on .* admin on \(.*\)/\1/p' "$dir/stdout")
+}
+
+# start_nginx NAME CACHE_SIZE: proxy_cache with the edge's defaults where nginx has an equivalent.
+start_nginx() {
+    local name=$1 size=$2 dir=$WORK/$1
+    mkdir -p "$dir/cache" "$dir/temp"
+    local port user_line="" access="access_log off;"
+    port=$(free_port)
+    [[ $(id -u) == 0 ]] && user_line="user root;"
+    [[ $ACCESS_LOG == on ]] && access="access_log $dir/access.log;"
+    cat >"$dir/nginx.conf" <<EOF
+$user_line
+daemon off;
+worker_processes 1;
+worker_rlimit_nofile 65536;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 16384; }
+http {
+    $access
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_timeout 65;
+    keepalive_requests 1000000;
+    client_body_temp_path $dir/temp/client;
+    proxy_temp_path $dir/temp/proxy;
+    fastcgi_temp_path $dir/temp/fastcgi;
+    uwsgi_temp_path $dir/temp/uwsgi;
+    scgi_temp_path $dir/temp/scgi;
+    proxy_cache_path $dir/cache levels=1:2 keys_zone=edge:64m max_size=$size inactive=1d use_temp_path=off;
+    upstream origin {
+        server $ORIGIN;
+        keepalive 256;
+    }
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache edge;
+            proxy_cache_key \$host\$request_uri;
+            proxy_cache_valid 404 410 10s;
+            proxy_cache_lock on;
+            proxy_cache_lock_timeout 30s;
+            proxy_cache_lock_age 30s;
+            proxy_cache_revalidate on;
+            proxy_cache_use_stale error timeout updating http_500 http_502 http_503 http_504;
+            add_header X-Cache \$upstream_cache_status;
+        }
+    }
+}
+EOF
+    pin "$SERVER_CORE" "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/stdout" 2>"$dir/stderr" &
+    SERVER_PID=$!
+    PIDS+=("$SERVER_PID")
+    wait_for_port "$port" "$SERVER_PID"
+    SERVER_ADDR=127.0.0.1:$port
+    SERVER_ADMIN=
+}
+
+stop_server() {
+    stop_pid "$SERVER_PID"
+    forget_pid "$SERVER_PID"
+    SERVER_PID=
+}
+
+# start_server eddy|nginx NAME CACHE_SIZE [EVICTION]
+start_server() {
+    case $1 in
+    eddy) start_eddy "$2" "$3" "${4:-tinylfu}" ;;
+    nginx) start_nginx "$2" "$3" ;;
+    esac
+}
+
+record() { # record SCENARIO SERVER JSON
+    printf '{"scenario": %s, "server": "%s", "figures": %s}\n' "$1" "$2" "$3" >>"$RESULTS_JSONL"
+    log "scenario $1 $2: $3"
+}
+
+warm() { # warm ADDR PATH...: fetch each path twice (miss, then hit)
+    local addr=$1
+    shift
+    for path in "$@"; do
+        for _ in 1 2; do
+            curl -fsS -o /dev/null "http://$addr$path" || die "warming $path on $addr failed"
+        done
+    done
+}
+
+run_wrk() { # run_wrk ADDR CONNECTIONS PATH...
+    local addr=$1 connections=$2
+    shift 2
+    local out
+    out=$(pin "$LOAD_CORE" wrk -t1 -c"$connections" -d"${DURATION}s" --timeout 10s -s "$BENCH_DIR/report.lua" \
+        "http://$addr" -- "$@")
+    sed -n 's/^WRKJSON //p' <<<"$out"
+}
+
+TOOLS=(python3 "$BENCH_DIR/tools.py")
+RUN_ID=$(date +%s)
+
+# ------------------------------------------------------------------------------------------ scenarios
+
+scenario_1() {
+    local path=/o/1024/0/live/playlist.m3u8
+    for server in eddy nginx; do
+        start_server "$server" "s1-$server" 268435456
+        warm "$SERVER_ADDR" "$path"
+        record 1 "$server" "$(run_wrk "$SERVER_ADDR" 64 "$path")"
+        stop_server
+    done
+}
+
+scenario_2() {
+    local paths=()
+    for i in $(seq 0 15); do paths+=("/o/1048576/0/seg/s$i.ts"); done
+    for server in eddy nginx; do
+        start_server "$server" "s2-$server" 268435456
+        warm "$SERVER_ADDR" "${paths[@]}"
+        record 2 "$server" "$(run_wrk "$SERVER_ADDR" 16 "${paths[@]}")"
+        stop_server
+    done
+}
+
+scenario_3() {
+    for server in eddy nginx; do
+        local path=/o/2097152/200/flash/$server-$RUN_ID.ts
+        start_server "$server" "s3-$server" 268435456
+        local crowd origin
+        crowd=$(pin "$LOAD_CORE" "${TOOLS[@]}" flash "$SERVER_ADDR" "$path" --clients 500) || log "flash crowd on $server incomplete"
+        origin=$("${TOOLS[@]}" origin-bytes "$ORIGIN_LOG" 0 --contains "$path")
+        record 3 "$server" "$(python3 -c 'import json,sys; c=json.loads(sys.argv[1]); o=json.loads(sys.argv[2]); c["origin_requests"]=o["requests"]; print(json.dumps(c))' "$crowd" "$origin")"
+        stop_server
+    done
+}
+
+scenario_4() {
+    for server in eddy nginx; do
+        start_server "$server" "s4-$server" 268435456
+        record 4 "$server" "$(pin "$LOAD_CORE" "${TOOLS[@]}" ttfb "$SERVER_ADDR" "$ORIGIN" --requests 300 --tag "$server-$RUN_ID")"
+        stop_server
+    done
+}
+
+scenario_5() {
+    local sequence=$WORK/vod.txt
+    local described capacity
+    described=$("${TOOLS[@]}" vod-gen --seed 7 --out "$sequence")
+    capacity=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["catalogue_bytes"] // 10)' "$described")
+    log "VOD workload: $described; cache $capacity bytes"
+    for variant in eddy-tinylfu eddy-lru nginx; do
+        case $variant in
+        eddy-tinylfu) start_server eddy "s5-$variant" "$capacity" tinylfu ;;
+        eddy-lru) start_server eddy "s5-$variant" "$capacity" lru ;;
+        nginx) start_server nginx "s5-$variant" "$capacity" ;;
+        esac
+        local offset replayed origin stats=null
+        offset=$(stat -c %s "$ORIGIN_LOG")
+        replayed=$(pin "$LOAD_CORE" "${TOOLS[@]}" replay "$SERVER_ADDR" "$sequence") || die "replay through $variant failed: $replayed"
+        origin=$("${TOOLS[@]}" origin-bytes "$ORIGIN_LOG" "$offset" --contains /vod/)
+        [[ -n $SERVER_ADMIN ]] && stats=$(curl -fsS "http://$SERVER_ADMIN/stats" || echo null)
+        record 5 "$variant" "$(python3 -c '
+import json, sys
+replayed, origin, stats = (json.loads(a) for a in sys.argv[1:4])
+figures = {"requests": replayed["requests"], "requested_bytes": replayed["bytes"],
+           "origin_requests": origin["requests"], "origin_bytes": origin["bytes"],
+           "byte_hit_ratio": 1 - origin["bytes"] / replayed["bytes"], "seconds": replayed["seconds"]}
+if stats:
+    figures["edge_reported_byte_hit_ratio"] = stats.get("byte_hit_ratio")
+print(json.dumps(figures))' "$replayed" "$origin" "$stats")"
+        stop_server
+    done
+    record 5 belady "$("${TOOLS[@]}" belady "$sequence" --capacity "$capacity")"
+}
+
+log "work dir $WORK; load: $(uptime | sed 's/.*load average/load average/')"
+for scenario in $SCENARIOS; do
+    log "scenario $scenario"
+    "scenario_$scenario"
+done
+
+TABLE=$("${TOOLS[@]}" table "$RESULTS_JSONL" --load "$(cut -d' ' -f1-3 /proc/loadavg)" --duration "$DURATION" --access-log "$ACCESS_LOG")
+echo "$TABLE"
+[[ -n ${RESULTS:-} ]] && echo "$TABLE" >"$RESULTS"
+exit 0

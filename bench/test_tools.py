@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Tests of the benchmark's pure parts: `python3 -m unittest bench/test_tools.py` (well under a second)."""
+
+import os
+import random
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import tools  # noqa: E402
+
+
+class Percentiles(unittest.TestCase):
+    def test_nearest_rank(self):
+        values = list(range(1, 101))
+        self.assertEqual(tools.percentile(values, 50), 50)
+        self.assertEqual(tools.percentile(values, 99), 99)
+        self.assertEqual(tools.percentile(values, 100), 100)
+        self.assertEqual(tools.percentile([7], 99), 7)
+
+    def test_empty_is_an_error(self):
+        with self.assertRaises(ValueError):
+            tools.percentile([], 50)
+
+
+class Belady(unittest.TestCase):
+    def test_keeps_what_comes_back_soonest(self):
+        # Room for one object of 10: after A, B arrives; A is asked again before B, so B is bypassed.
+        sequence = [("A", 10), ("B", 10), ("A", 10), ("B", 10)]
+        ratio, hit, total = tools.belady_byte_hit_ratio(sequence, 10)
+        self.assertEqual((hit, total), (10, 40))
+        self.assertAlmostEqual(ratio, 0.25)
+
+    def test_objects_never_asked_again_are_not_admitted(self):
+        sequence = [("A", 10), ("X", 10), ("A", 10)]
+        self.assertEqual(tools.belady_byte_hit_ratio(sequence, 10)[1], 10)
+
+    def test_is_at_least_as_good_as_lru(self):
+        rng = random.Random(3)
+        sequence = [(f"o{int(rng.paretovariate(1.0)) % 50}", 10 + (i % 7)) for i in range(3000)]
+        capacity = 120
+        lru, used, hit = {}, 0, 0
+        for path, size in sequence:
+            if path in lru:
+                hit += size
+                lru[path] = lru.pop(path)
+                continue
+            lru[path] = size
+            used += size
+            while used > capacity:
+                oldest = next(iter(lru))
+                used -= lru.pop(oldest)
+        self.assertGreaterEqual(tools.belady_byte_hit_ratio(sequence, capacity)[1], hit)
+
+
+class Workload(unittest.TestCase):
+    def test_same_seed_same_sequence(self):
+        first = tools.vod_sequence(5, titles=20, sessions=100)
+        self.assertEqual(first, tools.vod_sequence(5, titles=20, sessions=100))
+        self.assertNotEqual(first, tools.vod_sequence(6, titles=20, sessions=100))
+
+    def test_viewers_start_at_segment_zero_and_watch_in_order(self):
+        sequence = tools.vod_sequence(5, titles=20, sessions=1)
+        segments = [int(path.rsplit("/s", 1)[1].split(".")[0]) for path, _ in sequence]
+        self.assertEqual(segments, list(range(len(segments))))
+
+    def test_sizes_match_the_path(self):
+        for path, size in tools.vod_sequence(5, titles=20, sessions=50):
+            self.assertEqual(int(path.split("/")[2]), size)
+
+    def test_popular_titles_are_asked_more(self):
+        sampler = tools.ZipfSampler(100, 1.0, random.Random(1))
+        draws = [sampler.draw() for _ in range(20000)]
+        self.assertGreater(draws.count(0), 5 * draws.count(50))
+
+
+if __name__ == "__main__":
+    unittest.main()
