@@ -2,6 +2,7 @@
 //! request path; gauges of the cache are read from it when scraped.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
@@ -11,12 +12,55 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
+use crate::phases::identify::ClientId;
 use crate::phases::respond::CacheResult;
+use crate::ratelimit::top::TopClients;
+use crate::ratelimit::{DecidedBy, LimitResult};
+
+/// How many of the most limited clients are remembered (and `TOP_LIMITED_SHOWN` of them shown).
+const TOP_LIMITED_TRACKED: usize = 256;
+const TOP_LIMITED_SHOWN: usize = 10;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub status: u16,
     pub cache: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    pub result: &'static str,
+    /// `default` or a per-client override's id (operator-chosen, so bounded).
+    pub policy: Arc<String>,
+    /// Which store decided: local, redis, fallback (local ceiling while Redis fails) or none.
+    pub store: &'static str,
+}
+
+/// A client and how many of its requests were refused.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LimitedClient {
+    pub client: String,
+    pub limited: u64,
+}
+
+/// Rate limiting's share of `/stats`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RateLimitStats {
+    pub enabled: bool,
+    /// Requests allowed (including those let through while the store failed).
+    pub allowed: u64,
+    /// Requests answered 429.
+    pub limited: u64,
+    /// Requests answered 503 because the store failed and `on_store_error = "closed"`.
+    pub unavailable: u64,
+    /// Requests let through by the local ceiling while the store failed (`on_store_error = "open"`).
+    pub failed_open: u64,
+    /// Store calls that failed (unreachable, timeout, bad reply).
+    pub store_errors: u64,
+    /// The most refused clients, most first (counts are upper bounds once more clients were refused
+    /// than are tracked).
+    pub top_limited: Vec<LimitedClient>,
 }
 
 /// The figures `/stats` returns and `eddy-edge stats` prints.
@@ -40,6 +84,8 @@ pub struct Stats {
     pub cache_capacity: u64,
     pub evictions: u64,
     pub in_flight: u64,
+    #[serde(default)]
+    pub rate_limit: RateLimitStats,
 }
 
 #[derive(Default)]
@@ -55,6 +101,11 @@ struct Totals {
     origin_errors: AtomicU64,
     bytes_from_cache: AtomicU64,
     bytes_from_origin: AtomicU64,
+    rl_allowed: AtomicU64,
+    rl_limited: AtomicU64,
+    rl_unavailable: AtomicU64,
+    rl_failed_open: AtomicU64,
+    rl_store_errors: AtomicU64,
 }
 
 pub struct Metrics {
@@ -70,6 +121,12 @@ pub struct Metrics {
     cache_entries: Gauge,
     cache_bytes: Gauge,
     evictions: Gauge,
+    rl_decisions: Family<RateLimitLabels, Counter>,
+    rl_store_errors: Counter,
+    rl_failed_open: Counter,
+    rl_store_latency: Histogram,
+    rl_enabled: AtomicU64,
+    top_limited: Mutex<TopClients>,
 }
 
 /// Cache gauges read at scrape time.
@@ -134,6 +191,31 @@ impl Metrics {
         registry.register("cache_bytes", "Bytes held by the cache (weighted size)", cache_bytes.clone());
         let evictions = Gauge::default();
         registry.register("cache_evictions", "Objects evicted to make room (total)", evictions.clone());
+        let rl_decisions = Family::<RateLimitLabels, Counter>::default();
+        registry.register(
+            "ratelimit_decisions",
+            "Rate-limit decisions, by result (allowed, limited, unavailable), policy and deciding store",
+            rl_decisions.clone(),
+        );
+        let rl_store_errors = Counter::default();
+        registry.register(
+            "ratelimit_store_errors",
+            "Rate-limit store calls that failed (unreachable, timeout, bad reply)",
+            rl_store_errors.clone(),
+        );
+        let rl_failed_open = Counter::default();
+        registry.register(
+            "ratelimit_failed_open",
+            "Requests let through by the local ceiling while the rate-limit store failed",
+            rl_failed_open.clone(),
+        );
+        let rl_store_latency =
+            Histogram::new([0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2]);
+        registry.register(
+            "ratelimit_store_seconds",
+            "Time of a successful rate-limit decision in the shared store (one round trip)",
+            rl_store_latency.clone(),
+        );
         Metrics {
             totals: Totals::default(),
             registry,
@@ -147,6 +229,60 @@ impl Metrics {
             cache_entries,
             cache_bytes,
             evictions,
+            rl_decisions,
+            rl_store_errors,
+            rl_failed_open,
+            rl_store_latency,
+            rl_enabled: AtomicU64::new(0),
+            top_limited: Mutex::new(TopClients::new(TOP_LIMITED_TRACKED)),
+        }
+    }
+
+    /// Marks rate limiting as on in `/stats`.
+    pub fn set_rate_limit_enabled(&self, enabled: bool) {
+        self.rl_enabled.store(u64::from(enabled), Ordering::Relaxed);
+    }
+
+    pub fn record_rate_limit(&self, result: LimitResult, policy: &Arc<String>, store: DecidedBy, client: &ClientId) {
+        let labels = RateLimitLabels { result: result.as_str(), policy: policy.clone(), store: store.as_str() };
+        self.rl_decisions.get_or_create(&labels).inc();
+        let total = match result {
+            LimitResult::Allowed => &self.totals.rl_allowed,
+            LimitResult::Limited => &self.totals.rl_limited,
+            LimitResult::Unavailable => &self.totals.rl_unavailable,
+        };
+        total.fetch_add(1, Ordering::Relaxed);
+        if result == LimitResult::Limited {
+            self.top_limited.lock().unwrap_or_else(|p| p.into_inner()).record(&client.0);
+        }
+    }
+
+    pub fn record_rate_limit_store_error(&self) {
+        self.rl_store_errors.inc();
+        self.totals.rl_store_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_rate_limit_failed_open(&self) {
+        self.rl_failed_open.inc();
+        self.totals.rl_failed_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn observe_rate_limit_store(&self, seconds: f64) {
+        self.rl_store_latency.observe(seconds);
+    }
+
+    pub fn rate_limit_stats(&self) -> RateLimitStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let t = &self.totals;
+        let top = self.top_limited.lock().unwrap_or_else(|p| p.into_inner()).top(TOP_LIMITED_SHOWN);
+        RateLimitStats {
+            enabled: get(&self.rl_enabled) == 1,
+            allowed: get(&t.rl_allowed),
+            limited: get(&t.rl_limited),
+            unavailable: get(&t.rl_unavailable),
+            failed_open: get(&t.rl_failed_open),
+            store_errors: get(&t.rl_store_errors),
+            top_limited: top.into_iter().map(|(client, limited)| LimitedClient { client, limited }).collect(),
         }
     }
 
@@ -217,6 +353,7 @@ impl Metrics {
             cache_capacity: cache.capacity,
             evictions: cache.evictions,
             in_flight: cache.in_flight,
+            rate_limit: self.rate_limit_stats(),
         }
     }
 

@@ -36,6 +36,7 @@ use crate::cache::Storage;
 use crate::config::Config;
 use crate::metrics::{CacheGauges, Metrics};
 use crate::origin::OriginSet;
+use crate::ratelimit::RateLimiter;
 use respond::{CacheResult, Outcome};
 
 /// Everything the request path shares: configuration, cache, flights, origins, metrics.
@@ -47,6 +48,7 @@ pub struct Edge {
     pub origins: OriginSet,
     pub metrics: Metrics,
     pub cors_allow_origin: Option<HeaderValue>,
+    pub ratelimit: RateLimiter,
 }
 
 impl Edge {
@@ -58,12 +60,15 @@ impl Edge {
         } else {
             HeaderValue::from_str(&config.headers.cors_allow_origin).ok()
         };
+        let metrics = Metrics::new();
+        metrics.set_rate_limit_enabled(config.rate_limit.enabled);
         Ok(Edge {
             rules: CacheRules::from_config(&config.cache),
             storage,
             flights: Flights::default(),
             origins,
-            metrics: Metrics::new(),
+            metrics,
+            ratelimit: RateLimiter::new(&config.rate_limit),
             cors_allow_origin,
             config,
         })
@@ -88,20 +93,26 @@ pub async fn handle(
 ) -> Result<Response<LoggedBody>, Infallible> {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
-    let client = identify::ClientId::of(&parts.headers, peer);
+    let client = edge.ratelimit.identify(&parts.headers, peer);
     let mut outcome = match route::accept(&parts, &edge.config.server_names) {
         Err((status, reason)) => Outcome::local(status, &reason),
-        Ok(target) => {
-            if parts.method == Method::OPTIONS
-                && parts.headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
-            {
-                respond::preflight(&parts.headers, edge.cors_allow_origin.as_ref())
-            } else if parts.method == Method::GET || parts.method == Method::HEAD {
-                lookup::serve(&edge, &parts, &target, peer).await
-            } else {
-                pass::forward(&edge, &parts, body, &target, peer).await
+        // Rate limit before the cache lookup, so that hits cannot bypass it.
+        Ok(target) => match edge.ratelimit.check(&client, &edge.metrics).await {
+            crate::ratelimit::Verdict::Refused(refusal) => *refusal,
+            verdict => {
+                let mut outcome = if parts.method == Method::OPTIONS
+                    && parts.headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+                {
+                    respond::preflight(&parts.headers, edge.cors_allow_origin.as_ref())
+                } else if parts.method == Method::GET || parts.method == Method::HEAD {
+                    lookup::serve(&edge, &parts, &target, peer).await
+                } else {
+                    pass::forward(&edge, &parts, body, &target, peer).await
+                };
+                verdict.apply(outcome.response.headers_mut());
+                outcome
             }
-        }
+        },
     };
     respond::finish_headers(&mut outcome, edge.cors_allow_origin.as_ref());
     let status = outcome.response.status().as_u16();

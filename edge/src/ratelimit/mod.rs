@@ -1,17 +1,393 @@
-//! Per-client rate limiting (phase 2 of the request path). Until the algorithms land this only carries
-//! the configuration, and every request is allowed.
+//! Per-client rate limiting, phase 2 of the request path (after `identify`, before the cache lookup so
+//! that cache hits cannot bypass it; the admin listener is never limited).
+//!
+//! - `config`: the `[rate_limit]` keys and their checks.
+//! - `algorithm`: token bucket, fixed window, sliding log, sliding window counter, as pure functions
+//!   of (policy, state, time).
+//! - `local`: the in-process store; `redis_store`: the fleet's store (one Lua script per algorithm).
+//! - `headers`: RateLimit-Policy / RateLimit / X-RateLimit-* / Retry-After.
+//! - `top`: the most limited clients, for `eddy-edge stats`.
+//!
+//! `RateLimiter` is the thin shell that ties them together: pick the client's policy, ask the store,
+//! fall back to the local store (fail open, still a per-edge ceiling) or refuse (fail closed) when the
+//! shared store fails, count everything, and turn the decision into headers or an answer.
 
-use serde::Deserialize;
+pub mod algorithm;
+pub mod config;
+pub mod headers;
+pub mod local;
+pub mod redis_store;
+pub mod top;
 
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct RateLimitConfig {
-    pub enabled: bool,
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{HeaderMap, HeaderValue, CACHE_CONTROL, RETRY_AFTER};
+use http::StatusCode;
+
+pub use self::algorithm::{Algorithm, Decision, Policy};
+pub use self::config::{OnStoreError, Rate, RateLimitConfig, StoreSpec};
+use self::headers::Quota;
+use self::local::LocalStore;
+use self::redis_store::RedisStore;
+use crate::metrics::Metrics;
+use crate::phases::identify::{ClientId, IdentityRules};
+use crate::phases::respond::Outcome;
+
+/// How a request fared, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitResult {
+    Allowed,
+    /// Over its limit: 429.
+    Limited,
+    /// The shared store failed and `on_store_error = "closed"`: 503.
+    Unavailable,
 }
 
-impl RateLimitConfig {
-    /// Checks values that types alone cannot; on error returns (key, reason).
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        Ok(())
+impl LimitResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitResult::Allowed => "allowed",
+            LimitResult::Limited => "limited",
+            LimitResult::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Which store made a decision, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DecidedBy {
+    Local,
+    Redis,
+    /// The local ceiling, because Redis failed (fail open).
+    Fallback,
+    /// No store: a blocked client, or Redis failed with fail closed.
+    Nobody,
+}
+
+impl DecidedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecidedBy::Local => "local",
+            DecidedBy::Redis => "redis",
+            DecidedBy::Fallback => "fallback",
+            DecidedBy::Nobody => "none",
+        }
+    }
+}
+
+/// A policy with its names: `metrics_label` is `default` or the override's id (operator-chosen, so
+/// bounded); `header_name` never names a client.
+struct NamedPolicy {
+    policy: Policy,
+    metrics_label: Arc<String>,
+    header_name: &'static str,
+}
+
+fn policy_of(algorithm: Algorithm, rate: Rate, burst: Option<u64>) -> Policy {
+    Policy {
+        algorithm,
+        limit: rate.count,
+        period_us: rate.period.as_micros() as u64,
+        burst: burst.unwrap_or(rate.count).max(1),
+    }
+}
+
+/// What the request path does after the check.
+pub enum Verdict {
+    /// Rate limiting is off.
+    Unlimited,
+    /// Serve it, and tell the client its quota.
+    Allowed(Quota),
+    /// Answer this instead (429 or 503), already carrying its headers.
+    Refused(Box<Outcome>),
+}
+
+impl Verdict {
+    /// Adds the quota headers to a response that is being served.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        if let Verdict::Allowed(quota) = self {
+            quota.apply(headers);
+        }
+    }
+}
+
+pub struct RateLimiter {
+    enabled: bool,
+    rules: IdentityRules,
+    default: NamedPolicy,
+    overrides: HashMap<String, NamedPolicy>,
+    /// The store when `store = "local"`; otherwise the per-edge ceiling while Redis fails.
+    local: LocalStore,
+    redis: Option<RedisStore>,
+    on_store_error: OnStoreError,
+    started: Instant,
+    next_error_log_us: AtomicU64,
+}
+
+/// Store errors are logged at most this often (they are all counted).
+const ERROR_LOG_INTERVAL_US: u64 = 5_000_000;
+
+impl RateLimiter {
+    /// From a validated configuration. Makes no connection: Redis is reached on first use.
+    pub fn new(config: &RateLimitConfig) -> RateLimiter {
+        let default = NamedPolicy {
+            policy: policy_of(config.algorithm, config.rate, config.burst),
+            metrics_label: Arc::new("default".into()),
+            header_name: "default",
+        };
+        let overrides = config
+            .clients
+            .iter()
+            .map(|c| {
+                let named = NamedPolicy {
+                    policy: policy_of(config.algorithm, c.rate, c.burst),
+                    metrics_label: Arc::new(c.id.clone()),
+                    header_name: "client",
+                };
+                (c.id.clone(), named)
+            })
+            .collect();
+        let redis = match (&config.store, config.enabled) {
+            (StoreSpec::Local, _) | (_, false) => None,
+            (spec, true) => Some(RedisStore::new(spec.clone(), &config.key_prefix)),
+        };
+        if config.enabled {
+            tracing::info!(
+                algorithm = config.algorithm.as_str(),
+                rate = %config.rate,
+                burst = default.policy.burst,
+                store = %config.store,
+                on_store_error = ?config.on_store_error,
+                overrides = config.clients.len(),
+                "rate limiting on"
+            );
+            let forwarded = config.identify.contains(&config::IdentifyBy::ForwardedFor);
+            if forwarded && config.trusted_proxies.is_empty() {
+                tracing::warn!(
+                    "rate_limit.identify has x-forwarded-for but trusted_proxies is empty: it is never used"
+                );
+            }
+        }
+        RateLimiter {
+            enabled: config.enabled,
+            rules: IdentityRules::from_config(config),
+            default,
+            overrides,
+            local: LocalStore::new(),
+            redis,
+            on_store_error: config.on_store_error,
+            started: Instant::now(),
+            next_error_log_us: AtomicU64::new(0),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The request's identity (also when limiting is off: it is logged either way).
+    pub fn identify(&self, headers: &HeaderMap, peer: SocketAddr) -> ClientId {
+        ClientId::of(&self.rules, headers, peer)
+    }
+
+    /// Decides one request of `client`, counting the decision in `metrics`.
+    pub async fn check(&self, client: &ClientId, metrics: &Metrics) -> Verdict {
+        if !self.enabled {
+            return Verdict::Unlimited;
+        }
+        let named = self.overrides.get(&client.0).unwrap_or(&self.default);
+        let policy = &named.policy;
+        let (decision, by) = if policy.blocks_all() {
+            (Decision::blocked(policy), DecidedBy::Nobody)
+        } else if let Some(redis) = &self.redis {
+            let started = Instant::now();
+            match redis.decide(&client.0, policy).await {
+                Ok(decision) => {
+                    metrics.observe_rate_limit_store(started.elapsed().as_secs_f64());
+                    (decision, DecidedBy::Redis)
+                }
+                Err(error) => {
+                    if !matches!(error, redis_store::StoreError::Skipped) {
+                        metrics.record_rate_limit_store_error();
+                        self.log_store_error(&error);
+                    }
+                    match self.on_store_error {
+                        OnStoreError::Open => (self.local.decide(&client.0, policy), DecidedBy::Fallback),
+                        OnStoreError::Closed => {
+                            metrics.record_rate_limit(
+                                LimitResult::Unavailable,
+                                &named.metrics_label,
+                                DecidedBy::Nobody,
+                                client,
+                            );
+                            return Verdict::Refused(Box::new(unavailable()));
+                        }
+                    }
+                }
+            }
+        } else {
+            (self.local.decide(&client.0, policy), DecidedBy::Local)
+        };
+        let quota = Quota::new(named.header_name, policy, &decision);
+        if decision.allowed {
+            if by == DecidedBy::Fallback {
+                metrics.record_rate_limit_failed_open();
+            }
+            metrics.record_rate_limit(LimitResult::Allowed, &named.metrics_label, by, client);
+            Verdict::Allowed(quota)
+        } else {
+            metrics.record_rate_limit(LimitResult::Limited, &named.metrics_label, by, client);
+            Verdict::Refused(Box::new(too_many_requests(&quota)))
+        }
+    }
+
+    fn log_store_error(&self, error: &redis_store::StoreError) {
+        let now = self.started.elapsed().as_micros() as u64;
+        let next = self.next_error_log_us.load(Ordering::Relaxed);
+        let due = now >= next;
+        if due
+            && self
+                .next_error_log_us
+                .compare_exchange(next, now + ERROR_LOG_INTERVAL_US, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let policy = match self.on_store_error {
+                OnStoreError::Open => "letting requests through within the local ceiling",
+                OnStoreError::Closed => "refusing requests with 503",
+            };
+            tracing::warn!(%error, "rate-limit store failed; {policy} until it answers again");
+        }
+    }
+}
+
+fn no_store(outcome: &mut Outcome) {
+    outcome.response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
+/// 429 with the quota headers and Retry-After.
+fn too_many_requests(quota: &Quota) -> Outcome {
+    let retry = quota.retry_after_secs.unwrap_or(1);
+    let mut outcome = Outcome::local(StatusCode::TOO_MANY_REQUESTS, &format!("too many requests: retry in {retry} s"));
+    outcome.cache_status = "fwd=request; detail=rate-limited".into();
+    quota.apply(outcome.response.headers_mut());
+    no_store(&mut outcome);
+    outcome
+}
+
+/// 503 when the shared store is down and the operator chose to fail closed.
+fn unavailable() -> Outcome {
+    let mut outcome = Outcome::local(StatusCode::SERVICE_UNAVAILABLE, "rate limiter unavailable: retry in 1 s");
+    outcome.cache_status = "fwd=request; detail=rate-limiter-unavailable".into();
+    outcome.response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    no_store(&mut outcome);
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::HeaderName;
+
+    fn limiter(toml_text: &str) -> RateLimiter {
+        let config: crate::config::Config =
+            crate::config::Config::parse(toml_text, std::path::Path::new("t.toml")).expect("valid config");
+        RateLimiter::new(&config.rate_limit)
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    }
+
+    #[test]
+    fn local_limits_answer_429_with_headers_and_overrides_apply() {
+        let limiter = limiter(
+            r#"
+            [rate_limit]
+            enabled = true
+            algorithm = "fixed_window"
+            rate = "2/min"
+            [[rate_limit.clients]]
+            id = "api-key:partner"
+            rate = "3/min"
+            [[rate_limit.clients]]
+            id = "ip:192.0.2.7"
+            rate = "0/s"
+            "#,
+        );
+        let metrics = Metrics::new();
+        let peer: SocketAddr = "203.0.113.9:1234".parse().expect("addr");
+        let rt = runtime();
+        let anon = limiter.identify(&HeaderMap::new(), peer);
+        let statuses: Vec<Option<StatusCode>> = (0..3)
+            .map(|_| match rt.block_on(limiter.check(&anon, &metrics)) {
+                Verdict::Allowed(_) => None,
+                Verdict::Refused(o) => Some(o.response.status()),
+                Verdict::Unlimited => Some(StatusCode::OK),
+            })
+            .collect();
+        assert_eq!(statuses, vec![None, None, Some(StatusCode::TOO_MANY_REQUESTS)]);
+        let Verdict::Refused(refused) = rt.block_on(limiter.check(&anon, &metrics)) else { panic!("limited") };
+        let h = refused.response.headers();
+        assert!(h.contains_key(RETRY_AFTER));
+        assert_eq!(h["x-ratelimit-limit"], "2");
+        assert_eq!(h["x-ratelimit-remaining"], "0");
+
+        let mut headers = HeaderMap::new();
+        headers.insert(HeaderName::from_static("x-api-key"), HeaderValue::from_static("partner"));
+        let partner = limiter.identify(&headers, peer);
+        let allowed = (0..5).filter(|_| matches!(rt.block_on(limiter.check(&partner, &metrics)), Verdict::Allowed(_)));
+        assert_eq!(allowed.count(), 3);
+
+        let blocked = limiter.identify(&HeaderMap::new(), "192.0.2.7:1".parse().expect("addr"));
+        assert!(matches!(rt.block_on(limiter.check(&blocked, &metrics)), Verdict::Refused(_)));
+
+        let stats = metrics.rate_limit_stats();
+        assert_eq!(stats.allowed, 5);
+        assert_eq!(stats.limited, 5, "2 anonymous, 2 partner, 1 blocked");
+        let anon_limited = stats.top_limited.iter().find(|c| c.client == "ip:203.0.113.9").map(|c| c.limited);
+        assert_eq!(anon_limited, Some(2));
+        assert_eq!(stats.top_limited.len(), 3);
+    }
+
+    #[test]
+    fn an_unreachable_redis_fails_open_within_the_local_ceiling_or_closed() {
+        // Port 1 on loopback refuses connections at once.
+        let base = r#"
+            [rate_limit]
+            enabled = true
+            algorithm = "sliding_log"
+            rate = "2/min"
+            store = "redis://127.0.0.1:1"
+        "#;
+        let rt = runtime();
+        let client = ClientId("ip:198.51.100.1".into());
+
+        let open = limiter(&format!("{base}on_store_error = \"open\"\n"));
+        let metrics = Metrics::new();
+        let results: Vec<bool> =
+            (0..4).map(|_| matches!(rt.block_on(open.check(&client, &metrics)), Verdict::Allowed(_))).collect();
+        assert_eq!(results, vec![true, true, false, false], "fail open still holds the per-edge ceiling");
+        let stats = metrics.rate_limit_stats();
+        assert_eq!(stats.failed_open, 2);
+        assert!(stats.store_errors >= 1);
+
+        let closed = limiter(&format!("{base}on_store_error = \"closed\"\n"));
+        let metrics = Metrics::new();
+        let Verdict::Refused(outcome) = rt.block_on(closed.check(&client, &metrics)) else { panic!("refused") };
+        assert_eq!(outcome.response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(outcome.response.headers()[RETRY_AFTER], "1");
+        assert_eq!(metrics.rate_limit_stats().unavailable, 1);
+    }
+
+    #[test]
+    fn disabled_limits_nothing() {
+        let limiter = limiter("");
+        let rt = runtime();
+        let client = ClientId("ip:1.2.3.4".into());
+        assert!(matches!(rt.block_on(limiter.check(&client, &Metrics::new())), Verdict::Unlimited));
     }
 }
