@@ -157,8 +157,40 @@ impl OriginSet {
         Err(last_error.unwrap_or(OriginError::NoOrigin))
     }
 
+    /// Is origin `index` (in configured order) being skipped after a failure?
+    pub fn is_resting(&self, index: usize) -> bool {
+        self.down_until_ms.get(index).is_some_and(|until| until.load(Ordering::Relaxed) > self.now_ms())
+    }
+
     fn mark_down(&self, index: usize) {
         let until = self.now_ms() + self.backoff.as_millis() as u64;
         self.down_until_ms[index].store(until.max(1), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_origin_rests_while_the_next_one_serves() {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let dead_url = format!("http://{}", dead.local_addr().expect("addr"));
+        drop(dead);
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.ts"), "a").expect("write");
+        let set =
+            OriginSet::new(&[dead_url, dir.path().display().to_string()], &OriginConfig::default()).expect("origins");
+        let request = OriginRequest {
+            method: Method::GET,
+            path_and_query: "/a.ts".into(),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+        };
+        assert!(!set.is_resting(0));
+        let response = set.send(&request).await.expect("second origin answers");
+        assert_eq!(response.status, StatusCode::OK);
+        assert!(set.is_resting(0), "the dead origin is skipped for its back-off period");
+        assert!(!set.is_resting(1));
     }
 }

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Every check and test of the project: formatting, lints, unit tests and the end-to-end tests that start
+# the real binaries. Installs the system packages it needs first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+# The end-to-end tests start the real binaries: build them first.
+cargo build --workspace --bins
+cargo test --workspace
