@@ -276,6 +276,9 @@ fn build_video_input(
     let queue = make("queue")?;
     let convert = make("videoconvert")?;
     let rate = make("videorate")?;
+    // Live sources start their timestamps later than 0; without this videorate would invent frames
+    // to fill the gap and shift every GOP off the segment grid.
+    rate.set_property("skip-to-first", true);
     let caps = caps_filter(
         gst::Caps::builder("video/x-raw").field("format", "I420").field("framerate", plan.info.fps).build(),
     )?;

@@ -144,6 +144,8 @@ pub fn master_playlist(variants: &[VariantInfo], version: usize) -> MasterPlayli
 }
 
 pub fn render_media(playlist: &MediaPlaylist) -> Vec<u8> {
+    // EXTINF with millisecond precision (m3u8-rs otherwise prints every digit of the f32).
+    m3u8_rs::WRITE_OPT_FLOAT_PRECISION.store(3, std::sync::atomic::Ordering::Relaxed);
     let mut out = Vec::new();
     // Writing to a Vec cannot fail.
     let _ = playlist.write_to(&mut out);

@@ -1,0 +1,428 @@
+//! `eddy-package` end to end: package short test patterns (and a small generated file) and check the
+//! result with real tools — the playlists' text, `ffprobe` for keyframes, `openssl` for the AES-128
+//! layout, and GStreamer's own `playbin` playing the master playlist headless to the end.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use eddy_tests::{bin_path, spawn_until_ready, wait_with_timeout};
+
+const LADDER: &str = "240p:300k,360p:800k,480p:1500k";
+const RUNGS: [(&str, &str); 3] = [("240p", "426x240"), ("360p", "640x360"), ("480p", "854x480")];
+
+/// Runs a command to completion with a deadline, capturing its output.
+fn run(mut command: Command, timeout: Duration) -> Result<Output> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {command:?}"))?;
+    // Drain the pipes in the background so a chatty child cannot block on a full pipe.
+    let mut stdout = child.stdout.take().context("stdout")?;
+    let mut stderr = child.stderr.take().context("stderr")?;
+    let out_reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stdout.read_to_end(&mut text);
+        text
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stderr.read_to_end(&mut text);
+        text
+    });
+    let status = wait_with_timeout(&mut child, timeout).with_context(|| format!("{command:?}"))?;
+    Ok(Output { status, stdout: out_reader.join().unwrap_or_default(), stderr: err_reader.join().unwrap_or_default() })
+}
+
+fn package(out: &Path, args: &[&str]) -> Result<Output> {
+    let mut command = Command::new(bin_path("eddy-package"));
+    command.arg("--out").arg(out).args(args);
+    let output = run(command, Duration::from_secs(120))?;
+    ensure!(
+        output.status.success(),
+        "eddy-package {args:?} failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(output)
+}
+
+/// `NAME=value` attributes of an `#EXT-X-...:` line (quoted values unquoted; commas inside quotes kept).
+fn attributes(line: &str) -> HashMap<String, String> {
+    let rest = line.split_once(':').map_or("", |(_, r)| r);
+    let mut map = HashMap::new();
+    let mut parts = Vec::new();
+    let (mut current, mut quoted) = (String::new(), false);
+    for c in rest.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => parts.push(std::mem::take(&mut current)),
+            _ => current.push(c),
+        }
+    }
+    parts.push(current);
+    for part in parts {
+        if let Some((k, v)) = part.split_once('=') {
+            map.insert(k.to_string(), v.to_string());
+        }
+    }
+    map
+}
+
+struct Variant {
+    attrs: HashMap<String, String>,
+    uri: String,
+}
+
+fn master_variants(out: &Path) -> Result<Vec<Variant>> {
+    let text = std::fs::read_to_string(out.join("master.m3u8")).context("reading master.m3u8")?;
+    let lines: Vec<&str> = text.lines().collect();
+    ensure!(lines.first() == Some(&"#EXTM3U"), "master does not start with #EXTM3U");
+    let mut variants = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.starts_with("#EXT-X-STREAM-INF:") {
+            let uri = lines.get(i + 1).context("STREAM-INF without URI")?.to_string();
+            variants.push(Variant { attrs: attributes(line), uri });
+        }
+    }
+    Ok(variants)
+}
+
+struct Media {
+    text: String,
+    target: f64,
+    /// (uri, EXTINF seconds)
+    segments: Vec<(String, f64)>,
+    map: Option<String>,
+    key: Option<HashMap<String, String>>,
+}
+
+fn media_playlist(path: &Path) -> Result<Media> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut media = Media { text: text.clone(), target: 0.0, segments: Vec::new(), map: None, key: None };
+    let mut pending: Option<f64> = None;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("#EXT-X-TARGETDURATION:") {
+            media.target = v.parse()?;
+        } else if let Some(v) = line.strip_prefix("#EXTINF:") {
+            pending = Some(v.trim_end_matches(',').parse()?);
+        } else if line.starts_with("#EXT-X-MAP:") {
+            media.map = attributes(line).get("URI").cloned();
+        } else if line.starts_with("#EXT-X-KEY:") {
+            media.key = Some(attributes(line));
+        } else if !line.starts_with('#') && !line.is_empty() {
+            media.segments.push((line.to_string(), pending.take().context("segment URI without EXTINF")?));
+        }
+    }
+    Ok(media)
+}
+
+/// Whether the first video frame ffprobe decodes from `data` (fed on stdin) is a keyframe.
+fn first_video_frame_is_key(data: &[u8]) -> Result<bool> {
+    let mut child = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "frame=key_frame"])
+        .args(["-read_intervals", "%+#1", "-of", "csv=p=0", "-i", "pipe:0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("running ffprobe")?;
+    let mut stdin = child.stdin.take().context("ffprobe stdin")?;
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let output = child.wait_with_output()?;
+    let _ = writer.join();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // `1` or `1,` (a trailing field appears when the frame carries side data such as x264's SEI).
+    let first = stdout.lines().next().and_then(|l| l.split(',').next()).unwrap_or("").trim().to_string();
+    Ok(first == "1")
+}
+
+/// Whether ffprobe finds a decodable video stream in `path`.
+fn ffprobe_finds_video(path: &Path) -> Result<bool> {
+    let output = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "stream=codec_name", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .context("running ffprobe")?;
+    Ok(output.status.success() && String::from_utf8_lossy(&output.stdout).contains("h264"))
+}
+
+/// Plays `master.m3u8` with GStreamer's playbin, video and audio into fake sinks (as fast as they
+/// decode). Ok when playback reached EOS without an error.
+fn playbin_plays(master: &Path) -> Result<bool> {
+    let uri = format!("file://{}", master.canonicalize()?.display());
+    let mut command = Command::new("gst-launch-1.0");
+    command.args(["playbin", &format!("uri={uri}"), "video-sink=fakesink", "audio-sink=fakesink"]);
+    let output = run(command, Duration::from_secs(60))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    Ok(output.status.success() && text.contains("Got EOS") && !text.contains("ERROR"))
+}
+
+/// The checks the issue asks of every package: layout, durations, alignment, keyframes, bitrates
+/// that match the bytes on disk, ascending bandwidth, and playback.
+fn check_vod_package(out: &Path, seconds: f64, segment: f64, fmp4: bool) -> Result<()> {
+    let variants = master_variants(out)?;
+    ensure!(variants.len() == RUNGS.len(), "expected {} variants, got {}", RUNGS.len(), variants.len());
+    let mut counts = Vec::new();
+    let mut previous_bandwidth = 0;
+    for (variant, (name, resolution)) in variants.iter().zip(RUNGS) {
+        ensure!(variant.uri == format!("{name}/index.m3u8"), "variant order/URI: {}", variant.uri);
+        ensure!(variant.attrs.get("RESOLUTION").map(String::as_str) == Some(resolution), "{name} resolution");
+        ensure!(variant.attrs.get("FRAME-RATE").map(String::as_str) == Some("30"), "{name} frame rate");
+        let codecs = variant.attrs.get("CODECS").context("CODECS")?;
+        ensure!(codecs.starts_with("avc1.") && codecs.ends_with(",mp4a.40.2"), "{name} codecs {codecs}");
+        let media = media_playlist(&out.join(&variant.uri))?;
+        for tag in ["#EXT-X-PLAYLIST-TYPE:VOD", "#EXT-X-INDEPENDENT-SEGMENTS", "#EXT-X-ENDLIST"] {
+            ensure!(media.text.contains(tag), "{name}: {tag} missing");
+        }
+        ensure!(media.target == segment.ceil(), "{name}: target duration {}", media.target);
+        let total: f64 = media.segments.iter().map(|(_, d)| d).sum();
+        ensure!((total - seconds).abs() < 0.1, "{name}: {total} s listed, expected {seconds}");
+        let dir = out.join(name);
+        let init = match (&media.map, fmp4) {
+            (Some(uri), true) => std::fs::read(dir.join(uri)).context("init segment")?,
+            (None, false) => Vec::new(),
+            (map, _) => bail!("{name}: EXT-X-MAP {map:?} for fmp4={fmp4}"),
+        };
+        let (mut bytes, mut peak) = (0u64, 0f64);
+        for (uri, duration) in &media.segments {
+            ensure!(*duration <= media.target, "{name}/{uri}: {duration} s > target {}", media.target);
+            let data = std::fs::read(dir.join(uri)).with_context(|| format!("{name}/{uri}"))?;
+            bytes += data.len() as u64;
+            if *duration >= segment / 2.0 {
+                peak = peak.max(data.len() as f64 * 8.0 / duration);
+            }
+            // Every segment starts with a keyframe, so players can switch at any boundary.
+            let decodable = [init.as_slice(), &data].concat();
+            ensure!(first_video_frame_is_key(&decodable)?, "{name}/{uri} does not start with a keyframe");
+        }
+        let average = bytes as f64 * 8.0 / total;
+        let advertised_peak: f64 = variant.attrs.get("BANDWIDTH").context("BANDWIDTH")?.parse()?;
+        let advertised_average: f64 = variant.attrs.get("AVERAGE-BANDWIDTH").context("AVERAGE-BANDWIDTH")?.parse()?;
+        ensure!((advertised_average - average).abs() / average < 0.01, "{name}: AVERAGE-BANDWIDTH vs {average}");
+        ensure!((advertised_peak - peak).abs() / peak < 0.01, "{name}: BANDWIDTH {advertised_peak} vs {peak}");
+        ensure!(advertised_peak as u64 > previous_bandwidth, "{name}: bandwidths not ascending");
+        previous_bandwidth = advertised_peak as u64;
+        counts.push(media.segments.len());
+    }
+    ensure!(counts.iter().all(|c| *c == counts[0]), "segment counts differ: {counts:?}");
+    ensure!(counts[0] == (seconds / segment).round() as usize, "segment count {}", counts[0]);
+    ensure!(playbin_plays(&out.join("master.m3u8"))?, "playbin did not play {} to EOS", out.display());
+    Ok(())
+}
+
+#[test]
+fn ts_ladder_is_aligned_measured_and_plays() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let started = Instant::now();
+    let output = package(dir.path(), &["--test-pattern", "6s", "--ladder", LADDER, "--segment-duration", "1"])?;
+    eprintln!("packaged 6 s x 3 rungs (ts) in {:.1} s", started.elapsed().as_secs_f64());
+    let summary = String::from_utf8_lossy(&output.stdout);
+    ensure!(summary.contains("480p") && summary.contains("854x480"), "summary table: {summary}");
+    check_vod_package(dir.path(), 6.0, 1.0, false)?;
+    // The test pattern is noise, so the encoder spends close to the requested video bitrate: measured
+    // averages (video + 96k audio + TS overhead) land well apart and in ladder order.
+    let averages: Vec<f64> = master_variants(dir.path())?
+        .iter()
+        .map(|v| v.attrs.get("AVERAGE-BANDWIDTH").and_then(|b| b.parse().ok()).unwrap_or(0.0))
+        .collect();
+    for ((average, target), name) in averages.iter().zip([300e3, 800e3, 1500e3]).zip(["240p", "360p", "480p"]) {
+        ensure!(*average > target && *average < target * 1.8, "{name}: average {average} far from {target}");
+    }
+    Ok(())
+}
+
+#[test]
+fn fmp4_ladder_has_init_segments_and_plays() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    package(dir.path(), &["--test-pattern", "4s", "--ladder", LADDER, "--segment-duration", "2", "--format", "fmp4"])?;
+    let master = std::fs::read_to_string(dir.path().join("master.m3u8"))?;
+    ensure!(master.contains("#EXT-X-VERSION:6"), "fMP4 needs protocol version 6:\n{master}");
+    for (name, _) in RUNGS {
+        let init = std::fs::read(dir.path().join(name).join("init.mp4"))?;
+        ensure!(&init[4..8] == b"ftyp", "{name}/init.mp4 does not start with ftyp");
+        ensure!(init.windows(4).any(|w| w == b"moov"), "{name}/init.mp4 has no moov");
+        ensure!(!init.windows(4).any(|w| w == b"moof"), "{name}/init.mp4 holds media");
+        let first = std::fs::read(dir.path().join(name).join("seg_00000.m4s"))?;
+        ensure!(&first[4..8] == b"moof", "{name}: a segment starts with moof");
+    }
+    check_vod_package(dir.path(), 4.0, 2.0, true)
+}
+
+/// `openssl enc -d` with the HLS implicit IV (the media sequence number).
+fn openssl_decrypt(key: &[u8], sequence: u64, input: &Path, output: &Path) -> Result<()> {
+    let key_hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let status = Command::new("openssl")
+        .args(["enc", "-d", "-aes-128-cbc", "-K", &key_hex, "-iv", &format!("{sequence:032x}"), "-in"])
+        .arg(input)
+        .arg("-out")
+        .arg(output)
+        .status()
+        .context("running openssl")?;
+    ensure!(status.success(), "openssl could not decrypt {}", input.display());
+    Ok(())
+}
+
+#[test]
+fn encrypted_package_plays_with_the_key_and_not_without() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("enc");
+    package(
+        &out,
+        &["--test-pattern", "4s", "--ladder", "240p:300k,360p:800k", "--segment-duration", "1", "--encrypt"],
+    )?;
+    let key = std::fs::read(out.join("enc.key"))?;
+    ensure!(key.len() == 16, "AES-128 key is 16 bytes, got {}", key.len());
+    for name in ["240p", "360p"] {
+        let media = media_playlist(&out.join(name).join("index.m3u8"))?;
+        let key_tag = media.key.as_ref().context("EXT-X-KEY missing")?;
+        ensure!(key_tag.get("METHOD").map(String::as_str) == Some("AES-128"), "METHOD {key_tag:?}");
+        ensure!(key_tag.get("URI").map(String::as_str) == Some("../enc.key"), "key URI {key_tag:?}");
+        ensure!(out.join(name).join("../enc.key").canonicalize()? == out.join("enc.key").canonicalize()?);
+        ensure!(media.text.matches("#EXT-X-KEY").count() == 1, "one key for all segments");
+        for (sequence, (uri, _)) in media.segments.iter().enumerate() {
+            let segment = out.join(name).join(uri);
+            ensure!(std::fs::metadata(&segment)?.len() % 16 == 0, "{uri} is not whole AES blocks");
+            ensure!(!ffprobe_finds_video(&segment)?, "{name}/{uri} decodes without the key");
+            let plain = dir.path().join("plain.ts");
+            openssl_decrypt(&key, sequence as u64, &segment, &plain)?;
+            ensure!(ffprobe_finds_video(&plain)?, "{name}/{uri} does not decode with the key and IV {sequence}");
+        }
+    }
+    ensure!(playbin_plays(&out.join("master.m3u8"))?, "playbin did not play the encrypted package");
+    std::fs::remove_file(out.join("enc.key"))?;
+    ensure!(!playbin_plays(&out.join("master.m3u8"))?, "playbin played without the key");
+    Ok(())
+}
+
+/// Makes a small MP4 (640x360, with audio) the way a user's upload might look.
+fn make_input_file(path: &Path, audio: bool) -> Result<()> {
+    let mut command = Command::new("gst-launch-1.0");
+    command.args(["-q", "videotestsrc", "num-buffers=75", "pattern=ball", "!"]);
+    command.args(["video/x-raw,width=640,height=360,framerate=25/1", "!", "x264enc", "speed-preset=ultrafast"]);
+    command
+        .args(["!", "h264parse", "!", "mp4mux", "name=mux", "!", "filesink"])
+        .arg(format!("location={}", path.display()));
+    if audio {
+        command.args(["audiotestsrc", "num-buffers=150", "samplesperbuffer=960", "!", "audioconvert", "!"]);
+        command.args(["avenc_aac", "!", "aacparse", "!", "mux."]);
+    }
+    let output = run(command, Duration::from_secs(60))?;
+    ensure!(output.status.success(), "gst-launch could not make {}", path.display());
+    Ok(())
+}
+
+#[test]
+fn file_input_skips_taller_rungs_and_plays() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("upload.mp4");
+    make_input_file(&input, true)?;
+    let out = dir.path().join("out");
+    let output = package(
+        &out,
+        &[input.to_str().context("path")?, "--ladder", "240p:300k,360p:700k,720p:2500k", "--segment-duration", "1"],
+    )?;
+    let summary = String::from_utf8_lossy(&output.stdout);
+    ensure!(summary.contains("skipped") && summary.contains("720p"), "no note about 720p:\n{summary}");
+    let variants = master_variants(&out)?;
+    let resolutions: Vec<&str> =
+        variants.iter().filter_map(|v| v.attrs.get("RESOLUTION").map(String::as_str)).collect();
+    ensure!(resolutions == ["426x240", "640x360"], "renditions {resolutions:?}");
+    ensure!(!out.join("720p").exists(), "a skipped rung left a folder");
+    for variant in &variants {
+        ensure!(variant.attrs.get("FRAME-RATE").map(String::as_str) == Some("25"), "source frame rate kept");
+        let media = media_playlist(&out.join(&variant.uri))?;
+        ensure!(media.segments.len() == 3, "3 s at 1 s per segment: {}", media.segments.len());
+    }
+    ensure!(playbin_plays(&out.join("master.m3u8"))?, "playbin did not play the packaged file");
+    Ok(())
+}
+
+fn package_fails(out: &Path, args: &[&str]) -> Result<String> {
+    let mut command = Command::new(bin_path("eddy-package"));
+    command.arg("--out").arg(out).args(args);
+    let output = run(command, Duration::from_secs(60))?;
+    ensure!(!output.status.success(), "eddy-package {args:?} succeeded");
+    ensure!(!out.join("master.m3u8").exists(), "a failed run left master.m3u8 ({args:?})");
+    Ok(String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn bad_input_fails_with_a_clear_error_and_no_master() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("out");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec![dir.path().join("missing.mp4").display().to_string()], "does not exist"),
+        (vec!["--test-pattern".into(), "2s".into(), "--ladder".into(), "240p:fast".into()], "'fast' is not a bitrate"),
+        (vec!["--test-pattern".into(), "2s".into(), "--ladder".into(), "tall:300k".into()], "'tall'"),
+        (vec!["--test-pattern".into(), "soon".into()], "'soon' is not a duration"),
+    ];
+    for (args, expected) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let stderr = package_fails(&out, &args)?;
+        ensure!(stderr.contains(expected), "{args:?}: expected '{expected}' in:\n{stderr}");
+    }
+    // Not a video at all.
+    let text = dir.path().join("notes.mp4");
+    std::fs::write(&text, "this is not a video\n".repeat(100))?;
+    let stderr = package_fails(&out, &[text.to_str().context("path")?])?;
+    ensure!(stderr.contains("cannot be decoded"), "undecodable input:\n{stderr}");
+    // Audio only.
+    let audio = dir.path().join("audio.ogg");
+    let mut command = Command::new("gst-launch-1.0");
+    command.args(["-q", "audiotestsrc", "num-buffers=20", "!", "audioconvert", "!", "vorbisenc", "!", "oggmux", "!"]);
+    command.args(["filesink", &format!("location={}", audio.display())]);
+    ensure!(run(command, Duration::from_secs(30))?.status.success(), "making audio.ogg");
+    let stderr = package_fails(&out, &[audio.to_str().context("path")?])?;
+    ensure!(stderr.contains("no video stream"), "audio-only input:\n{stderr}");
+    // An output folder that cannot be created (its parent is a file).
+    let blocked = text.join("out");
+    let stderr = package_fails(&blocked, &["--test-pattern", "2s", "--ladder", "240p:300k"])?;
+    ensure!(stderr.contains("cannot write to output folder"), "unwritable output:\n{stderr}");
+    Ok(())
+}
+
+#[test]
+fn live_playlist_slides_and_expires_segments() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("live");
+    let mut command = Command::new(bin_path("eddy-package"));
+    command.arg("--out").arg(&out).args(["--test-pattern", "8s", "--live", "--window", "3"]);
+    command.args(["--ladder", "240p:300k,360p:800k", "--segment-duration", "1"]);
+    let mut live = spawn_until_ready(command, "eddy-package live master at", Duration::from_secs(30))?;
+    ensure!(master_variants(&out)?.len() == 2, "live master lists both renditions");
+    // While it runs, the window slides: the media sequence advances, no ENDLIST, at most 3 segments.
+    let playlist = out.join("240p/index.m3u8");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen_sliding = false;
+    while Instant::now() < deadline && !seen_sliding {
+        let media = media_playlist(&playlist)?;
+        ensure!(media.segments.len() <= 3, "window of 3 holds {}", media.segments.len());
+        if media.text.contains("#EXT-X-ENDLIST") {
+            break;
+        }
+        ensure!(!media.text.contains("PLAYLIST-TYPE:VOD"), "live playlist marked VOD");
+        let sequence: u64 =
+            media.text.lines().find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:")).map_or(Ok(0), str::parse)?;
+        seen_sliding = sequence >= 2;
+        std::thread::sleep(Duration::from_millis(100)); // polling interval, not synchronisation
+    }
+    ensure!(seen_sliding, "media sequence never advanced while live");
+    let status = wait_with_timeout(&mut live.child, Duration::from_secs(60))?;
+    ensure!(status.success(), "live run failed: {status}");
+    let media = media_playlist(&playlist)?;
+    ensure!(media.text.contains("#EXT-X-ENDLIST"), "finished live playlist ends with ENDLIST");
+    ensure!(media.text.contains("#EXT-X-MEDIA-SEQUENCE:5"), "last window starts at 5:\n{}", media.text);
+    // Segments that left the window a whole window ago are gone; recent ones are still served.
+    ensure!(!out.join("240p/seg_00000.ts").exists(), "old segment not deleted");
+    ensure!(out.join("240p/seg_00004.ts").exists(), "recently retired segment deleted too early");
+    Ok(())
+}
