@@ -39,8 +39,65 @@ pub fn table(stats: &Stats) -> String {
         ("evictions", stats.evictions.to_string()),
         ("fetches in flight", stats.in_flight.to_string()),
     ];
+    let mut rows = rows;
+    let limits = &stats.rate_limit;
+    if limits.enabled {
+        rows.extend([
+            ("rate limit: allowed", limits.allowed.to_string()),
+            ("rate limit: limited (429)", limits.limited.to_string()),
+            ("rate limit: unavailable (503)", limits.unavailable.to_string()),
+            ("rate limit: failed open", limits.failed_open.to_string()),
+            ("rate limit: store errors", limits.store_errors.to_string()),
+        ]);
+    }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    rows.iter().map(|(k, v)| format!("{k:<width$}  {v}\n")).collect()
+    let mut out: String = rows.iter().map(|(k, v)| format!("{k:<width$}  {v}\n")).collect();
+    if !limits.top_limited.is_empty() {
+        out.push_str("top limited clients:\n");
+        let id_width = limits.top_limited.iter().map(|c| c.client.len()).max().unwrap_or(0);
+        for client in &limits.top_limited {
+            out.push_str(&format!("  {:<id_width$}  {}\n", client.client, client.limited));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{LimitedClient, RateLimitStats};
+
+    #[test]
+    fn the_table_shows_rate_limits_and_the_top_limited_clients() {
+        let mut stats = Stats::default();
+        assert!(!table(&stats).contains("rate limit"), "nothing about rate limits while they are off");
+        stats.rate_limit = RateLimitStats {
+            enabled: true,
+            limited: 7,
+            top_limited: vec![
+                LimitedClient { client: "ip:192.0.2.7".into(), limited: 5 },
+                LimitedClient { client: "api-key:abc".into(), limited: 2 },
+            ],
+            ..RateLimitStats::default()
+        };
+        let text = table(&stats);
+        assert!(text.lines().any(|l| l.starts_with("rate limit: limited (429)") && l.ends_with(" 7")), "{text}");
+        let top = text.split("top limited clients:\n").nth(1).unwrap_or_default();
+        assert_eq!(top, "  ip:192.0.2.7  5\n  api-key:abc   2\n");
+    }
+
+    #[test]
+    fn stats_from_an_edge_without_rate_limits_still_parse() {
+        let stats: Stats = serde_json::from_str(
+            r#"{"requests": 3, "hits": 1, "misses": 2, "stale": 0,
+            "revalidated": 0, "passes": 0, "coalesced": 0, "hit_ratio": 0.3, "byte_hit_ratio": 0.1,
+            "origin_requests": 2, "origin_errors": 0, "bytes_from_cache": 1, "bytes_from_origin": 2,
+            "entries": 2, "cache_bytes": 3, "cache_capacity": 4, "evictions": 0, "in_flight": 0}"#,
+        )
+        .expect("older JSON parses");
+        assert_eq!(stats.requests, 3);
+        assert_eq!(stats.rate_limit, RateLimitStats::default());
+    }
 }
 
 pub async fn run(admin: &str, json: bool, watch: Option<u64>) -> anyhow::Result<()> {

@@ -269,6 +269,66 @@ mod tests {
         }
     }
 
+    fn parse(text: &str) -> Result<crate::config::Config, String> {
+        crate::config::Config::parse(text, std::path::Path::new("edge.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_contract_example_parses() {
+        let config = parse(
+            r#"
+            [rate_limit]
+            enabled = true
+            algorithm = "token_bucket"
+            rate = "100/s"
+            burst = 200
+            identify = ["x-api-key", "authorization", "x-forwarded-for", "peer"]
+            trusted_proxies = ["127.0.0.1/32", "10.0.0.0/8"]
+            store = "redis+cluster://h1:7001,h2:7002,h3:7003"
+            on_store_error = "closed"
+            key_prefix = "eddy:rl:"
+            [[rate_limit.clients]]
+            id = "api-key:partner-123"
+            rate = "1000/s"
+            burst = 2000
+            [[rate_limit.clients]]
+            id = "ip:192.0.2.7"
+            rate = "0/s"
+            "#,
+        )
+        .expect("valid");
+        let rl = config.rate_limit;
+        assert!(rl.enabled);
+        assert_eq!(rl.burst, Some(200));
+        assert_eq!(rl.identify.len(), 4);
+        assert_eq!(rl.trusted_proxies.len(), 2);
+        assert!(matches!(rl.store, StoreSpec::Cluster(ref nodes) if nodes.len() == 3));
+        assert_eq!(rl.on_store_error, OnStoreError::Closed);
+        assert_eq!(rl.clients[1].rate.count, 0);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases = [
+            ("rate = \"100/d\"", "rate"),
+            ("algorithm = \"leaky\"", "algorithm"),
+            ("identify = [\"cookie\"]", "identify"),
+            ("identify = []", "rate_limit.identify"),
+            ("trusted_proxies = [\"10.0.0.0/33\"]", "trusted_proxies"),
+            ("store = \"memcached://x\"", "store"),
+            ("on_store_error = \"maybe\"", "on_store_error"),
+            ("key_prefix = \"a{b\"", "rate_limit.key_prefix"),
+            ("burst = 0", "rate_limit.burst"),
+            ("brust = 3", "brust"),
+            ("[[rate_limit.clients]]\nid = \"\"\nrate = \"1/s\"", "rate_limit.clients[0].id"),
+            ("[[rate_limit.clients]]\nid = \"a\"\nrate = \"1/s\"\n[[rate_limit.clients]]\nid = \"a\"\nrate = \"2/s\"", "rate_limit.clients[1].id"),
+        ];
+        for (body, key) in cases {
+            let err = parse(&format!("[rate_limit]\n{body}\n")).expect_err(body);
+            assert!(err.contains("edge.toml") && err.contains(key), "{body}: {err}");
+        }
+    }
+
     #[test]
     fn stores_parse() {
         assert_eq!("local".parse::<StoreSpec>(), Ok(StoreSpec::Local));
