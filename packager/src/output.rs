@@ -47,6 +47,18 @@ impl RenditionWriter {
         Ok(Self { name: name.to_string(), dir, extension, options, key, live_window, written: Vec::new() })
     }
 
+    /// After a failed run: removes the muxer's unfinished files (finished segments stay; without a
+    /// playlist nothing points at them and the next run replaces them).
+    pub fn discard_unfinished(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".partial-") || (name.starts_with('.') && name.contains(".tmp-")) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

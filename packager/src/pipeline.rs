@@ -332,6 +332,20 @@ fn build_source(
                 Some(entry) => Some(entry.static_pad("sink").ok_or_else(|| pipeline_error("audio sink pad"))?),
                 None => None,
             };
+            let (video_check, audio_check) = (video_sink.clone(), audio_sink.clone());
+            // A stream the discoverer announced but that never got decoded (a missing decoder, say)
+            // would leave its muxer inputs waiting forever; end it instead so the run finishes or
+            // fails with a clear count mismatch.
+            decode.connect_no_more_pads(move |_| {
+                for (kind, sink) in [("video", Some(&video_check)), ("audio", audio_check.as_ref())] {
+                    if let Some(sink) = sink.filter(|s| !s.is_linked()) {
+                        tracing::warn!("the input's {kind} stream could not be decoded; continuing without it");
+                        sink.send_event(gst::event::StreamStart::new(&format!("eddy-missing-{kind}")));
+                        sink.send_event(gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new()));
+                        sink.send_event(gst::event::Eos::new());
+                    }
+                }
+            });
             decode.connect_pad_added(move |_, pad| {
                 let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
                 let Some(kind) = caps.structure(0).map(|s| s.name().to_string()) else {

@@ -154,12 +154,22 @@ pub fn package(config: &PackageConfig, progress: &mut dyn FnMut(Progress)) -> Re
         segment_duration: config.segment_duration,
         preset: config.preset.clone().unwrap_or_else(|| default_preset(&config.source).to_string()),
     };
+    if config.encrypt && config.format == Format::Fmp4 {
+        tracing::warn!(
+            "AES-128 fMP4 follows RFC 8216 (clear init segment), but GStreamer 1.22's HLS demuxers \
+             cannot play it (they decrypt the init segment too); use --format ts for GStreamer players"
+        );
+    }
     let built = pipeline::build(&plan)?;
     let mut job = Job { config, plan: &plan, writers, master_written: false };
     let result = job.run(&built, progress);
     let _ = built.pipeline.set_state(gst::State::Null);
-    result?;
-    job.finish(&built, progress)?;
+    if let Err(error) = result.and_then(|()| job.finish(&built, progress)) {
+        for writer in &job.writers {
+            writer.discard_unfinished();
+        }
+        return Err(error);
+    }
 
     let renditions = job
         .writers
