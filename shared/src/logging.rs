@@ -1,5 +1,7 @@
 //! One way to set up logs for every Eddy binary: `tracing` to stderr, filtered by RUST_LOG.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs a stderr subscriber. `RUST_LOG` wins when set; otherwise `default_filter` applies

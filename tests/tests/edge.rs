@@ -699,3 +699,41 @@ async fn sigterm_lets_in_flight_responses_finish_then_exits_0() {
     let status = eddy_tests::wait_with_timeout(&mut edge.process.child, Duration::from_secs(10)).expect("exits");
     assert!(status.success(), "exit status {status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_access_log_line_per_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("seg.ts"), "0123456789").expect("write");
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    let mut command = std::process::Command::new(eddy_tests::bin_path("eddy-edge"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--origin"])
+        .arg(dir.path())
+        .env("RUST_LOG", "access=info,warn")
+        .stderr(log.reopen().expect("log handle"));
+    let mut process =
+        eddy_tests::spawn_until_ready(command, "eddy-edge listening on", Duration::from_secs(20)).expect("edge");
+    let addr = process.addr_after("listening on ").expect("addr");
+    let c = client();
+    for _ in 0..3 {
+        c.get(format!("http://{addr}/seg.ts")).send().await.expect("get").bytes().await.expect("body");
+    }
+    c.get(format!("http://{addr}/missing.ts")).send().await.expect("get").bytes().await.expect("body");
+    assert!(process.terminate(Duration::from_secs(10)).expect("exits").success());
+    let text = std::fs::read_to_string(log.path()).expect("log");
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("access")).collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    for field in [
+        "method=GET",
+        "path=/seg.ts",
+        "status=200",
+        "cache=\"MISS\"",
+        "bytes=10",
+        "duration_ms=",
+        "client=ip:127.0.0.1",
+    ] {
+        assert!(lines[0].contains(field), "{field} missing from: {}", lines[0]);
+    }
+    assert!(lines[1].contains("cache=\"HIT\""), "{}", lines[1]);
+    assert!(lines[3].contains("status=404"), "{}", lines[3]);
+}
