@@ -376,21 +376,35 @@ fn build_source(
             video.set_property_from_str("pattern", "snow");
             video.set_property("is-live", *live);
             video.set_property("num-buffers", frames);
+            // Drawn at half size and doubled with nearest-neighbour scaling: per-pixel noise and a
+            // per-frame text render at full size cost more CPU than encoding all the rungs, and 2x2
+            // noise blocks are still far from compressible.
+            let (half_width, half_height) = ((plan.info.width / 4 * 2).max(2), (plan.info.height / 4 * 2).max(2));
             let caps = caps_filter(
                 gst::Caps::builder("video/x-raw")
-                    .field("width", plan.info.width as i32)
-                    .field("height", plan.info.height as i32)
+                    .field("format", "I420")
+                    .field("width", half_width as i32)
+                    .field("height", half_height as i32)
                     .field("framerate", plan.info.fps)
                     .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
                     .build(),
             )?;
             let clock = make("timeoverlay")?;
-            clock.set_property("font-desc", format!("Sans Bold {}", (plan.info.height / 10).max(12)));
+            clock.set_property("font-desc", format!("Sans Bold {}", (half_height / 10).max(8)));
             clock.set_property_from_str("halignment", "center");
             clock.set_property_from_str("valignment", "center");
             clock.set_property("shaded-background", true);
-            pipeline.add_many([&video, &caps, &clock]).map_err(pipeline_error)?;
-            link_all(&[&video, &caps, &clock, video_entry])?;
+            let upscale = make("videoscale")?;
+            upscale.set_property_from_str("method", "nearest-neighbour");
+            let full_size = caps_filter(
+                gst::Caps::builder("video/x-raw")
+                    .field("width", plan.info.width as i32)
+                    .field("height", plan.info.height as i32)
+                    .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+                    .build(),
+            )?;
+            pipeline.add_many([&video, &caps, &clock, &upscale, &full_size]).map_err(pipeline_error)?;
+            link_all(&[&video, &caps, &clock, &upscale, &full_size, video_entry])?;
             if let Some(entry) = audio_entry {
                 let samples_per_frame = 48_000 / TEST_PATTERN_FPS;
                 let audio = make("audiotestsrc")?;
