@@ -623,3 +623,47 @@ fn build_fmp4_mux(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_durations_come_from_keyframe_times() {
+        let s = gst::ClockTime::from_mseconds;
+        let timeline = VideoTimeline { keyframes: vec![s(0), s(2000), s(4000)], end: s(5033), sps: None };
+        assert_eq!(timeline.segment_duration(0), Some(2.0));
+        assert_eq!(timeline.segment_duration(1), Some(2.0));
+        // The last segment runs to the end of the last frame.
+        assert_eq!(timeline.segment_duration(2), Some(1.033));
+        assert_eq!(timeline.segment_duration(3), None);
+    }
+
+    #[test]
+    fn mux_names_map_back_to_rungs() {
+        assert_eq!(rung_from_mux_name(&mux_name(3)), Some(3));
+        assert_eq!(rung_from_mux_name("sink"), None);
+    }
+
+    #[test]
+    fn one_gop_per_segment() {
+        let plan = |fps: gst::Fraction, seconds: f64| PipelinePlan {
+            source: Source::TestPattern { duration: Duration::from_secs(1), live: false },
+            info: SourceInfo {
+                width: 640,
+                height: 360,
+                display_aspect: 16.0 / 9.0,
+                fps,
+                has_audio: false,
+                duration: None,
+            },
+            rungs: Vec::new(),
+            format: Format::Ts,
+            segment_duration: seconds,
+            preset: "ultrafast".into(),
+        };
+        assert_eq!(plan(gst::Fraction::new(30, 1), 2.0).gop_frames(), 60);
+        assert_eq!(plan(gst::Fraction::new(30000, 1001), 1.0).gop_frames(), 30);
+        assert_eq!(plan(gst::Fraction::new(25, 1), 0.5).gop_frames(), 13);
+    }
+}
