@@ -22,7 +22,7 @@ use crate::fetch::{FetchError, Fetcher, Outcome};
 use crate::pipeline::{Container, Pipeline, PipelineError, PipelineEvent};
 use crate::playlist::{self, InitSection, MediaPlaylist, Parsed, PlaylistError, Segment, Variant};
 use crate::report::{EventWriter, Report, SegmentRecord, TimelinePoint};
-use crate::stall::{StallAction, StallTracker};
+use crate::stall::{StallAction, StallTracker, RESUME_THRESHOLD_S};
 
 /// How often the monitor measures the buffer and checks the pipeline.
 const MONITOR_INTERVAL: Duration = Duration::from_millis(100);
@@ -389,7 +389,7 @@ pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
         playing_since: None,
         pushed_media_s: 0.0,
         all_pushed: false,
-        stall: StallTracker::default(),
+        stall: StallTracker::new(RESUME_THRESHOLD_S.min(config.buffer_target_s)),
         frozen_played_s: None,
         finish: None,
         duration_s: config.duration_s,

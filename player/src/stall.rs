@@ -16,14 +16,27 @@ pub enum StallAction {
     Resume,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct StallTracker {
     stalled_since_s: Option<f64>,
+    resume_threshold_s: f64,
     pub count: u32,
     pub total_s: f64,
 }
 
+impl Default for StallTracker {
+    fn default() -> Self {
+        Self::new(RESUME_THRESHOLD_S)
+    }
+}
+
 impl StallTracker {
+    /// `resume_threshold_s` is capped by the caller at its buffer target (it could never be reached
+    /// above it, since fetching pauses there).
+    pub fn new(resume_threshold_s: f64) -> Self {
+        Self { stalled_since_s: None, resume_threshold_s, count: 0, total_s: 0.0 }
+    }
+
     pub fn is_stalled(&self) -> bool {
         self.stalled_since_s.is_some()
     }
@@ -36,7 +49,7 @@ impl StallTracker {
                 self.count += 1;
                 StallAction::Pause
             }
-            Some(since) if buffer_ahead_s >= RESUME_THRESHOLD_S || all_pushed => {
+            Some(since) if buffer_ahead_s >= self.resume_threshold_s || all_pushed => {
                 self.total_s += (now_s - since).max(0.0);
                 self.stalled_since_s = None;
                 StallAction::Resume

@@ -148,13 +148,18 @@ struct FileServer {
 
 impl FileServer {
     fn start(root: PathBuf, live: Option<Live>) -> Result<Self> {
+        Self::start_with_delays(root, live, Vec::new())
+    }
+
+    /// Like [`FileServer::start`], holding back the response for each `(path, delay)` pair.
+    fn start_with_delays(root: PathBuf, live: Option<Live>, delays: Vec<(String, Duration)>) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let log = Arc::new(Mutex::new(Vec::new()));
         let started = Instant::now();
-        let state = Arc::new((root, live, Arc::clone(&log), started));
+        let state = Arc::new((root, live, Arc::clone(&log), started, delays));
         runtime.spawn(async move {
             let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
             while let Ok((stream, _)) = listener.accept().await {
@@ -162,7 +167,13 @@ impl FileServer {
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
                         let state = Arc::clone(&state);
-                        async move { Ok::<_, Infallible>(serve(&state.0, state.1.as_ref(), &state.2, state.3, request)) }
+                        async move {
+                            let path = request.uri().path().to_string();
+                            if let Some((_, delay)) = state.4.iter().find(|(p, _)| *p == path) {
+                                tokio::time::sleep(*delay).await;
+                            }
+                            Ok::<_, Infallible>(serve(&state.0, state.1.as_ref(), &state.2, state.3, request))
+                        }
                     });
                     let io = hyper_util::rt::TokioIo::new(stream);
                     let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
@@ -467,5 +478,33 @@ fn refuses_bad_input_with_a_one_line_reason_and_a_failure_exit() -> Result<()> {
     }
     let run = play(&server.url("/bad.m3u8"), &["--buffer", "0"], work.path(), Duration::from_secs(20))?;
     assert!(!run.output.status.success() && run.stderr().contains("--buffer"), "{}", run.stderr());
+    Ok(())
+}
+
+#[test]
+fn measures_a_stall_when_a_segment_arrives_late() -> Result<()> {
+    let work = tempdir()?;
+    let content = work.path().join("content");
+    package(&content, 5, Format::Ts, false)?;
+    let uris = segment_uris(&content.join("240p/index.m3u8"))?;
+    // Segment 2 is held back 3 s; with a 1 s buffer target playback runs dry and waits for it.
+    let late = (format!("/240p/{}", uris[2]), Duration::from_secs(3));
+    let server = FileServer::start_with_delays(content.clone(), None, vec![late])?;
+    let run = play(
+        &server.url("/master.m3u8"),
+        &["--rendition", "0", "--buffer", "1", "--quiet"],
+        work.path(),
+        Duration::from_secs(30),
+    )?;
+    assert!(run.output.status.success(), "{}", run.stderr());
+    let report = run.report()?;
+    assert_eq!(report["stall_count"], 1, "{report}");
+    let stall_ms = report["stall_ms"].as_u64().unwrap_or(0);
+    // Held back 3 s with at most ~1 s buffered: the stall lasts ~2 s plus the resume threshold's refill.
+    assert!((1000..=5000).contains(&stall_ms), "stall of {stall_ms} ms");
+    assert!(report["rebuffer_ratio"].as_f64().is_some_and(|r| r > 0.1), "{report}");
+    assert_eq!(segments_of(report).len(), 5, "everything still played: {report}");
+    assert!(run.events.iter().any(|e| e["event"] == "stall"), "a stall event");
+    assert!(run.events.iter().any(|e| e["event"] == "resume"), "a resume event");
     Ok(())
 }

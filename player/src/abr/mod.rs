@@ -43,8 +43,13 @@ pub struct AbrInput<'a> {
 impl AbrInput<'_> {
     /// Predicted download time of the next segment at `rung` with the current estimate.
     pub fn download_time_s(&self, rung: usize) -> f64 {
+        self.download_time_at(rung, self.estimate_bps)
+    }
+
+    /// Predicted download time of the next segment at `rung` if the link gives `bps`.
+    pub fn download_time_at(&self, rung: usize, bps: f64) -> f64 {
         let bits = self.ladder[rung].bitrate_bps as f64 * self.segment_duration_s;
-        self.ttfb_s + bits / self.estimate_bps.max(1.0)
+        self.ttfb_s + bits / bps.max(1.0)
     }
 
     /// Highest allowed rung whose bitrate is at most `bps` (rung 0 if none is).
