@@ -13,6 +13,9 @@ use percent_encoding::percent_decode_str;
 use super::{OriginError, OriginRequest, OriginResponse};
 use eddy_shared::media::content_type_for_path;
 
+/// Files up to this size are read in one call (segments and playlists); larger ones are streamed.
+const WHOLE_READ_LIMIT: u64 = 8 << 20;
+
 pub struct DirOrigin {
     name: String,
     root: PathBuf,
@@ -98,11 +101,22 @@ impl DirOrigin {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(metadata.len()));
         let body = if request.method == Method::HEAD {
             futures::stream::empty().boxed()
-        } else {
+        } else if metadata.len() <= WHOLE_READ_LIMIT {
             match tokio::fs::read(file).await {
                 Ok(bytes) => futures::stream::once(async move { Ok(Bytes::from(bytes)) }).boxed(),
                 Err(e) => {
                     let message = format!("reading {}: {e}", file.display());
+                    futures::stream::once(async move { Err(OriginError::Body(message)) }).boxed()
+                }
+            }
+        } else {
+            // Large files are streamed so that memory stays bounded by the chunk size.
+            match tokio::fs::File::open(file).await {
+                Ok(handle) => tokio_util::io::ReaderStream::with_capacity(handle, 256 * 1024)
+                    .map(|chunk| chunk.map_err(|e| OriginError::Body(e.to_string())))
+                    .boxed(),
+                Err(e) => {
+                    let message = format!("opening {}: {e}", file.display());
                     futures::stream::once(async move { Err(OriginError::Body(message)) }).boxed()
                 }
             }
@@ -178,6 +192,17 @@ mod tests {
         let mut conditional = request("/v/index.m3u8");
         conditional.headers.insert(header::IF_NONE_MATCH, etag);
         assert_eq!(origin.send(&conditional).await.expect("answer").status, StatusCode::NOT_MODIFIED);
+    }
+
+    #[tokio::test]
+    async fn streams_large_files_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data: Vec<u8> = (0..(WHOLE_READ_LIMIT as usize + 1000)).map(|i| (i % 251) as u8).collect();
+        std::fs::write(dir.path().join("big.mp4"), &data).expect("write");
+        let origin = DirOrigin::new(dir.path().to_str().expect("utf8")).expect("dir");
+        let response = origin.send(&request("/big.mp4")).await.expect("answer");
+        assert_eq!(response.headers[header::CONTENT_LENGTH], data.len().to_string().as_str());
+        assert_eq!(body_of(response).await, data);
     }
 
     #[tokio::test]
