@@ -50,6 +50,7 @@ cleanup() {
     else
         rm -rf "$WORK"
     fi
+    [[ ${CACHE_ROOT:-$WORK} == "$WORK" ]] || rm -rf "$CACHE_ROOT"
     exit "$status"
 }
 trap cleanup EXIT
@@ -83,7 +84,8 @@ wait_for_port() {
 
 free_port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
 
-pin() { # pin CORE command...
+pin() { # pin CORE command... (foreground use; background processes use the ON_*_CORE prefixes so
+    # that $! is the server's own PID, not a subshell's)
     local core=$1
     shift
     if [[ $PINNING == 1 ]]; then taskset -c "$core" "$@"; else "$@"; fi
@@ -112,7 +114,18 @@ if (($(nproc) < 2)); then
     log "fewer than 2 cores: not pinning server and load generator"
     PINNING=0
 fi
+ON_SERVER_CORE=()
+ON_LOAD_CORE=()
+if [[ $PINNING == 1 ]]; then
+    ON_SERVER_CORE=(taskset -c "$SERVER_CORE")
+    ON_LOAD_CORE=(taskset -c "$LOAD_CORE")
+fi
 ulimit -n 65536 2>/dev/null || ulimit -n 8192 2>/dev/null || true
+# nginx's cache lives in files: keep them in memory (tmpfs) like eddy's, so that neither waits on a disk.
+CACHE_ROOT=$WORK
+if [[ -d /dev/shm && -w /dev/shm ]]; then
+    CACHE_ROOT=$(mktemp -d /dev/shm/eddy-bench.XXXXXX)
+fi
 
 if [[ -z ${EDGE_BIN:-} ]]; then
     log "building eddy-edge (release) into $CARGO_TARGET_DIR"
@@ -124,7 +137,7 @@ fi
 log "starting the origin"
 ORIGIN_LOG=$WORK/origin.log
 : >"$ORIGIN_LOG"
-pin "$LOAD_CORE" python3 "$BENCH_DIR/origin.py" --log "$ORIGIN_LOG" >"$WORK/origin.out" 2>"$WORK/origin.err" &
+"${ON_LOAD_CORE[@]}" python3 "$BENCH_DIR/origin.py" --log "$ORIGIN_LOG" >"$WORK/origin.out" 2>"$WORK/origin.err" &
 ORIGIN_PID=$!
 PIDS+=("$ORIGIN_PID")
 wait_for_line "$WORK/origin.out" 'origin listening on' "$ORIGIN_PID"
@@ -144,7 +157,7 @@ start_eddy() {
     printf '[cache]\neviction = "%s"\n' "$eviction" >"$dir/edge.toml"
     local filter=info
     [[ $ACCESS_LOG == on ]] || filter=warn
-    NO_COLOR=1 RUST_LOG=$filter pin "$SERVER_CORE" "$EDGE_BIN" serve --config "$dir/edge.toml" \
+    NO_COLOR=1 RUST_LOG=$filter "${ON_SERVER_CORE[@]}" "$EDGE_BIN" serve --config "$dir/edge.toml" \
         --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --origin "http://$ORIGIN" \
         --cache-size "$size" --workers 1 >"$dir/stdout" 2>"$dir/stderr" &
     SERVER_PID=$!
@@ -156,8 +169,8 @@ start_eddy() {
 
 # start_nginx NAME CACHE_SIZE: proxy_cache with the edge's defaults where nginx has an equivalent.
 start_nginx() {
-    local name=$1 size=$2 dir=$WORK/$1
-    mkdir -p "$dir/cache" "$dir/temp"
+    local name=$1 size=$2 dir=$WORK/$1 cache=$CACHE_ROOT/$1
+    mkdir -p "$dir/temp" "$cache"
     local port user_line="" access="access_log off;"
     port=$(free_port)
     [[ $(id -u) == 0 ]] && user_line="user root;"
@@ -166,7 +179,6 @@ start_nginx() {
 $user_line
 daemon off;
 worker_processes 1;
-worker_rlimit_nofile 65536;
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
 events { worker_connections 16384; }
@@ -182,7 +194,7 @@ http {
     fastcgi_temp_path $dir/temp/fastcgi;
     uwsgi_temp_path $dir/temp/uwsgi;
     scgi_temp_path $dir/temp/scgi;
-    proxy_cache_path $dir/cache levels=1:2 keys_zone=edge:64m max_size=$size inactive=1d use_temp_path=off;
+    proxy_cache_path $cache levels=1:2 keys_zone=edge:64m max_size=$size inactive=1d use_temp_path=off;
     upstream origin {
         server $ORIGIN;
         keepalive 256;
@@ -206,7 +218,7 @@ http {
     }
 }
 EOF
-    pin "$SERVER_CORE" "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/stdout" 2>"$dir/stderr" &
+    "${ON_SERVER_CORE[@]}" "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/stdout" 2>"$dir/stderr" &
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")
     wait_for_port "$port" "$SERVER_PID"
@@ -301,7 +313,7 @@ scenario_4() {
 scenario_5() {
     local sequence=$WORK/vod.txt
     local described capacity
-    described=$("${TOOLS[@]}" vod-gen --seed 7 --out "$sequence")
+    described=$("${TOOLS[@]}" vod-gen --seed 7 --sessions 1000 --out "$sequence")
     capacity=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["catalogue_bytes"] // 10)' "$described")
     log "VOD workload: $described; cache $capacity bytes"
     for variant in eddy-tinylfu eddy-lru nginx; do
