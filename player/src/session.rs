@@ -654,10 +654,10 @@ impl Downloader<'_> {
             past_throughputs_bps: &self.past_throughputs,
         };
         let rung = self.abr.choose(&input).min(ladder.max_rung);
-        if current.is_some_and(|c| c != rung) {
-            let from = current.map(|c| ladder.variants[c].index);
+        if let Some(from) = current.filter(|&c| c != rung) {
             tracing::info!(
-                "switch at segment {sequence}: rendition {from:?} -> {} (estimate {:.0} kbps, buffer {buffer_s:.1} s)",
+                "switch at segment {sequence}: rendition {} -> {} (estimate {:.0} kbps, buffer {buffer_s:.1} s)",
+                ladder.variants[from].index,
                 ladder.variants[rung].index,
                 input.estimate_bps / 1000.0
             );
