@@ -642,6 +642,13 @@ impl Downloader<'_> {
             }
             None => 4.0,
         };
+        // VOD: media after this segment (the buffer need not outlast the stream).
+        let remaining_s = self.playlists.loaded.get(&ladder.variants[current.unwrap_or(0)].index).and_then(|loaded| {
+            let playlist = &loaded.playlist;
+            playlist
+                .ended
+                .then(|| playlist.segments.iter().filter(|s| s.sequence > sequence).map(|s| s.duration_s).sum())
+        });
         let input = AbrInput {
             ladder: &ladder.rungs,
             estimate_bps: self.estimator.estimate_bps(now_s),
@@ -652,6 +659,7 @@ impl Downloader<'_> {
             current,
             max_rung: ladder.max_rung,
             past_throughputs_bps: &self.past_throughputs,
+            remaining_s,
         };
         let rung = self.abr.choose(&input).min(ladder.max_rung);
         if let Some(from) = current.filter(|&c| c != rung) {

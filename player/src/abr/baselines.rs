@@ -201,6 +201,7 @@ mod tests {
             current: Some(2),
             max_rung: 5,
             past_throughputs_bps: past,
+            remaining_s: None,
         }
     }
 

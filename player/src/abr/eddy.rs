@@ -19,11 +19,13 @@
 //!    the buffer target, up to [`RICH_MAX_STEPS`] rungs above the throughput choice are allowed if the
 //!    predicted download still leaves that rich level in the buffer; keeping a rung already played only
 //!    needs [`KEEP_FRACTION`] of it. Throughput alone leaves a full buffer unused; dash.js switches to
-//!    BOLA from 18 s of buffer for the same reason.
+//!    BOLA from 18 s of buffer for the same reason. Near the end of a VOD stream the rich level is
+//!    capped at the media left: a buffer that outlasts the stream is wasted quality.
 //! 5. **Never plan a stall**: whatever rules 1–4 chose, step down while the predicted download time at
-//!    [`STALL_GUARD`] (80%) of the estimate would eat the buffer below [`RESERVE_S`], or below half of
-//!    the buffer when it is small (dash.js' insufficient-buffer rule; the 80% covers a link that falls
-//!    during the download).
+//!    [`STALL_GUARD`] (70%) of the estimate — [`LOW_BUFFER_GUARD`] (65%) while the buffer is under the
+//!    rich level — would eat the buffer below [`RESERVE_S`], or below half of the buffer when it is
+//!    small (dash.js' insufficient-buffer rule, with its 0.7 safety; the guard covers a link that falls
+//!    during the download, the most common cause of stalls on 3G-like links).
 //! 6. **Abandon**: during a download, once the partial throughput is known, if the rest of the download
 //!    would take longer than the buffer that is left, and re-fetching the same segment at a lower rung
 //!    would finish sooner, abandon and fetch the highest lower rung that fits (hls.js abandons when
@@ -49,7 +51,9 @@ pub const RICH_MAX_STEPS: usize = 2;
 /// Keeping a boosted rung needs this fraction of the rich level after its download.
 pub const KEEP_FRACTION: f64 = 0.0;
 /// The never-plan-a-stall check assumes the link may fall to this fraction of the estimate.
-pub const STALL_GUARD: f64 = 0.8;
+pub const STALL_GUARD: f64 = 0.7;
+/// The stall guard while the buffer is under the rich level.
+pub const LOW_BUFFER_GUARD: f64 = 0.65;
 /// Abandonment is only considered after this much time in the download (a rate needs some data).
 pub const ABANDON_MIN_ELAPSED_S: f64 = 0.5;
 
@@ -69,6 +73,8 @@ pub struct EddyParams {
     pub stall_guard: f64,
     /// Abandon downloads that would outlast the buffer (rule 6).
     pub abandon: bool,
+    /// The stall guard while the buffer is under the rich level.
+    pub low_buffer_guard: f64,
 }
 
 impl Default for EddyParams {
@@ -83,6 +89,7 @@ impl Default for EddyParams {
             keep_fraction: KEEP_FRACTION,
             stall_guard: STALL_GUARD,
             abandon: true,
+            low_buffer_guard: LOW_BUFFER_GUARD,
         }
     }
 }
@@ -120,7 +127,8 @@ impl EddyAbr {
         } else {
             current
         };
-        let rich = p.rich_buffer_fraction * input.buffer_target_s;
+        // Near the end of a VOD stream the buffer need not stay rich: only the rest must be covered.
+        let rich = (p.rich_buffer_fraction * input.buffer_target_s).min(input.remaining_s.unwrap_or(f64::INFINITY));
         if input.buffer_s >= rich && choice < top {
             let highest = (choice + p.rich_max_steps).min(top);
             // Staying on a boosted rung needs less buffer than reaching it: hysteresis.
@@ -134,7 +142,8 @@ impl EddyAbr {
         }
         // With a small buffer (start-up, 1 s segments) half of it is the reserve.
         let reserve = p.reserve_s.min(input.buffer_s / 2.0);
-        let guarded = input.estimate_bps * p.stall_guard;
+        let guard = if input.buffer_s < rich { p.low_buffer_guard } else { p.stall_guard };
+        let guarded = input.estimate_bps * guard;
         while choice > 0 && input.buffer_s - input.download_time_at(choice, guarded) < reserve {
             choice -= 1;
         }
@@ -212,6 +221,7 @@ mod tests {
                 current,
                 max_rung: 5,
                 past_throughputs_bps: &[],
+                remaining_s: None,
             };
             let rung = EddyAbr::default().decide(&input);
             let seconds = ladder[rung].bitrate_bps as f64 * 4.0 / link;
@@ -287,6 +297,7 @@ mod tests {
             current: Some(2),
             max_rung: 3,
             past_throughputs_bps: &[],
+            remaining_s: None,
         };
         assert_eq!(EddyAbr::default().decide(&input), 3);
     }
@@ -304,6 +315,7 @@ mod tests {
             current: Some(4),
             max_rung: 5,
             past_throughputs_bps: &[],
+            remaining_s: None,
         };
         let rung = EddyAbr::default().decide(&input);
         assert!(input.download_time_s(rung) <= input.buffer_s / 2.0 + 1e-9, "rung {rung}");

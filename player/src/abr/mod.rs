@@ -38,6 +38,8 @@ pub struct AbrInput<'a> {
     pub max_rung: usize,
     /// Throughput of past segment downloads (bits per second), oldest first.
     pub past_throughputs_bps: &'a [f64],
+    /// Media left after the next segment (seconds), when known (VOD); `None` for live.
+    pub remaining_s: Option<f64>,
 }
 
 impl AbrInput<'_> {

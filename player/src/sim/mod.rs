@@ -111,7 +111,7 @@ pub fn simulate(algorithm: &mut dyn AbrAlgorithm, trace: &Trace, config: &SimCon
             *buffer = (*buffer - dt).max(0.0);
         }
     };
-    for _ in 0..config.segments {
+    for index in 0..config.segments {
         if buffer >= config.buffer_target_s {
             let wait = buffer - config.buffer_target_s + 0.1;
             t += wait;
@@ -127,6 +127,7 @@ pub fn simulate(algorithm: &mut dyn AbrAlgorithm, trace: &Trace, config: &SimCon
             current,
             max_rung: top,
             past_throughputs_bps: &past_throughputs,
+            remaining_s: Some((config.segments - index - 1) as f64 * seg),
         };
         let mut rung = algorithm.choose(&input).min(top);
         let mut may_abandon = playing;
