@@ -90,6 +90,12 @@ pub struct TtlRule {
     pub ttl: HumanDuration,
 }
 
+impl TtlRule {
+    pub fn for_suffix(suffix: &str, ttl: Duration) -> TtlRule {
+        TtlRule { suffix: Some(suffix.to_string()), content_type: None, ttl: HumanDuration(ttl) }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
@@ -114,31 +120,11 @@ impl Default for CacheConfig {
             stale_if_error: HumanDuration(Duration::from_secs(24 * 3600)),
             stale_while_revalidate: HumanDuration(Duration::ZERO),
             ttl_rules: vec![
-                TtlRule {
-                    suffix: Some(".m3u8".into()),
-                    content_type: None,
-                    ttl: HumanDuration(Duration::from_secs(1)),
-                },
-                TtlRule {
-                    suffix: Some(".ts".into()),
-                    content_type: None,
-                    ttl: HumanDuration(Duration::from_secs(86_400)),
-                },
-                TtlRule {
-                    suffix: Some(".m4s".into()),
-                    content_type: None,
-                    ttl: HumanDuration(Duration::from_secs(86_400)),
-                },
-                TtlRule {
-                    suffix: Some(".mp4".into()),
-                    content_type: None,
-                    ttl: HumanDuration(Duration::from_secs(86_400)),
-                },
-                TtlRule {
-                    suffix: Some(".key".into()),
-                    content_type: None,
-                    ttl: HumanDuration(Duration::from_secs(86_400)),
-                },
+                TtlRule::for_suffix(".m3u8", Duration::from_secs(1)),
+                TtlRule::for_suffix(".ts", Duration::from_secs(86_400)),
+                TtlRule::for_suffix(".m4s", Duration::from_secs(86_400)),
+                TtlRule::for_suffix(".mp4", Duration::from_secs(86_400)),
+                TtlRule::for_suffix(".key", Duration::from_secs(86_400)),
             ],
         }
     }

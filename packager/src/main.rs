@@ -61,22 +61,9 @@ struct Cli {
 const PRESETS: [&str; 10] =
     ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"];
 
-/// `30s`, `2m`, `1.5m`, or plain seconds.
+/// A test-pattern length: any duration `eddy_shared::duration` reads, above zero and at most a day.
 fn parse_duration(text: &str) -> Option<Duration> {
-    let trimmed = text.trim();
-    let (number, scale) = if let Some(n) = trimmed.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = trimmed.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = trimmed.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = trimmed.strip_suffix('h') {
-        (n, 3600.0)
-    } else {
-        (trimmed, 1.0)
-    };
-    let seconds = number.trim().parse::<f64>().ok()? * scale;
-    (seconds.is_finite() && seconds > 0.0 && seconds <= 24.0 * 3600.0).then(|| Duration::from_secs_f64(seconds))
+    eddy_shared::duration::parse_duration(text).ok().filter(|d| !d.is_zero() && *d <= Duration::from_secs(24 * 3600))
 }
 
 fn config_from(cli: &Cli) -> Result<PackageConfig> {
