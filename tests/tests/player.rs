@@ -508,3 +508,32 @@ fn measures_a_stall_when_a_segment_arrives_late() -> Result<()> {
     assert!(run.events.iter().any(|e| e["event"] == "resume"), "a resume event");
     Ok(())
 }
+
+#[test]
+fn a_missing_segment_is_fetched_from_a_lower_rendition_and_fails_clearly_when_none_has_it() -> Result<()> {
+    let work = tempdir()?;
+    let content = work.path().join("content");
+    package(&content, 4, Format::Ts, false)?;
+    let uris = segment_uris(&content.join("240p/index.m3u8"))?;
+    // Segment 2 is gone from the two upper renditions: the player must fall back to 240p for it.
+    for rung in ["360p", "480p"] {
+        let name = segment_uris(&content.join(format!("{rung}/index.m3u8")))?[2].clone();
+        std::fs::remove_file(content.join(rung).join(name))?;
+    }
+    let server = FileServer::start(content.clone(), None)?;
+    let run = play(&server.url("/master.m3u8"), &["--quiet"], work.path(), Duration::from_secs(30))?;
+    assert!(run.output.status.success(), "{}", run.stderr());
+    let report = run.report()?;
+    let segments = segments_of(report);
+    assert_eq!(segments.len(), 4, "{report}");
+    assert_eq!(segments[2]["rendition"], 0, "segment 2 came from the lowest rendition: {report}");
+    let failed = server.requests().iter().filter(|r| r.status == 404).count();
+    assert!(failed >= 1, "a higher rendition was tried first");
+
+    // Gone everywhere: a clear one-line failure naming the segment.
+    std::fs::remove_file(content.join("240p").join(&uris[2]))?;
+    let run = play(&server.url("/master.m3u8"), &["--quiet"], work.path(), Duration::from_secs(30))?;
+    assert!(!run.output.status.success());
+    assert!(run.stderr().contains("segment 2 could not be fetched"), "{}", run.stderr());
+    Ok(())
+}
