@@ -62,6 +62,26 @@ pub fn table(stats: &Stats) -> String {
     out
 }
 
+pub async fn run(admin: &str, json: bool, watch: Option<u64>) -> anyhow::Result<()> {
+    loop {
+        let stats = fetch(admin).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&stats)?);
+        } else {
+            if watch.is_some() {
+                // Clear the screen so the table refreshes in place.
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", table(&stats));
+        }
+        match watch {
+            Some(seconds) if seconds > 0 => tokio::time::sleep(Duration::from_secs(seconds)).await,
+            Some(_) => bail!("--watch takes a number of seconds greater than 0"),
+            None => return Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,25 +117,5 @@ mod tests {
         .expect("older JSON parses");
         assert_eq!(stats.requests, 3);
         assert_eq!(stats.rate_limit, RateLimitStats::default());
-    }
-}
-
-pub async fn run(admin: &str, json: bool, watch: Option<u64>) -> anyhow::Result<()> {
-    loop {
-        let stats = fetch(admin).await?;
-        if json {
-            println!("{}", serde_json::to_string_pretty(&stats)?);
-        } else {
-            if watch.is_some() {
-                // Clear the screen so the table refreshes in place.
-                print!("\x1b[2J\x1b[H");
-            }
-            print!("{}", table(&stats));
-        }
-        match watch {
-            Some(seconds) if seconds > 0 => tokio::time::sleep(Duration::from_secs(seconds)).await,
-            Some(_) => bail!("--watch takes a number of seconds greater than 0"),
-            None => return Ok(()),
-        }
     }
 }

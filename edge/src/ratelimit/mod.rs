@@ -21,7 +21,7 @@ pub mod top;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -126,6 +126,8 @@ pub struct RateLimiter {
     on_store_error: OnStoreError,
     started: Instant,
     next_error_log_us: AtomicU64,
+    /// Set by a store failure, cleared (and logged) by the next success.
+    store_failing: AtomicBool,
 }
 
 /// Store errors are logged at most this often (they are all counted).
@@ -182,6 +184,7 @@ impl RateLimiter {
             on_store_error: config.on_store_error,
             started: Instant::now(),
             next_error_log_us: AtomicU64::new(0),
+            store_failing: AtomicBool::new(false),
         }
     }
 
@@ -208,11 +211,15 @@ impl RateLimiter {
             match redis.decide(&client.0, policy).await {
                 Ok(decision) => {
                     metrics.observe_rate_limit_store(started.elapsed().as_secs_f64());
+                    if self.store_failing.load(Ordering::Relaxed) && self.store_failing.swap(false, Ordering::Relaxed) {
+                        tracing::info!("rate-limit store answers again; limits are shared again");
+                    }
                     (decision, DecidedBy::Redis)
                 }
                 Err(error) => {
                     if !matches!(error, redis_store::StoreError::Skipped) {
                         metrics.record_rate_limit_store_error();
+                        self.store_failing.store(true, Ordering::Relaxed);
                         self.log_store_error(&error);
                     }
                     match self.on_store_error {
