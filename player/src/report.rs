@@ -149,14 +149,16 @@ impl EventWriter {
 /// (seconds, right axis) over time.
 pub fn plot_timeline(path: &Path, points: &[TimelinePoint]) -> Result<(), String> {
     use plotters::prelude::*;
+    let t_max = points.last().map_or(1.0, |p| p.t_s).max(1.0);
+    // The estimate can dwarf the bitrates on a fast link: it is clipped at 3× the highest bitrate.
+    let bitrate_max = points.iter().map(|p| p.bitrate_bps / 1e6).fold(0.1f64, f64::max);
+    let estimate_max = points.iter().map(|p| p.estimate_bps / 1e6).fold(0.0f64, f64::max);
+    let mbps_max = estimate_max.max(bitrate_max).min(3.0 * bitrate_max) * 1.1;
+    let buffer_max = points.iter().map(|p| p.buffer_s).fold(1.0f64, f64::max) * 1.1;
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (960, 480)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
-        let t_max = points.last().map_or(1.0, |p| p.t_s).max(1.0);
-        let mbps_max =
-            points.iter().map(|p| p.estimate_bps.max(p.bitrate_bps) / 1e6).fold(1.0f64, f64::max).min(1000.0) * 1.1;
-        let buffer_max = points.iter().map(|p| p.buffer_s).fold(1.0f64, f64::max) * 1.1;
         let mut chart = ChartBuilder::on(&root)
             .margin(20)
             .set_label_area_size(LabelAreaPosition::Left, 40)
@@ -175,9 +177,22 @@ pub fn plot_timeline(path: &Path, points: &[TimelinePoint]) -> Result<(), String
         chart.draw_secondary_series(LineSeries::new(buffer, &GREEN)).map_err(|e| e.to_string())?;
         root.present().map_err(|e| e.to_string())?;
     }
-    // A legend without font rendering: plotters' text needs font features we do not enable.
-    let legend = "<!-- eddy-play timeline: blue = bandwidth estimate (Mbps, left axis), red = chosen bitrate (Mbps, left axis), green = buffer level (s, right axis) -->\n";
-    let svg = svg.replacen("<svg", &format!("{legend}<svg"), 1);
+    // Titles, legend and axis ranges as plain SVG text (plotters' own text needs font features).
+    let labels = format!(
+        "<g font-family=\"sans-serif\" font-size=\"13\">\n\
+         <text x=\"480\" y=\"16\" text-anchor=\"middle\">eddy-play timeline</text>\n\
+         <text x=\"70\" y=\"16\" fill=\"blue\">bandwidth estimate (Mbps)</text>\n\
+         <text x=\"260\" y=\"16\" fill=\"red\">chosen bitrate (Mbps)</text>\n\
+         <text x=\"700\" y=\"16\" fill=\"green\">buffer (s, right axis)</text>\n\
+         <text x=\"4\" y=\"30\">{mbps_max:.1} Mbps</text>\n\
+         <text x=\"956\" y=\"30\" text-anchor=\"end\">{buffer_max:.1} s</text>\n\
+         <text x=\"60\" y=\"476\">0 s</text>\n\
+         <text x=\"900\" y=\"476\" text-anchor=\"end\">{t_max:.1} s</text>\n</g>\n</svg>"
+    );
+    let svg = match svg.rfind("</svg>") {
+        Some(end) => format!("{}{labels}", &svg[..end]),
+        None => svg,
+    };
     write_atomically(path, svg.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
 }
 
