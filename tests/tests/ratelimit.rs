@@ -406,6 +406,34 @@ async fn a_redis_outage_fails_open_or_closed_as_configured_and_limits_return_wit
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_redis_costs_a_short_timeout_not_a_hung_request() -> Result<()> {
+    let setup = Setup::new();
+    let redis = RedisServer::start(free_port(), setup.dir.path(), &[])?;
+    let section = format!(
+        "algorithm = \"fixed_window\"\nrate = \"100/h\"\nstore = \"{}\"\non_store_error = \"closed\"",
+        redis.url()
+    );
+    let (edge, _) = setup.edge("stalled", &section)?;
+    assert_eq!(get(&edge, &[]).await.status, 200);
+    eddy_tests::signal(redis.child.id(), "STOP")?;
+    let started = Instant::now();
+    let answer = get(&edge, &[]).await;
+    let waited = started.elapsed();
+    // Resume before asserting, so that a failure does not leave Redis stopped (the guard kills it anyway).
+    eddy_tests::signal(redis.child.id(), "CONT")?;
+    assert_eq!(answer.status, 503, "a Redis that does not answer is a store error");
+    assert!(waited < Duration::from_secs(2), "the request waited {waited:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut status = get(&edge, &[]).await.status;
+    while status == 503 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        status = get(&edge, &[]).await.status;
+    }
+    assert_eq!(status, 200, "served again once Redis answers");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_three_node_redis_cluster_works() -> Result<()> {
     let setup = Setup::new();
     let mut nodes = Vec::new();
