@@ -2,6 +2,7 @@
 //! removed so that they do not split the cache; plus, for responses that Vary, the values of the varied
 //! request headers.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
 
@@ -14,8 +15,27 @@ impl CacheKey {
     /// The primary key of a request: `host` (lower-cased, without a default port), path, and the query
     /// without the ignored parameters (the remaining ones keep their order).
     pub fn primary(host: &str, path: &str, query: Option<&str>, ignored_params: &[String]) -> CacheKey {
+        thread_local! {
+            // Reused per thread: the key is built here and copied once into its final allocation.
+            static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
+        }
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut key) => {
+                key.clear();
+                Self::write_primary(&mut key, host, path, query, ignored_params);
+                CacheKey(Arc::from(key.as_str()))
+            }
+            Err(_) => {
+                let mut key = String::new();
+                Self::write_primary(&mut key, host, path, query, ignored_params);
+                CacheKey(key.into())
+            }
+        })
+    }
+
+    fn write_primary(key: &mut String, host: &str, path: &str, query: Option<&str>, ignored_params: &[String]) {
         let host = host.trim_end_matches(":80");
-        let mut key = String::with_capacity(host.len() + path.len() + query.map_or(0, str::len) + 1);
+        key.reserve(host.len() + path.len() + query.map_or(0, str::len) + 1);
         for c in host.chars() {
             key.push(c.to_ascii_lowercase());
         }
@@ -32,7 +52,6 @@ impl CacheKey {
                 first = false;
             }
         }
-        CacheKey(key.into())
     }
 
     /// The key of one variant of a response that Varies on `names`: the primary key, a generation (so

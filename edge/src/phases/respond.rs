@@ -1,9 +1,10 @@
 //! The last phase: turning a stored object or a flight into the client's response, and the headers every
 //! response carries (`Age`, `Cache-Status` per RFC 9211, `X-Cache`, CORS).
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 
@@ -38,6 +39,7 @@ impl CacheResult {
 
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+const CACHE_STATUS_PREFIX: &str = "eddy; ";
 
 /// A response on its way out, with what the request path learnt about it.
 pub struct Outcome {
@@ -69,7 +71,7 @@ impl Outcome {
 /// Answers a GET/HEAD from a stored object: 304 for a matching conditional request, 206/416 for a
 /// range, otherwise the whole object. The body is the cache's own `Bytes` (no copy).
 pub fn from_object(object: &CachedObject, method: &Method, request: &HeaderMap, now: Instant) -> Response<EdgeBody> {
-    let mut headers = object.headers.clone();
+    let mut headers = response_headers(&object.headers);
     set_age(&mut headers, object.age(now));
     if object.status == StatusCode::OK && client_has_current_copy(request, &object.headers) {
         return response(StatusCode::NOT_MODIFIED, strip_for_304(headers), EdgeBody::empty());
@@ -81,7 +83,11 @@ pub fn from_object(object: &CachedObject, method: &Method, request: &HeaderMap, 
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     let (status, body) = match answer {
         RangeAnswer::Whole => {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+            // The origin's Content-Length usually is the stored length already: keep it (no allocation).
+            let stored_length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if stored_length != Some(length) {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+            }
             (object.status, object.body.clone())
         }
         RangeAnswer::Partial { start, end } => {
@@ -127,8 +133,37 @@ fn strip_for_304(mut headers: HeaderMap) -> HeaderMap {
     headers
 }
 
+/// Headers added to a stored object's own on the way out (Age, Accept-Ranges, Content-Length, X-Cache,
+/// Cache-Status, two CORS headers), reserved up front so that building a hit's headers never regrows.
+const ADDED_HEADERS: usize = 8;
+
+/// A copy of a stored object's headers with room for those every response adds. (`HeaderMap::clone`
+/// keeps the stored map's exact size, so the first insert would reallocate and rehash.)
+fn response_headers(stored: &HeaderMap) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(stored.len() + ADDED_HEADERS);
+    for (name, value) in stored {
+        headers.append(name.clone(), value.clone());
+    }
+    headers
+}
+
+/// Ages below this are served from a table of static values (no allocation per response).
+const TABULATED_AGES: u64 = 4096;
+
+fn age_value(seconds: u64) -> HeaderValue {
+    static AGES: OnceLock<Vec<HeaderValue>> = OnceLock::new();
+    if seconds >= TABULATED_AGES {
+        return HeaderValue::from(seconds);
+    }
+    let ages = AGES.get_or_init(|| {
+        // Leaked once: 4096 short strings, so that every clone is a static reference, not a refcount.
+        (0..TABULATED_AGES).map(|age| HeaderValue::from_static(Box::leak(age.to_string().into_boxed_str()))).collect()
+    });
+    ages[seconds as usize].clone()
+}
+
 pub fn set_age(headers: &mut HeaderMap, age: Duration) {
-    headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
+    headers.insert(header::AGE, age_value(age.as_secs()));
 }
 
 pub fn response(status: StatusCode, headers: HeaderMap, body: EdgeBody) -> Response<EdgeBody> {
@@ -142,7 +177,11 @@ pub fn response(status: StatusCode, headers: HeaderMap, body: EdgeBody) -> Respo
 pub fn finish_headers(outcome: &mut Outcome, cors_allow_origin: Option<&HeaderValue>) {
     let headers = outcome.response.headers_mut();
     headers.insert(X_CACHE.clone(), HeaderValue::from_static(outcome.result.as_str()));
-    if let Ok(value) = HeaderValue::from_str(&format!("eddy; {}", outcome.cache_status)) {
+    // Built in one buffer that becomes the header value without another copy.
+    let mut cache_status = BytesMut::with_capacity(CACHE_STATUS_PREFIX.len() + outcome.cache_status.len());
+    cache_status.put_slice(CACHE_STATUS_PREFIX.as_bytes());
+    cache_status.put_slice(outcome.cache_status.as_bytes());
+    if let Ok(value) = HeaderValue::from_maybe_shared(cache_status.freeze()) {
         headers.insert(CACHE_STATUS.clone(), value);
     }
     if let Some(origin) = cors_allow_origin {
@@ -223,6 +262,37 @@ mod tests {
         let r = from_object(&object, &Method::GET, &request(&[(header::RANGE, "bytes=20-")]), Instant::now());
         assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
         assert_eq!(r.headers()[header::CONTENT_RANGE], "bytes */10");
+    }
+
+    #[test]
+    fn tabulated_ages_read_like_computed_ones() {
+        for age in [0, 1, 59, TABULATED_AGES - 1, TABULATED_AGES, 86_400] {
+            assert_eq!(age_value(age), HeaderValue::from(age), "age {age}");
+        }
+    }
+
+    #[test]
+    fn hit_headers_keep_every_stored_value_and_fix_a_wrong_length() {
+        let mut stored = object(b"0123456789");
+        stored.headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
+        stored.headers.append(header::VARY, HeaderValue::from_static("origin"));
+        stored.headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        let r = from_object(&stored, &Method::GET, &HeaderMap::new(), Instant::now());
+        let vary: Vec<_> = r.headers().get_all(header::VARY).iter().collect();
+        assert_eq!(vary, ["accept-encoding", "origin"]);
+        assert_eq!(r.headers()[header::CONTENT_LENGTH], "10");
+        assert_eq!(r.headers()[header::ETAG], "\"v1\"");
+        let mut outcome = Outcome {
+            response: r,
+            result: CacheResult::Hit,
+            cache_status: "hit; ttl=60".into(),
+            from_cache: true,
+            coalesced: false,
+        };
+        finish_headers(&mut outcome, Some(&HeaderValue::from_static("*")));
+        assert_eq!(outcome.response.headers()[&CACHE_STATUS], "eddy; hit; ttl=60");
+        assert_eq!(outcome.response.headers()[&X_CACHE], "HIT");
+        assert_eq!(outcome.response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
     }
 
     #[test]

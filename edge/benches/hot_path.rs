@@ -1,0 +1,113 @@
+//! Micro-benchmarks of the pieces every cache hit goes through: building the cache key, the storage
+//! lookup, and building the response headers (`from_object` + `finish_headers`).
+//!
+//! Run: `cargo bench -p eddy-edge --bench hot_path` (a few seconds per benchmark).
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, StatusCode};
+
+use eddy_edge::cache::policy::{judge, CacheRules};
+use eddy_edge::cache::{CacheKey, CachedObject, Storage};
+use eddy_edge::config::{CacheConfig, Eviction};
+use eddy_edge::phases::respond::{self, CacheResult, Outcome};
+
+fn segment(size: usize) -> CachedObject {
+    let rules = CacheRules::from_config(&CacheConfig::default());
+    let request = http::Request::get("http://edge.example/v/720p/seg_00042.ts").body(()).expect("static request");
+    let request = request.into_parts().0;
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp2t"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=86400"));
+    headers.insert(header::ETAG, HeaderValue::from_static("\"5f2a9c0e41\""));
+    headers.insert(header::LAST_MODIFIED, HeaderValue::from_static("Mon, 01 Jan 2024 00:00:00 GMT"));
+    headers.insert(header::DATE, HeaderValue::from_static("Mon, 01 Jan 2024 00:00:00 GMT"));
+    let verdict = judge(&rules, &request, StatusCode::OK, &headers, "/v/720p/seg_00042.ts", SystemTime::now());
+    CachedObject::from_verdict(StatusCode::OK, headers, Bytes::from(vec![7u8; size]), verdict, Instant::now())
+}
+
+fn cache_key(c: &mut Criterion) {
+    let ignored = vec!["token".to_string(), "sid".to_string()];
+    c.bench_function("cache_key/path_only", |b| {
+        b.iter(|| CacheKey::primary(black_box("Edge.Example"), black_box("/v/720p/seg_00042.ts"), None, &[]))
+    });
+    c.bench_function("cache_key/query_with_ignored_params", |b| {
+        b.iter(|| {
+            CacheKey::primary(
+                black_box("edge.example:8080"),
+                black_box("/v/720p/seg_00042.ts"),
+                Some(black_box("token=8f3e1c2a&start=10&sid=77")),
+                &ignored,
+            )
+        })
+    });
+}
+
+fn lookup(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a tokio runtime");
+    for eviction in [Eviction::TinyLfu, Eviction::Lru] {
+        let storage = Storage::new(256 << 20, eviction);
+        let object = Arc::new(segment(64 * 1024));
+        let keys: Vec<CacheKey> = (0..1000)
+            .map(|i| CacheKey::primary("edge.example", &format!("/v/720p/seg_{i:05}.ts"), None, &[]))
+            .collect();
+        runtime.block_on(async {
+            for key in &keys {
+                storage.insert(key, &HeaderMap::new(), &[], object.clone()).await;
+            }
+            storage.settle().await;
+        });
+        let request = HeaderMap::new();
+        let name = format!("lookup/hit_{eviction:?}").to_lowercase();
+        let mut next = 0;
+        c.bench_function(&name, |b| {
+            b.iter(|| {
+                next = (next + 1) % keys.len();
+                runtime.block_on(storage.get(&keys[next], &request))
+            })
+        });
+        let missing = CacheKey::primary("edge.example", "/not/there.ts", None, &[]);
+        c.bench_function(&format!("lookup/miss_{eviction:?}").to_lowercase(), |b| {
+            b.iter(|| runtime.block_on(storage.get(black_box(&missing), &request)))
+        });
+    }
+}
+
+fn headers(c: &mut Criterion) {
+    let object = segment(1024 * 1024);
+    let cors = HeaderValue::from_static("*");
+    let mut request = HeaderMap::new();
+    request.insert(header::HOST, HeaderValue::from_static("edge.example"));
+    request.insert(header::USER_AGENT, HeaderValue::from_static("bench"));
+    c.bench_function("respond/hit_headers", |b| {
+        b.iter(|| {
+            let now = Instant::now();
+            let ttl = match object.lifecycle(now) {
+                eddy_edge::cache::Lifecycle::Fresh { ttl } => ttl.as_secs(),
+                _ => 0,
+            };
+            let mut outcome = Outcome {
+                response: respond::from_object(&object, &Method::GET, black_box(&request), now),
+                result: CacheResult::Hit,
+                cache_status: format!("hit; ttl={ttl}"),
+                from_cache: true,
+                coalesced: false,
+            };
+            respond::finish_headers(&mut outcome, Some(&cors));
+            outcome
+        })
+    });
+    let mut ranged = request.clone();
+    ranged.insert(header::RANGE, HeaderValue::from_static("bytes=1000-65535"));
+    c.bench_function("respond/range_headers", |b| {
+        b.iter(|| respond::from_object(&object, &Method::GET, black_box(&ranged), Instant::now()))
+    });
+}
+
+criterion_group!(benches, cache_key, lookup, headers);
+criterion_main!(benches);
