@@ -255,13 +255,31 @@ warm() { # warm ADDR PATH...: fetch each path twice (miss, then hit)
     done
 }
 
+# CPU time (clock ticks) used so far by the server and its child processes (nginx's workers): on a
+# machine shared with other work, CPU per request is steadier than requests/s.
+server_ticks() {
+    local total=0 pid
+    for pid in "$SERVER_PID" $(pgrep -P "$SERVER_PID" || true); do
+        [[ -r /proc/$pid/stat ]] || continue
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    done
+    echo "$total"
+}
+
 run_wrk() { # run_wrk ADDR CONNECTIONS PATH...
     local addr=$1 connections=$2
     shift 2
-    local out
+    local out before after
+    before=$(server_ticks)
     out=$(pin "$LOAD_CORE" wrk -t1 -c"$connections" -d"${DURATION}s" --timeout 10s -s "$BENCH_DIR/report.lua" \
         "http://$addr" -- "$@")
-    sed -n 's/^WRKJSON //p' <<<"$out"
+    after=$(server_ticks)
+    python3 -c '
+import json, os, sys
+figures = json.loads(sys.argv[1])
+ticks = int(sys.argv[3]) - int(sys.argv[2])
+figures["server_cpu_us_per_request"] = ticks * 1e6 / os.sysconf("SC_CLK_TCK") / max(1, figures["requests"])
+print(json.dumps(figures))' "$(sed -n 's/^WRKJSON //p' <<<"$out")" "$before" "$after"
 }
 
 TOOLS=(python3 "$BENCH_DIR/tools.py")

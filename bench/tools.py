@@ -464,6 +464,11 @@ def format_table(results, load, duration, access_log):
     def ratio(a, b):
         return f"{a / b:.2f}" if b else "n/a"
 
+    def cpu_row(e, n):
+        key = "server_cpu_us_per_request"
+        if key in e and key in n:
+            row("", "server CPU µs / request", f"{e[key]:.1f}", f"{n[key]:.1f}", ratio(e[key], n[key]), "", None)
+
     e, n = by.get((1, "eddy")), by.get((1, "nginx"))
     if e and n:
         row("1 hits, 1 KB playlist, 64 conns", "requests/s", f"{e['rps']:,.0f}", f"{n['rps']:,.0f}",
@@ -472,6 +477,7 @@ def format_table(results, load, duration, access_log):
             ratio(e["p50_us"], n["p50_us"]), "", None)
         row("", "p99 latency ms", f"{e['p99_us'] / 1000:.2f}", f"{n['p99_us'] / 1000:.2f}",
             ratio(e["p99_us"], n["p99_us"]), "<= 1.0", e["p99_us"] <= n["p99_us"])
+        cpu_row(e, n)
         row("", "errors", e["errors"], n["errors"], "", "0", e["errors"] == 0)
     e, n = by.get((2, "eddy")), by.get((2, "nginx"))
     if e and n:
@@ -481,6 +487,7 @@ def format_table(results, load, duration, access_log):
         row("", "requests/s", f"{e['rps']:,.0f}", f"{n['rps']:,.0f}", ratio(e["rps"], n["rps"]), "", None)
         row("", "p99 latency ms", f"{e['p99_us'] / 1000:.2f}", f"{n['p99_us'] / 1000:.2f}",
             ratio(e["p99_us"], n["p99_us"]), "", None)
+        cpu_row(e, n)
     e, n = by.get((3, "eddy")), by.get((3, "nginx"))
     if e and n:
         row("3 flash crowd: 500 clients, 2 MB, origin 200 ms", "origin requests", e["origin_requests"],
