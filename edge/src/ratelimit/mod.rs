@@ -204,40 +204,9 @@ impl RateLimiter {
         }
         let named = self.overrides.get(&client.0).unwrap_or(&self.default);
         let policy = &named.policy;
-        let (decision, by) = if policy.blocks_all() {
-            (Decision::blocked(policy), DecidedBy::Nobody)
-        } else if let Some(redis) = &self.redis {
-            let started = Instant::now();
-            match redis.decide(&client.0, policy).await {
-                Ok(decision) => {
-                    metrics.observe_rate_limit_store(started.elapsed().as_secs_f64());
-                    if self.store_failing.load(Ordering::Relaxed) && self.store_failing.swap(false, Ordering::Relaxed) {
-                        tracing::info!("rate-limit store answers again; limits are shared again");
-                    }
-                    (decision, DecidedBy::Redis)
-                }
-                Err(error) => {
-                    if !matches!(error, redis_store::StoreError::Skipped) {
-                        metrics.record_rate_limit_store_error();
-                        self.store_failing.store(true, Ordering::Relaxed);
-                        self.log_store_error(&error);
-                    }
-                    match self.on_store_error {
-                        OnStoreError::Open => (self.local.decide(&client.0, policy), DecidedBy::Fallback),
-                        OnStoreError::Closed => {
-                            metrics.record_rate_limit(
-                                LimitResult::Unavailable,
-                                &named.metrics_label,
-                                DecidedBy::Nobody,
-                                client,
-                            );
-                            return Verdict::Refused(Box::new(unavailable()));
-                        }
-                    }
-                }
-            }
-        } else {
-            (self.local.decide(&client.0, policy), DecidedBy::Local)
+        let Some((decision, by)) = self.decide(&client.0, policy, metrics).await else {
+            metrics.record_rate_limit(LimitResult::Unavailable, &named.metrics_label, DecidedBy::Nobody, client);
+            return Verdict::Refused(Box::new(unavailable()));
         };
         let quota = Quota::new(named.header_name, policy, &decision);
         if decision.allowed {
@@ -249,6 +218,38 @@ impl RateLimiter {
         } else {
             metrics.record_rate_limit(LimitResult::Limited, &named.metrics_label, by, client);
             Verdict::Refused(Box::new(too_many_requests(&quota)))
+        }
+    }
+
+    /// The decision and who made it; `None` when the shared store failed and the edge fails closed.
+    async fn decide(&self, client: &str, policy: &Policy, metrics: &Metrics) -> Option<(Decision, DecidedBy)> {
+        if policy.blocks_all() {
+            return Some((Decision::blocked(policy), DecidedBy::Nobody));
+        }
+        let Some(redis) = &self.redis else {
+            return Some((self.local.decide(client, policy), DecidedBy::Local));
+        };
+        let started = Instant::now();
+        match redis.decide(client, policy).await {
+            Ok(decision) => {
+                metrics.observe_rate_limit_store(started.elapsed().as_secs_f64());
+                if self.store_failing.load(Ordering::Relaxed) && self.store_failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("rate-limit store answers again; limits are shared again");
+                }
+                Some((decision, DecidedBy::Redis))
+            }
+            Err(error) => {
+                // `Skipped` is the breaker avoiding a store known to be failing: not a new error.
+                if !matches!(error, redis_store::StoreError::Skipped) {
+                    metrics.record_rate_limit_store_error();
+                    self.store_failing.store(true, Ordering::Relaxed);
+                    self.log_store_error(&error);
+                }
+                match self.on_store_error {
+                    OnStoreError::Open => Some((self.local.decide(client, policy), DecidedBy::Fallback)),
+                    OnStoreError::Closed => None,
+                }
+            }
         }
     }
 
