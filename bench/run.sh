@@ -6,6 +6,8 @@
 #
 # Knobs (environment): DURATION (s of load per wrk run, default 8), SERVER_CORE (1), LOAD_CORE (0),
 # ACCESS_LOG (on|off: both servers log every request to a file, or neither; default on),
+# NGINX_SENDFILE (on|off, default on: off makes nginx copy bodies through user space as eddy does),
+# NGINX_CACHE_TMPFS (1|0, default 1: nginx's cache files in /dev/shm rather than under /tmp),
 # CARGO_TARGET_DIR (where the release build goes), EDGE_BIN (use this binary, no build), KEEP=1 (keep the work dir), RESULTS (file to which the
 # final markdown table is also written).
 #
@@ -123,7 +125,7 @@ fi
 ulimit -n 65536 2>/dev/null || ulimit -n 8192 2>/dev/null || true
 # nginx's cache lives in files: keep them in memory (tmpfs) like eddy's, so that neither waits on a disk.
 CACHE_ROOT=$WORK
-if [[ -d /dev/shm && -w /dev/shm ]]; then
+if [[ ${NGINX_CACHE_TMPFS:-1} == 1 && -d /dev/shm && -w /dev/shm ]]; then
     CACHE_ROOT=$(mktemp -d /dev/shm/eddy-bench.XXXXXX)
 fi
 
@@ -184,7 +186,7 @@ error_log $dir/error.log warn;
 events { worker_connections 16384; }
 http {
     $access
-    sendfile on;
+    sendfile ${NGINX_SENDFILE:-on};
     tcp_nopush on;
     tcp_nodelay on;
     keepalive_timeout 65;
@@ -269,17 +271,20 @@ server_ticks() {
 run_wrk() { # run_wrk ADDR CONNECTIONS PATH...
     local addr=$1 connections=$2
     shift 2
-    local out before after
+    local out before after log_offset origin
+    log_offset=$(stat -c %s "$ORIGIN_LOG")
     before=$(server_ticks)
     out=$(pin "$LOAD_CORE" wrk -t1 -c"$connections" -d"${DURATION}s" --timeout 10s -s "$BENCH_DIR/report.lua" \
         "http://$addr" -- "$@")
     after=$(server_ticks)
+    origin=$("${TOOLS[@]}" origin-bytes "$ORIGIN_LOG" "$log_offset")
     python3 -c '
 import json, os, sys
 figures = json.loads(sys.argv[1])
 ticks = int(sys.argv[3]) - int(sys.argv[2])
 figures["server_cpu_us_per_request"] = ticks * 1e6 / os.sysconf("SC_CLK_TCK") / max(1, figures["requests"])
-print(json.dumps(figures))' "$(sed -n 's/^WRKJSON //p' <<<"$out")" "$before" "$after"
+figures["origin_requests_under_load"] = json.loads(sys.argv[4])["requests"]
+print(json.dumps(figures))' "$(sed -n 's/^WRKJSON //p' <<<"$out")" "$before" "$after" "$origin"
 }
 
 TOOLS=(python3 "$BENCH_DIR/tools.py")
@@ -365,7 +370,8 @@ for scenario in $SCENARIOS; do
     "scenario_$scenario"
 done
 
-TABLE=$("${TOOLS[@]}" table "$RESULTS_JSONL" --load "$(cut -d' ' -f1-3 /proc/loadavg)" --duration "$DURATION" --access-log "$ACCESS_LOG")
+TABLE=$("${TOOLS[@]}" table "$RESULTS_JSONL" --load "$(cut -d' ' -f1-3 /proc/loadavg)" --duration "$DURATION" \
+    --access-log "$ACCESS_LOG" --nginx-sendfile "${NGINX_SENDFILE:-on}")
 echo "$TABLE"
 [[ -n ${RESULTS:-} ]] && echo "$TABLE" >"$RESULTS"
 exit 0

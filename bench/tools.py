@@ -445,13 +445,14 @@ def command_origin_bytes(args):
     return 0
 
 
-def format_table(results, load, duration, access_log):
+def format_table(results, load, duration, access_log, nginx_sendfile="on"):
     """The markdown table of a run from its result records ({"scenario", "server", "figures"})."""
     by = {}
     for record in results:
         by[(record["scenario"], record["server"])] = record["figures"]
     lines = [
-        f"load average at the end: {load}; {duration} s of load per wrk run; access logs: {access_log}",
+        f"load average at the end: {load}; {duration} s of load per wrk run; access logs: {access_log}; "
+        f"nginx sendfile: {nginx_sendfile}",
         "",
         "| scenario | figure | eddy | nginx | eddy / nginx | target | holds |",
         "|---|---|---|---|---|---|---|",
@@ -468,6 +469,9 @@ def format_table(results, load, duration, access_log):
         key = "server_cpu_us_per_request"
         if key in e and key in n:
             row("", "server CPU µs / request", f"{e[key]:.1f}", f"{n[key]:.1f}", ratio(e[key], n[key]), "", None)
+        key = "origin_requests_under_load"
+        if key in e and key in n:
+            row("", "origin requests under load (all hits: 0)", e[key], n[key], "", "0", e[key] == 0)
 
     e, n = by.get((1, "eddy")), by.get((1, "nginx"))
     if e and n:
@@ -531,7 +535,7 @@ def format_table(results, load, duration, access_log):
 def command_table(args):
     with open(args.results) as lines:
         results = [json.loads(line) for line in lines if line.strip()]
-    print(format_table(results, args.load, args.duration, args.access_log))
+    print(format_table(results, args.load, args.duration, args.access_log, args.nginx_sendfile))
     return 0
 
 
@@ -584,6 +588,7 @@ def main():
     table.add_argument("--load", default="?")
     table.add_argument("--duration", default="?")
     table.add_argument("--access-log", default="?")
+    table.add_argument("--nginx-sendfile", default="on")
     table.set_defaults(run=command_table)
 
     args = parser.parse_args()
