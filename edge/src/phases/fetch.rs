@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
@@ -18,7 +18,7 @@ use super::route::Target;
 use super::Edge;
 use crate::body::EdgeBody;
 use crate::cache::coalesce::{Flight, FlightFailure, FlightHead, Flights, HeadOutcome, Joined};
-use crate::cache::policy::{self, judge, remove_hop_by_hop};
+use crate::cache::policy::{self, judge, remove_hop_by_hop, Verdict};
 use crate::cache::{CacheKey, CachedObject};
 use crate::origin::{OriginError, OriginRequest};
 
@@ -266,6 +266,18 @@ fn stale_or_error(stale: Option<Arc<CachedObject>>, failure: &FlightFailure, par
     outcome
 }
 
+async fn store(
+    edge: &Edge,
+    fill: &FillRequest,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: Bytes,
+    verdict: &Verdict,
+) {
+    let object = CachedObject::from_verdict(status, headers.clone(), body, verdict.clone(), Instant::now());
+    edge.storage.insert(&fill.key, &fill.policy_request.headers, &verdict.vary, Arc::new(object)).await;
+}
+
 /// The detached origin fetch of one flight. `shared`: the flight is in the registry (and must leave it).
 async fn run_flight(edge: Arc<Edge>, flight: Arc<Flight>, fill: FillRequest, shared: bool) {
     let land = |edge: &Edge| {
@@ -324,6 +336,7 @@ async fn run_flight(edge: Arc<Edge>, flight: Arc<Flight>, fill: FillRequest, sha
     let deadline = tokio::time::Instant::from_std(started + edge.origins.total_timeout());
     let mut body = response.body;
     let mut received: u64 = 0;
+    let mut stored = false;
     loop {
         match tokio::time::timeout_at(deadline, body.next()).await {
             Err(_) => {
@@ -353,6 +366,17 @@ async fn run_flight(edge: Arc<Edge>, flight: Arc<Flight>, fill: FillRequest, sha
                     storable = false;
                     land(&edge);
                 }
+                if storable && !stored && declared_length == Some(received) {
+                    // The body is whole. Store it before handing out the last bytes, so that a client's
+                    // next request (sent the moment it has them) already finds the object.
+                    let mut whole = BytesMut::with_capacity(received as usize);
+                    whole.extend_from_slice(&flight.collect());
+                    whole.extend_from_slice(&chunk);
+                    store(&edge, &fill, response.status, &headers, whole.freeze(), &verdict).await;
+                    // From now on requests find the object in the cache rather than joining this flight.
+                    land(&edge);
+                    stored = true;
+                }
                 flight.push_chunk(chunk);
             }
             Ok(None) => break,
@@ -369,10 +393,10 @@ async fn run_flight(edge: Arc<Edge>, flight: Arc<Flight>, fill: FillRequest, sha
             return;
         }
     }
-    if storable {
-        let object =
-            CachedObject::from_verdict(response.status, headers, flight.collect(), verdict.clone(), Instant::now());
-        edge.storage.insert(&fill.key, &fill.policy_request.headers, &verdict.vary, Arc::new(object)).await;
+    if storable && !stored {
+        // Without a Content-Length the client only sees the end once `finish` says so: store first.
+        store(&edge, &fill, response.status, &headers, flight.collect(), &verdict).await;
+        land(&edge);
     }
     flight.finish();
     land(&edge);

@@ -132,6 +132,11 @@ pub async fn handle(
         started,
         bytes: 0,
         complete: body.is_end_stream(),
+        expected_bytes: response_parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()),
     };
     Ok(Response::from_parts(response_parts, LoggedBody { inner: body, log }))
 }
@@ -149,6 +154,8 @@ struct AccessLog {
     started: Instant,
     bytes: u64,
     complete: bool,
+    /// Content-Length, when known: hyper stops polling a body once that many bytes are out.
+    expected_bytes: Option<u64>,
 }
 
 impl Drop for AccessLog {
@@ -165,7 +172,7 @@ impl Drop for AccessLog {
             bytes = self.bytes,
             duration_ms = format!("{:.3}", self.started.elapsed().as_secs_f64() * 1000.0),
             client = %self.client,
-            complete = self.complete,
+            complete = self.complete || self.expected_bytes == Some(self.bytes),
         );
     }
 }

@@ -188,7 +188,9 @@ pub fn finish_headers(outcome: &mut Outcome, cors_allow_origin: Option<&HeaderVa
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         headers.insert(
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("Age, Cache-Status, X-Cache, Content-Length, Content-Range, ETag"),
+            HeaderValue::from_static(
+                "Age, Cache-Status, X-Cache, Content-Length, Content-Range, ETag, Retry-After, RateLimit, RateLimit-Policy, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset",
+            ),
         );
     }
 }
