@@ -15,7 +15,7 @@ mkdir -p "$out"
 
 if [ ! -f "$content/master.m3u8" ]; then
   echo "== Packaging a 40 s test pattern into a 3-rung ladder (once) =="
-  "$bin/eddy-package" --test-pattern 40s --out "$content" --ladder 240p:400k,480p:1200k,720p:3000k --segment-duration 2
+  "$bin/eddy-package" --test-pattern 40s --out "$content" --ladder 240p:300k,360p:800k,480p:1500k --segment-duration 2
 fi
 
 pids=()
@@ -41,16 +41,17 @@ echo "== Starting eddy-edge in front of $content =="
 edge_addr=$(start_server "$out/edge.log" "$bin/eddy-edge" serve --origin "$content" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:19090)
 echo "   edge on http://$edge_addr (admin on http://127.0.0.1:19090)"
 
-echo "== Starting eddy-netsim: 5 Mbit/s, dropping to 700 kbit/s at 12 s, back to 5 Mbit/s at 24 s =="
+echo "== Starting eddy-netsim: 4 Mbit/s, dropping to 600 kbit/s at 12 s, back to 4 Mbit/s at 26 s =="
 link_addr=$(start_server "$out/netsim.log" "$bin/eddy-netsim" --listen 127.0.0.1:0 --upstream "http://$edge_addr" \
-  --pattern 5M@0s,700k@12s,5M@24s --latency 20 --log "$out/netsim.jsonl")
+  --pattern 4M@0s,600k@12s,4M@26s --latency 20 --log "$out/netsim.jsonl")
 echo "   shaped link on http://$link_addr"
 
 headless=()
 if [ -z "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ]; then headless=(--headless); fi
 
 echo "== Playing http://$link_addr/master.m3u8 =="
-"$bin/eddy-play" "http://$link_addr/master.m3u8" "${headless[@]}" \
+# A short forward buffer (8 s) so that the drop shows as switches rather than being absorbed.
+"$bin/eddy-play" "http://$link_addr/master.m3u8" "${headless[@]}" --buffer 8 \
   --report "$out/report.json" --events "$out/events.jsonl" --plot "$out/timeline.svg"
 
 echo
