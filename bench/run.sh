@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Eddy edge vs nginx proxy_cache, side by side, on this machine. One command:
 #
-#     bench/run.sh                  # all scenarios (1-5), ~4 minutes on 2 cores
+#     bench/run.sh                  # all scenarios (1-5), ~6 minutes on 2 cores
 #     SCENARIOS="1 2" bench/run.sh  # a subset
 #
-# Knobs (environment): DURATION (s of load per wrk run, default 8), SERVER_CORE (1), LOAD_CORE (0),
+# Knobs (environment): DURATION (s of load per wrk run, default 8), ROUNDS (wrk runs per server in
+# scenarios 1 and 2, alternating the order; medians are shown; default 3), SERVER_CORE (1), LOAD_CORE (0),
 # ACCESS_LOG (on|off: both servers log every request to a file, or neither; default on),
 # NGINX_SENDFILE (on|off, default on: off makes nginx copy bodies through user space as eddy does),
 # NGINX_CACHE_TMPFS (1|0, default 1: nginx's cache files in /dev/shm rather than under /tmp),
@@ -21,6 +22,7 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$BENCH_DIR")
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 DURATION=${DURATION:-8}
+ROUNDS=${ROUNDS:-3}
 SERVER_CORE=${SERVER_CORE:-1}
 LOAD_CORE=${LOAD_CORE:-0}
 ACCESS_LOG=${ACCESS_LOG:-on}
@@ -292,24 +294,34 @@ RUN_ID=$(date +%s)
 
 # ------------------------------------------------------------------------------------------ scenarios
 
+# The throughput scenarios run ROUNDS times, alternating which server goes first; the table shows each
+# figure's median over the rounds (one run of either server is at the mercy of whatever else runs).
+server_order() { # server_order ROUND
+    if (($1 % 2)); then echo "nginx eddy"; else echo "eddy nginx"; fi
+}
+
 scenario_1() {
     local path=/o/1024/0/live/playlist.m3u8
-    for server in eddy nginx; do
-        start_server "$server" "s1-$server" 268435456
-        warm "$SERVER_ADDR" "$path"
-        record 1 "$server" "$(run_wrk "$SERVER_ADDR" 64 "$path")"
-        stop_server
+    for round in $(seq 0 $((ROUNDS - 1))); do
+        for server in $(server_order "$round"); do
+            start_server "$server" "s1-$server-$round" 268435456
+            warm "$SERVER_ADDR" "$path"
+            record 1 "$server" "$(run_wrk "$SERVER_ADDR" 64 "$path")"
+            stop_server
+        done
     done
 }
 
 scenario_2() {
     local paths=()
     for i in $(seq 0 15); do paths+=("/o/1048576/0/seg/s$i.ts"); done
-    for server in eddy nginx; do
-        start_server "$server" "s2-$server" 268435456
-        warm "$SERVER_ADDR" "${paths[@]}"
-        record 2 "$server" "$(run_wrk "$SERVER_ADDR" 16 "${paths[@]}")"
-        stop_server
+    for round in $(seq 0 $((ROUNDS - 1))); do
+        for server in $(server_order "$round"); do
+            start_server "$server" "s2-$server-$round" 268435456
+            warm "$SERVER_ADDR" "${paths[@]}"
+            record 2 "$server" "$(run_wrk "$SERVER_ADDR" 16 "${paths[@]}")"
+            stop_server
+        done
     done
 }
 
@@ -370,7 +382,7 @@ for scenario in $SCENARIOS; do
     "scenario_$scenario"
 done
 
-TABLE=$("${TOOLS[@]}" table "$RESULTS_JSONL" --load "$(cut -d' ' -f1-3 /proc/loadavg)" --duration "$DURATION" \
+TABLE=$("${TOOLS[@]}" table "$RESULTS_JSONL" --load "$(cut -d' ' -f1-3 /proc/loadavg)" --duration "$DURATION x $ROUNDS rounds" \
     --access-log "$ACCESS_LOG" --nginx-sendfile "${NGINX_SENDFILE:-on}")
 echo "$TABLE"
 [[ -n ${RESULTS:-} ]] && echo "$TABLE" >"$RESULTS"

@@ -24,6 +24,17 @@ class Percentiles(unittest.TestCase):
             tools.percentile([], 50)
 
 
+class Medians(unittest.TestCase):
+    def test_each_number_is_its_median_over_runs(self):
+        runs = [{"rps": 10.0, "errors": 0, "p99_us": 900}, {"rps": 30.0, "errors": 2, "p99_us": 100},
+                {"rps": 20.0, "errors": 0, "p99_us": 500}]
+        merged = tools.median_figures(runs)
+        self.assertEqual((merged["rps"], merged["errors"], merged["p99_us"], merged["runs"]), (20.0, 0, 500, 3))
+
+    def test_even_counts_take_a_measured_value(self):
+        self.assertEqual(tools.median_figures([{"x": 1}, {"x": 4}])["x"], 1)
+
+
 class Belady(unittest.TestCase):
     def test_keeps_what_comes_back_soonest(self):
         # Room for one object of 10: after A, B arrives; A is asked again before B, so B is bypassed.

@@ -445,13 +445,28 @@ def command_origin_bytes(args):
     return 0
 
 
+def median_figures(runs):
+    """One set of figures from several runs of the same thing: each number is its median (the lower
+    middle one for an even count, so that it is a figure that was actually measured)."""
+    if len(runs) == 1:
+        return runs[0]
+    merged = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            values = sorted(run[key] for run in runs if key in run)
+            merged[key] = values[(len(values) - 1) // 2]
+    merged["runs"] = len(runs)
+    return merged
+
+
 def format_table(results, load, duration, access_log, nginx_sendfile="on"):
     """The markdown table of a run from its result records ({"scenario", "server", "figures"})."""
-    by = {}
+    runs = {}
     for record in results:
-        by[(record["scenario"], record["server"])] = record["figures"]
+        runs.setdefault((record["scenario"], record["server"]), []).append(record["figures"])
+    by = {key: median_figures(figures) for key, figures in runs.items()}
     lines = [
-        f"load average at the end: {load}; {duration} s of load per wrk run; access logs: {access_log}; "
+        f"load average at the end: {load}; {duration} s of load per wrk run (medians); access logs: {access_log}; "
         f"nginx sendfile: {nginx_sendfile}",
         "",
         "| scenario | figure | eddy | nginx | eddy / nginx | target | holds |",
