@@ -347,9 +347,42 @@ scenario_4() {
     done
 }
 
+# replay_through VARIANT SEQUENCE: one replay against the running server; records byte hit ratio from the
+# origin's log (and, for nginx, how many bytes its cache directory really held: nginx enforces max_size
+# from its cache manager process, which may sleep up to 10 s while the cache overshoots).
+replay_through() {
+    local variant=$1 sequence=$2 offset replayed origin stats=null sampler_pid= sizes=null
+    offset=$(stat -c %s "$ORIGIN_LOG")
+    if [[ $variant == nginx ]]; then
+        python3 "$BENCH_DIR/tools.py" watch-size "$CACHE_ROOT/s5-nginx" "$WORK/nginx-cache-sizes" &
+        sampler_pid=$!
+        PIDS+=("$sampler_pid")
+    fi
+    replayed=$(pin "$LOAD_CORE" "${TOOLS[@]}" replay "$SERVER_ADDR" "$sequence") || die "replay through $variant failed: $replayed"
+    if [[ -n $sampler_pid ]]; then
+        stop_pid "$sampler_pid"
+        forget_pid "$sampler_pid"
+        sizes=$("${TOOLS[@]}" summarize-sizes "$WORK/nginx-cache-sizes")
+    fi
+    origin=$("${TOOLS[@]}" origin-bytes "$ORIGIN_LOG" "$offset" --contains /vod/)
+    [[ -n $SERVER_ADMIN ]] && stats=$(curl -fsS "http://$SERVER_ADMIN/stats" || echo null)
+    record 5 "$variant" "$(python3 -c '
+import json, sys
+replayed, origin, stats, sizes = (json.loads(a) for a in sys.argv[1:5])
+figures = {"requests": replayed["requests"], "requested_bytes": replayed["bytes"],
+           "origin_requests": origin["requests"], "origin_bytes": origin["bytes"],
+           "byte_hit_ratio": 1 - origin["bytes"] / replayed["bytes"], "seconds": replayed["seconds"],
+           "capacity": int(sys.argv[5])}
+if stats:
+    figures["edge_reported_byte_hit_ratio"] = stats.get("byte_hit_ratio")
+if sizes:
+    figures.update(sizes)
+print(json.dumps(figures))' "$replayed" "$origin" "$stats" "$sizes" "$3")"
+}
+
 scenario_5() {
     local sequence=$WORK/vod.txt
-    local described capacity
+    local described capacity held
     described=$("${TOOLS[@]}" vod-gen --seed 7 --sessions 1000 --out "$sequence")
     capacity=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["catalogue_bytes"] // 10)' "$described")
     log "VOD workload: $described; cache $capacity bytes"
@@ -359,23 +392,23 @@ scenario_5() {
         eddy-lru) start_server eddy "s5-$variant" "$capacity" lru ;;
         nginx) start_server nginx "s5-$variant" "$capacity" ;;
         esac
-        local offset replayed origin stats=null
-        offset=$(stat -c %s "$ORIGIN_LOG")
-        replayed=$(pin "$LOAD_CORE" "${TOOLS[@]}" replay "$SERVER_ADDR" "$sequence") || die "replay through $variant failed: $replayed"
-        origin=$("${TOOLS[@]}" origin-bytes "$ORIGIN_LOG" "$offset" --contains /vod/)
-        [[ -n $SERVER_ADMIN ]] && stats=$(curl -fsS "http://$SERVER_ADMIN/stats" || echo null)
-        record 5 "$variant" "$(python3 -c '
-import json, sys
-replayed, origin, stats = (json.loads(a) for a in sys.argv[1:4])
-figures = {"requests": replayed["requests"], "requested_bytes": replayed["bytes"],
-           "origin_requests": origin["requests"], "origin_bytes": origin["bytes"],
-           "byte_hit_ratio": 1 - origin["bytes"] / replayed["bytes"], "seconds": replayed["seconds"]}
-if stats:
-    figures["edge_reported_byte_hit_ratio"] = stats.get("byte_hit_ratio")
-print(json.dumps(figures))' "$replayed" "$origin" "$stats")"
+        replay_through "$variant" "$sequence" "$capacity"
         stop_server
     done
     record 5 belady "$("${TOOLS[@]}" belady "$sequence" --capacity "$capacity")"
+    # The same comparison at the capacity nginx actually used (its mean cache size during the replay).
+    held=$(python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    if r["scenario"] == 5 and r["server"] == "nginx":
+        print(int(r["figures"].get("cache_mean_bytes", 0)))' "$RESULTS_JSONL")
+    if ((held > capacity)); then
+        start_server eddy "s5-eddy-tinylfu-held" "$held" tinylfu
+        replay_through eddy-tinylfu-at-nginx-size "$sequence" "$held"
+        stop_server
+        record 5 belady-at-nginx-size "$("${TOOLS[@]}" belady "$sequence" --capacity "$held")"
+    fi
 }
 
 log "work dir $WORK; load: $(uptime | sed 's/.*load average/load average/')"
