@@ -11,3 +11,5 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The end-to-end tests start the real binaries: build them first.
 cargo build --workspace --bins
 cargo test --workspace
+# The benchmark's own logic (percentiles, workload model, Belady) is tested too.
+python3 -m unittest bench/test_tools.py
