@@ -15,14 +15,15 @@ use thiserror::Error;
 use url::Url;
 
 use crate::abr::{
-    AbandonInput, AbrAlgorithm, AbrInput, BandwidthEstimator, EddyAbr, PartialTransfer, Rung, TransferSample,
+    AbandonInput, AbrAlgorithm, AbrInput, BandwidthEstimator, EddyAbr, LastDownload, PartialTransfer, Rung,
+    TransferSample,
 };
 use crate::crypto;
 use crate::fetch::{FetchError, Fetcher, Outcome};
 use crate::pipeline::{Container, Pipeline, PipelineError, PipelineEvent};
 use crate::playlist::{self, InitSection, MediaPlaylist, Parsed, PlaylistError, Segment, Variant};
 use crate::report::{EventWriter, Report, SegmentRecord, TimelinePoint};
-use crate::stall::{StallAction, StallTracker, RESUME_THRESHOLD_S};
+use crate::stall::{StallAction, StallTracker, RESUME_THRESHOLD_S, STARVED_S};
 
 /// How often the monitor measures the buffer and checks the pipeline.
 const MONITOR_INTERVAL: Duration = Duration::from_millis(100);
@@ -34,6 +35,9 @@ const TIMELINE_INTERVAL: Duration = Duration::from_millis(250);
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
 /// The same once the whole stream has been pushed: nothing more can make it start.
 const STARTUP_TIMEOUT_AFTER_END: Duration = Duration::from_secs(4);
+/// Once everything pushed has played by the clock, the pipeline's end-of-stream is awaited this long
+/// at most: playback ends even if a sink never posts it.
+const END_OF_STREAM_GRACE: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone)]
 pub struct PlayerConfig {
@@ -97,6 +101,8 @@ struct Shared {
     frozen_played_s: Option<f64>,
     finish: Option<Finish>,
     duration_s: Option<f64>,
+    /// When the monitor first saw everything pushed played (end-of-stream grace).
+    all_played_at: Option<Instant>,
     status: Status,
     timeline: Vec<TimelinePoint>,
     events: EventWriter,
@@ -130,6 +136,10 @@ impl Shared {
         (self.pushed_media_s - self.played_s()).max(0.0)
     }
 
+    fn nothing_more_to_push(&self) -> bool {
+        nothing_more_to_push(self.all_pushed, self.pushed_media_s, self.duration_s)
+    }
+
     fn event(&mut self, mut event: serde_json::Value) {
         if let Some(object) = event.as_object_mut() {
             object.insert("t_s".into(), json!((self.now_s() * 1000.0).round() / 1000.0));
@@ -145,6 +155,12 @@ impl Shared {
             self.finish = Some(finish);
         }
     }
+}
+
+/// Whether the pipeline holds all the media this playback will play: the stream's last segment, or
+/// enough for `--duration`. The buffer running out then is the end, not a stall.
+fn nothing_more_to_push(all_pushed: bool, pushed_media_s: f64, duration_s: Option<f64>) -> bool {
+    all_pushed || duration_s.is_some_and(|d| pushed_media_s >= d)
 }
 
 fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
@@ -166,7 +182,7 @@ fn monitor_tick(shared: &mut Shared, quiet: bool, last_status: &mut Instant, las
         }
     }
     if shared.playing_since.is_none() {
-        let limit = if shared.all_pushed { STARTUP_TIMEOUT_AFTER_END } else { STARTUP_TIMEOUT };
+        let limit = if shared.nothing_more_to_push() { STARTUP_TIMEOUT_AFTER_END } else { STARTUP_TIMEOUT };
         if shared.play_requested_at.is_some_and(|t| t.elapsed() > limit) {
             shared.finish(Finish::Failed("playback did not start: the stream could not be decoded".into()));
         }
@@ -179,7 +195,18 @@ fn monitor_tick(shared: &mut Shared, quiet: bool, last_status: &mut Instant, las
         return;
     }
     let ahead = shared.buffer_ahead_s();
-    match shared.stall.update(now, ahead, shared.all_pushed) {
+    let nothing_more = shared.nothing_more_to_push();
+    if nothing_more && ahead <= STARVED_S {
+        // Everything pushed has played by the clock: the pipeline's end-of-stream should follow; if a
+        // sink never posts it, end anyway rather than wait forever.
+        let since = *shared.all_played_at.get_or_insert_with(Instant::now);
+        if since.elapsed() > END_OF_STREAM_GRACE {
+            tracing::warn!("no end-of-stream from the pipeline {END_OF_STREAM_GRACE:?} after the last media played");
+            shared.finish(Finish::EndOfStream);
+            return;
+        }
+    }
+    match shared.stall.update(now, ahead, nothing_more) {
         StallAction::Pause => {
             shared.frozen_played_s = Some(played);
             if let Err(e) = shared.pipeline.pause() {
@@ -393,6 +420,7 @@ pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
         frozen_played_s: None,
         finish: None,
         duration_s: config.duration_s,
+        all_played_at: None,
         status: Status::default(),
         timeline: Vec::new(),
         events,
@@ -433,6 +461,7 @@ pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
         keys: HashMap::new(),
         last_init: None,
         past_throughputs: Vec::new(),
+        last_download: None,
         records: Vec::new(),
         durations: Vec::new(),
         bytes: body.len() as u64,
@@ -497,6 +526,8 @@ struct Downloader<'a> {
     /// The init section last pushed (fMP4): pushed again when it changes (rendition switch).
     last_init: Option<InitSection>,
     past_throughputs: Vec<f64>,
+    /// The previous segment's finished download (emergency downswitch when it was slower than real time).
+    last_download: Option<LastDownload>,
     records: Vec<SegmentRecord>,
     durations: Vec<f64>,
     bytes: u64,
@@ -544,6 +575,7 @@ impl Downloader<'_> {
             let (data, download_ms) = loop {
                 match self.fetch_segment(&segment, rung).await {
                     Ok(SegmentFetch::Done(data, download_ms)) => break (data, download_ms),
+                    Ok(SegmentFetch::Stopped) => return Ok(()),
                     Ok(SegmentFetch::Abandoned(lower)) => {
                         abandoned_here = true;
                         rung = lower;
@@ -660,6 +692,7 @@ impl Downloader<'_> {
             max_rung: ladder.max_rung,
             past_throughputs_bps: &self.past_throughputs,
             remaining_s,
+            last_download: self.last_download,
         };
         let rung = self.abr.choose(&input).min(ladder.max_rung);
         if let Some(from) = current.filter(|&c| c != rung) {
@@ -686,6 +719,7 @@ impl Downloader<'_> {
             .unwrap_or((ladder.rungs[rung].bitrate_bps as f64 * segment.duration_s / 8.0) as u64);
         let can_abandon = rung > 0 && lock(shared).playing_since.is_some();
         let mut lower = None;
+        let mut stopped = false;
         let outcome = self
             .fetcher
             .download(&segment.uri, segment.range, |progress| {
@@ -695,6 +729,11 @@ impl Downloader<'_> {
                     first_byte_s: progress.first_byte_at.map(seconds),
                     bytes_so_far: progress.bytes_so_far,
                 });
+                // Playback is over (--duration, Ctrl-C, an error): stop downloading now.
+                if lock(shared).finish.is_some() {
+                    stopped = true;
+                    return true;
+                }
                 if !can_abandon {
                     return false;
                 }
@@ -731,9 +770,16 @@ impl Downloader<'_> {
                 self.estimator.add_transfer(sample);
                 let transfer_s = (sample.end_s - sample.request_s).max(1e-3);
                 self.past_throughputs.push(sample.bytes as f64 * 8.0 / transfer_s);
+                self.last_download =
+                    Some(LastDownload { download_s: transfer_s, media_s: segment.duration_s, bytes: sample.bytes });
                 self.bytes += sample.bytes;
                 let download_ms = download.finished_at.duration_since(download.requested_at).as_millis() as u64;
                 Ok(SegmentFetch::Done(download.body.to_vec(), download_ms))
+            }
+            Outcome::Abandoned { bytes_so_far } if stopped => {
+                self.estimator.clear_in_progress();
+                self.bytes += bytes_so_far;
+                Ok(SegmentFetch::Stopped)
             }
             Outcome::Abandoned { bytes_so_far } => {
                 self.estimator.clear_in_progress();
@@ -777,4 +823,19 @@ impl Downloader<'_> {
 enum SegmentFetch {
     Done(Vec<u8>, u64),
     Abandoned(usize),
+    /// Playback ended while the segment was downloading.
+    Stopped,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nothing_more_to_push;
+
+    #[test]
+    fn reaching_the_requested_duration_leaves_nothing_more_to_push() {
+        assert!(!nothing_more_to_push(false, 11.0, Some(12.0)));
+        assert!(nothing_more_to_push(false, 12.0, Some(12.0)), "the end of --duration is not a stall");
+        assert!(nothing_more_to_push(true, 5.0, None), "the end of the stream is not a stall");
+        assert!(!nothing_more_to_push(false, 500.0, None));
+    }
 }

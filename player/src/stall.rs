@@ -41,7 +41,8 @@ impl StallTracker {
         self.stalled_since_s.is_some()
     }
 
-    /// `all_pushed`: the last segment is in the pipeline, so nothing more will arrive.
+    /// `all_pushed`: the pipeline holds all the media this playback will play (the last segment, or
+    /// enough for `--duration`), so nothing more will arrive and an empty buffer is the end.
     pub fn update(&mut self, now_s: f64, buffer_ahead_s: f64, all_pushed: bool) -> StallAction {
         match self.stalled_since_s {
             None if buffer_ahead_s <= STARVED_S && !all_pushed => {

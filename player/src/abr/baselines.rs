@@ -202,6 +202,7 @@ mod tests {
             max_rung: 5,
             past_throughputs_bps: past,
             remaining_s: None,
+            last_download: None,
         }
     }
 

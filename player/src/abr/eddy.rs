@@ -11,7 +11,16 @@
 //!    downswitch is the other classic complaint. Exception: when the download of the current rung would
 //!    still leave [`DEFER_DOWN_BUFFER_S`] of media, the downswitch waits (ExoPlayer defers with a buffer
 //!    ≥ 25 s): a short dip is absorbed by the buffer instead of costing two switches.
-//! 3. **Up with margin**: only to the highest rung under [`UP_SAFETY`] (0.85) × estimate. The gap to
+//!    **Emergency** (rule 2b): when the previous download took more than [`EMERGENCY_RATIO`] (1.5) × the
+//!    media it brought and the buffer would run dry within [`EMERGENCY_HORIZON`] (6) more downloads
+//!    like it, the estimate for this decision is pulled down to the geometric mean of the estimate and
+//!    that download's own throughput, and the buffer (rule 4) may soften the downswitch but not
+//!    keep the current rung (hls.js' emergency downswitch). The time-weighted
+//!    averages need a segment or two to absorb a sudden drop; with short segments and a small buffer
+//!    that is a stall. The horizon keeps a slightly slow download against a deep buffer from
+//!    costing a needless switch (in the evaluation, every emergency switch costs QoE).
+//! 3. **Up with margin**: only to the highest rung under [`UP_SAFETY`] (0.85) × estimate (or × the
+//!    previous download's throughput when lower: never up on a prediction the latest sample contradicts). The gap to
 //!    0.95 is the hysteresis that stops oscillation between two rungs when the link hovers around one
 //!    rung's bitrate; it is narrower than hls.js' 0.7 because the estimate is already the cautious
 //!    min(fast, slow) average and rule 5 guards the buffer (a wider gap lost QoE in the evaluation).
@@ -54,6 +63,10 @@ pub const KEEP_FRACTION: f64 = 0.0;
 pub const STALL_GUARD: f64 = 0.7;
 /// The stall guard while the buffer is under the rich level.
 pub const LOW_BUFFER_GUARD: f64 = 0.65;
+/// A download that took this many times the media it brought is an emergency (rule 2b)...
+pub const EMERGENCY_RATIO: f64 = 1.5;
+/// ...when the buffer would run dry within this many more downloads like it.
+pub const EMERGENCY_HORIZON: f64 = 6.0;
 /// Abandonment is only considered after this much time in the download (a rate needs some data).
 pub const ABANDON_MIN_ELAPSED_S: f64 = 0.5;
 
@@ -75,6 +88,12 @@ pub struct EddyParams {
     pub abandon: bool,
     /// The stall guard while the buffer is under the rich level.
     pub low_buffer_guard: f64,
+    /// React to a download slower than real time on the next decision (rule 2b).
+    pub emergency: bool,
+    /// A download is an emergency when it took longer than this × the media it brought...
+    pub emergency_ratio: f64,
+    /// ...and the buffer would run dry within this many more downloads like it.
+    pub emergency_horizon: f64,
 }
 
 impl Default for EddyParams {
@@ -90,6 +109,9 @@ impl Default for EddyParams {
             stall_guard: STALL_GUARD,
             abandon: true,
             low_buffer_guard: LOW_BUFFER_GUARD,
+            emergency: true,
+            emergency_ratio: EMERGENCY_RATIO,
+            emergency_horizon: EMERGENCY_HORIZON,
         }
     }
 }
@@ -109,14 +131,32 @@ impl EddyAbr {
     pub fn decide(&self, input: &AbrInput) -> usize {
         let p = &self.params;
         let top = input.top();
-        let estimate = input.estimate_bps;
-        let up = input.highest_at_most(p.up_safety * estimate);
+        // Near the end of a VOD stream the buffer need not stay rich: only the rest must be covered.
+        let rich = (p.rich_buffer_fraction * input.buffer_target_s).min(input.remaining_s.unwrap_or(f64::INFINITY));
+        // Rule 2b: a download much slower than real time is the freshest evidence there is; the
+        // averages (weighted over seconds) would only catch up a segment or two later.
+        let emergency = p.emergency
+            && input.current.is_some()
+            && input.last_download.is_some_and(|d| {
+                let drained_s = d.download_s - d.media_s;
+                d.download_s > d.media_s * p.emergency_ratio && input.buffer_s < drained_s * p.emergency_horizon
+            });
+        let estimate = match input.last_download {
+            // Halfway (geometrically) to the slow download's rate: enough for a downswitch, not a
+            // plunge to the bottom after one short deep dip.
+            Some(last) if emergency => input.estimate_bps.min((input.estimate_bps * last.throughput_bps()).sqrt()),
+            _ => input.estimate_bps,
+        };
+        let download_time = |r: usize| input.download_time_at(r, estimate);
+        // Never go up on a prediction the latest download contradicts.
+        let up_estimate = input.last_download.map_or(estimate, |last| estimate.min(last.throughput_bps()));
+        let up = input.highest_at_most(p.up_safety * up_estimate);
         let Some(current) = input.current.map(|c| c.min(top)) else {
             return up;
         };
         let sustainable = input.highest_at_most(p.down_safety * estimate);
         let mut choice = if sustainable < current {
-            let defer = input.buffer_s - input.download_time_s(current) >= p.defer_down_buffer_s;
+            let defer = input.buffer_s - download_time(current) >= p.defer_down_buffer_s;
             if defer {
                 current
             } else {
@@ -127,14 +167,17 @@ impl EddyAbr {
         } else {
             current
         };
-        // Near the end of a VOD stream the buffer need not stay rich: only the rest must be covered.
-        let rich = (p.rich_buffer_fraction * input.buffer_target_s).min(input.remaining_s.unwrap_or(f64::INFINITY));
         if input.buffer_s >= rich && choice < top {
-            let highest = (choice + p.rich_max_steps).min(top);
+            // A buffer draining fast may soften the downswitch, not cancel it (rule 2b).
+            let ceiling = if emergency { current.saturating_sub(1) } else { top };
+            let highest = (choice + p.rich_max_steps).min(ceiling);
             // Staying on a boosted rung needs less buffer than reaching it: hysteresis.
             let affordable = |r: usize| {
-                let floor = if r <= current { rich * p.keep_fraction } else { rich };
-                input.buffer_s - input.download_time_s(r) >= floor
+                if r <= current {
+                    input.buffer_s - download_time(r) >= rich * p.keep_fraction
+                } else {
+                    input.buffer_s - input.download_time_at(r, up_estimate) >= rich
+                }
             };
             if let Some(boosted) = (choice + 1..=highest).rev().find(|&r| affordable(r)) {
                 choice = boosted;
@@ -143,7 +186,7 @@ impl EddyAbr {
         // With a small buffer (start-up, 1 s segments) half of it is the reserve.
         let reserve = p.reserve_s.min(input.buffer_s / 2.0);
         let guard = if input.buffer_s < rich { p.low_buffer_guard } else { p.stall_guard };
-        let guarded = input.estimate_bps * guard;
+        let guarded = estimate * guard;
         while choice > 0 && input.buffer_s - input.download_time_at(choice, guarded) < reserve {
             choice -= 1;
         }
@@ -192,7 +235,8 @@ impl AbrAlgorithm for EddyAbr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::abr::{BandwidthEstimator, Rung, TransferSample};
+    use crate::abr::{BandwidthEstimator, LastDownload, Rung, TransferSample};
+    use eddy_shared::netsim::Trace;
 
     fn ladder() -> Vec<Rung> {
         [300_000u64, 750_000, 1_200_000, 1_850_000, 2_850_000, 4_300_000]
@@ -209,6 +253,7 @@ mod tests {
         let mut now = 0.0;
         let mut buffer: f64 = 0.0;
         let mut current = None;
+        let mut last = None;
         let mut chosen = Vec::new();
         for &link in link_bps {
             let input = AbrInput {
@@ -222,9 +267,11 @@ mod tests {
                 max_rung: 5,
                 past_throughputs_bps: &[],
                 remaining_s: None,
+                last_download: last,
             };
             let rung = EddyAbr::default().decide(&input);
             let seconds = ladder[rung].bitrate_bps as f64 * 4.0 / link;
+            last = Some(LastDownload { download_s: seconds, media_s: 4.0, bytes: ladder[rung].bitrate_bps / 2 });
             estimator.add_transfer(TransferSample {
                 request_s: now,
                 first_byte_s: now,
@@ -298,6 +345,7 @@ mod tests {
             max_rung: 3,
             past_throughputs_bps: &[],
             remaining_s: None,
+            last_download: None,
         };
         assert_eq!(EddyAbr::default().decide(&input), 3);
     }
@@ -316,6 +364,7 @@ mod tests {
             max_rung: 5,
             past_throughputs_bps: &[],
             remaining_s: None,
+            last_download: None,
         };
         let rung = EddyAbr::default().decide(&input);
         assert!(input.download_time_s(rung) <= input.buffer_s / 2.0 + 1e-9, "rung {rung}");
@@ -341,5 +390,113 @@ mod tests {
         assert_eq!(EddyAbr::should_abandon(&healthy), None);
         let lowest = AbandonInput { rung: 0, ..input };
         assert_eq!(EddyAbr::should_abandon(&lowest), None);
+    }
+
+    /// The end-to-end adaptation test's ladder: peak bitrates of a 3-rung package with 1 s segments.
+    fn small_ladder() -> Vec<Rung> {
+        [508_000u64, 1_191_000, 2_110_000].iter().map(|&b| Rung { bitrate_bps: b, height: None }).collect()
+    }
+
+    /// A closed loop in time over `trace`, shaped like the player's download loop: one download at a
+    /// time, none while the buffer is at its target, playback draining the buffer. Segments weigh
+    /// `fill` × the rung's peak bitrate (real segments stay under the declared peak). Returns
+    /// (request time, rung) per segment.
+    fn run_trace(ladder: &[Rung], trace: &Trace, segment_s: f64, target_s: f64, segments: usize) -> Vec<(f64, usize)> {
+        let (latency, fill) = (0.02, 0.8);
+        let mut estimator = BandwidthEstimator::default();
+        let (mut now, mut buffer, mut playing) = (0.0f64, 0.0f64, false);
+        let mut current = None;
+        let mut last = None;
+        let mut requests = Vec::new();
+        for index in 0..segments {
+            if buffer >= target_s {
+                let wait = buffer - target_s + 0.05;
+                now += wait;
+                buffer -= wait;
+            }
+            let input = AbrInput {
+                ladder,
+                estimate_bps: estimator.estimate_bps(now),
+                ttfb_s: estimator.ttfb_s(),
+                buffer_s: buffer,
+                buffer_target_s: target_s,
+                segment_duration_s: segment_s,
+                current,
+                max_rung: ladder.len() - 1,
+                past_throughputs_bps: &[],
+                remaining_s: Some((segments - index - 1) as f64 * segment_s),
+                last_download: last,
+            };
+            let rung = EddyAbr::default().decide(&input);
+            let bytes = (ladder[rung].bitrate_bps as f64 * fill * segment_s / 8.0) as u64;
+            let first_byte = now + latency;
+            let end = first_byte + trace.transfer_time(first_byte, bytes);
+            estimator.add_transfer(TransferSample { request_s: now, first_byte_s: first_byte, end_s: end, bytes });
+            last = Some(LastDownload { download_s: end - now, media_s: segment_s, bytes });
+            requests.push((now, rung));
+            if playing {
+                buffer = (buffer - (end - now)).max(0.0);
+            }
+            playing = true;
+            buffer += segment_s;
+            now = end;
+            current = Some(rung);
+        }
+        requests
+    }
+
+    #[test]
+    fn a_download_slower_than_real_time_brings_a_downswitch_on_the_next_decision() {
+        // The end-to-end drop test: 1.5× the top peak, then 1.5× the lowest peak from 6 s, with a 6 s
+        // buffer and 1 s segments. Each top-rung segment then takes ~2.2 s for 1 s of media.
+        let ladder = small_ladder();
+        let trace = Trace::from_steps("3165k@0s,762k@6s,3165k@14s").unwrap_or_else(|e| panic!("{e}"));
+        let requests = run_trace(&ladder, &trace, 1.0, 6.0, 26);
+        let before: Vec<usize> = requests.iter().filter(|(t, _)| *t < 6.0).map(|r| r.1).collect();
+        assert_eq!(before.last(), Some(&2), "at the top before the drop: {requests:?}");
+        let after: Vec<usize> = requests.iter().filter(|(t, _)| (6.0..14.0).contains(t)).map(|r| r.1).collect();
+        assert!(after.iter().take(2).any(|&r| r < 2), "lower within 2 segments of the drop: {requests:?}");
+        assert!(after.iter().skip(2).all(|&r| r < 2), "stays lower while the link is low: {requests:?}");
+        let recovered: Vec<usize> = requests.iter().filter(|(t, _)| *t >= 14.0).map(|r| r.1).collect();
+        assert!(recovered.contains(&2), "climbs back: {requests:?}");
+    }
+
+    #[test]
+    fn the_decision_after_one_slow_download_is_lower() {
+        // The state the player was in: ten fast 1 s top-rung segments, then one that took 2.4 s.
+        let ladder = small_ladder();
+        let mut estimator = BandwidthEstimator::default();
+        for i in 0..10 {
+            let t = i as f64;
+            estimator.add_transfer(TransferSample {
+                request_s: t,
+                first_byte_s: t + 0.02,
+                end_s: t + 0.5,
+                bytes: 200_000,
+            });
+        }
+        let slow = TransferSample { request_s: 10.0, first_byte_s: 10.02, end_s: 12.4, bytes: 220_000 };
+        estimator.add_transfer(slow);
+        let input = AbrInput {
+            ladder: &ladder,
+            estimate_bps: estimator.estimate_bps(12.4),
+            ttfb_s: estimator.ttfb_s(),
+            buffer_s: 4.6,
+            buffer_target_s: 6.0,
+            segment_duration_s: 1.0,
+            current: Some(2),
+            max_rung: 2,
+            past_throughputs_bps: &[],
+            remaining_s: Some(12.0),
+            last_download: Some(LastDownload { download_s: 2.4, media_s: 1.0, bytes: 220_000 }),
+        };
+        assert!(EddyAbr::default().decide(&input) < 2);
+        // The same download at real-time speed or better is no emergency.
+        let healthy = AbrInput {
+            last_download: Some(LastDownload { download_s: 0.5, media_s: 1.0, bytes: 220_000 }),
+            estimate_bps: 3_000_000.0,
+            ..input
+        };
+        assert_eq!(EddyAbr::default().decide(&healthy), 2);
     }
 }

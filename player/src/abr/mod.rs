@@ -40,6 +40,25 @@ pub struct AbrInput<'a> {
     pub past_throughputs_bps: &'a [f64],
     /// Media left after the next segment (seconds), when known (VOD); `None` for live.
     pub remaining_s: Option<f64>,
+    /// The previous segment's (finished) download, `None` for the first decision.
+    pub last_download: Option<LastDownload>,
+}
+
+/// The previous segment's download as the buffer lived it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LastDownload {
+    /// Seconds from the request to the last byte.
+    pub download_s: f64,
+    /// Seconds of media it brought.
+    pub media_s: f64,
+    pub bytes: u64,
+}
+
+impl LastDownload {
+    /// Throughput as the buffer saw it (first-byte latency included), bits per second.
+    pub fn throughput_bps(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.download_s.max(1e-3)
+    }
 }
 
 impl AbrInput<'_> {

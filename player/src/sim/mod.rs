@@ -12,7 +12,8 @@ use serde::Serialize;
 
 use crate::abr::baselines::{BbaAbr, BolaAbr, RobustMpcAbr, ThroughputAbr};
 use crate::abr::{
-    AbandonInput, AbrAlgorithm, AbrInput, BandwidthEstimator, EddyAbr, PartialTransfer, Rung, TransferSample,
+    AbandonInput, AbrAlgorithm, AbrInput, BandwidthEstimator, EddyAbr, LastDownload, PartialTransfer, Rung,
+    TransferSample,
 };
 use crate::qoe;
 
@@ -101,6 +102,7 @@ pub fn simulate(algorithm: &mut dyn AbrAlgorithm, trace: &Trace, config: &SimCon
     let mut startup_s = 0.0;
     let mut abandoned = 0;
     let mut current: Option<usize> = None;
+    let mut last_download: Option<LastDownload> = None;
     let mut bitrates = Vec::with_capacity(config.segments);
     let top = config.ladder.len() - 1;
     let seg = config.segment_duration_s;
@@ -128,6 +130,7 @@ pub fn simulate(algorithm: &mut dyn AbrAlgorithm, trace: &Trace, config: &SimCon
             max_rung: top,
             past_throughputs_bps: &past_throughputs,
             remaining_s: Some((config.segments - index - 1) as f64 * seg),
+            last_download,
         };
         let mut rung = algorithm.choose(&input).min(top);
         let mut may_abandon = playing;
@@ -176,6 +179,7 @@ pub fn simulate(algorithm: &mut dyn AbrAlgorithm, trace: &Trace, config: &SimCon
             let sample = TransferSample { request_s: request, first_byte_s: first_byte, end_s: end, bytes };
             estimator.add_transfer(sample);
             past_throughputs.push(bytes as f64 * 8.0 / (end - request).max(1e-6));
+            last_download = Some(LastDownload { download_s: end - request, media_s: seg, bytes });
             drain(&mut buffer, &mut stall_s, playing, end - t);
             t = end;
             break;
