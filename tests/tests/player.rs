@@ -482,6 +482,35 @@ fn refuses_bad_input_with_a_one_line_reason_and_a_failure_exit() -> Result<()> {
 }
 
 #[test]
+fn stops_at_the_requested_duration_without_a_stall_or_a_hang() -> Result<()> {
+    let work = tempdir()?;
+    let content = work.path().join("content");
+    package(&content, 6, Format::Ts, false)?;
+    let server = FileServer::start(content.clone(), None)?;
+    // A 1 s buffer target: the player has pushed exactly 3 s when it stops fetching, and the buffer
+    // runs out just as the duration is reached. That end is not a stall, and playback must end there
+    // (it used to pause for a "stall" that nothing would ever refill).
+    let run = play(
+        &server.url("/master.m3u8"),
+        &["--rendition", "0", "--buffer", "1", "--duration", "3", "--quiet"],
+        work.path(),
+        Duration::from_secs(20),
+    )?;
+    assert!(run.output.status.success(), "{}", run.stderr());
+    let report = run.report()?;
+    assert_eq!(report["stall_count"], 0, "{report}");
+    let played = report["played_s"].as_f64().unwrap_or(0.0);
+    assert!((2.9..=3.5).contains(&played), "played {played} s: {report}");
+    assert!(!run.events.iter().any(|e| e["event"] == "stall"), "no stall event: {:?}", run.events);
+    assert!(
+        run.events.iter().any(|e| e["event"] == "end" && e["reason"] == "DurationReached"),
+        "ends because the duration was reached: {:?}",
+        run.events
+    );
+    Ok(())
+}
+
+#[test]
 fn measures_a_stall_when_a_segment_arrives_late() -> Result<()> {
     let work = tempdir()?;
     let content = work.path().join("content");
