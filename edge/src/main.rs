@@ -103,11 +103,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if config.origins.is_empty() {
                 anyhow::bail!("no origin configured: pass --origin URL_OR_DIR or set `origins` in the config file");
             }
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(config.worker_threads())
-                .enable_all()
-                .build()
-                .context("starting the runtime")?;
+            // One worker needs no work-stealing scheduler: the current-thread runtime skips its overhead.
+            let runtime = if config.worker_threads() == 1 {
+                tokio::runtime::Builder::new_current_thread().enable_all().build()
+            } else {
+                tokio::runtime::Builder::new_multi_thread().worker_threads(config.worker_threads()).enable_all().build()
+            }
+            .context("starting the runtime")?;
             runtime.block_on(serve(config))
         }
     }

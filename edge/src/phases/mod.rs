@@ -124,7 +124,8 @@ pub async fn handle(
     let log = AccessLog {
         edge: edge.clone(),
         method: parts.method,
-        path: parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default(),
+        // The Uri is reference-counted inside: cloning it is cheaper than formatting a String per request.
+        uri: parts.uri.clone(),
         status,
         result: outcome.result,
         client,
@@ -146,7 +147,7 @@ pub async fn handle(
 struct AccessLog {
     edge: Arc<Edge>,
     method: Method,
-    path: String,
+    uri: http::Uri,
     status: u16,
     result: CacheResult,
     client: identify::ClientId,
@@ -166,11 +167,11 @@ impl Drop for AccessLog {
         tracing::info!(
             target: "access",
             method = %self.method,
-            path = %self.path,
+            path = %self.uri.path_and_query().map_or("", |p| p.as_str()),
             status = self.status,
             cache = self.result.as_str(),
             bytes = self.bytes,
-            duration_ms = format!("{:.3}", self.started.elapsed().as_secs_f64() * 1000.0),
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
             client = %self.client,
             complete = self.complete || self.expected_bytes == Some(self.bytes),
         );
