@@ -25,25 +25,34 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Starts a server in the background and prints the address after "listening on " from its ready line.
+# Starts a server in the background, remembers its PID for the cleanup, and sets `server_addr` to the
+# address after "listening on " in its ready line (every Eddy server prints one on stdout when ready).
+# Not called in $(...): a subshell would lose the PID.
 start_server() {
   local log=$1; shift
-  local fifo; fifo=$(mktemp -u); mkfifo "$fifo"
-  "$@" >"$fifo" 2>>"$log" &
+  "$@" >"$log.stdout" 2>>"$log" &
   pids+=($!)
-  local line; read -r line <"$fifo"
-  cat "$fifo" >/dev/null &
-  rm -f "$fifo"
-  echo "$line" | sed -E 's/.*listening on ([0-9.:]+).*/\1/'
+  local line=""
+  for _ in $(seq 400); do
+    line=$(grep -m1 "listening on" "$log.stdout" 2>/dev/null || true)
+    [ -n "$line" ] && break
+    kill -0 "${pids[-1]}" 2>/dev/null || { echo "$* failed to start; see $log" >&2; exit 1; }
+    sleep 0.05
+  done
+  [ -n "$line" ] || { echo "$* did not become ready; see $log" >&2; exit 1; }
+  server_addr=$(echo "$line" | sed -E 's/.*listening on ([0-9.:]+).*/\1/')
 }
 
 echo "== Starting eddy-edge in front of $content =="
-edge_addr=$(start_server "$out/edge.log" "$bin/eddy-edge" serve --origin "$content" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:19090)
-echo "   edge on http://$edge_addr (admin on http://127.0.0.1:19090)"
+start_server "$out/edge.log" "$bin/eddy-edge" serve --origin "$content" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0
+edge_addr=$server_addr
+admin_addr=$(grep -m1 "admin on" "$out/edge.log.stdout" | sed -E 's/.*admin on ([0-9.:]+).*/\1/')
+echo "   edge on http://$edge_addr (admin on http://$admin_addr)"
 
 echo "== Starting eddy-netsim: 4 Mbit/s, dropping to 600 kbit/s at 12 s, back to 4 Mbit/s at 26 s =="
-link_addr=$(start_server "$out/netsim.log" "$bin/eddy-netsim" --listen 127.0.0.1:0 --upstream "http://$edge_addr" \
-  --pattern 4M@0s,600k@12s,4M@26s --latency 20 --log "$out/netsim.jsonl")
+start_server "$out/netsim.log" "$bin/eddy-netsim" --listen 127.0.0.1:0 --upstream "http://$edge_addr" \
+  --pattern 4M@0s,600k@12s,4M@26s --latency 20 --log "$out/netsim.jsonl"
+link_addr=$server_addr
 echo "   shaped link on http://$link_addr"
 
 headless=()
@@ -56,9 +65,9 @@ echo "== Playing http://$link_addr/master.m3u8 =="
 
 echo
 echo "== A second viewer, straight from the edge (now warm) =="
-"$bin/eddy-play" "http://$edge_addr/master.m3u8" --headless --quiet --duration 10 --report "$out/report-2.json" >/dev/null
+"$bin/eddy-play" "http://$edge_addr/master.m3u8" --headless --quiet --duration 20 --report "$out/report-2.json" >/dev/null
 
 echo "== Edge figures =="
-"$bin/eddy-edge" stats --admin http://127.0.0.1:19090
+"$bin/eddy-edge" stats --admin "http://$admin_addr"
 echo
 echo "Report: $out/report.json   Timeline: $out/timeline.svg   Link log: $out/netsim.jsonl"
