@@ -31,22 +31,38 @@ fn invalid(origin: &str, key: &str, reason: impl fmt::Display) -> ConfigError {
     ConfigError::Invalid { origin: origin.to_string(), key: key.to_string(), reason: reason.to_string() }
 }
 
+/// A config value written either as a plain number or as text with a unit (`64MiB`, `2s`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumberOrText {
+    Number(u64),
+    Text(String),
+}
+
+/// Reads a [`NumberOrText`] and converts it; text that does not parse becomes a serde error, which the
+/// TOML reader reports with the key and the line.
+fn number_or_text<'de, D, T, E>(
+    deserializer: D,
+    from_number: impl FnOnce(u64) -> T,
+    from_text: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    E: fmt::Display,
+{
+    match NumberOrText::deserialize(deserializer)? {
+        NumberOrText::Number(n) => Ok(from_number(n)),
+        NumberOrText::Text(text) => from_text(&text).map_err(de::Error::custom),
+    }
+}
+
 /// A byte count written as `64MiB`, `2GiB` or plain bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u64),
-            Text(String),
-        }
-        match Raw::deserialize(deserializer)? {
-            Raw::Number(n) => Ok(ByteSize(n)),
-            Raw::Text(text) => parse_size(&text).map(ByteSize).map_err(de::Error::custom),
-        }
+        number_or_text(deserializer, ByteSize, |text| parse_size(text).map(ByteSize))
     }
 }
 
@@ -56,16 +72,11 @@ pub struct HumanDuration(pub Duration);
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u64),
-            Text(String),
-        }
-        match Raw::deserialize(deserializer)? {
-            Raw::Number(n) => Ok(HumanDuration(Duration::from_secs(n))),
-            Raw::Text(text) => parse_duration(&text).map(HumanDuration).map_err(de::Error::custom),
-        }
+        number_or_text(
+            deserializer,
+            |n| HumanDuration(Duration::from_secs(n)),
+            |text| parse_duration(text).map(HumanDuration),
+        )
     }
 }
 
