@@ -183,12 +183,7 @@ mod tests {
     use super::*;
     use crate::abr::Rung;
 
-    fn ladder() -> Vec<Rung> {
-        [300_000u64, 750_000, 1_200_000, 1_850_000, 2_850_000, 4_300_000]
-            .iter()
-            .map(|&b| Rung { bitrate_bps: b, height: None })
-            .collect()
-    }
+    use crate::abr::test_ladder as ladder;
 
     fn input<'a>(ladder: &'a [Rung], buffer_s: f64, estimate: f64, past: &'a [f64]) -> AbrInput<'a> {
         AbrInput {

@@ -238,12 +238,7 @@ mod tests {
     use crate::abr::{BandwidthEstimator, LastDownload, Rung, TransferSample};
     use eddy_shared::netsim::Trace;
 
-    fn ladder() -> Vec<Rung> {
-        [300_000u64, 750_000, 1_200_000, 1_850_000, 2_850_000, 4_300_000]
-            .iter()
-            .map(|&b| Rung { bitrate_bps: b, height: None })
-            .collect()
-    }
+    use crate::abr::test_ladder as ladder;
 
     /// A tiny closed loop: each segment (4 s) is downloaded at the link rate given for that segment,
     /// feeding the real estimator; returns the rung chosen for every segment.

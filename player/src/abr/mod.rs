@@ -115,3 +115,12 @@ pub trait AbrAlgorithm {
         None
     }
 }
+
+/// The ladder of the ABR literature (300–4300 kbit/s), shared by the ABR unit tests.
+#[cfg(test)]
+pub(crate) fn test_ladder() -> Vec<Rung> {
+    [300_000u64, 750_000, 1_200_000, 1_850_000, 2_850_000, 4_300_000]
+        .iter()
+        .map(|&b| Rung { bitrate_bps: b, height: None })
+        .collect()
+}
