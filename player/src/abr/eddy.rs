@@ -1,122 +1,108 @@
-//! Eddy's ABR rule: throughput with hysteresis while the buffer is low, buffer-aware once it is high,
-//! plus abandonment of a download that would outlast the buffer.
+//! Eddy's ABR rule: plan the next segments against the spread of recent throughputs, never plan a
+//! stall, and abandon a download that would outlast the buffer.
 //!
 //! # Rules and why (facts from `shared/reference/abr.md`)
-//! 1. **Start**: the first rung is the highest one under [`UP_SAFETY`] × estimate; the estimator's default
-//!    is 500 kbps, so the start is conservative, and since one finished segment replaces the default
-//!    with a measurement, the second decision can jump several rungs at once (quick ramp-up; "slow
-//!    ramp-up at start" is a known complaint).
-//! 2. **Down at once**: when the highest rung the estimate sustains with [`DOWN_SAFETY`] (0.95, hls.js'
-//!    factor) is below the current one, switch to it on this decision: a stall before a late
-//!    downswitch is the other classic complaint. Exception: when the download of the current rung would
-//!    still leave [`DEFER_DOWN_BUFFER_S`] of media, the downswitch waits (ExoPlayer defers with a buffer
-//!    ≥ 25 s): a short dip is absorbed by the buffer instead of costing two switches.
-//!    **Emergency** (rule 2b): when the previous download took more than [`EMERGENCY_RATIO`] (1.5) × the
-//!    media it brought and the buffer would run dry within [`EMERGENCY_HORIZON`] (6) more downloads
-//!    like it, the estimate for this decision is pulled down to the geometric mean of the estimate and
-//!    that download's own throughput, and the buffer (rule 4) may soften the downswitch but not
-//!    keep the current rung (hls.js' emergency downswitch). The time-weighted
-//!    averages need a segment or two to absorb a sudden drop; with short segments and a small buffer
-//!    that is a stall. The horizon keeps a slightly slow download against a deep buffer from
-//!    costing a needless switch (in the evaluation, every emergency switch costs QoE).
-//! 3. **Up with margin**: only to the highest rung under [`UP_SAFETY`] (0.85) × estimate (or × the
-//!    previous download's throughput when lower: never up on a prediction the latest sample contradicts). The gap to
-//!    0.95 is the hysteresis that stops oscillation between two rungs when the link hovers around one
-//!    rung's bitrate; it is narrower than hls.js' 0.7 because the estimate is already the cautious
-//!    min(fast, slow) average and rule 5 guards the buffer (a wider gap lost QoE in the evaluation).
-//! 4. **The buffer pays for quality (in the spirit of BOLA)**: from [`RICH_BUFFER_FRACTION`] (45%) of
-//!    the buffer target, up to [`RICH_MAX_STEPS`] rungs above the throughput choice are allowed if the
-//!    predicted download still leaves that rich level in the buffer; keeping a rung already played only
-//!    needs [`KEEP_FRACTION`] of it. Throughput alone leaves a full buffer unused; dash.js switches to
-//!    BOLA from 18 s of buffer for the same reason. Near the end of a VOD stream the rich level is
-//!    capped at the media left: a buffer that outlasts the stream is wasted quality.
-//! 5. **Never plan a stall**: whatever rules 1–4 chose, step down while the predicted download time at
-//!    [`STALL_GUARD`] (70%) of the estimate — [`LOW_BUFFER_GUARD`] (65%) while the buffer is under the
-//!    rich level — would eat the buffer below [`RESERVE_S`], or below half of the buffer when it is
-//!    small (dash.js' insufficient-buffer rule, with its 0.7 safety; the guard covers a link that falls
-//!    during the download, the most common cause of stalls on 3G-like links).
-//! 6. **Abandon**: during a download, once the partial throughput is known, if the rest of the download
+//! 1. **Start**: before any download has been measured, the rung is the highest one under
+//!    [`START_SAFETY`] × the estimate (the estimator's default is 500 kbps, so the start is
+//!    conservative); one finished segment replaces the default with a measurement, and the next
+//!    decision may jump several rungs at once (quick ramp-up; "slow ramp-up at start" is a known
+//!    complaint).
+//! 2. **Plan against the spread** ([`super::lookahead`]): the rung is the first step of the plan for
+//!    the next [`HORIZON`] segments with the best expected QoE_lin (bitrate, minus 4.3 per second of
+//!    stall, minus each switch), where each download's throughput is drawn from the last
+//!    [`SAMPLE_WINDOW`] downloads, discounted to [`THROUGHPUT_SAFETY`] (75%) of what they measured.
+//!    Because switches and stalls are priced, the plan goes up only when the buffer and the link can
+//!    keep the new rung for a while, goes down as far as the risk of a stall requires and no further,
+//!    and rides out a dip that the buffer can absorb: on links that jump between levels every few
+//!    seconds (3G-like), a rule that follows a single estimate oscillates and pays for every switch
+//!    twice. On a steady link every sample agrees and the plan is plain MPC.
+//! 3. **Emergency**: when the previous download took more than [`EMERGENCY_RATIO`] (1.5) × the media
+//!    it brought and the buffer would run dry within [`EMERGENCY_HORIZON`] (6) more downloads like it,
+//!    the estimate is pulled down to the geometric mean of the estimate and that download's own
+//!    throughput, and rule 4 checks against it (hls.js' emergency downswitch). Under
+//!    [`EMERGENCY_MAX_BUFFER_S`] (9 s, where dash.js leaves its buffer-based rule) the current rung
+//!    is also kept only if that lowered estimate sustains it. One slow sample among eight moves the
+//!    plan little, and a plan that prices switches linearly would rather spend the buffer first and
+//!    switch later: with short segments and a small buffer that is a stall. With a deep buffer the
+//!    plan's patience is right (in the evaluation, forcing the switch there cost QoE).
+//! 4. **Never plan a stall**: whatever rules 1–3 chose, step down while the predicted download time
+//!    at [`STALL_GUARD`] (70%) of the estimate would eat the buffer below [`RESERVE_S`], or below half
+//!    of the buffer when it is small (dash.js' insufficient-buffer rule, with its 0.7 safety). The
+//!    estimate is the estimator's cautious min(fast, slow) average, which includes a download in
+//!    progress: it reacts to a drop faster than the window of samples.
+//! 5. **Abandon**: during a download, once the partial throughput is known, if the rest of the download
 //!    would take longer than the buffer that is left, and re-fetching the same segment at a lower rung
 //!    would finish sooner, abandon and fetch the highest lower rung that fits (hls.js abandons when
 //!    finishing takes > 2× a lower level's fetch; dash.js at 1.8× the segment duration).
 //!
 //! The constants were chosen with `eddy-play evaluate` (virtual time, 60 generated traces per family,
-//! the literature's 6-rung ladder, 4 s segments) and checked on a second, unseen set of seeds.
+//! the literature's 6-rung ladder, 4 s segments) and checked on two other sets of seeds.
 
+use super::lookahead::{best_first_rung, PlanInput};
 use super::{AbandonInput, AbrAlgorithm, AbrInput};
 
-/// Fraction of the estimate a rung must fit under to stay on it (or be switched down to).
-pub const DOWN_SAFETY: f64 = 0.95;
-/// Fraction of the estimate a rung must fit under to be switched up to.
-pub const UP_SAFETY: f64 = 0.85;
+/// Fraction of the estimate the first rung must fit under.
+pub const START_SAFETY: f64 = 0.85;
+/// Segments the plan looks ahead (MPC plans 5; with 4 s segments, 6 covers most of a 30 s buffer).
+pub const HORIZON: usize = 6;
+/// Recent downloads whose throughputs the plan draws from.
+pub const SAMPLE_WINDOW: usize = 8;
+/// The plan assumes each download gets this fraction of the throughput a past one measured.
+pub const THROUGHPUT_SAFETY: f64 = 0.75;
 /// Seconds of buffer that a predicted download must leave behind.
 pub const RESERVE_S: f64 = 2.0;
-/// With this much buffer left after the download of the current rung, a downswitch waits.
-pub const DEFER_DOWN_BUFFER_S: f64 = 16.0;
-/// Fraction of the buffer target from which the buffer pays for rungs above the throughput choice.
-pub const RICH_BUFFER_FRACTION: f64 = 0.45;
-/// How many rungs above the throughput choice a rich buffer may pay for.
-pub const RICH_MAX_STEPS: usize = 2;
-/// Keeping a boosted rung needs this fraction of the rich level after its download.
-pub const KEEP_FRACTION: f64 = 0.0;
 /// The never-plan-a-stall check assumes the link may fall to this fraction of the estimate.
 pub const STALL_GUARD: f64 = 0.7;
-/// The stall guard while the buffer is under the rich level.
-pub const LOW_BUFFER_GUARD: f64 = 0.65;
-/// A download that took this many times the media it brought is an emergency (rule 2b)...
+/// A download that took this many times the media it brought is an emergency (rule 3)...
 pub const EMERGENCY_RATIO: f64 = 1.5;
 /// ...when the buffer would run dry within this many more downloads like it.
 pub const EMERGENCY_HORIZON: f64 = 6.0;
+/// ...and the buffer holds less than this (dash.js leaves its buffer-based rule under 9 s).
+pub const EMERGENCY_MAX_BUFFER_S: f64 = 9.0;
 /// Abandonment is only considered after this much time in the download (a rate needs some data).
 pub const ABANDON_MIN_ELAPSED_S: f64 = 0.5;
 
 /// The tunable numbers of the rule; [`Default`] gives the documented constants.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EddyParams {
-    pub up_safety: f64,
-    pub down_safety: f64,
+    pub start_safety: f64,
+    pub horizon: usize,
+    pub sample_window: usize,
+    pub throughput_safety: f64,
     pub reserve_s: f64,
-    pub defer_down_buffer_s: f64,
-    pub rich_buffer_fraction: f64,
-    /// How many rungs above the throughput choice a rich buffer may pay for.
-    pub rich_max_steps: usize,
-    /// Fraction of the rich level that keeping (not reaching) a boosted rung needs: hysteresis.
-    pub keep_fraction: f64,
     /// Fraction of the estimate the never-plan-a-stall check assumes the link may fall to.
     pub stall_guard: f64,
-    /// Abandon downloads that would outlast the buffer (rule 6).
+    /// Abandon downloads that would outlast the buffer (rule 5).
     pub abandon: bool,
-    /// The stall guard while the buffer is under the rich level.
-    pub low_buffer_guard: f64,
-    /// React to a download slower than real time on the next decision (rule 2b).
+    /// React to a download slower than real time on the next decision (rule 3).
     pub emergency: bool,
     /// A download is an emergency when it took longer than this × the media it brought...
     pub emergency_ratio: f64,
     /// ...and the buffer would run dry within this many more downloads like it.
     pub emergency_horizon: f64,
+    /// From this much buffer up, the plan alone answers an emergency.
+    pub emergency_max_buffer_s: f64,
 }
 
 impl Default for EddyParams {
     fn default() -> Self {
         Self {
-            up_safety: UP_SAFETY,
-            down_safety: DOWN_SAFETY,
+            start_safety: START_SAFETY,
+            horizon: HORIZON,
+            sample_window: SAMPLE_WINDOW,
+            throughput_safety: THROUGHPUT_SAFETY,
             reserve_s: RESERVE_S,
-            defer_down_buffer_s: DEFER_DOWN_BUFFER_S,
-            rich_buffer_fraction: RICH_BUFFER_FRACTION,
-            rich_max_steps: RICH_MAX_STEPS,
-            keep_fraction: KEEP_FRACTION,
             stall_guard: STALL_GUARD,
             abandon: true,
-            low_buffer_guard: LOW_BUFFER_GUARD,
             emergency: true,
             emergency_ratio: EMERGENCY_RATIO,
             emergency_horizon: EMERGENCY_HORIZON,
+            emergency_max_buffer_s: EMERGENCY_MAX_BUFFER_S,
         }
     }
 }
 
-/// The pure Eddy rule: no state beyond its parameters, all history comes in through [`AbrInput`].
+/// The Eddy rule: no state beyond its parameters, all history comes in through [`AbrInput`].
 #[derive(Debug, Clone, Default)]
 pub struct EddyAbr {
     pub params: EddyParams,
@@ -127,14 +113,13 @@ impl EddyAbr {
         Self::default()
     }
 
-    /// Rules 1–5 of the module documentation.
+    /// Rules 1–4 of the module documentation.
     pub fn decide(&self, input: &AbrInput) -> usize {
         let p = &self.params;
         let top = input.top();
-        // Near the end of a VOD stream the buffer need not stay rich: only the rest must be covered.
-        let rich = (p.rich_buffer_fraction * input.buffer_target_s).min(input.remaining_s.unwrap_or(f64::INFINITY));
-        // Rule 2b: a download much slower than real time is the freshest evidence there is; the
-        // averages (weighted over seconds) would only catch up a segment or two later.
+        // Rule 3: a download much slower than real time is the freshest evidence there is; the
+        // averages (weighted over seconds) and the window of samples would only catch up a segment or
+        // two later.
         let emergency = p.emergency
             && input.current.is_some()
             && input.last_download.is_some_and(|d| {
@@ -147,53 +132,46 @@ impl EddyAbr {
             Some(last) if emergency => input.estimate_bps.min((input.estimate_bps * last.throughput_bps()).sqrt()),
             _ => input.estimate_bps,
         };
-        let download_time = |r: usize| input.download_time_at(r, estimate);
-        // Never go up on a prediction the latest download contradicts.
-        let up_estimate = input.last_download.map_or(estimate, |last| estimate.min(last.throughput_bps()));
-        let up = input.highest_at_most(p.up_safety * up_estimate);
-        let Some(current) = input.current.map(|c| c.min(top)) else {
-            return up;
-        };
-        let sustainable = input.highest_at_most(p.down_safety * estimate);
-        let mut choice = if sustainable < current {
-            let defer = input.buffer_s - download_time(current) >= p.defer_down_buffer_s;
-            if defer {
-                current
-            } else {
-                sustainable
-            }
-        } else if up > current {
-            up
-        } else {
-            current
-        };
-        if input.buffer_s >= rich && choice < top {
-            // A buffer draining fast may soften the downswitch, not cancel it (rule 2b).
-            let ceiling = if emergency { current.saturating_sub(1) } else { top };
-            let highest = (choice + p.rich_max_steps).min(ceiling);
-            // Staying on a boosted rung needs less buffer than reaching it: hysteresis.
-            let affordable = |r: usize| {
-                if r <= current {
-                    input.buffer_s - download_time(r) >= rich * p.keep_fraction
+        let past = input.past_throughputs_bps;
+        let recent = &past[past.len().saturating_sub(p.sample_window.max(1))..];
+        let mut choice = match input.current {
+            Some(current) if !recent.is_empty() => {
+                let throughputs: Vec<f64> = recent.iter().map(|&bps| bps * p.throughput_safety).collect();
+                let bitrates: Vec<u64> = input.ladder[..=top].iter().map(|r| r.bitrate_bps).collect();
+                let segments_left = input
+                    .remaining_s
+                    .map_or(usize::MAX, |rest| (rest / input.segment_duration_s.max(1e-3)).floor() as usize + 1);
+                let planned = best_first_rung(&PlanInput {
+                    bitrates_bps: &bitrates,
+                    segment_s: input.segment_duration_s,
+                    buffer_s: input.buffer_s,
+                    buffer_target_s: input.buffer_target_s,
+                    current: current.min(top),
+                    segments: p.horizon.min(segments_left).max(1),
+                    throughputs_bps: &throughputs,
+                });
+                // One slow sample among many moves the plan little, and a plan that prices switches
+                // linearly would rather spend the buffer first and switch later; with a small buffer
+                // that is a stall. So in an emergency the current rung is kept only if the lowered
+                // estimate sustains it.
+                if emergency && input.buffer_s < p.emergency_max_buffer_s && input.highest_at_most(estimate) < current {
+                    planned.min(current.saturating_sub(1))
                 } else {
-                    input.buffer_s - input.download_time_at(r, up_estimate) >= rich
+                    planned
                 }
-            };
-            if let Some(boosted) = (choice + 1..=highest).rev().find(|&r| affordable(r)) {
-                choice = boosted;
             }
-        }
-        // With a small buffer (start-up, 1 s segments) half of it is the reserve.
+            _ => input.highest_at_most(p.start_safety * input.estimate_bps),
+        };
+        // Rule 4. With a small buffer (start-up, 1 s segments) half of it is the reserve.
         let reserve = p.reserve_s.min(input.buffer_s / 2.0);
-        let guard = if input.buffer_s < rich { p.low_buffer_guard } else { p.stall_guard };
-        let guarded = estimate * guard;
+        let guarded = estimate * p.stall_guard;
         while choice > 0 && input.buffer_s - input.download_time_at(choice, guarded) < reserve {
             choice -= 1;
         }
         choice
     }
 
-    /// Rule 6 of the module documentation.
+    /// Rule 5 of the module documentation.
     pub fn should_abandon(input: &AbandonInput) -> Option<usize> {
         if input.rung == 0 || input.elapsed_s < ABANDON_MIN_ELAPSED_S {
             return None;
@@ -249,6 +227,7 @@ mod tests {
         let mut buffer: f64 = 0.0;
         let mut current = None;
         let mut last = None;
+        let mut past = Vec::new();
         let mut chosen = Vec::new();
         for &link in link_bps {
             let input = AbrInput {
@@ -260,12 +239,13 @@ mod tests {
                 segment_duration_s: 4.0,
                 current,
                 max_rung: 5,
-                past_throughputs_bps: &[],
+                past_throughputs_bps: &past,
                 remaining_s: None,
                 last_download: last,
             };
             let rung = EddyAbr::default().decide(&input);
             let seconds = ladder[rung].bitrate_bps as f64 * 4.0 / link;
+            past.push(link);
             last = Some(LastDownload { download_s: seconds, media_s: 4.0, bytes: ladder[rung].bitrate_bps / 2 });
             estimator.add_transfer(TransferSample {
                 request_s: now,
@@ -324,6 +304,19 @@ mod tests {
         let chosen = run(&link);
         let switches = chosen.windows(2).skip(5).filter(|w| w[0] != w[1]).count();
         assert!(switches <= 2, "{chosen:?}");
+    }
+
+    #[test]
+    fn a_deep_buffer_rides_through_a_short_dip() {
+        // 3.5 Mbps with one segment at 1.4 Mbps once the buffer is deep: the buffer pays for
+        // the dip; a rule following one estimate would switch down and back up, paying twice.
+        let mut link = vec![3_500_000.0; 16];
+        link.push(1_400_000.0);
+        link.extend([3_500_000.0; 8]);
+        let chosen = run(&link);
+        let settled = chosen[15];
+        assert!(settled >= 3, "{chosen:?}");
+        assert!(chosen[16..].iter().all(|&r| r == settled), "{chosen:?}");
     }
 
     #[test]
@@ -402,6 +395,7 @@ mod tests {
         let (mut now, mut buffer, mut playing) = (0.0f64, 0.0f64, false);
         let mut current = None;
         let mut last = None;
+        let mut past = Vec::new();
         let mut requests = Vec::new();
         for index in 0..segments {
             if buffer >= target_s {
@@ -418,7 +412,7 @@ mod tests {
                 segment_duration_s: segment_s,
                 current,
                 max_rung: ladder.len() - 1,
-                past_throughputs_bps: &[],
+                past_throughputs_bps: &past,
                 remaining_s: Some((segments - index - 1) as f64 * segment_s),
                 last_download: last,
             };
@@ -428,6 +422,7 @@ mod tests {
             let end = first_byte + trace.transfer_time(first_byte, bytes);
             estimator.add_transfer(TransferSample { request_s: now, first_byte_s: first_byte, end_s: end, bytes });
             last = Some(LastDownload { download_s: end - now, media_s: segment_s, bytes });
+            past.push(bytes as f64 * 8.0 / (end - now));
             requests.push((now, rung));
             if playing {
                 buffer = (buffer - (end - now)).max(0.0);

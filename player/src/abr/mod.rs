@@ -5,6 +5,7 @@
 pub mod baselines;
 pub mod eddy;
 pub mod estimator;
+pub mod lookahead;
 
 pub use eddy::EddyAbr;
 pub use estimator::{BandwidthEstimator, PartialTransfer, TransferSample};

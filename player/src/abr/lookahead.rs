@@ -1,0 +1,201 @@
+//! Stochastic lookahead: the rung that maximises the expected QoE_lin of the next few segments, when
+//! each download's throughput is drawn from the recent samples.
+//!
+//! MPC (Yin et al., SIGCOMM 2015) plans the next 5 segments against one predicted throughput; on a
+//! link that jumps between levels every few seconds any single prediction is wrong most of the time,
+//! and RobustMPC's remedy (divide by the worst recent error) makes it timid everywhere. Planning
+//! against the *distribution* of recent throughputs instead (in the spirit of Puffer's Fugu, NSDI
+//! 2020) weighs a rung's bitrate against the stalls and the switches it risks in the cases where the
+//! link does not cooperate: on a steady link every sample agrees and the plan is plain MPC; on a
+//! jumpy one the plan stays on a rung the buffer can carry through the dips instead of chasing them.
+//!
+//! The plan is a backward dynamic programme over (segment, buffer level, previous rung): each stage
+//! takes the best rung for every state, averaging over the samples (drawn independently per
+//! segment), with the buffer level on a grid and interpolated between grid points. Pure and
+//! deterministic: numbers in, a rung out.
+
+use crate::qoe::REBUFFER_PENALTY;
+
+/// What the planner needs to know; bitrates in bits per second, times in seconds.
+#[derive(Debug, Clone)]
+pub struct PlanInput<'a> {
+    /// Bitrate of each rung the plan may use, ascending.
+    pub bitrates_bps: &'a [u64],
+    pub segment_s: f64,
+    pub buffer_s: f64,
+    /// Downloads pause above this level, so the buffer never holds more.
+    pub buffer_target_s: f64,
+    /// Rung of the previous segment (the first switch of the plan is counted from it).
+    pub current: usize,
+    /// Segments to plan for (the horizon, or fewer near the end of a VOD stream); at least 1.
+    pub segments: usize,
+    /// Throughputs a download may see, equally likely, as the buffer sees them (first-byte latency
+    /// included), already discounted for safety.
+    pub throughputs_bps: &'a [f64],
+}
+
+/// The first rung of the best plan. With no throughput samples, rung 0.
+pub fn best_first_rung(input: &PlanInput) -> usize {
+    let rungs = input.bitrates_bps.len();
+    if rungs == 0 || input.throughputs_bps.is_empty() {
+        return 0;
+    }
+    let step = buffer_step(input.segment_s);
+    let points = (input.buffer_target_s / step).ceil() as usize + 1;
+    let grid = Grid { step, points, rungs };
+    // Value of the state after the last planned segment: nothing more is counted.
+    let mut later = vec![0.0; points * rungs];
+    for _ in 1..input.segments.max(1) {
+        let mut now = vec![0.0; points * rungs];
+        for point in 0..points {
+            let buffer = point as f64 * step;
+            for previous in 0..rungs {
+                now[grid.index(point, previous)] = (0..rungs)
+                    .map(|rung| expected_value(input, &grid, &later, buffer, previous, rung))
+                    .fold(f64::NEG_INFINITY, f64::max);
+            }
+        }
+        later = now;
+    }
+    let current = input.current.min(rungs - 1);
+    let mut best = (0, f64::NEG_INFINITY);
+    for rung in 0..rungs {
+        let value = expected_value(input, &grid, &later, input.buffer_s, current, rung);
+        // Ties go to the lower rung: the same expected QoE for fewer bytes.
+        if value > best.1 + 1e-9 {
+            best = (rung, value);
+        }
+    }
+    best.0
+}
+
+/// The buffer grid: fine enough to tell one short segment's download from the next, never finer
+/// than 0.1 s (the cost grows with the number of points).
+fn buffer_step(segment_s: f64) -> f64 {
+    (segment_s / 4.0).clamp(0.1, 1.0)
+}
+
+struct Grid {
+    step: f64,
+    points: usize,
+    rungs: usize,
+}
+
+impl Grid {
+    fn index(&self, point: usize, rung: usize) -> usize {
+        point * self.rungs + rung
+    }
+
+    /// `values` at a buffer level between grid points, linearly interpolated.
+    fn value_at(&self, values: &[f64], buffer_s: f64, rung: usize) -> f64 {
+        let position = (buffer_s / self.step).max(0.0);
+        let below = (position.floor() as usize).min(self.points - 1);
+        let above = (below + 1).min(self.points - 1);
+        let fraction = (position - below as f64).clamp(0.0, 1.0);
+        values[self.index(below, rung)] * (1.0 - fraction) + values[self.index(above, rung)] * fraction
+    }
+}
+
+/// Expected QoE_lin of downloading `rung` next from `buffer_s` after `previous`, plus the value of the
+/// state it leads to (`later`), averaged over the throughput samples.
+fn expected_value(input: &PlanInput, grid: &Grid, later: &[f64], buffer_s: f64, previous: usize, rung: usize) -> f64 {
+    let mbps = |r: usize| input.bitrates_bps[r] as f64 / 1e6;
+    let quality = mbps(rung) - (mbps(rung) - mbps(previous)).abs();
+    let bits = input.bitrates_bps[rung] as f64 * input.segment_s;
+    let total: f64 = input
+        .throughputs_bps
+        .iter()
+        .map(|&bps| {
+            let download_s = bits / bps.max(1.0);
+            let stall_s = (download_s - buffer_s).max(0.0);
+            let next_buffer = ((buffer_s - download_s).max(0.0) + input.segment_s).min(input.buffer_target_s);
+            quality - REBUFFER_PENALTY * stall_s + grid.value_at(later, next_buffer, rung)
+        })
+        .sum();
+    total / input.throughputs_bps.len() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LADDER: [u64; 6] = [300_000, 750_000, 1_200_000, 1_850_000, 2_850_000, 4_300_000];
+
+    fn plan(buffer_s: f64, current: usize, throughputs_bps: &[f64]) -> usize {
+        best_first_rung(&PlanInput {
+            bitrates_bps: &LADDER,
+            segment_s: 4.0,
+            buffer_s,
+            buffer_target_s: 30.0,
+            current,
+            segments: 6,
+            throughputs_bps,
+        })
+    }
+
+    #[test]
+    fn a_steady_link_gets_the_highest_rung_it_carries() {
+        // 3 Mbps every time: 2.85 Mbps fits, 4.3 Mbps would drain 1.7 s per segment, more than the
+        // 6 s of buffer can give over the plan.
+        assert_eq!(plan(6.0, 4, &[3_000_000.0; 8]), 4);
+        assert_eq!(plan(20.0, 5, &[20_000_000.0; 8]), 5);
+    }
+
+    #[test]
+    fn an_empty_buffer_on_a_slow_link_takes_the_lowest_rung() {
+        assert_eq!(plan(0.5, 2, &[400_000.0; 8]), 0);
+    }
+
+    #[test]
+    fn a_deep_buffer_is_spent_on_quality() {
+        // The same link with 20 s of buffer: the plan can afford the top rung for its whole horizon.
+        assert_eq!(plan(20.0, 4, &[3_000_000.0; 8]), 5);
+    }
+
+    #[test]
+    fn a_full_buffer_rides_through_a_dip_without_switching() {
+        // Mostly 2 Mbps, one sample in eight at 300 kbps: 30 s of buffer carries rung 3 through it.
+        let mut samples = [2_000_000.0; 8];
+        samples[3] = 300_000.0;
+        assert_eq!(plan(30.0, 3, &samples), 3);
+    }
+
+    #[test]
+    fn the_risk_of_a_deep_dip_keeps_a_low_buffer_low() {
+        // Same link, but with 4 s of buffer a dip during a rung-3 download would stall for ~20 s.
+        let mut samples = [2_000_000.0; 8];
+        samples[3] = 300_000.0;
+        assert!(plan(4.0, 1, &samples) <= 1);
+    }
+
+    #[test]
+    fn switches_cost_so_a_short_plan_keeps_the_current_rung() {
+        // One segment left: going from rung 1 to rung 2 gains 0.45 Mbps and costs a 0.45 switch.
+        let input = PlanInput {
+            bitrates_bps: &LADDER,
+            segment_s: 4.0,
+            buffer_s: 20.0,
+            buffer_target_s: 30.0,
+            current: 1,
+            segments: 1,
+            throughputs_bps: &[10_000_000.0; 8],
+        };
+        assert_eq!(best_first_rung(&input), 1);
+        assert_eq!(best_first_rung(&PlanInput { segments: 4, ..input }), 5);
+    }
+
+    #[test]
+    fn no_samples_or_no_ladder_gives_rung_zero() {
+        assert_eq!(plan(10.0, 3, &[]), 0);
+        let input = PlanInput {
+            bitrates_bps: &[],
+            segment_s: 4.0,
+            buffer_s: 20.0,
+            buffer_target_s: 30.0,
+            current: 0,
+            segments: 3,
+            throughputs_bps: &[1.0],
+        };
+        assert_eq!(best_first_rung(&input), 0);
+    }
+}
