@@ -41,17 +41,27 @@ pub fn best_first_rung(input: &PlanInput) -> usize {
         return 0;
     }
     let step = buffer_step(input.segment_s);
-    let points = (input.buffer_target_s / step).ceil() as usize + 1;
-    let grid = Grid { step, points, rungs };
+    let grid = Grid { step, points: (input.buffer_target_s / step).ceil() as usize + 1, rungs };
+    // Download time of each rung under each sample: the same at every stage and grid point.
+    let download_s: Vec<Vec<f64>> = input
+        .bitrates_bps
+        .iter()
+        .map(|&bps| {
+            let bits = bps as f64 * input.segment_s;
+            input.throughputs_bps.iter().map(|&throughput| bits / throughput.max(1.0)).collect()
+        })
+        .collect();
+    let plan = Plan { input, grid, download_s };
     // Value of the state after the last planned segment: nothing more is counted.
-    let mut later = vec![0.0; points * rungs];
+    let mut later = vec![0.0; plan.grid.points * rungs];
     for _ in 1..input.segments.max(1) {
-        let mut now = vec![0.0; points * rungs];
-        for point in 0..points {
-            let buffer = point as f64 * step;
+        let mut now = vec![0.0; later.len()];
+        for point in 0..plan.grid.points {
+            // Everything but the switch depends on the rung alone, not on the one before it.
+            let outlook: Vec<f64> = (0..rungs).map(|rung| plan.outlook(&later, point as f64 * step, rung)).collect();
             for previous in 0..rungs {
-                now[grid.index(point, previous)] = (0..rungs)
-                    .map(|rung| expected_value(input, &grid, &later, buffer, previous, rung))
+                now[plan.grid.index(point, previous)] = (0..rungs)
+                    .map(|rung| outlook[rung] - plan.switch_cost(previous, rung))
                     .fold(f64::NEG_INFINITY, f64::max);
             }
         }
@@ -60,7 +70,7 @@ pub fn best_first_rung(input: &PlanInput) -> usize {
     let current = input.current.min(rungs - 1);
     let mut best = (0, f64::NEG_INFINITY);
     for rung in 0..rungs {
-        let value = expected_value(input, &grid, &later, input.buffer_s, current, rung);
+        let value = plan.outlook(&later, input.buffer_s, rung) - plan.switch_cost(current, rung);
         // Ties go to the lower rung: the same expected QoE for fewer bytes.
         if value > best.1 + 1e-9 {
             best = (rung, value);
@@ -96,23 +106,36 @@ impl Grid {
     }
 }
 
-/// Expected QoE_lin of downloading `rung` next from `buffer_s` after `previous`, plus the value of the
-/// state it leads to (`later`), averaged over the throughput samples.
-fn expected_value(input: &PlanInput, grid: &Grid, later: &[f64], buffer_s: f64, previous: usize, rung: usize) -> f64 {
-    let mbps = |r: usize| input.bitrates_bps[r] as f64 / 1e6;
-    let quality = mbps(rung) - (mbps(rung) - mbps(previous)).abs();
-    let bits = input.bitrates_bps[rung] as f64 * input.segment_s;
-    let total: f64 = input
-        .throughputs_bps
-        .iter()
-        .map(|&bps| {
-            let download_s = bits / bps.max(1.0);
-            let stall_s = (download_s - buffer_s).max(0.0);
-            let next_buffer = ((buffer_s - download_s).max(0.0) + input.segment_s).min(input.buffer_target_s);
-            quality - REBUFFER_PENALTY * stall_s + grid.value_at(later, next_buffer, rung)
-        })
-        .sum();
-    total / input.throughputs_bps.len() as f64
+struct Plan<'a> {
+    input: &'a PlanInput<'a>,
+    grid: Grid,
+    /// `download_s[rung][sample]`.
+    download_s: Vec<Vec<f64>>,
+}
+
+impl Plan<'_> {
+    fn mbps(&self, rung: usize) -> f64 {
+        self.input.bitrates_bps[rung] as f64 / 1e6
+    }
+
+    fn switch_cost(&self, previous: usize, rung: usize) -> f64 {
+        (self.mbps(rung) - self.mbps(previous)).abs()
+    }
+
+    /// Expected QoE_lin of downloading `rung` next from `buffer_s`, switch aside, plus the value of
+    /// the state it leads to (`later`), averaged over the throughput samples.
+    fn outlook(&self, later: &[f64], buffer_s: f64, rung: usize) -> f64 {
+        let (segment_s, target_s) = (self.input.segment_s, self.input.buffer_target_s);
+        let total: f64 = self.download_s[rung]
+            .iter()
+            .map(|&download_s| {
+                let stall_s = (download_s - buffer_s).max(0.0);
+                let next_buffer = ((buffer_s - download_s).max(0.0) + segment_s).min(target_s);
+                -REBUFFER_PENALTY * stall_s + self.grid.value_at(later, next_buffer, rung)
+            })
+            .sum();
+        self.mbps(rung) + total / self.download_s[rung].len() as f64
+    }
 }
 
 #[cfg(test)]
