@@ -10,12 +10,12 @@ cargo build --release --bins
 
 bin=target/release
 out=demo-out
-content=$out/content
+content=$out/content-60s
 mkdir -p "$out"
 
 if [ ! -f "$content/master.m3u8" ]; then
-  echo "== Packaging a 40 s test pattern into a 3-rung ladder (once) =="
-  "$bin/eddy-package" --test-pattern 40s --out "$content" --ladder 240p:300k,360p:800k,480p:1500k --segment-duration 2
+  echo "== Packaging a 60 s test pattern into a 3-rung ladder (once) =="
+  "$bin/eddy-package" --test-pattern 60s --out "$content" --ladder 240p:300k,360p:800k,480p:1500k --segment-duration 2
 fi
 
 pids=()
