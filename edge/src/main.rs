@@ -68,8 +68,11 @@ fn parse_size_arg(text: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
-    eddy_shared::logging::init("info");
-    match run(Cli::parse()) {
+    let logs = eddy_shared::logging::init_buffered("info");
+    let result = run(Cli::parse());
+    // The queued log lines go out before the final error line.
+    drop(logs);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("eddy-edge: {error:#}");

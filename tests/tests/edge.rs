@@ -735,7 +735,14 @@ async fn one_access_log_line_per_request() {
         eddy_tests::spawn_until_ready(command, "eddy-edge listening on", Duration::from_secs(20)).expect("edge");
     let addr = process.addr_after("listening on ").expect("addr");
     let c = client();
-    for _ in 0..3 {
+    c.get(format!("http://{addr}/seg.ts")).send().await.expect("get").bytes().await.expect("body");
+    // Lines are buffered, but a person tailing the log sees them while the edge runs, not at exit.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(log.path()).expect("log").contains("path=/seg.ts") {
+        assert!(std::time::Instant::now() < deadline, "the access line was not written while the edge ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for _ in 0..2 {
         c.get(format!("http://{addr}/seg.ts")).send().await.expect("get").bytes().await.expect("body");
     }
     c.get(format!("http://{addr}/missing.ts")).send().await.expect("get").bytes().await.expect("body");

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# What the access log costs eddy-edge on small hits: requests/s and edge CPU per request, with the
+# access log off (RUST_LOG=warn) and on (RUST_LOG=info), for one or two builds of the edge, in
+# alternating rounds.
+#
+#     bench/logcost.sh                       # the release build of this checkout
+#     bench/logcost.sh OLD_BIN NEW_BIN       # two builds side by side (for example before/after a change)
+#
+# Knobs (environment): ROUNDS (default 3), DURATION (s of load per run, default 8), SERVER_CORE (1),
+# LOAD_CORE (0). The edge serves a 1 KB file from a directory origin with one worker, pinned to
+# SERVER_CORE; wrk (-t1 -c64) runs on LOAD_CORE. CPU time comes from /proc/PID/stat (all threads).
+# Needs wrk and taskset. Traffic stays on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BENCH_NAME=logcost
+. bench/common.sh
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-8}
+SERVER_CORE=${SERVER_CORE:-1}
+LOAD_CORE=${LOAD_CORE:-0}
+command -v wrk >/dev/null || die "wrk is not installed (apt-get install wrk)"
+command -v taskset >/dev/null || die "taskset is not installed (util-linux)"
+
+if [[ $# -eq 0 ]]; then
+    cargo build --release --quiet -p eddy-edge
+    set -- "${CARGO_TARGET_DIR:-target}/release/eddy-edge"
+fi
+for bin in "$@"; do [[ -x $bin ]] || die "$bin is not an executable"; done
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+head -c 1024 /dev/urandom >"$WORK/play.m3u8"
+
+# run_once BIN RUST_LOG: prints "requests/s µs-of-CPU-per-request log-lines"
+run_once() {
+    local bin=$1 filter=$2 dir
+    dir=$(mktemp -d -p "$WORK")
+    NO_COLOR=1 RUST_LOG=$filter taskset -c "$SERVER_CORE" "$bin" serve --listen 127.0.0.1:0 \
+        --admin-listen 127.0.0.1:0 --origin "$WORK" --workers 1 >"$dir/stdout" 2>"$dir/stderr" &
+    local pid=$!
+    PIDS+=("$pid")
+    local addr=""
+    for _ in $(seq 200); do
+        addr=$(sed -n 's/^eddy-edge listening on \([^ ]*\) admin on .*/\1/p' "$dir/stdout")
+        [[ -n $addr ]] && break
+        kill -0 "$pid" 2>/dev/null || die "$bin exited: $(tail -n 3 "$dir/stderr")"
+        sleep 0.05
+    done
+    [[ -n $addr ]] || die "$bin did not start"
+    curl -s -o /dev/null "http://$addr/play.m3u8"
+    local before after output
+    before=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    output=$(taskset -c "$LOAD_CORE" wrk -t1 -c64 -d"${DURATION}s" "http://$addr/play.m3u8")
+    after=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    stop_pid "$pid"
+    local requests rps
+    requests=$(awk '/requests in/ {print $1}' <<<"$output")
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$output")
+    python3 -c "print(f'{$rps:.0f} {($after - $before) / $(getconf CLK_TCK) * 1e6 / $requests:.2f} $(wc -l <"$dir/stderr")')"
+}
+
+results=$WORK/results
+for round in $(seq "$ROUNDS"); do
+    for bin in "$@"; do
+        for filter in warn info; do
+            read -r rps cpu lines < <(run_once "$bin" "$filter")
+            log "round $round $bin RUST_LOG=$filter: $rps requests/s, $cpu µs CPU per request, $lines log lines"
+            echo "$bin $filter $rps $cpu" >>"$results"
+        done
+    done
+done
+
+echo "median of $ROUNDS rounds, ${DURATION} s each, 1 KB hits, wrk -t1 -c64, one edge worker"
+printf '%-40s %-10s %12s %16s\n' binary access-log requests/s "CPU µs/request"
+python3 - "$results" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    binary, level, rps, cpu = line.split()
+    rows.setdefault((binary, level), []).append((float(rps), float(cpu)))
+for (binary, level), runs in rows.items():
+    rps = statistics.median(r for r, _ in runs)
+    cpu = statistics.median(c for _, c in runs)
+    print(f"{binary:<40} {'on' if level == 'info' else 'off':<10} {rps:>12.0f} {cpu:>16.2f}")
+PY
