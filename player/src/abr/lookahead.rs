@@ -34,14 +34,27 @@ pub struct PlanInput<'a> {
     pub throughputs_bps: &'a [f64],
 }
 
-/// The first rung of the best plan. With no throughput samples, rung 0.
+/// At most this many buffer levels on the grid, whatever the buffer target (the cost is linear in it).
+const MAX_GRID_POINTS: f64 = 240.0;
+
+/// The first rung of the best plan. With no throughput samples, rung 0; with inputs that describe no
+/// plan (a segment duration or buffer target that is not a positive number), the current rung.
 pub fn best_first_rung(input: &PlanInput) -> usize {
     let rungs = input.bitrates_bps.len();
     if rungs == 0 || input.throughputs_bps.is_empty() {
         return 0;
     }
-    let step = buffer_step(input.segment_s);
-    let grid = Grid { step, points: (input.buffer_target_s / step).ceil() as usize + 1, rungs };
+    let current = input.current.min(rungs - 1);
+    let positive = |x: f64| x.is_finite() && x > 0.0;
+    if !positive(input.segment_s) || !positive(input.buffer_target_s) {
+        return current;
+    }
+    let buffer_s = if input.buffer_s.is_finite() { input.buffer_s.max(0.0) } else { 0.0 };
+    let input = &PlanInput { buffer_s, ..input.clone() };
+    // The buffer cannot grow by more than a segment per planned download, nor past the target.
+    let highest_s = input.buffer_target_s.min(buffer_s + input.segments as f64 * input.segment_s);
+    let step = buffer_step(input.segment_s).max(highest_s / MAX_GRID_POINTS);
+    let grid = Grid { step, points: (highest_s / step).ceil() as usize + 1, rungs };
     // Download time of each rung under each sample: the same at every stage and grid point.
     let download_s: Vec<Vec<f64>> = input
         .bitrates_bps
@@ -67,7 +80,6 @@ pub fn best_first_rung(input: &PlanInput) -> usize {
         }
         later = now;
     }
-    let current = input.current.min(rungs - 1);
     let mut best = (0, f64::NEG_INFINITY);
     for rung in 0..rungs {
         let value = plan.outlook(&later, input.buffer_s, rung) - plan.switch_cost(current, rung);
@@ -205,6 +217,29 @@ mod tests {
         };
         assert_eq!(best_first_rung(&input), 1);
         assert_eq!(best_first_rung(&PlanInput { segments: 4, ..input }), 5);
+    }
+
+    #[test]
+    fn absurd_inputs_give_a_rung_of_the_ladder_at_bounded_cost() {
+        let base = PlanInput {
+            bitrates_bps: &LADDER,
+            segment_s: 4.0,
+            buffer_s: 20.0,
+            buffer_target_s: 1e12,
+            current: 2,
+            segments: 6,
+            throughputs_bps: &[3_000_000.0; 8],
+        };
+        // A huge buffer target: the grid only covers what the plan can reach.
+        assert!(best_first_rung(&base) <= 5);
+        let huge_buffer = PlanInput { buffer_s: 1e9, ..base.clone() };
+        assert_eq!(best_first_rung(&huge_buffer), 5);
+        for segment_s in [0.0, f64::NAN, f64::INFINITY, -1.0] {
+            assert_eq!(best_first_rung(&PlanInput { segment_s, ..base.clone() }), 2);
+        }
+        assert_eq!(best_first_rung(&PlanInput { buffer_target_s: f64::NAN, ..base.clone() }), 2);
+        assert!(best_first_rung(&PlanInput { buffer_s: f64::NAN, ..base.clone() }) <= 5);
+        assert!(best_first_rung(&PlanInput { throughputs_bps: &[0.0, f64::NAN], ..base }) <= 5);
     }
 
     #[test]
