@@ -674,19 +674,32 @@ impl Downloader<'_> {
             }
             None => 4.0,
         };
-        // VOD: media after this segment (the buffer need not outlast the stream).
-        let remaining_s = self.playlists.loaded.get(&ladder.variants[current.unwrap_or(0)].index).and_then(|loaded| {
-            let playlist = &loaded.playlist;
-            playlist
-                .ended
-                .then(|| playlist.segments.iter().filter(|s| s.sequence > sequence).map(|s| s.duration_s).sum())
-        });
+        // Media listed after this segment, and whether the list is final (VOD).
+        let (listed_after_s, ended) = self
+            .playlists
+            .loaded
+            .get(&ladder.variants[current.unwrap_or(0)].index)
+            .map(|loaded| {
+                let playlist = &loaded.playlist;
+                let after: f64 = playlist.segments.iter().filter(|s| s.sequence > sequence).map(|s| s.duration_s).sum();
+                (after, playlist.ended)
+            })
+            .unwrap_or((0.0, false));
+        // VOD: the buffer need not outlast the stream.
+        let remaining_s = ended.then_some(listed_after_s);
+        // Live: segments appear in real time, as fast as playback drains them, so the buffer cannot
+        // grow past what is listed now; a plan counting on the full target would overreach.
+        let buffer_target_s = if ended {
+            self.config.buffer_target_s
+        } else {
+            self.config.buffer_target_s.min(buffer_s + duration + listed_after_s)
+        };
         let input = AbrInput {
             ladder: &ladder.rungs,
             estimate_bps: self.estimator.estimate_bps(now_s),
             ttfb_s: self.estimator.ttfb_s(),
             buffer_s,
-            buffer_target_s: self.config.buffer_target_s,
+            buffer_target_s,
             segment_duration_s: duration,
             current,
             max_rung: ladder.max_rung,
@@ -769,7 +782,10 @@ impl Downloader<'_> {
                 };
                 self.estimator.add_transfer(sample);
                 let transfer_s = (sample.end_s - sample.request_s).max(1e-3);
-                self.past_throughputs.push(sample.bytes as f64 * 8.0 / transfer_s);
+                // An empty body says nothing about the link (and would read as a link of 0 bit/s).
+                if sample.bytes > 0 {
+                    self.past_throughputs.push(sample.bytes as f64 * 8.0 / transfer_s);
+                }
                 self.last_download =
                     Some(LastDownload { download_s: transfer_s, media_s: segment.duration_s, bytes: sample.bytes });
                 self.bytes += sample.bytes;

@@ -132,15 +132,27 @@ impl EddyAbr {
             Some(last) if emergency => input.estimate_bps.min((input.estimate_bps * last.throughput_bps()).sqrt()),
             _ => input.estimate_bps,
         };
+        if input.ladder.is_empty() {
+            return 0;
+        }
         let past = input.past_throughputs_bps;
         let recent = &past[past.len().saturating_sub(p.sample_window.max(1))..];
+        // Only real measurements: a zero or non-finite sample describes no link.
+        let throughputs: Vec<f64> =
+            recent.iter().filter(|bps| bps.is_finite() && **bps > 0.0).map(|&bps| bps * p.throughput_safety).collect();
         let mut choice = match input.current {
-            Some(current) if !recent.is_empty() => {
-                let throughputs: Vec<f64> = recent.iter().map(|&bps| bps * p.throughput_safety).collect();
+            Some(current) if !throughputs.is_empty() => {
                 let bitrates: Vec<u64> = input.ladder[..=top].iter().map(|r| r.bitrate_bps).collect();
-                let segments_left = input
-                    .remaining_s
-                    .map_or(usize::MAX, |rest| (rest / input.segment_duration_s.max(1e-3)).floor() as usize + 1);
+                // The next segment, plus the rest counted in (possibly partial) segments; the small
+                // margin keeps 3.9999999 s from counting as 4.
+                let segments_left = input.remaining_s.map_or(usize::MAX, |rest| {
+                    let after = (rest / input.segment_duration_s.max(1e-3) - 1e-6).ceil().max(0.0);
+                    if after.is_finite() && after < 1e9 {
+                        after as usize + 1
+                    } else {
+                        usize::MAX
+                    }
+                });
                 let planned = best_first_rung(&PlanInput {
                     bitrates_bps: &bitrates,
                     segment_s: input.segment_duration_s,
@@ -317,6 +329,44 @@ mod tests {
         let settled = chosen[15];
         assert!(settled >= 3, "{chosen:?}");
         assert!(chosen[16..].iter().all(|&r| r == settled), "{chosen:?}");
+    }
+
+    /// A decision with a deep buffer, on rung 4, with `past` as the throughput samples.
+    fn decide_with(past: &[f64], remaining_s: Option<f64>) -> usize {
+        let ladder = ladder();
+        let input = AbrInput {
+            ladder: &ladder,
+            estimate_bps: 20_000_000.0,
+            ttfb_s: 0.05,
+            buffer_s: 28.0,
+            buffer_target_s: 30.0,
+            segment_duration_s: 4.0,
+            current: Some(4),
+            max_rung: 5,
+            past_throughputs_bps: past,
+            remaining_s,
+            last_download: None,
+        };
+        EddyAbr::default().decide(&input)
+    }
+
+    #[test]
+    fn an_empty_download_is_not_a_measurement_of_the_link() {
+        // A zero-byte body reads as 0 bit/s: taken at face value, one such sample would mean a stall
+        // of millions of seconds and rung 0 for the next eight decisions.
+        let mut past = vec![20_000_000.0; 7];
+        past.push(0.0);
+        assert_eq!(decide_with(&past, None), 5);
+        // With no real sample the rule falls back to the estimate (20 Mbit/s), as at the start.
+        assert_eq!(decide_with(&[0.0, f64::NAN], None), 5);
+    }
+
+    #[test]
+    fn the_end_of_the_stream_counts_partial_and_rounded_segments() {
+        let past = [20_000_000.0; 8];
+        // One more segment after the next one, whether the float arithmetic says 4 s or a hair less.
+        assert_eq!(decide_with(&past, Some(4.0)), decide_with(&past, Some(3.999_999_9)));
+        assert_eq!(decide_with(&past, Some(f64::INFINITY)), decide_with(&past, None));
     }
 
     #[test]

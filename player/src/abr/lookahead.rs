@@ -23,7 +23,7 @@ pub struct PlanInput<'a> {
     pub bitrates_bps: &'a [u64],
     pub segment_s: f64,
     pub buffer_s: f64,
-    /// Downloads pause above this level, so the buffer never holds more.
+    /// Downloads pause above this level, so no decision starts with more in the buffer.
     pub buffer_target_s: f64,
     /// Rung of the previous segment (the first switch of the plan is counted from it).
     pub current: usize,
@@ -34,11 +34,13 @@ pub struct PlanInput<'a> {
     pub throughputs_bps: &'a [f64],
 }
 
-/// At most this many buffer levels on the grid, whatever the buffer target (the cost is linear in it).
+/// At most this many intervals between buffer levels on the grid, whatever the buffer target (the
+/// cost is linear in it).
 const MAX_GRID_POINTS: f64 = 240.0;
 
-/// The first rung of the best plan. With no throughput samples, rung 0; with inputs that describe no
-/// plan (a segment duration or buffer target that is not a positive number), the current rung.
+/// The first rung of the best plan. With no throughput samples (or an empty ladder, where 0 is no
+/// rung at all), 0; with inputs that describe no plan (a segment duration or buffer target that is
+/// not a positive number), the current rung.
 pub fn best_first_rung(input: &PlanInput) -> usize {
     let rungs = input.bitrates_bps.len();
     if rungs == 0 || input.throughputs_bps.is_empty() {
