@@ -331,11 +331,11 @@ mod tests {
         assert!(chosen[16..].iter().all(|&r| r == settled), "{chosen:?}");
     }
 
-    /// A decision with a deep buffer, on rung 4, with `past` as the throughput samples.
-    fn decide_with(past: &[f64], remaining_s: Option<f64>) -> usize {
-        let ladder = ladder();
-        let input = AbrInput {
-            ladder: &ladder,
+    /// A decision on the test ladder with a deep buffer, on rung 4, after eight 20 Mbit/s downloads;
+    /// tests change what they are about with `..`.
+    fn deep_buffer_input(ladder: &[Rung]) -> AbrInput<'_> {
+        AbrInput {
+            ladder,
             estimate_bps: 20_000_000.0,
             ttfb_s: 0.05,
             buffer_s: 28.0,
@@ -343,66 +343,55 @@ mod tests {
             segment_duration_s: 4.0,
             current: Some(4),
             max_rung: 5,
-            past_throughputs_bps: past,
-            remaining_s,
+            past_throughputs_bps: &[20_000_000.0; 8],
+            remaining_s: None,
             last_download: None,
-        };
-        EddyAbr::default().decide(&input)
+        }
     }
 
     #[test]
     fn an_empty_download_is_not_a_measurement_of_the_link() {
+        let ladder = ladder();
+        let decide = |past: &[f64]| {
+            EddyAbr::default().decide(&AbrInput { past_throughputs_bps: past, ..deep_buffer_input(&ladder) })
+        };
         // A zero-byte body reads as 0 bit/s: taken at face value, one such sample would mean a stall
         // of millions of seconds and rung 0 for the next eight decisions.
         let mut past = vec![20_000_000.0; 7];
         past.push(0.0);
-        assert_eq!(decide_with(&past, None), 5);
+        assert_eq!(decide(&past), 5);
         // With no real sample the rule falls back to the estimate (20 Mbit/s), as at the start.
-        assert_eq!(decide_with(&[0.0, f64::NAN], None), 5);
+        assert_eq!(decide(&[0.0, f64::NAN]), 5);
     }
 
     #[test]
     fn the_end_of_the_stream_counts_partial_and_rounded_segments() {
-        let past = [20_000_000.0; 8];
+        let ladder = ladder();
+        let decide = |remaining_s: Option<f64>| {
+            EddyAbr::default().decide(&AbrInput { remaining_s, ..deep_buffer_input(&ladder) })
+        };
         // One more segment after the next one, whether the float arithmetic says 4 s or a hair less.
-        assert_eq!(decide_with(&past, Some(4.0)), decide_with(&past, Some(3.999_999_9)));
-        assert_eq!(decide_with(&past, Some(f64::INFINITY)), decide_with(&past, None));
+        assert_eq!(decide(Some(4.0)), decide(Some(3.999_999_9)));
+        assert_eq!(decide(Some(f64::INFINITY)), decide(None));
     }
 
     #[test]
     fn caps_and_pins_limit_the_choice() {
         let ladder = ladder();
-        let input = AbrInput {
-            ladder: &ladder,
-            estimate_bps: 50_000_000.0,
-            ttfb_s: 0.0,
-            buffer_s: 20.0,
-            buffer_target_s: 30.0,
-            segment_duration_s: 4.0,
-            current: Some(2),
-            max_rung: 3,
-            past_throughputs_bps: &[],
-            remaining_s: None,
-            last_download: None,
-        };
+        let input = AbrInput { max_rung: 3, current: Some(2), ..deep_buffer_input(&ladder) };
         assert_eq!(EddyAbr::default().decide(&input), 3);
     }
 
     #[test]
     fn low_buffer_forbids_a_download_that_would_stall() {
         let ladder = ladder();
+        let past = [4_000_000.0; 8];
         let input = AbrInput {
-            ladder: &ladder,
             estimate_bps: 4_000_000.0,
             ttfb_s: 0.1,
             buffer_s: 3.0,
-            buffer_target_s: 30.0,
-            segment_duration_s: 4.0,
-            current: Some(4),
-            max_rung: 5,
-            past_throughputs_bps: &[],
-            remaining_s: None,
-            last_download: None,
+            past_throughputs_bps: &past,
+            ..deep_buffer_input(&ladder)
         };
         let rung = EddyAbr::default().decide(&input);
         assert!(input.download_time_s(rung) <= input.buffer_s / 2.0 + 1e-9, "rung {rung}");

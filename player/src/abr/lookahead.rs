@@ -36,7 +36,7 @@ pub struct PlanInput<'a> {
 
 /// At most this many intervals between buffer levels on the grid, whatever the buffer target (the
 /// cost is linear in it).
-const MAX_GRID_POINTS: f64 = 240.0;
+const MAX_GRID_INTERVALS: f64 = 240.0;
 
 /// The first rung of the best plan. With no throughput samples (or an empty ladder, where 0 is no
 /// rung at all), 0; with inputs that describe no plan (a segment duration or buffer target that is
@@ -55,7 +55,7 @@ pub fn best_first_rung(input: &PlanInput) -> usize {
     let input = &PlanInput { buffer_s, ..input.clone() };
     // The buffer cannot grow by more than a segment per planned download, nor past the target.
     let highest_s = input.buffer_target_s.min(buffer_s + input.segments as f64 * input.segment_s);
-    let step = buffer_step(input.segment_s).max(highest_s / MAX_GRID_POINTS);
+    let step = buffer_step(input.segment_s).max(highest_s / MAX_GRID_INTERVALS);
     let grid = Grid { step, points: (highest_s / step).ceil() as usize + 1, rungs };
     // Download time of each rung under each sample: the same at every stage and grid point.
     let download_s: Vec<Vec<f64>> = input
