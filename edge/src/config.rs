@@ -91,6 +91,19 @@ pub enum Eviction {
     Lru,
 }
 
+/// What the cache does with a response that sets a cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SetCookie {
+    /// The response goes only to the client whose request fetched it: not stored, not given to
+    /// coalesced followers (Varnish's default). A cookie is one client's state.
+    #[default]
+    Pass,
+    /// The object is stored and shared with its `Set-Cookie` headers removed; the client that fetched
+    /// it still gets them.
+    Strip,
+}
+
 /// Operator TTL for responses whose origin said nothing about freshness. Matches by path suffix or
 /// by Content-Type prefix (one of the two).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -118,6 +131,7 @@ pub struct CacheConfig {
     pub stale_if_error: HumanDuration,
     pub stale_while_revalidate: HumanDuration,
     pub ttl_rules: Vec<TtlRule>,
+    pub set_cookie: SetCookie,
 }
 
 impl Default for CacheConfig {
@@ -137,6 +151,7 @@ impl Default for CacheConfig {
                 TtlRule::for_suffix(".mp4", Duration::from_secs(86_400)),
                 TtlRule::for_suffix(".key", Duration::from_secs(86_400)),
             ],
+            set_cookie: SetCookie::Pass,
         }
     }
 }
@@ -149,7 +164,21 @@ pub struct OriginConfig {
     pub total_timeout: HumanDuration,
     pub failure_backoff: HumanDuration,
     pub max_idle_connections: usize,
+    /// How long an idle keep-alive connection to an origin is kept. Below the 5 s after which Node.js
+    /// (and many load balancers) close idle connections, so that the edge rarely writes a request on a
+    /// connection the origin is closing.
+    pub idle_timeout: HumanDuration,
+    /// Whether a directory origin serves paths with a component that starts with `.` (`/.env`).
+    pub serve_dotfiles: bool,
+    /// Request headers copied from the client onto a cacheable fill (lower-case names). Everything
+    /// else stays at the edge: unkeyed headers such as X-Forwarded-Host must not shape a shared object.
+    pub forward_request_headers: Vec<String>,
 }
+
+/// The client headers a cacheable fill carries by default: content negotiation (which Vary may name),
+/// Authorization (such requests get fills of their own), and what identifies the client software.
+pub const DEFAULT_FORWARDED_REQUEST_HEADERS: [&str; 6] =
+    ["accept", "accept-encoding", "accept-language", "authorization", "origin", "user-agent"];
 
 impl Default for OriginConfig {
     fn default() -> Self {
@@ -159,6 +188,9 @@ impl Default for OriginConfig {
             total_timeout: HumanDuration(Duration::from_secs(30)),
             failure_backoff: HumanDuration(Duration::from_secs(10)),
             max_idle_connections: 256,
+            idle_timeout: HumanDuration(Duration::from_secs(3)),
+            serve_dotfiles: false,
+            forward_request_headers: DEFAULT_FORWARDED_REQUEST_HEADERS.iter().map(|s| s.to_string()).collect(),
         }
     }
 }
@@ -197,6 +229,14 @@ pub struct Config {
     pub server_names: Vec<String>,
     /// How long in-flight responses may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace: HumanDuration,
+    /// Client connections open at once; over it, new connections get 503 and are closed.
+    pub max_connections: usize,
+    /// A client must send a whole request head within this time (slowloris).
+    pub header_read_timeout: HumanDuration,
+    /// A client sending a request body may pause this long between bytes.
+    pub body_read_timeout: HumanDuration,
+    /// An idle keep-alive client connection is closed after this long.
+    pub keepalive_timeout: HumanDuration,
     pub cache: CacheConfig,
     pub origin: OriginConfig,
     pub headers: HeadersConfig,
@@ -213,6 +253,10 @@ impl Default for Config {
             origins: Vec::new(),
             server_names: Vec::new(),
             shutdown_grace: HumanDuration(Duration::from_secs(10)),
+            max_connections: 10_000,
+            header_read_timeout: HumanDuration(Duration::from_secs(10)),
+            body_read_timeout: HumanDuration(Duration::from_secs(10)),
+            keepalive_timeout: HumanDuration(Duration::from_secs(60)),
             cache: CacheConfig::default(),
             origin: OriginConfig::default(),
             headers: HeadersConfig::default(),
@@ -313,6 +357,33 @@ impl Config {
         }
         if self.origin.total_timeout.0 < self.origin.first_byte_timeout.0 {
             return Err(invalid(origin, "origin.total_timeout", "must not be shorter than origin.first_byte_timeout"));
+        }
+        if self.origin.idle_timeout.0.is_zero() {
+            return Err(invalid(origin, "origin.idle_timeout", "must be greater than 0"));
+        }
+        for (i, name) in self.origin.forward_request_headers.iter().enumerate() {
+            let key = format!("origin.forward_request_headers[{i}]");
+            let parsed = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid(origin, &key, format!("'{name}' is not a header name")))?;
+            if crate::phases::origin_request::never_forwarded(&parsed) {
+                return Err(invalid(
+                    origin,
+                    &key,
+                    format!("'{name}' is set by the edge itself or concerns one connection; it is never forwarded"),
+                ));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(invalid(origin, "max_connections", "must be greater than 0"));
+        }
+        for (key, value) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("body_read_timeout", self.body_read_timeout),
+            ("keepalive_timeout", self.keepalive_timeout),
+        ] {
+            if value.0.is_zero() {
+                return Err(invalid(origin, key, "must be greater than 0"));
+            }
         }
         if !self.headers.cors_allow_origin.is_empty()
             && http::HeaderValue::from_str(&self.headers.cors_allow_origin).is_err()

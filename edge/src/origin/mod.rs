@@ -3,6 +3,7 @@
 
 pub mod dir;
 pub mod http;
+pub mod path;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

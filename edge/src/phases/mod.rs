@@ -13,6 +13,7 @@
 pub mod fetch;
 pub mod identify;
 pub mod lookup;
+pub mod origin_request;
 pub mod pass;
 pub mod range;
 pub mod respond;
