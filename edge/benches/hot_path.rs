@@ -91,13 +91,12 @@ fn headers(c: &mut Criterion) {
                 eddy_edge::cache::Lifecycle::Fresh { ttl } => ttl.as_secs(),
                 _ => 0,
             };
-            let mut outcome = Outcome {
-                response: respond::from_object(&object, &Method::GET, black_box(&request), now),
-                result: CacheResult::Hit,
-                cache_status: format!("hit; ttl={ttl}"),
-                from_cache: true,
-                coalesced: false,
-            };
+            let mut outcome = Outcome::served(
+                respond::from_object(&object, &Method::GET, black_box(&request), now),
+                CacheResult::Hit,
+                format!("hit; ttl={ttl}"),
+                true,
+            );
             respond::finish_headers(&mut outcome, Some(&cors));
             outcome
         })

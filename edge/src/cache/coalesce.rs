@@ -1,50 +1,74 @@
-//! Request coalescing ("cache lock" in Pingora, "waiting list" in Varnish): the first miss for a key starts
-//! ONE origin fetch, a flight; every later miss for the same key joins it. The fetch runs detached from
-//! any client, so a client that disconnects cancels nothing for the others. The body is kept as a list of
-//! chunks that each waiter reads at its own pace from the start, so the first bytes reach every client
-//! before the origin has finished.
+//! Request coalescing ("cache lock" in Pingora, "waiting list" in Varnish): the first miss for a key
+//! starts ONE origin fetch, a flight; every later miss for the same key joins it. The fetch runs detached
+//! from any client, so a client that disconnects cancels nothing for the others.
+//!
+//! A flight's body is a list of chunks that each reader takes at its own pace from the first byte, so
+//! the first bytes reach every client before the origin has finished. Memory is bounded two ways:
+//!
+//! - A body that will be stored is kept whole (it is at most `max_object_size`): it becomes the
+//!   stored object.
+//! - A body that will not be stored (too large, `no-store`, `private`, …) flows through a window of
+//!   [`STREAM_WINDOW`] bytes. The fetch reads from the origin only as fast as the fastest reader
+//!   drains (backpressure), a reader that falls a whole window behind is dropped with an error, and a
+//!   fetch nobody reads any more stops.
+//!
+//! Resources are released by guards, never by hand on each path (Pingora's `WritePermit`): the
+//! fetch holds a [`FillGuard`] whose drop ends the flight (as failed, if nothing else ended it; a
+//! panic included) and takes it out of the registry, so the next request reaches the origin. Each
+//! reader holds a [`FlightReader`] whose drop tells the fetch it has one reader less.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderName, StatusCode};
 use tokio::sync::watch;
 
 use super::key::CacheKey;
 use super::policy::CachedObject;
 use crate::body::BodyError;
 
+/// Bytes a flight that will not be stored holds at most (plus the chunk in hand) for its readers.
+pub const STREAM_WINDOW: u64 = 2 << 20;
+
 /// The response head of a flight.
 #[derive(Debug)]
 pub struct FlightHead {
     pub status: StatusCode,
+    /// The headers every reader gets (without `Set-Cookie` when the cache strips it).
     pub headers: HeaderMap,
-    /// May waiters other than the one that started the flight be given this response? False for
-    /// responses that may not be stored (private, no-store, Set-Cookie...): those are per client.
+    /// Headers only the request that started the flight gets (its own `Set-Cookie`).
+    pub leader_only: HeaderMap,
+    /// May readers other than the one that started the flight be given this response? False for
+    /// responses meant for one client (private, no-store, Set-Cookie…).
     pub shareable: bool,
+    /// The header names the response varies on. A follower whose values for them differ from the
+    /// leader's must not be given this response.
+    pub vary: Vec<HeaderName>,
+    /// Will the body be stored? If not, it streams through the bounded window.
+    pub storable: bool,
 }
 
-/// Why a flight failed: the origin could not be reached or answered badly (`before_head`), or the
-/// body broke off midway (`!before_head`).
+/// Why a flight failed: the origin could not be reached or answered badly, the body broke off
+/// midway, or the fetch was abandoned.
 #[derive(Debug, Clone)]
 pub struct FlightFailure {
     pub message: String,
     pub timed_out: bool,
 }
 
+impl FlightFailure {
+    pub fn new(message: impl Into<String>) -> Self {
+        FlightFailure { message: message.into(), timed_out: false }
+    }
+}
+
 #[derive(Debug, Clone)]
-pub enum FlightState {
+enum Phase {
     Pending,
-    Streaming {
-        head: Arc<FlightHead>,
-        chunks: usize,
-    },
-    Done {
-        head: Arc<FlightHead>,
-        chunks: usize,
-    },
+    Streaming(Arc<FlightHead>),
+    Done(Arc<FlightHead>),
     /// The origin confirmed (304) a stored object; this is its refreshed copy.
     Refreshed(Arc<CachedObject>),
     Failed {
@@ -53,9 +77,68 @@ pub enum FlightState {
     },
 }
 
+impl Phase {
+    fn ended(&self) -> bool {
+        matches!(self, Phase::Done(_) | Phase::Refreshed(_) | Phase::Failed { .. })
+    }
+}
+
+/// Everything behind the flight's lock.
+struct Shared {
+    phase: Phase,
+    /// Body chunks still held; `chunks[0]` is chunk number `first` of the body.
+    chunks: VecDeque<Bytes>,
+    /// Body offset at which each held chunk starts (parallel to `chunks`).
+    starts: VecDeque<u64>,
+    first: usize,
+    /// Bytes pushed so far.
+    total: u64,
+    /// Per reader slot: the number of the next chunk it takes (`None`: free slot).
+    readers: Vec<Option<usize>>,
+    /// `None`: every chunk is kept (the body will be stored). `Some(n)`: at most about `n` bytes.
+    window: Option<u64>,
+}
+
+impl Shared {
+    fn end(&self) -> usize {
+        self.first + self.chunks.len()
+    }
+
+    fn offset_of(&self, chunk: usize) -> u64 {
+        if chunk >= self.end() {
+            self.total
+        } else {
+            self.starts.get(chunk.saturating_sub(self.first)).copied().unwrap_or(self.total)
+        }
+    }
+
+    fn active_readers(&self) -> usize {
+        self.readers.iter().flatten().count()
+    }
+
+    /// Bytes the fastest reader still has to take.
+    fn fastest_lag(&self) -> u64 {
+        let fastest = self.readers.iter().flatten().max().copied().unwrap_or(self.first);
+        self.total.saturating_sub(self.offset_of(fastest))
+    }
+
+    fn trim_to(&mut self, window: u64) {
+        while self.chunks.len() > 1 && self.total.saturating_sub(self.starts[0]) > window {
+            self.chunks.pop_front();
+            self.starts.pop_front();
+            self.first += 1;
+        }
+    }
+}
+
 pub struct Flight {
-    chunks: Mutex<Vec<Bytes>>,
-    state: watch::Sender<FlightState>,
+    /// The request headers of the request that started the flight, to compare Vary'd values.
+    leader_request: HeaderMap,
+    shared: Mutex<Shared>,
+    /// Bumped by the fetch on every change (head, chunk, end).
+    produced: watch::Sender<u64>,
+    /// Bumped by readers when they take a chunk or leave.
+    consumed: watch::Sender<u64>,
 }
 
 /// What a waiter learns once the flight has a head (or has ended without one).
@@ -65,154 +148,357 @@ pub enum HeadOutcome {
     Failed(FlightFailure),
 }
 
+/// Why a flight's body cannot be had whole.
+#[derive(Debug)]
+pub enum NotWhole {
+    /// The body is not being kept (too large, or not stored): it streams through a window.
+    TooLarge,
+    Failed(FlightFailure),
+}
+
+/// The fetch could not hand a chunk on: every reader has gone and the body will not be stored.
+#[derive(Debug)]
+pub struct NoReaders;
+
 impl Flight {
-    fn new() -> Self {
-        Flight { chunks: Mutex::new(Vec::new()), state: watch::channel(FlightState::Pending).0 }
+    fn new(leader_request: &HeaderMap) -> Arc<Self> {
+        Arc::new(Flight {
+            leader_request: leader_request.clone(),
+            shared: Mutex::new(Shared {
+                phase: Phase::Pending,
+                chunks: VecDeque::new(),
+                starts: VecDeque::new(),
+                first: 0,
+                total: 0,
+                readers: Vec::new(),
+                window: None,
+            }),
+            produced: watch::channel(0).0,
+            consumed: watch::channel(0).0,
+        })
     }
 
-    fn chunks(&self) -> MutexGuard<'_, Vec<Bytes>> {
-        // A poisoned lock only means another thread panicked mid-push; the Vec itself is still valid.
-        self.chunks.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        // A poisoned lock only means a thread panicked while holding it; every update leaves the
+        // state consistent, so the data is still valid.
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn publish_head(&self, head: FlightHead) -> Arc<FlightHead> {
-        let head = Arc::new(head);
-        self.state.send_replace(FlightState::Streaming { head: head.clone(), chunks: 0 });
-        head
+    fn bump_produced(&self) {
+        self.produced.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    pub fn push_chunk(&self, chunk: Bytes) {
-        let count = {
-            let mut chunks = self.chunks();
-            chunks.push(chunk);
-            chunks.len()
-        };
-        self.state.send_modify(|state| {
-            if let FlightState::Streaming { chunks, .. } = state {
-                *chunks = count;
+    fn bump_consumed(&self) {
+        self.consumed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// The headers of the request that started this flight.
+    pub fn leader_request(&self) -> &HeaderMap {
+        &self.leader_request
+    }
+
+    /// A reader from the first byte, or `None` when the first bytes are gone already.
+    fn register(self: &Arc<Self>) -> Option<FlightReader> {
+        let slot = {
+            let mut shared = self.lock();
+            if shared.first > 0 {
+                return None;
             }
-        });
+            match shared.readers.iter().position(Option::is_none) {
+                Some(free) => {
+                    shared.readers[free] = Some(0);
+                    free
+                }
+                None => {
+                    shared.readers.push(Some(0));
+                    shared.readers.len() - 1
+                }
+            }
+        };
+        Some(FlightReader { flight: self.clone(), slot })
+    }
+
+    // ---- The fetch's side ----
+
+    pub fn publish_head(&self, head: FlightHead) {
+        {
+            let mut shared = self.lock();
+            if shared.phase.ended() {
+                return;
+            }
+            if !head.storable {
+                shared.window = Some(STREAM_WINDOW);
+            }
+            shared.phase = Phase::Streaming(Arc::new(head));
+        }
+        self.bump_produced();
+    }
+
+    /// The body will not be stored after all (it outgrew `max_object_size`): from now on it streams
+    /// through the bounded window.
+    pub fn stop_keeping(&self) {
+        self.lock().window = Some(STREAM_WINDOW);
+        // Wakes those waiting for the whole body, which they will not get now.
+        self.bump_produced();
+    }
+
+    /// Hands a chunk to the readers. While the body is not being kept, waits until the fastest reader
+    /// is less than a window behind, and fails when no reader is left.
+    pub async fn push(&self, chunk: Bytes) -> Result<(), NoReaders> {
+        let mut consumed = self.consumed.subscribe();
+        loop {
+            // Marked seen before the check, so that a reader's progress after it wakes the wait below.
+            consumed.borrow_and_update();
+            {
+                let shared = self.lock();
+                match shared.window {
+                    None => break,
+                    Some(_) if shared.active_readers() == 0 => return Err(NoReaders),
+                    Some(window) if shared.fastest_lag() < window => break,
+                    Some(_) => {}
+                }
+            }
+            if consumed.changed().await.is_err() {
+                return Err(NoReaders);
+            }
+        }
+        {
+            let mut shared = self.lock();
+            let start = shared.total;
+            shared.total = start.saturating_add(chunk.len() as u64);
+            shared.chunks.push_back(chunk);
+            shared.starts.push_back(start);
+            if let Some(window) = shared.window {
+                shared.trim_to(window);
+            }
+        }
+        self.bump_produced();
+        Ok(())
+    }
+
+    /// The whole body received so far, as one buffer, when every chunk is still held.
+    pub fn collect(&self) -> Option<Bytes> {
+        let shared = self.lock();
+        if shared.first > 0 {
+            return None;
+        }
+        if shared.chunks.len() == 1 {
+            return shared.chunks.front().cloned();
+        }
+        let mut out = BytesMut::with_capacity(usize::try_from(shared.total).unwrap_or(0));
+        for chunk in &shared.chunks {
+            out.extend_from_slice(chunk);
+        }
+        Some(out.freeze())
     }
 
     pub fn finish(&self) {
-        let count = self.chunks().len();
-        self.state.send_modify(|state| {
-            if let FlightState::Streaming { head, .. } = state {
-                *state = FlightState::Done { head: head.clone(), chunks: count };
+        {
+            let mut shared = self.lock();
+            if let Phase::Streaming(head) = &shared.phase {
+                shared.phase = Phase::Done(head.clone());
             }
-        });
+        }
+        self.bump_produced();
     }
 
     pub fn refreshed(&self, object: Arc<CachedObject>) {
-        self.state.send_replace(FlightState::Refreshed(object));
+        {
+            let mut shared = self.lock();
+            if shared.phase.ended() {
+                return;
+            }
+            shared.phase = Phase::Refreshed(object);
+        }
+        self.bump_produced();
     }
 
+    /// Ends the flight as failed, unless it has ended already.
     pub fn fail(&self, failure: FlightFailure) {
-        self.state.send_modify(|state| {
-            let head = match state {
-                FlightState::Streaming { head, .. } => Some(head.clone()),
+        {
+            let mut shared = self.lock();
+            if shared.phase.ended() {
+                return;
+            }
+            let head = match &shared.phase {
+                Phase::Streaming(head) => Some(head.clone()),
                 _ => None,
             };
-            *state = FlightState::Failed { head, failure };
-        });
+            shared.phase = Phase::Failed { head, failure };
+        }
+        self.bump_produced();
     }
 
-    /// The whole body received so far, as one buffer (used when the flight is done).
-    pub fn collect(&self) -> Bytes {
-        let chunks = self.chunks();
-        if chunks.len() == 1 {
-            return chunks[0].clone();
-        }
-        let total = chunks.iter().map(Bytes::len).sum();
-        let mut out = BytesMut::with_capacity(total);
-        for chunk in chunks.iter() {
-            out.extend_from_slice(chunk);
-        }
-        out.freeze()
+    pub fn ended(&self) -> bool {
+        self.lock().phase.ended()
     }
+
+    // ---- The readers' side ----
 
     /// Waits for the response head.
     pub async fn head(&self) -> HeadOutcome {
-        let mut rx = self.state.subscribe();
+        let mut produced = self.produced.subscribe();
         loop {
-            let outcome = match &*rx.borrow_and_update() {
-                FlightState::Pending => None,
-                FlightState::Streaming { head, .. } | FlightState::Done { head, .. } => {
-                    Some(HeadOutcome::Head(head.clone()))
-                }
-                FlightState::Refreshed(object) => Some(HeadOutcome::Refreshed(object.clone())),
-                FlightState::Failed { head: Some(head), .. } => Some(HeadOutcome::Head(head.clone())),
-                FlightState::Failed { head: None, failure } => Some(HeadOutcome::Failed(failure.clone())),
+            produced.borrow_and_update();
+            let outcome = match &self.lock().phase {
+                Phase::Pending => None,
+                Phase::Streaming(head) | Phase::Done(head) => Some(HeadOutcome::Head(head.clone())),
+                Phase::Refreshed(object) => Some(HeadOutcome::Refreshed(object.clone())),
+                Phase::Failed { head: Some(head), .. } => Some(HeadOutcome::Head(head.clone())),
+                Phase::Failed { head: None, failure } => Some(HeadOutcome::Failed(failure.clone())),
             };
             if let Some(outcome) = outcome {
                 return outcome;
             }
-            if rx.changed().await.is_err() {
-                return HeadOutcome::Failed(FlightFailure { message: "fetch abandoned".into(), timed_out: false });
+            if produced.changed().await.is_err() {
+                return HeadOutcome::Failed(FlightFailure::new("fetch abandoned"));
             }
         }
     }
 
-    /// Waits until the body is complete; returns it whole, or the failure.
-    pub async fn whole_body(&self) -> Result<Bytes, FlightFailure> {
-        let mut rx = self.state.subscribe();
+    /// Waits until the body is complete; returns it whole, or the failure (also when the body was
+    /// too large to be kept).
+    pub async fn whole_body(&self) -> Result<Bytes, NotWhole> {
+        let mut produced = self.produced.subscribe();
         loop {
-            match &*rx.borrow_and_update() {
-                FlightState::Done { .. } => return Ok(self.collect()),
-                FlightState::Refreshed(object) => return Ok(object.body.clone()),
-                FlightState::Failed { failure, .. } => return Err(failure.clone()),
-                FlightState::Pending | FlightState::Streaming { .. } => {}
+            produced.borrow_and_update();
+            let done = {
+                let shared = self.lock();
+                match &shared.phase {
+                    Phase::Failed { failure, .. } => return Err(NotWhole::Failed(failure.clone())),
+                    Phase::Refreshed(object) => return Ok(object.body.clone()),
+                    _ if shared.window.is_some() => return Err(NotWhole::TooLarge),
+                    Phase::Done(_) => true,
+                    Phase::Pending | Phase::Streaming(_) => false,
+                }
+            };
+            if done {
+                return self.collect().ok_or(NotWhole::TooLarge);
             }
-            if rx.changed().await.is_err() {
-                return Err(FlightFailure { message: "fetch abandoned".into(), timed_out: false });
+            if produced.changed().await.is_err() {
+                return Err(NotWhole::Failed(FlightFailure::new("fetch abandoned")));
             }
+        }
+    }
+}
+
+/// One reader of a flight's body. Dropping it tells the fetch there is one reader less.
+pub struct FlightReader {
+    flight: Arc<Flight>,
+    slot: usize,
+}
+
+impl Drop for FlightReader {
+    fn drop(&mut self) {
+        if let Some(slot) = self.flight.lock().readers.get_mut(self.slot) {
+            *slot = None;
+        }
+        self.flight.bump_consumed();
+    }
+}
+
+/// What a reader gets next.
+enum Next {
+    Chunk(Bytes),
+    End,
+    Failed(String),
+    Wait,
+}
+
+impl FlightReader {
+    fn next(&self) -> Next {
+        let mut shared = self.flight.lock();
+        let Some(position) = shared.readers.get(self.slot).copied().flatten() else {
+            return Next::Failed("reader released".into());
+        };
+        if position < shared.first {
+            return Next::Failed("client fell too far behind the origin fetch".into());
+        }
+        if position < shared.end() {
+            let chunk = shared.chunks[position - shared.first].clone();
+            shared.readers[self.slot] = Some(position + 1);
+            return Next::Chunk(chunk);
+        }
+        match &shared.phase {
+            Phase::Done(_) => Next::End,
+            Phase::Failed { failure, .. } => Next::Failed(failure.message.clone()),
+            // Nothing more will come (the body of a refreshed copy is served from the cache).
+            Phase::Refreshed(_) => Next::End,
+            Phase::Pending | Phase::Streaming(_) => Next::Wait,
         }
     }
 
     /// The body as a stream from its first byte, following the fetch as it progresses. Ends with an
     /// error if the origin's body broke off, so the client sees a truncated response, not a short one.
-    pub fn body_stream(self: Arc<Self>) -> impl Stream<Item = Result<Bytes, BodyError>> + Send + 'static {
-        let rx = self.state.subscribe();
-        // `next == usize::MAX` marks a stream that has already reported its failure.
-        futures::stream::unfold((self, rx, 0usize), |(flight, mut rx, next)| async move {
-            if next == usize::MAX {
-                return None;
-            }
+    pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, BodyError>> + Send + 'static {
+        let produced = self.flight.produced.subscribe();
+        futures::stream::unfold(Some((self, produced)), |state| async move {
+            let (reader, mut produced) = state?;
             loop {
-                let (available, ended, failure) = match &*rx.borrow_and_update() {
-                    FlightState::Streaming { chunks, .. } => (*chunks, false, None),
-                    FlightState::Done { chunks, .. } => (*chunks, true, None),
-                    FlightState::Failed { failure, .. } => (flight.chunks().len(), true, Some(failure.clone())),
-                    FlightState::Pending | FlightState::Refreshed(_) => (0, true, None),
-                };
-                if next < available {
-                    let chunk = flight.chunks()[next].clone();
-                    return Some((Ok(chunk), (flight, rx, next + 1)));
-                }
-                if ended {
-                    return failure.map(|f| {
-                        let error: BodyError = format!("origin body broke off: {}", f.message).into();
-                        (Err(error), (flight.clone(), rx, usize::MAX))
-                    });
-                }
-                if rx.changed().await.is_err() {
-                    return None;
+                produced.borrow_and_update();
+                match reader.next() {
+                    Next::Chunk(chunk) => {
+                        reader.flight.bump_consumed();
+                        return Some((Ok(chunk), Some((reader, produced))));
+                    }
+                    Next::End => return None,
+                    Next::Failed(message) => {
+                        let error: BodyError = format!("origin body broke off: {message}").into();
+                        return Some((Err(error), None));
+                    }
+                    Next::Wait => {
+                        if produced.changed().await.is_err() {
+                            return None;
+                        }
+                    }
                 }
             }
         })
     }
 }
 
-/// Whether a caller starts the fetch or waits for one.
-pub enum Joined {
-    Leader(Arc<Flight>),
-    Follower(Arc<Flight>),
+/// Held by the task that runs a flight's fetch. Dropping it, on any path (a panic included), ends the
+/// flight as failed unless it ended otherwise, and takes it out of the registry.
+pub struct FillGuard {
+    flight: Arc<Flight>,
+    registration: Option<(Flights, CacheKey)>,
 }
 
-/// The flights under way, by cache key.
-#[derive(Default)]
+impl FillGuard {
+    pub fn flight(&self) -> &Arc<Flight> {
+        &self.flight
+    }
+
+    /// Takes the flight out of the registry now (later requests start afresh or find the cache).
+    pub fn unregister(&mut self) {
+        if let Some((flights, key)) = self.registration.take() {
+            flights.remove(&key, &self.flight);
+        }
+    }
+}
+
+impl Drop for FillGuard {
+    fn drop(&mut self) {
+        if !self.flight.ended() {
+            let why = if std::thread::panicking() { "fetch panicked" } else { "fetch abandoned" };
+            self.flight.fail(FlightFailure::new(why));
+        }
+        self.unregister();
+    }
+}
+
+/// A caller's place in a flight: readers always; the leader also holds the guard and must run the
+/// fetch.
+pub struct Joined {
+    pub flight: Arc<Flight>,
+    pub reader: FlightReader,
+    pub guard: Option<FillGuard>,
+}
+
+/// The flights under way, by key. Cloning is cheap (one shared registry).
+#[derive(Default, Clone)]
 pub struct Flights {
-    map: Mutex<HashMap<CacheKey, Arc<Flight>>>,
+    map: Arc<Mutex<HashMap<CacheKey, Arc<Flight>>>>,
 }
 
 impl Flights {
@@ -220,24 +506,30 @@ impl Flights {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Joins the flight for `key`, or starts one (the caller must then run the fetch and `land` it).
-    pub fn join(&self, key: &CacheKey) -> Joined {
+    /// Joins the flight for `key`, or starts one (the caller must then run the fetch with the guard).
+    pub fn join(&self, key: &CacheKey, request: &HeaderMap) -> Joined {
         let mut map = self.map();
         if let Some(flight) = map.get(key) {
-            return Joined::Follower(flight.clone());
+            if let Some(reader) = flight.register() {
+                return Joined { flight: flight.clone(), reader, guard: None };
+            }
         }
-        let flight = Arc::new(Flight::new());
+        let flight = Flight::new(request);
+        let reader = flight.register().unwrap_or_else(|| unreachable!("a new flight has all its bytes"));
         map.insert(key.clone(), flight.clone());
-        Joined::Leader(flight)
+        let guard = FillGuard { flight: flight.clone(), registration: Some((self.clone(), key.clone())) };
+        Joined { flight, reader, guard: Some(guard) }
     }
 
     /// A flight that no one else may join (per-client requests, e.g. with Authorization).
-    pub fn private() -> Arc<Flight> {
-        Arc::new(Flight::new())
+    pub fn private(request: &HeaderMap) -> Joined {
+        let flight = Flight::new(request);
+        let reader = flight.register().unwrap_or_else(|| unreachable!("a new flight has all its bytes"));
+        let guard = FillGuard { flight: flight.clone(), registration: None };
+        Joined { flight, reader, guard: Some(guard) }
     }
 
-    /// Removes the flight from the registry so that later requests start afresh (or find the cache).
-    pub fn land(&self, key: &CacheKey, flight: &Arc<Flight>) {
+    fn remove(&self, key: &CacheKey, flight: &Arc<Flight>) {
         let mut map = self.map();
         if map.get(key).is_some_and(|current| Arc::ptr_eq(current, flight)) {
             map.remove(key);
@@ -249,54 +541,90 @@ impl Flights {
     }
 }
 
+/// Do the request headers named by `vary` hold the same values in both requests? (RFC 9111 §4.1:
+/// a stored or shared response is reused only for requests that match on its Vary'd headers.)
+pub fn vary_matches(vary: &[HeaderName], a: &HeaderMap, b: &HeaderMap) -> bool {
+    vary.iter().all(|name| name.as_str() != "*" && a.get_all(name).iter().eq(b.get_all(name).iter()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use futures::StreamExt;
 
-    fn head() -> FlightHead {
-        FlightHead { status: StatusCode::OK, headers: HeaderMap::new(), shareable: true }
-    }
-
-    #[tokio::test]
-    async fn one_leader_many_followers() {
-        let flights = Flights::default();
-        let key = CacheKey::primary("h", "/a", None, &[]);
-        let leader = match flights.join(&key) {
-            Joined::Leader(f) => f,
-            Joined::Follower(_) => panic!("first caller must lead"),
-        };
-        for _ in 0..10 {
-            assert!(matches!(flights.join(&key), Joined::Follower(f) if Arc::ptr_eq(&f, &leader)));
+    fn head(storable: bool) -> FlightHead {
+        FlightHead {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            leader_only: HeaderMap::new(),
+            shareable: true,
+            vary: Vec::new(),
+            storable,
         }
-        flights.land(&key, &leader);
-        assert!(matches!(flights.join(&key), Joined::Leader(_)));
+    }
+
+    fn key() -> CacheKey {
+        CacheKey::primary("h", "/a", None, &[])
     }
 
     #[tokio::test]
-    async fn followers_stream_chunks_as_they_arrive() {
-        let flight = Flights::private();
-        let mut early = Box::pin(flight.clone().body_stream());
-        flight.publish_head(head());
-        flight.push_chunk(Bytes::from_static(b"ab"));
+    async fn one_leader_many_followers_and_the_guard_releases_the_key() {
+        let flights = Flights::default();
+        let leader = flights.join(&key(), &HeaderMap::new());
+        let guard = leader.guard.expect("first caller leads");
+        for _ in 0..10 {
+            let follower = flights.join(&key(), &HeaderMap::new());
+            assert!(follower.guard.is_none());
+            assert!(Arc::ptr_eq(&follower.flight, &leader.flight));
+        }
+        assert_eq!(flights.in_flight(), 1);
+        drop(guard);
+        assert_eq!(flights.in_flight(), 0, "dropping the guard releases the key");
+        assert!(matches!(leader.flight.head().await, HeadOutcome::Failed(_)), "an abandoned fetch fails its readers");
+        assert!(flights.join(&key(), &HeaderMap::new()).guard.is_some(), "the next request leads a new fetch");
+    }
+
+    /// A fill that panics must not wedge its key: the guard fails the flight and frees the key.
+    #[tokio::test]
+    async fn a_panicking_fill_releases_its_flight() {
+        let flights = Flights::default();
+        let joined = flights.join(&key(), &HeaderMap::new());
+        let guard = joined.guard.expect("leads");
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            panic!("fault injected inside a fill");
+        });
+        assert!(task.await.is_err());
+        assert_eq!(flights.in_flight(), 0);
+        match joined.flight.head().await {
+            HeadOutcome::Failed(failure) => assert_eq!(failure.message, "fetch panicked"),
+            _ => panic!("readers must see the failure"),
+        }
+    }
+
+    #[tokio::test]
+    async fn readers_stream_chunks_as_they_arrive() {
+        let joined = Flights::private(&HeaderMap::new());
+        let flight = joined.flight.clone();
+        let mut early = Box::pin(joined.reader.into_stream());
+        flight.publish_head(head(true));
+        flight.push(Bytes::from_static(b"ab")).await.expect("kept");
         assert_eq!(early.next().await.expect("chunk").expect("ok"), Bytes::from_static(b"ab"));
-        flight.push_chunk(Bytes::from_static(b"cd"));
-        let late = flight.clone().body_stream();
+        flight.push(Bytes::from_static(b"cd")).await.expect("kept");
         flight.finish();
         let rest: Vec<Bytes> = early.map(|c| c.expect("ok")).collect().await;
         assert_eq!(rest, vec![Bytes::from_static(b"cd")]);
-        let all: Vec<Bytes> = Box::pin(late).map(|c| c.expect("ok")).collect().await;
-        assert_eq!(all.concat(), b"abcd");
         assert_eq!(flight.whole_body().await.expect("done"), Bytes::from_static(b"abcd"));
     }
 
     #[tokio::test]
     async fn a_broken_body_ends_every_stream_with_an_error() {
-        let flight = Flights::private();
-        flight.publish_head(head());
-        flight.push_chunk(Bytes::from_static(b"ab"));
-        let stream = flight.clone().body_stream();
-        flight.fail(FlightFailure { message: "reset".into(), timed_out: false });
+        let joined = Flights::private(&HeaderMap::new());
+        let flight = joined.flight.clone();
+        flight.publish_head(head(true));
+        flight.push(Bytes::from_static(b"ab")).await.expect("kept");
+        let stream = joined.reader.into_stream();
+        flight.fail(FlightFailure::new("reset"));
         let items: Vec<Result<Bytes, BodyError>> = Box::pin(stream).collect().await;
         assert_eq!(items.len(), 2);
         assert!(items[0].is_ok());
@@ -306,13 +634,62 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failure_before_the_head_is_reported_to_waiters() {
-        let flight = Flights::private();
-        let waiter = {
+    async fn an_unstored_body_waits_for_its_reader_and_stops_when_it_leaves() {
+        let joined = Flights::private(&HeaderMap::new());
+        let flight = joined.flight.clone();
+        flight.publish_head(head(false));
+        let chunk = Bytes::from(vec![0u8; 512 * 1024]);
+        // Up to a window ahead of the reader, pushes go through at once.
+        for _ in 0..4 {
+            flight.push(chunk.clone()).await.expect("within the window");
+        }
+        let mut stream = Box::pin(joined.reader.into_stream());
+        let blocked = {
             let flight = flight.clone();
-            tokio::spawn(async move { matches!(flight.head().await, HeadOutcome::Failed(_)) })
+            let chunk = chunk.clone();
+            tokio::spawn(async move { flight.push(chunk).await })
         };
-        flight.fail(FlightFailure { message: "refused".into(), timed_out: false });
-        assert!(waiter.await.expect("joined"));
+        // The reader takes one chunk, which makes room for the blocked push.
+        assert_eq!(stream.next().await.expect("chunk").expect("ok").len(), chunk.len());
+        blocked.await.expect("joined").expect("room was made");
+        {
+            let shared = flight.lock();
+            assert!(shared.total - shared.offset_of(shared.first) <= STREAM_WINDOW + chunk.len() as u64);
+        }
+        drop(stream);
+        assert!(flight.push(chunk).await.is_err(), "nobody left to read");
+    }
+
+    #[tokio::test]
+    async fn a_reader_a_window_behind_the_fastest_is_dropped() {
+        let flights = Flights::default();
+        let fast = flights.join(&key(), &HeaderMap::new());
+        let slow = flights.join(&key(), &HeaderMap::new());
+        let flight = fast.flight.clone();
+        flight.publish_head(head(true));
+        flight.stop_keeping();
+        let mut fast_stream = Box::pin(fast.reader.into_stream());
+        let chunk = Bytes::from(vec![1u8; 256 * 1024]);
+        for _ in 0..20 {
+            flight.push(chunk.clone()).await.expect("the fast reader keeps up");
+            fast_stream.next().await.expect("chunk").expect("ok");
+        }
+        flight.finish();
+        let items: Vec<Result<Bytes, BodyError>> = Box::pin(slow.reader.into_stream()).collect().await;
+        assert!(items.last().expect("an item").is_err(), "the laggard gets an error, not a short body");
+        assert!(flight.collect().is_none(), "the early chunks are gone");
+    }
+
+    #[test]
+    fn vary_matching_compares_every_named_header() {
+        let names = vec![HeaderName::from_static("x-user")];
+        let mut a = HeaderMap::new();
+        a.insert("x-user", "a".parse().expect("static"));
+        let mut b = HeaderMap::new();
+        b.insert("x-user", "b".parse().expect("static"));
+        assert!(vary_matches(&names, &a, &a.clone()));
+        assert!(!vary_matches(&names, &a, &b));
+        assert!(!vary_matches(&names, &a, &HeaderMap::new()));
+        assert!(vary_matches(&[], &a, &b));
     }
 }

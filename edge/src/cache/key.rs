@@ -1,9 +1,15 @@
 //! Cache keys: host + path + query, with operator-listed query parameters (session tokens and the like)
 //! removed so that they do not split the cache; plus, for responses that Vary, the values of the varied
 //! request headers.
+//!
+//! A key is an encoding of its parts, not a concatenation: each part is escaped so that it holds no
+//! separator, and the parts are joined by one. So no two (host, path, query) triples share a key,
+//! whatever bytes a client sends: `Host: cdn.example/live` + `/seg1.ts` can never name the object of
+//! `Host: cdn.example` + `/live/seg1.ts` (the "unkeyed input" class of web cache poisoning).
 
 use std::cell::RefCell;
 use std::fmt;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName};
@@ -11,9 +17,28 @@ use http::{HeaderMap, HeaderName};
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey(Arc<str>);
 
+/// Separates the parts of a key; never left unescaped inside a part.
+const PART: char = ' ';
+/// Separates a variant's generation and each varied header from the primary key.
+const VARIANT: char = '\u{0}';
+
+/// Appends `text` with every byte outside visible ASCII, and `%` itself, written as `%XX`. The result
+/// holds no space and no control character, and decoding it gives `text` back: an injective encoding.
+fn push_escaped(key: &mut String, text: &[u8], lowercase: bool) {
+    for &b in text {
+        if b.is_ascii_graphic() && b != b'%' {
+            key.push(if lowercase { b.to_ascii_lowercase() } else { b } as char);
+        } else {
+            let _ = write!(key, "%{b:02X}");
+        }
+    }
+}
+
 impl CacheKey {
-    /// The primary key of a request: `host` (lower-cased, without a default port), path, and the query
-    /// without the ignored parameters (the remaining ones keep their order).
+    /// The primary key of a request: `host` (lower-cased, without the default port 80), path, and the
+    /// query. When the operator ignores some query parameters and the query holds any, they are
+    /// dropped (the remaining ones keep their order; a query left empty counts as none); otherwise the
+    /// query is kept exactly as sent, since that is what the origin receives.
     pub fn primary(host: &str, path: &str, query: Option<&str>, ignored_params: &[String]) -> CacheKey {
         thread_local! {
             // Reused per thread: the key is built here and copied once into its final allocation.
@@ -34,23 +59,33 @@ impl CacheKey {
     }
 
     fn write_primary(key: &mut String, host: &str, path: &str, query: Option<&str>, ignored_params: &[String]) {
-        let host = host.trim_end_matches(":80");
-        key.reserve(host.len() + path.len() + query.map_or(0, str::len) + 1);
-        for c in host.chars() {
-            key.push(c.to_ascii_lowercase());
+        let host = host.strip_suffix(":80").unwrap_or(host);
+        key.reserve(host.len() + path.len() + query.map_or(0, str::len) + 3);
+        push_escaped(key, host.as_bytes(), true);
+        key.push(PART);
+        push_escaped(key, path.as_bytes(), false);
+        let Some(query) = query else { return };
+        let ignores_some = !ignored_params.is_empty()
+            && query.split('&').any(|pair| ignored_params.iter().any(|ignored| ignored == param_name(pair)));
+        if !ignores_some {
+            key.push(PART);
+            key.push('?');
+            push_escaped(key, query.as_bytes(), false);
+            return;
         }
-        key.push_str(path);
-        if let Some(query) = query {
-            let mut first = true;
-            for pair in query.split('&').filter(|p| !p.is_empty()) {
-                let name = pair.split('=').next().unwrap_or(pair);
-                if ignored_params.iter().any(|ignored| ignored == name) {
-                    continue;
-                }
-                key.push(if first { '?' } else { '&' });
-                key.push_str(pair);
-                first = false;
+        let mut first = true;
+        for pair in query.split('&') {
+            if ignored_params.iter().any(|ignored| ignored == param_name(pair)) {
+                continue;
             }
+            if first {
+                key.push(PART);
+                key.push('?');
+            } else {
+                key.push('&');
+            }
+            push_escaped(key, pair.as_bytes(), false);
+            first = false;
         }
     }
 
@@ -59,15 +94,17 @@ impl CacheKey {
     pub fn variant(&self, generation: u64, names: &[HeaderName], request: &HeaderMap) -> CacheKey {
         let mut key = String::with_capacity(self.0.len() + 32);
         key.push_str(&self.0);
-        key.push('\u{0}');
-        key.push_str(&generation.to_string());
+        key.push(VARIANT);
+        let _ = write!(key, "{generation}");
         for name in names {
-            key.push('\u{0}');
+            key.push(VARIANT);
             key.push_str(name.as_str());
             key.push('=');
+            // The values as bytes, escaped: two different values never share a variant (a lossy UTF-8
+            // conversion would map distinct invalid bytes to the same replacement character).
             let mut values = request.get_all(name).iter().peekable();
             while let Some(value) = values.next() {
-                key.push_str(&String::from_utf8_lossy(value.as_bytes()));
+                push_escaped(&mut key, value.as_bytes(), false);
                 if values.peek().is_some() {
                     key.push(',');
                 }
@@ -84,6 +121,11 @@ impl CacheKey {
     pub fn weight(&self) -> usize {
         self.0.len() + 16
     }
+}
+
+/// The name of a `name=value` query pair.
+fn param_name(pair: &str) -> &str {
+    pair.split('=').next().unwrap_or(pair)
 }
 
 impl fmt::Debug for CacheKey {
@@ -105,7 +147,7 @@ mod tests {
     #[test]
     fn key_is_host_path_query() {
         let key = CacheKey::primary("Edge.Example:80", "/a/b.ts", Some("x=1&y=2"), &[]);
-        assert_eq!(key.as_str(), "edge.example/a/b.ts?x=1&y=2");
+        assert_eq!(key.as_str(), "edge.example /a/b.ts ?x=1&y=2");
     }
 
     #[test]
@@ -114,9 +156,9 @@ mod tests {
         let a = CacheKey::primary("h", "/seg.ts", Some("token=abc&q=1"), &ignored);
         let b = CacheKey::primary("h", "/seg.ts", Some("q=1&sid=9&token=zzz"), &ignored);
         assert_eq!(a, b);
-        assert_eq!(a.as_str(), "h/seg.ts?q=1");
+        assert_eq!(a.as_str(), "h /seg.ts ?q=1");
         let none = CacheKey::primary("h", "/seg.ts", Some("token=abc"), &ignored);
-        assert_eq!(none.as_str(), "h/seg.ts");
+        assert_eq!(none, CacheKey::primary("h", "/seg.ts", None, &ignored));
     }
 
     #[test]
@@ -129,5 +171,73 @@ mod tests {
         assert_ne!(primary.variant(1, &names, &gzip), primary.variant(1, &names, &plain));
         assert_eq!(primary.variant(1, &names, &gzip), primary.variant(1, &names, &gzip));
         assert_ne!(primary.variant(1, &names, &gzip), primary.variant(2, &names, &gzip));
+    }
+
+    /// What the key must tell apart: host (ASCII case and a default port aside), path and query.
+    fn normalised(host: &str, path: &str, query: &Option<String>) -> (String, String, Option<String>) {
+        let host = host.strip_suffix(":80").unwrap_or(host).to_ascii_lowercase();
+        (host, path.to_string(), query.clone())
+    }
+
+    fn any_text() -> impl proptest::strategy::Strategy<Value = String> {
+        // Separators, escapes, controls and non-ASCII are over-represented on purpose.
+        proptest::string::string_regex("[ /?&=%:.a-cA-C0-9\\x00\\t\\x7f\\u{e9}\\u{ffff}]{0,12}").expect("regex")
+    }
+
+    proptest::proptest! {
+        /// No two (host, path, query) triples share a key unless they name the same thing.
+        #[test]
+        fn keys_are_injective_over_arbitrary_triples(
+            h1 in any_text(), p1 in any_text(), q1 in proptest::option::of(any_text()),
+            h2 in any_text(), p2 in any_text(), q2 in proptest::option::of(any_text()),
+        ) {
+            let k1 = CacheKey::primary(&h1, &p1, q1.as_deref(), &[]);
+            let k2 = CacheKey::primary(&h2, &p2, q2.as_deref(), &[]);
+            proptest::prop_assert_eq!(k1 == k2, normalised(&h1, &p1, &q1) == normalised(&h2, &p2, &q2));
+        }
+
+        /// The poisoning shape: the same characters cut into host, path and query at other places.
+        #[test]
+        fn moving_characters_between_parts_changes_the_key(
+            text in any_text(), cuts in proptest::collection::vec(0usize..=12, 4), query in proptest::bool::ANY,
+        ) {
+            let chars: Vec<char> = text.chars().collect();
+            let split = |a: usize, b: usize| {
+                let (a, b) = (a.min(chars.len()), b.min(chars.len()));
+                let (a, b) = (a.min(b), a.max(b));
+                let s = |r: std::ops::Range<usize>| chars[r].iter().collect::<String>();
+                (s(0..a), s(a..b), query.then(|| s(b..chars.len())))
+            };
+            let (h1, p1, q1) = split(cuts[0], cuts[1]);
+            let (h2, p2, q2) = split(cuts[2], cuts[3]);
+            let k1 = CacheKey::primary(&h1, &p1, q1.as_deref(), &[]);
+            let k2 = CacheKey::primary(&h2, &p2, q2.as_deref(), &[]);
+            proptest::prop_assert_eq!(k1 == k2, normalised(&h1, &p1, &q1) == normalised(&h2, &p2, &q2));
+        }
+
+        /// Two requests whose varied header values differ in any byte get different variants.
+        #[test]
+        fn variant_keys_tell_every_header_value_apart(
+            a in proptest::collection::vec(0x20u8..=0xff, 0..8), b in proptest::collection::vec(0x20u8..=0xff, 0..8),
+        ) {
+            let a: Vec<u8> = a.into_iter().filter(|&c| c != 0x7f).collect();
+            let b: Vec<u8> = b.into_iter().filter(|&c| c != 0x7f).collect();
+            let names = vec![HeaderName::from_static("x-user")];
+            let headers = |v: &[u8]| {
+                let mut map = HeaderMap::new();
+                map.insert("x-user", http::HeaderValue::from_bytes(v).expect("visible bytes"));
+                map
+            };
+            let primary = CacheKey::primary("h", "/p", None, &[]);
+            let (ka, kb) = (primary.variant(1, &names, &headers(&a)), primary.variant(1, &names, &headers(&b)));
+            proptest::prop_assert_eq!(ka == kb, a == b);
+        }
+    }
+
+    #[test]
+    fn the_host_with_a_slash_does_not_name_a_deeper_path() {
+        let poisoned = CacheKey::primary("cdn.example/live", "/seg1.ts", None, &[]);
+        let real = CacheKey::primary("cdn.example", "/live/seg1.ts", None, &[]);
+        assert_ne!(poisoned, real);
     }
 }

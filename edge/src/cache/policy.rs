@@ -14,7 +14,20 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 use http_cache_semantics::{CacheOptions, CachePolicy};
 
-use crate::config::{CacheConfig, TtlRule};
+use crate::config::{CacheConfig, SetCookie, TtlRule};
+
+/// The largest delta-seconds value the cache acts on: larger ones, however many digits they have,
+/// count as this (RFC 9111 §1.2.2). All time arithmetic on header values saturates at it.
+pub const MAX_DELTA: Duration = Duration::from_secs(1 << 31);
+
+/// Parses delta-seconds (RFC 9111 §1.2.2): digits only; values past [`MAX_DELTA`] are clamped.
+pub fn delta_seconds(text: &str) -> Option<Duration> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let seconds = text.parse::<u64>().unwrap_or(u64::MAX).min(MAX_DELTA.as_secs());
+    Some(Duration::from_secs(seconds))
+}
 
 /// Status codes this cache stores (the ones RFC 9110 calls heuristically cacheable, minus 206 and the
 /// rarely useful ones).
@@ -30,6 +43,7 @@ pub struct CacheRules {
     pub stale_if_error: Duration,
     pub stale_while_revalidate: Duration,
     pub max_object_size: u64,
+    pub set_cookie: SetCookie,
 }
 
 impl CacheRules {
@@ -40,6 +54,7 @@ impl CacheRules {
             stale_if_error: config.stale_if_error.0,
             stale_while_revalidate: config.stale_while_revalidate.0,
             max_object_size: config.max_object_size.0,
+            set_cookie: config.set_cookie,
         }
     }
 
@@ -81,7 +96,7 @@ pub fn stale_directives(headers: &HeaderMap) -> StaleDirectives {
                 Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
                 None => (directive, None),
             };
-            let seconds = || arg.and_then(|a| a.parse::<u64>().ok()).map(Duration::from_secs);
+            let seconds = || arg.and_then(delta_seconds);
             match name.to_ascii_lowercase().as_str() {
                 "stale-while-revalidate" => out.stale_while_revalidate = seconds(),
                 "stale-if-error" => out.stale_if_error = seconds(),
@@ -109,6 +124,9 @@ pub struct Verdict {
     pub policy: CachePolicy,
     /// Header names the response Varies on (lower-cased), if any.
     pub vary: Vec<HeaderName>,
+    /// The response sets a cookie. With `cache.set_cookie = "pass"` it is then neither stored nor
+    /// shared; with `"strip"` it is stored and shared without its `Set-Cookie`.
+    pub sets_cookie: bool,
 }
 
 /// Decides whether and for how long a response may be stored. `request` is the request as sent to the
@@ -137,12 +155,14 @@ pub fn judge(
     let policy = CachePolicy::new_options(request, &effective, now, options);
     let vary = vary_names(headers);
     let vary_star = vary.iter().any(|n| n.as_str() == "*");
-    let storable = policy.is_storable() && status_is_storable(status) && !vary_star;
+    let sets_cookie = headers.contains_key(header::SET_COOKIE);
+    let cookie_passes = sets_cookie && rules.set_cookie == SetCookie::Pass;
+    let storable = policy.is_storable() && status_is_storable(status) && !vary_star && !cookie_passes;
     let forbids = directives.forbids_stale;
     Verdict {
         storable,
-        fresh_for: policy.time_to_live(now),
-        initial_age: policy.age(now),
+        fresh_for: policy.time_to_live(now).min(MAX_DELTA),
+        initial_age: policy.age(now).min(MAX_DELTA),
         stale_while_revalidate: if forbids {
             Duration::ZERO
         } else {
@@ -155,6 +175,7 @@ pub fn judge(
         },
         policy,
         vary,
+        sets_cookie,
     }
 }
 
@@ -221,7 +242,7 @@ impl CachedObject {
 
     /// The Age to send: the age the origin reported plus the time spent here.
     pub fn age(&self, now: Instant) -> Duration {
-        self.initial_age + now.saturating_duration_since(self.stored_at)
+        self.initial_age.saturating_add(now.saturating_duration_since(self.stored_at))
     }
 
     pub fn lifecycle(&self, now: Instant) -> Lifecycle {
@@ -251,7 +272,8 @@ impl CachedObject {
     pub fn keep_for(&self) -> Duration {
         let has_validator = self.headers.contains_key(header::ETAG) || self.headers.contains_key(header::LAST_MODIFIED);
         let revalidation_grace = if has_validator { Duration::from_secs(3600) } else { Duration::ZERO };
-        self.fresh_for + self.stale_while_revalidate.max(self.stale_if_error).max(revalidation_grace)
+        // Each part is at most MAX_DELTA, so the sum is far from overflowing the cache's clock.
+        self.fresh_for.saturating_add(self.stale_while_revalidate.max(self.stale_if_error).max(revalidation_grace))
     }
 
     /// Approximate memory this object holds, for the cache's byte weigher.
@@ -287,6 +309,8 @@ impl CachedObject {
         let mut response = http::Response::new(());
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         *response.headers_mut() = not_modified_headers.clone();
+        // A cookie in a 304 is the revalidating client's, never the stored object's.
+        response.headers_mut().remove(header::SET_COOKIE);
         match self.policy.after_response(request, &response, now) {
             http_cache_semantics::AfterResponse::NotModified(_, parts) => {
                 let mut headers = parts.headers;
@@ -514,5 +538,52 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("etag"));
+    }
+
+    /// RFC 9111 §1.2.2: delta-seconds past 2^31 count as 2^31; nothing overflows (the panics in
+    /// `keep_for` and `age` that wedged a URL).
+    #[test]
+    fn huge_delta_seconds_saturate_instead_of_overflowing() {
+        assert_eq!(delta_seconds("18446744073709551615"), Some(MAX_DELTA));
+        assert_eq!(delta_seconds("99999999999999999999999999"), Some(MAX_DELTA));
+        assert_eq!(delta_seconds("-1"), None);
+        assert_eq!(delta_seconds("1e3"), None);
+        let v = judge_now(200, &[("cache-control", "max-age=60, stale-if-error=18446744073709551615")], "/a.ts");
+        assert_eq!(v.stale_if_error, MAX_DELTA);
+        let object = CachedObject::from_verdict(StatusCode::OK, HeaderMap::new(), Bytes::new(), v, Instant::now());
+        assert!(object.keep_for() >= MAX_DELTA);
+
+        let v = judge_now(
+            200,
+            &[
+                ("cache-control", "max-age=60, stale-while-revalidate=18446744073709551615"),
+                ("age", "18446744073709551615"),
+            ],
+            "/a.ts",
+        );
+        let now = Instant::now();
+        let mut object = CachedObject::from_verdict(StatusCode::OK, HeaderMap::new(), Bytes::new(), v, now);
+        object.initial_age = Duration::MAX;
+        assert_eq!(object.age(now + Duration::from_secs(5)), Duration::MAX);
+        let _ = object.lifecycle(now + Duration::from_secs(5));
+        let _ = object.keep_for();
+    }
+
+    #[test]
+    fn set_cookie_responses_are_not_stored_unless_stripped() {
+        let v = judge_now(200, &[("cache-control", "max-age=60"), ("set-cookie", "session=A")], "/a.ts");
+        assert!(v.sets_cookie);
+        assert!(!v.storable);
+        let mut rules = rules();
+        rules.set_cookie = SetCookie::Strip;
+        let v = judge(
+            &rules,
+            &request(&[]),
+            StatusCode::OK,
+            &headers(&[("cache-control", "max-age=60"), ("set-cookie", "session=A")]),
+            "/a.ts",
+            SystemTime::now(),
+        );
+        assert!(v.storable && v.sets_cookie);
     }
 }

@@ -1,74 +1,95 @@
 //! Phase 5: fetching a miss (or revalidating a stale copy) from the origin, coalesced: the first request
 //! for a key starts a flight that runs detached from every client; later ones join it. The flight stores
 //! the object only once its body has arrived whole (and matches Content-Length when one was given).
+//!
+//! Who may share a flight (one client must never change what another receives):
+//! - requests with `Authorization` never join another's flight (RFC 9111 §3.5);
+//! - a follower is given the leader's response only when it may be shared (storable, no `Set-Cookie`
+//!   unless the operator strips cookies) and when the follower's request matches the leader's on every
+//!   header the response Varies on (RFC 9111 §4.1). Otherwise it fetches for itself: through the
+//!   flight of its own variant, or alone.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, StatusCode};
 
+use super::origin_request::{self, Forwarding};
 use super::range::{self, RangeAnswer};
 use super::respond::{self, CacheResult, Outcome};
 use super::route::Target;
 use super::Edge;
-use crate::body::EdgeBody;
-use crate::cache::coalesce::{Flight, FlightFailure, FlightHead, Flights, HeadOutcome, Joined};
+use crate::body::{BodyError, EdgeBody};
+use crate::cache::coalesce::{
+    vary_matches, FillGuard, Flight, FlightFailure, FlightHead, FlightReader, Flights, HeadOutcome, Joined, NotWhole,
+};
 use crate::cache::policy::{self, judge, remove_hop_by_hop, Verdict};
 use crate::cache::{CacheKey, CachedObject};
+use crate::config::SetCookie;
 use crate::origin::{OriginError, OriginRequest};
 
-/// Request headers that concern the client's own copy or connection, never forwarded on a fill.
-const NOT_FORWARDED_ON_FILL: [HeaderName; 6] = [
-    header::RANGE,
-    header::IF_RANGE,
-    header::IF_NONE_MATCH,
-    header::IF_MODIFIED_SINCE,
-    header::IF_MATCH,
-    header::IF_UNMODIFIED_SINCE,
-];
+/// How a request takes part in fetching.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Plan {
+    /// Join (or lead) the flight under this key: the primary key, or a variant's.
+    Join(CacheKey),
+    /// A fetch of its own, stored when the response allows.
+    Alone,
+    /// A fetch of its own with the client's Range forwarded, never stored: a range of an object that
+    /// cannot be stored is not worth the whole body.
+    ForwardRange,
+}
 
-/// The headers the edge sends to the origin for a client request: the client's end-to-end headers,
-/// without hop-by-hop ones and Host (the origin's own host is used), plus X-Forwarded-For and Via.
-pub fn forwarded_headers(client: &HeaderMap, peer: SocketAddr) -> HeaderMap {
-    let mut headers = client.clone();
-    remove_hop_by_hop(&mut headers);
-    headers.remove(header::HOST);
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", value);
-    }
-    headers.append(header::VIA, HeaderValue::from_static("1.1 eddy"));
-    headers
+/// What a flight's answer means for one request.
+enum Answer {
+    Ready(Outcome),
+    /// The leader's response may not be given to this request.
+    NotShareable,
+    /// The response varies on these headers, and this request's values differ from the leader's.
+    OtherVariant(Vec<HeaderName>),
+    /// A range of an object that will not be stored: ask the origin for the range itself.
+    ForwardRange,
 }
 
 /// What a flight needs to know about the request that started it.
 struct FillRequest {
+    /// Where the object is stored (always the primary key; storage handles variants).
     key: CacheKey,
     /// The request as the cache policy sees it (method GET, the client's headers).
     policy_request: Parts,
     origin_request: OriginRequest,
     path: String,
     stale: Option<Arc<CachedObject>>,
+    /// Never store what this fill brings (a forwarded range).
+    never_store: bool,
+    /// Test-only fault injection: panic inside the fill (see `Edge::panic_in_fill_path`).
+    panic_mid_body: bool,
 }
 
 fn fill_request(
+    edge: &Edge,
     parts: &Parts,
     target: &Target,
     key: CacheKey,
     stale: Option<Arc<CachedObject>>,
     peer: SocketAddr,
+    forward_range: bool,
 ) -> FillRequest {
-    let mut headers = forwarded_headers(&parts.headers, peer);
-    for name in &NOT_FORWARDED_ON_FILL {
-        headers.remove(name);
+    let stored_vary = stale.as_ref().map(|s| policy::vary_names(&s.headers)).unwrap_or_default();
+    let forwarding = Forwarding { peer, host: &target.host };
+    let mut headers =
+        origin_request::for_fill(&parts.headers, &edge.forwarded_request_headers, &stored_vary, &forwarding);
+    if forward_range {
+        for name in [header::RANGE, header::IF_RANGE] {
+            if let Some(value) = parts.headers.get(&name) {
+                headers.insert(name, value.clone());
+            }
+        }
     }
     if let Some(stale) = &stale {
         headers.extend(stale.validators());
@@ -89,6 +110,8 @@ fn fill_request(
         },
         path: target.path.clone(),
         stale,
+        never_store: forward_range,
+        panic_mid_body: edge.panic_in_fill_path.as_deref() == Some(target.path.as_str()),
     }
 }
 
@@ -101,33 +124,40 @@ pub async fn fetch(
     stale: Option<Arc<CachedObject>>,
     peer: SocketAddr,
 ) -> Outcome {
-    // A request with credentials gets its own fetch: its answer may be meant for it alone.
-    let per_client = parts.headers.contains_key(header::AUTHORIZATION);
-    let (flight, leader) = if per_client {
-        (Flights::private(), true)
-    } else {
-        match edge.flights.join(&key) {
-            Joined::Leader(flight) => (flight, true),
-            Joined::Follower(flight) => (flight, false),
+    // A request with credentials never joins another's fetch: its answer may be meant for it alone.
+    let mut plan =
+        if parts.headers.contains_key(header::AUTHORIZATION) { Plan::Alone } else { Plan::Join(key.clone()) };
+    let mut stale = stale;
+    // Join → other variant → alone → forwarded range: a request moves down this list, never back.
+    for _ in 0..4 {
+        let joined = match &plan {
+            Plan::Join(flight_key) => edge.flights.join(flight_key, &parts.headers),
+            Plan::Alone | Plan::ForwardRange => Flights::private(&parts.headers),
+        };
+        let Joined { flight, reader, guard } = joined;
+        let leader = guard.is_some();
+        if let Some(guard) = guard {
+            let fill = fill_request(edge, parts, target, key.clone(), stale.clone(), peer, plan == Plan::ForwardRange);
+            tokio::spawn(run_flight(edge.clone(), guard, fill));
         }
-    };
-    if leader {
-        let fill = fill_request(parts, target, key.clone(), stale.clone(), peer);
-        tokio::spawn(run_flight(edge.clone(), flight.clone(), fill, !per_client));
-    }
-    let outcome = answer_from_flight(edge, &flight, leader, parts, stale).await;
-    match outcome {
-        Some(outcome) => outcome,
-        // The shared answer turned out to be for its requester only: fetch our own.
-        None => {
-            let flight = Flights::private();
-            let fill = fill_request(parts, target, key, None, peer);
-            tokio::spawn(run_flight(edge.clone(), flight.clone(), fill, false));
-            answer_from_flight(edge, &flight, true, parts, None)
-                .await
-                .unwrap_or_else(|| Outcome::local(StatusCode::BAD_GATEWAY, "origin answer unusable"))
+        let forwarded_range = plan == Plan::ForwardRange;
+        match answer_from_flight(&flight, reader, leader, parts, stale.as_ref(), forwarded_range).await {
+            Answer::Ready(outcome) => return outcome,
+            Answer::OtherVariant(names) if matches!(&plan, Plan::Join(k) if *k == key) => {
+                // Generation 0 is never used by storage: this key names flights only.
+                plan = Plan::Join(key.variant(0, &names, &parts.headers));
+            }
+            Answer::OtherVariant(_) | Answer::NotShareable => {
+                plan = Plan::Alone;
+                stale = None;
+            }
+            Answer::ForwardRange => {
+                plan = Plan::ForwardRange;
+                stale = None;
+            }
         }
     }
+    Outcome::error(StatusCode::BAD_GATEWAY, "origin answer unusable", "no usable flight after four attempts")
 }
 
 /// Starts one background revalidation of a stale object unless one is already under way.
@@ -139,77 +169,159 @@ pub fn revalidate_in_background(
     stale: Arc<CachedObject>,
     peer: SocketAddr,
 ) {
-    if let Joined::Leader(flight) = edge.flights.join(&key) {
-        let fill = fill_request(parts, target, key, Some(stale), peer);
-        tokio::spawn(run_flight(edge.clone(), flight, fill, true));
+    // The reader is dropped at once: no client waits for this body, which is kept only to be stored.
+    let Joined { guard, .. } = edge.flights.join(&key, &parts.headers);
+    if let Some(guard) = guard {
+        let fill = fill_request(edge, parts, target, key, Some(stale), peer, false);
+        tokio::spawn(run_flight(edge.clone(), guard, fill));
     }
 }
 
-/// Waits for the flight's head and builds the client's response. `None` means the response may not be
-/// shared with this (follower) request.
+/// Waits for the flight's head and builds this request's answer.
 async fn answer_from_flight(
-    edge: &Arc<Edge>,
     flight: &Arc<Flight>,
+    reader: FlightReader,
     leader: bool,
     parts: &Parts,
-    stale: Option<Arc<CachedObject>>,
-) -> Option<Outcome> {
-    let now = Instant::now();
+    stale: Option<&Arc<CachedObject>>,
+    forwarded_range: bool,
+) -> Answer {
     let head = match flight.head().await {
-        HeadOutcome::Failed(failure) => return Some(stale_or_error(stale, &failure, parts, now)),
+        HeadOutcome::Failed(failure) => return Answer::Ready(stale_or_error(stale, &failure, parts, Instant::now())),
         HeadOutcome::Refreshed(object) => {
-            return Some(Outcome {
-                response: respond::from_object(&object, &parts.method, &parts.headers, Instant::now()),
-                result: CacheResult::Revalidated,
-                cache_status: "fwd=stale; fwd-status=304; stored".into(),
-                from_cache: true,
-                coalesced: !leader,
-            })
+            let mut outcome = Outcome::served(
+                respond::from_object(&object, &parts.method, &parts.headers, Instant::now()),
+                CacheResult::Revalidated,
+                "fwd=stale; fwd-status=304; stored",
+                true,
+            );
+            outcome.coalesced = !leader;
+            return Answer::Ready(outcome);
         }
         HeadOutcome::Head(head) => head,
     };
+    let now = Instant::now();
     if head.status.is_server_error() {
-        if let Some(object) = stale.as_ref().filter(|o| o.usable_on_error(now)) {
-            return Some(serve_stale(object, parts, now, &format!("origin answered {}", head.status.as_u16())));
+        if let Some(object) = stale.filter(|o| o.usable_on_error(now)) {
+            return Answer::Ready(serve_stale(
+                object,
+                parts,
+                now,
+                &format!("origin answered {}", head.status.as_u16()),
+            ));
         }
     }
-    if !head.shareable && !leader {
-        return None;
+    if !leader {
+        if !head.shareable {
+            return Answer::NotShareable;
+        }
+        if !vary_matches(&head.vary, flight.leader_request(), &parts.headers) {
+            return Answer::OtherVariant(head.vary.clone());
+        }
     }
     let mut cache_status = String::from(if stale.is_some() { "fwd=stale" } else { "fwd=miss" });
-    if head.shareable && head.status != StatusCode::NOT_MODIFIED && policy::status_is_storable(head.status) {
+    if head.storable && head.status != StatusCode::NOT_MODIFIED {
         cache_status.push_str("; stored");
     }
     if !leader {
         cache_status.push_str("; collapsed");
     }
-    let outcome = |response| Outcome {
-        response,
-        result: CacheResult::Miss,
-        cache_status,
-        from_cache: !leader,
-        coalesced: !leader,
+    let outcome = |response| {
+        let mut outcome = Outcome::served(response, CacheResult::Miss, cache_status, !leader);
+        outcome.coalesced = !leader;
+        outcome
     };
 
     let mut headers = head.headers.clone();
-    headers.insert(header::AGE, HeaderValue::from_static("0"));
+    if leader {
+        for (name, value) in &head.leader_only {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    if !headers.contains_key(header::AGE) {
+        headers.insert(header::AGE, HeaderValue::from_static("0"));
+    }
     if head.status == StatusCode::OK && respond::client_has_current_copy(&parts.headers, &head.headers) {
         for name in [header::CONTENT_LENGTH, header::CONTENT_TYPE] {
             headers.remove(name);
         }
-        return Some(outcome(respond::response(StatusCode::NOT_MODIFIED, headers, EdgeBody::empty())));
+        return Answer::Ready(outcome(respond::response(StatusCode::NOT_MODIFIED, headers, EdgeBody::empty())));
     }
-    if head.status == StatusCode::OK && parts.headers.contains_key(header::RANGE) {
-        // A range on a miss: the whole object is fetched once (coalesced) and the range cut from it.
-        return Some(match flight.whole_body().await {
-            Ok(body) => outcome(range_response(head.status, headers, body, parts)),
-            Err(failure) => stale_or_error(stale, &failure, parts, Instant::now()),
-        });
+    if parts.method == Method::HEAD {
+        // The reader is dropped: a HEAD takes no body, and a fetch that will not be stored stops once
+        // nobody reads it.
+        drop(reader);
+        return Answer::Ready(outcome(respond::response(head.status, headers, EdgeBody::empty())));
     }
-    let body =
-        if parts.method == Method::HEAD { EdgeBody::empty() } else { EdgeBody::stream(flight.clone().body_stream()) };
-    let _ = edge;
-    Some(outcome(respond::response(head.status, headers, body)))
+    if head.status == StatusCode::OK && parts.headers.contains_key(header::RANGE) && !forwarded_range {
+        if !head.storable {
+            return Answer::ForwardRange;
+        }
+        let length = content_length(&head.headers);
+        let etag = head.headers.get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let Some(length) = length else {
+            // No declared length: the range can be cut only from the whole body (at most
+            // max_object_size, since it is being stored).
+            drop(reader);
+            return match flight.whole_body().await {
+                Ok(body) => Answer::Ready(outcome(range_response(head.status, headers, body, parts))),
+                Err(NotWhole::TooLarge) => Answer::ForwardRange,
+                Err(NotWhole::Failed(failure)) => Answer::Ready(stale_or_error(stale, &failure, parts, Instant::now())),
+            };
+        };
+        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        return Answer::Ready(outcome(match range::answer(&parts.headers, length, etag.as_deref()) {
+            RangeAnswer::Whole => respond::response(head.status, headers, EdgeBody::stream(reader.into_stream())),
+            RangeAnswer::Partial { start, end } => {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{length}")) {
+                    headers.insert(header::CONTENT_RANGE, v);
+                }
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
+                // Answered as soon as its bytes arrive, while the fill goes on.
+                let body = EdgeBody::stream(byte_range(reader.into_stream(), start, end));
+                respond::response(StatusCode::PARTIAL_CONTENT, headers, body)
+            }
+            RangeAnswer::Unsatisfiable => {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{length}")) {
+                    headers.insert(header::CONTENT_RANGE, v);
+                }
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+                respond::response(StatusCode::RANGE_NOT_SATISFIABLE, headers, EdgeBody::empty())
+            }
+        }));
+    }
+    Answer::Ready(outcome(respond::response(head.status, headers, EdgeBody::stream(reader.into_stream()))))
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Bytes `start..=end` of a body stream; stops reading once past `end`.
+fn byte_range(
+    body: impl Stream<Item = Result<Bytes, BodyError>> + Send + 'static,
+    start: u64,
+    end: u64,
+) -> impl Stream<Item = Result<Bytes, BodyError>> + Send + 'static {
+    futures::stream::unfold((Box::pin(body), 0u64), move |(mut body, mut offset)| async move {
+        while offset <= end {
+            match body.next().await? {
+                // u64::MAX as the offset ends the stream after the error.
+                Err(error) => return Some((Err(error), (body, u64::MAX))),
+                Ok(chunk) => {
+                    let chunk_start = offset;
+                    offset = offset.saturating_add(chunk.len() as u64);
+                    let from = start.max(chunk_start);
+                    let to = end.saturating_add(1).min(offset);
+                    if from < to {
+                        let piece = chunk.slice((from - chunk_start) as usize..(to - chunk_start) as usize);
+                        return Some((Ok(piece), (body, offset)));
+                    }
+                }
+            }
+        }
+        None
+    })
 }
 
 fn range_response(status: StatusCode, mut headers: HeaderMap, body: Bytes, parts: &Parts) -> http::Response<EdgeBody> {
@@ -237,32 +349,32 @@ fn range_response(status: StatusCode, mut headers: HeaderMap, body: Bytes, parts
 }
 
 fn serve_stale(object: &CachedObject, parts: &Parts, now: Instant, why: &str) -> Outcome {
-    tracing::warn!(path = %parts.uri.path(), reason = why, "serving stale copy: origin failed");
     let stale_for = match object.lifecycle(now) {
         crate::cache::Lifecycle::Stale { stale_for }
         | crate::cache::Lifecycle::StaleRevalidateInBackground { stale_for } => stale_for.as_secs(),
         crate::cache::Lifecycle::Fresh { .. } => 0,
     };
-    Outcome {
-        response: respond::from_object(object, &parts.method, &parts.headers, now),
-        result: CacheResult::Stale,
-        cache_status: format!("hit; ttl=-{stale_for}; detail=stale-if-error"),
-        from_cache: true,
-        coalesced: false,
-    }
+    let mut outcome = Outcome::served(
+        respond::from_object(object, &parts.method, &parts.headers, now),
+        CacheResult::Stale,
+        format!("hit; ttl=-{stale_for}; detail=stale-if-error"),
+        true,
+    );
+    outcome.detail = Some(format!("origin failed, stale copy served: {why}"));
+    outcome
 }
 
-fn stale_or_error(stale: Option<Arc<CachedObject>>, failure: &FlightFailure, parts: &Parts, now: Instant) -> Outcome {
-    if let Some(object) = stale.as_ref().filter(|o| o.usable_on_error(now)) {
+fn stale_or_error(stale: Option<&Arc<CachedObject>>, failure: &FlightFailure, parts: &Parts, now: Instant) -> Outcome {
+    if let Some(object) = stale.filter(|o| o.usable_on_error(now)) {
         return serve_stale(object, parts, now, &failure.message);
     }
-    let (status, detail) = if failure.timed_out {
+    let (status, public) = if failure.timed_out {
         (StatusCode::GATEWAY_TIMEOUT, "origin timed out")
     } else {
         (StatusCode::BAD_GATEWAY, "origin unreachable or failed")
     };
-    let mut outcome = Outcome::local(status, &format!("{detail}: {}", failure.message));
-    outcome.cache_status = format!("fwd=miss; detail=\"{detail}\"");
+    let mut outcome = Outcome::error(status, public, failure.message.clone());
+    outcome.cache_status = format!("fwd=miss; detail=\"{public}\"");
     outcome
 }
 
@@ -278,13 +390,10 @@ async fn store(
     edge.storage.insert(&fill.key, &fill.policy_request.headers, &verdict.vary, Arc::new(object)).await;
 }
 
-/// The detached origin fetch of one flight. `shared`: the flight is in the registry (and must leave it).
-async fn run_flight(edge: Arc<Edge>, flight: Arc<Flight>, fill: FillRequest, shared: bool) {
-    let land = |edge: &Edge| {
-        if shared {
-            edge.flights.land(&fill.key, &flight);
-        }
-    };
+/// The detached origin fetch of one flight. Every way out of it ends the flight: explicitly on the
+/// paths below, and through the guard's drop on any other (a panic included).
+async fn run_flight(edge: Arc<Edge>, mut guard: FillGuard, fill: FillRequest) {
+    let flight = guard.flight().clone();
     let started = Instant::now();
     let sent = edge.origins.send(&fill.origin_request).await;
     edge.metrics.record_origin_request(started.elapsed().as_secs_f64(), sent.is_err());
@@ -292,7 +401,6 @@ async fn run_flight(edge: Arc<Edge>, flight: Arc<Flight>, fill: FillRequest, sha
         Ok(response) => response,
         Err(error) => {
             flight.fail(FlightFailure { message: error.to_string(), timed_out: error.is_timeout() });
-            land(&edge);
             return;
         }
     };
@@ -314,12 +422,8 @@ async fn run_flight(edge: Arc<Edge>, flight: Arc<Flight>, fill: FillRequest, sha
                     edge.storage.insert(&fill.key, &fill.policy_request.headers, &vary, object.clone()).await;
                     flight.refreshed(object);
                 }
-                None => flight.fail(FlightFailure {
-                    message: "origin's 304 does not match the stored copy".into(),
-                    timed_out: false,
-                }),
+                None => flight.fail(FlightFailure::new("origin's 304 does not match the stored copy")),
             }
-            land(&edge);
             return;
         }
     }
@@ -327,25 +431,48 @@ async fn run_flight(edge: Arc<Edge>, flight: Arc<Flight>, fill: FillRequest, sha
     let mut headers = response.headers;
     remove_hop_by_hop(&mut headers);
     let verdict = judge(&edge.rules, &fill.policy_request, response.status, &headers, &fill.path, SystemTime::now());
-    let declared_length =
-        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    // With `cache.set_cookie = "strip"`, the cookie goes to the leader alone.
+    let mut leader_only = HeaderMap::new();
+    if verdict.sets_cookie && edge.rules.set_cookie == SetCookie::Strip {
+        for value in headers.get_all(header::SET_COOKIE) {
+            leader_only.append(header::SET_COOKIE, value.clone());
+        }
+        headers.remove(header::SET_COOKIE);
+    }
+    let declared_length = content_length(&headers);
     let max_object = edge.rules.max_object_size;
-    let mut storable = verdict.storable && declared_length.is_none_or(|n| n <= max_object);
-    flight.publish_head(FlightHead { status: response.status, headers: headers.clone(), shareable: verdict.storable });
+    let mut storable = verdict.storable && !fill.never_store && declared_length.is_none_or(|n| n <= max_object);
+    flight.publish_head(FlightHead {
+        status: response.status,
+        headers: headers.clone(),
+        leader_only,
+        shareable: verdict.storable,
+        vary: verdict.vary.clone(),
+        storable,
+    });
+    if !storable {
+        // Those already waiting share the stream; later requests fetch their own rather than wait
+        // on a body that will not be kept.
+        guard.unregister();
+    }
 
-    let deadline = tokio::time::Instant::from_std(started + edge.origins.total_timeout());
+    // The origin's time is bounded, not the clients': waiting for readers of a body that is not
+    // stored (backpressure) does not count against total_timeout.
+    let mut budget = edge.origins.total_timeout().saturating_sub(started.elapsed());
     let mut body = response.body;
     let mut received: u64 = 0;
     let mut stored = false;
     loop {
-        match tokio::time::timeout_at(deadline, body.next()).await {
+        let read_started = Instant::now();
+        let next = tokio::time::timeout(budget, body.next()).await;
+        budget = budget.saturating_sub(read_started.elapsed());
+        match next {
             Err(_) => {
                 edge.metrics.record_origin_error();
                 flight.fail(FlightFailure {
                     message: format!("origin body not complete within {:?}", edge.origins.total_timeout()),
                     timed_out: true,
                 });
-                land(&edge);
                 return;
             }
             Ok(Some(Err(error))) => {
@@ -354,30 +481,39 @@ async fn run_flight(edge: Arc<Edge>, flight: Arc<Flight>, fill: FillRequest, sha
                     message: error.to_string(),
                     timed_out: matches!(error, OriginError::Timeout { .. }),
                 });
-                land(&edge);
                 return;
             }
             Ok(Some(Ok(chunk))) => {
-                received += chunk.len() as u64;
+                received = received.saturating_add(chunk.len() as u64);
                 edge.metrics.record_bytes_from_origin(chunk.len() as u64);
+                if fill.panic_mid_body {
+                    panic!("fault injected into the fill of {} (EDDY_TEST_PANIC_IN_FILL)", fill.path);
+                }
                 if storable && received > max_object {
-                    // Too big to keep: those already waiting get it streamed; later requests fetch
-                    // their own instead of joining a flight that holds the whole body in memory.
+                    // Too big to keep: those already reading get it streamed; later requests fetch
+                    // their own instead of joining a flight that would hold the whole body.
                     storable = false;
-                    land(&edge);
+                    flight.stop_keeping();
+                    guard.unregister();
                 }
                 if storable && !stored && declared_length == Some(received) {
                     // The body is whole. Store it before handing out the last bytes, so that a client's
                     // next request (sent the moment it has them) already finds the object.
-                    let mut whole = BytesMut::with_capacity(received as usize);
-                    whole.extend_from_slice(&flight.collect());
-                    whole.extend_from_slice(&chunk);
-                    store(&edge, &fill, response.status, &headers, whole.freeze(), &verdict).await;
-                    // From now on requests find the object in the cache rather than joining this flight.
-                    land(&edge);
-                    stored = true;
+                    if let Some(so_far) = flight.collect() {
+                        let mut whole = BytesMut::with_capacity(so_far.len() + chunk.len());
+                        whole.extend_from_slice(&so_far);
+                        whole.extend_from_slice(&chunk);
+                        store(&edge, &fill, response.status, &headers, whole.freeze(), &verdict).await;
+                        // From now on requests find the object in the cache rather than joining this flight.
+                        guard.unregister();
+                        stored = true;
+                    }
                 }
-                flight.push_chunk(chunk);
+                if flight.push(chunk).await.is_err() {
+                    // Nobody reads a body that will not be stored: stop fetching it.
+                    flight.fail(FlightFailure::new("every client left"));
+                    return;
+                }
             }
             Ok(None) => break,
         }
@@ -385,19 +521,20 @@ async fn run_flight(edge: Arc<Edge>, flight: Arc<Flight>, fill: FillRequest, sha
     if let Some(expected) = declared_length {
         if expected != received {
             edge.metrics.record_origin_error();
-            flight.fail(FlightFailure {
-                message: format!("origin sent {received} of {expected} bytes"),
-                timed_out: false,
-            });
-            land(&edge);
+            if stored {
+                // Cannot happen (stored only at exactly the declared length), but never keep a body
+                // the origin then contradicted.
+                edge.storage.invalidate(&fill.key).await;
+            }
+            flight.fail(FlightFailure::new(format!("origin sent {received} of {expected} bytes")));
             return;
         }
     }
     if storable && !stored {
         // Without a Content-Length the client only sees the end once `finish` says so: store first.
-        store(&edge, &fill, response.status, &headers, flight.collect(), &verdict).await;
-        land(&edge);
+        if let Some(whole) = flight.collect() {
+            store(&edge, &fill, response.status, &headers, whole, &verdict).await;
+        }
     }
     flight.finish();
-    land(&edge);
 }

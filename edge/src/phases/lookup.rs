@@ -22,22 +22,20 @@ pub async fn serve(edge: &Arc<Edge>, parts: &Parts, target: &Target, peer: Socke
     };
     let now = Instant::now();
     match object.lifecycle(now) {
-        Lifecycle::Fresh { ttl } => Outcome {
-            response: respond::from_object(&object, &parts.method, &parts.headers, now),
-            result: CacheResult::Hit,
-            cache_status: format!("hit; ttl={}", ttl.as_secs()),
-            from_cache: true,
-            coalesced: false,
-        },
+        Lifecycle::Fresh { ttl } => Outcome::served(
+            respond::from_object(&object, &parts.method, &parts.headers, now),
+            CacheResult::Hit,
+            format!("hit; ttl={}", ttl.as_secs()),
+            true,
+        ),
         Lifecycle::StaleRevalidateInBackground { stale_for } => {
             fetch::revalidate_in_background(edge, key, parts, target, object.clone(), peer);
-            Outcome {
-                response: respond::from_object(&object, &parts.method, &parts.headers, now),
-                result: CacheResult::Stale,
-                cache_status: format!("hit; ttl=-{}; detail=stale-while-revalidate", stale_for.as_secs()),
-                from_cache: true,
-                coalesced: false,
-            }
+            Outcome::served(
+                respond::from_object(&object, &parts.method, &parts.headers, now),
+                CacheResult::Stale,
+                format!("hit; ttl=-{}; detail=stale-while-revalidate", stale_for.as_secs()),
+                true,
+            )
         }
         Lifecycle::Stale { .. } => fetch::fetch(edge, key, parts, target, Some(object), peer).await,
     }

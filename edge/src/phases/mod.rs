@@ -22,12 +22,13 @@ pub mod route;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderName, HeaderValue, Method, Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::body::{BodyError, EdgeBody};
@@ -50,7 +51,45 @@ pub struct Edge {
     pub metrics: Metrics,
     pub cors_allow_origin: Option<HeaderValue>,
     pub ratelimit: RateLimiter,
+    /// `origin.forward_request_headers`, parsed once.
+    pub forwarded_request_headers: Vec<HeaderName>,
+    /// Test-only fault injection: a fill for exactly this path panics mid-body. Set from the
+    /// `EDDY_TEST_PANIC_IN_FILL` environment variable, which nothing but the tests sets; it proves that
+    /// a fill that fails in any way releases its flight.
+    pub panic_in_fill_path: Option<String>,
+    request_ids: RequestIds,
 }
+
+/// Request ids: a per-process random prefix and a counter, so that ids from a fleet's edges do not
+/// collide in shared logs.
+struct RequestIds {
+    prefix: u32,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState is seeded from the OS's randomness: enough to tell processes apart.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        RequestIds { prefix: hasher.finish() as u32, next: AtomicU64::new(1) }
+    }
+
+    fn next(&self) -> HeaderValue {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut text = [0u8; 24];
+        let len = {
+            use std::io::Write;
+            let mut cursor = std::io::Cursor::new(&mut text[..]);
+            let _ = write!(cursor, "{:08x}{:012x}", self.prefix, n & 0xffff_ffff_ffff);
+            cursor.position() as usize
+        };
+        HeaderValue::from_bytes(&text[..len]).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    }
+}
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 impl Edge {
     pub fn new(config: Config) -> Result<Edge, crate::origin::OriginError> {
@@ -63,6 +102,13 @@ impl Edge {
         };
         let metrics = Metrics::new();
         metrics.set_rate_limit_enabled(config.rate_limit.enabled);
+        // Names were checked when the config was validated.
+        let forwarded_request_headers = config
+            .origin
+            .forward_request_headers
+            .iter()
+            .filter_map(|name| HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).ok())
+            .collect();
         Ok(Edge {
             rules: CacheRules::from_config(&config.cache),
             storage,
@@ -71,6 +117,9 @@ impl Edge {
             metrics,
             ratelimit: RateLimiter::new(&config.rate_limit),
             cors_allow_origin,
+            forwarded_request_headers,
+            panic_in_fill_path: std::env::var("EDDY_TEST_PANIC_IN_FILL").ok().filter(|p| !p.is_empty()),
+            request_ids: RequestIds::new(),
             config,
         })
     }
@@ -116,6 +165,8 @@ pub async fn handle(
         },
     };
     respond::finish_headers(&mut outcome, edge.cors_allow_origin.as_ref());
+    let request_id = edge.request_ids.next();
+    outcome.response.headers_mut().insert(X_REQUEST_ID.clone(), request_id.clone());
     let status = outcome.response.status().as_u16();
     edge.metrics.record_response(status, outcome.result);
     if outcome.coalesced {
@@ -130,6 +181,8 @@ pub async fn handle(
         status,
         result: outcome.result,
         client,
+        request_id,
+        detail: outcome.detail.take(),
         from_cache: outcome.from_cache,
         started,
         bytes: 0,
@@ -152,6 +205,10 @@ struct AccessLog {
     status: u16,
     result: CacheResult,
     client: identify::ClientId,
+    /// Also in the response's X-Request-Id, so that a client's report finds this line.
+    request_id: HeaderValue,
+    /// What went wrong, when something did (never shown to the client).
+    detail: Option<String>,
     from_cache: bool,
     started: Instant,
     bytes: u64,
@@ -175,6 +232,8 @@ impl Drop for AccessLog {
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
             client = %self.client,
             complete = self.complete || self.expected_bytes == Some(self.bytes),
+            request_id = self.request_id.to_str().unwrap_or(""),
+            detail = self.detail.as_deref(),
         );
     }
 }

@@ -169,10 +169,8 @@ mod tests {
 
     #[test]
     fn headers_the_connection_header_names_stay_behind() {
-        let headers = for_pass(
-            &client(&[("connection", "close, X-Secret"), ("x-secret", "1"), ("x-app", "2")]),
-            &forwarding(),
-        );
+        let headers =
+            for_pass(&client(&[("connection", "close, X-Secret"), ("x-secret", "1"), ("x-app", "2")]), &forwarding());
         assert!(!headers.contains_key("x-secret"));
         assert!(!headers.contains_key("connection"));
         assert_eq!(headers["x-app"], "2");

@@ -1,16 +1,18 @@
 //! Methods the cache does not answer (POST, PUT, DELETE, PATCH, plain OPTIONS…) go straight to the origin,
-//! uncached, and invalidate what is stored for their URL (RFC 9111 §4.4).
+//! uncached. An unsafe method that succeeds invalidates what is stored for its URL, and for the
+//! same-host URLs in the response's `Location` and `Content-Location` (RFC 9111 §4.4); a refused or
+//! failed one leaves the cache alone, so nobody can empty the cache with requests the origin rejects.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures::StreamExt;
 use http::request::Parts;
-use http::StatusCode;
+use http::{header, HeaderMap, Method, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use super::fetch::forwarded_headers;
+use super::origin_request::{self, Forwarding};
 use super::respond::{self, CacheResult, Outcome};
 use super::route::Target;
 use super::Edge;
@@ -34,14 +36,10 @@ pub async fn forward(edge: &Arc<Edge>, parts: &Parts, body: Incoming, target: &T
             };
         }
     };
-    let key =
-        CacheKey::primary(&target.host, &target.path, target.query.as_deref(), &edge.config.cache.ignore_query_params);
-    edge.storage.invalidate(&key).await;
-
     let request = OriginRequest {
         method: parts.method.clone(),
         path_and_query: target.path_and_query(),
-        headers: forwarded_headers(&parts.headers, peer),
+        headers: origin_request::for_pass(&parts.headers, &Forwarding { peer, host: &target.host }),
         body,
     };
     let started = std::time::Instant::now();
@@ -51,23 +49,54 @@ pub async fn forward(edge: &Arc<Edge>, parts: &Parts, body: Incoming, target: &T
         Ok(response) => {
             let mut headers = response.headers;
             remove_hop_by_hop(&mut headers);
+            if is_unsafe(&parts.method) && (response.status.is_success() || response.status.is_redirection()) {
+                invalidate(edge, target, &headers).await;
+            }
             let edge = edge.clone();
             let body = response.body.map(move |chunk| {
                 chunk
                     .inspect(|bytes| edge.metrics.record_bytes_from_origin(bytes.len() as u64))
                     .map_err(|e| -> BodyError { Box::new(e) })
             });
-            Outcome {
-                response: respond::response(response.status, headers, EdgeBody::stream(body)),
-                result: CacheResult::Pass,
-                cache_status: "fwd=method".into(),
-                from_cache: false,
-                coalesced: false,
-            }
+            Outcome::served(
+                respond::response(response.status, headers, EdgeBody::stream(body)),
+                CacheResult::Pass,
+                "fwd=method",
+                false,
+            )
         }
         Err(error) => {
-            let status = if error.is_timeout() { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY };
-            Outcome::local(status, &error.to_string())
+            let (status, public) = if error.is_timeout() {
+                (StatusCode::GATEWAY_TIMEOUT, "origin timed out")
+            } else {
+                (StatusCode::BAD_GATEWAY, "origin unreachable or failed")
+            };
+            Outcome::error(status, public, error.to_string())
+        }
+    }
+}
+
+/// RFC 9110 §9.2.1: every method but GET, HEAD, OPTIONS and TRACE may change the resource.
+fn is_unsafe(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE)
+}
+
+/// Forgets the stored copies of the request's URL and of the same-host URLs in the response's
+/// `Location` and `Content-Location` (RFC 9111 §4.4; other hosts' URLs are never touched, so that
+/// one origin cannot purge another's objects).
+async fn invalidate(edge: &Edge, target: &Target, response: &HeaderMap) {
+    let ignored = &edge.config.cache.ignore_query_params;
+    edge.storage.invalidate(&CacheKey::primary(&target.host, &target.path, target.query.as_deref(), ignored)).await;
+    let base = format!("http://{}{}", if target.host.is_empty() { "edge.invalid" } else { &target.host }, target.path);
+    let Ok(base) = url::Url::parse(&base) else { return };
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        let Some(location) = response.get(&name).and_then(|v| v.to_str().ok()) else { continue };
+        let Ok(url) = base.join(location) else { continue };
+        let same_host =
+            url.host_str() == base.host_str() && url.port_or_known_default() == base.port_or_known_default();
+        if same_host && matches!(url.scheme(), "http" | "https") {
+            let key = CacheKey::primary(&target.host, url.path(), url.query(), ignored);
+            edge.storage.invalidate(&key).await;
         }
     }
 }

@@ -51,6 +51,9 @@ pub struct Outcome {
     pub from_cache: bool,
     /// Whether the response will be recorded as `coalesced` (joined someone else's fetch).
     pub coalesced: bool,
+    /// What went wrong, for the log line only: clients see a generic reason and the request id, never
+    /// origin addresses or error chains.
+    pub detail: Option<String>,
 }
 
 impl Outcome {
@@ -64,7 +67,26 @@ impl Outcome {
             cache_status: "fwd=request".into(),
             from_cache: false,
             coalesced: false,
+            detail: None,
         }
+    }
+
+    /// An error the edge answers itself when an origin failed: the client reads `public` (and finds
+    /// the request id in `X-Request-Id`); `detail` goes to the log line with the same id.
+    pub fn error(status: StatusCode, public: &str, detail: impl Into<String>) -> Outcome {
+        let mut outcome = Outcome::local(status, public);
+        outcome.detail = Some(detail.into());
+        outcome
+    }
+
+    /// An answer from the cache or an origin, with how the cache took part.
+    pub fn served(
+        response: Response<EdgeBody>,
+        result: CacheResult,
+        cache_status: impl Into<String>,
+        from_cache: bool,
+    ) -> Outcome {
+        Outcome { response, result, cache_status: cache_status.into(), from_cache, coalesced: false, detail: None }
     }
 }
 
@@ -284,13 +306,7 @@ mod tests {
         assert_eq!(vary, ["accept-encoding", "origin"]);
         assert_eq!(r.headers()[header::CONTENT_LENGTH], "10");
         assert_eq!(r.headers()[header::ETAG], "\"v1\"");
-        let mut outcome = Outcome {
-            response: r,
-            result: CacheResult::Hit,
-            cache_status: "hit; ttl=60".into(),
-            from_cache: true,
-            coalesced: false,
-        };
+        let mut outcome = Outcome::served(r, CacheResult::Hit, "hit; ttl=60", true);
         finish_headers(&mut outcome, Some(&HeaderValue::from_static("*")));
         assert_eq!(outcome.response.headers()[&CACHE_STATUS], "eddy; hit; ttl=60");
         assert_eq!(outcome.response.headers()[&X_CACHE], "HIT");
