@@ -143,6 +143,12 @@ pub fn judge(
     let mut effective = http::Response::new(());
     *effective.status_mut() = status;
     *effective.headers_mut() = headers.clone();
+    let sets_cookie = headers.contains_key(header::SET_COOKIE);
+    if rules.set_cookie == SetCookie::Strip {
+        // The stored object will not carry the cookie, so it must not count against its freshness
+        // (http-cache-semantics gives a shared cache's cookie-setting responses no lifetime).
+        effective.headers_mut().remove(header::SET_COOKIE);
+    }
     if !directives.explicit_freshness {
         if let Some(ttl) = rules.operator_ttl(status, path, headers) {
             // The operator's TTL stands in for the max-age the origin did not give.
@@ -155,7 +161,6 @@ pub fn judge(
     let policy = CachePolicy::new_options(request, &effective, now, options);
     let vary = vary_names(headers);
     let vary_star = vary.iter().any(|n| n.as_str() == "*");
-    let sets_cookie = headers.contains_key(header::SET_COOKIE);
     let cookie_passes = sets_cookie && rules.set_cookie == SetCookie::Pass;
     let storable = policy.is_storable() && status_is_storable(status) && !vary_star && !cookie_passes;
     let forbids = directives.forbids_stale;
@@ -585,5 +590,6 @@ mod tests {
             SystemTime::now(),
         );
         assert!(v.storable && v.sets_cookie);
+        assert_eq!(v.fresh_for, Duration::from_secs(60));
     }
 }
