@@ -145,7 +145,15 @@ pub async fn handle(
     let (parts, body) = request.into_parts();
     let client = edge.ratelimit.identify(&parts.headers, peer);
     let mut outcome = match route::accept(&parts, &edge.config.server_names) {
-        Err((status, reason)) => Outcome::local(status, &reason),
+        Err((status, reason)) => {
+            let mut refused = Outcome::local(status, &reason);
+            if parts.version <= http::Version::HTTP_11 {
+                // A request we could not accept may have left unread bytes behind (a body on a GET):
+                // close rather than read them as a next request.
+                refused.response.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            refused
+        }
         // Rate limit before the cache lookup, so that hits cannot bypass it.
         Ok(target) => match edge.ratelimit.check(&client, &edge.metrics).await {
             crate::ratelimit::Verdict::Refused(refusal) => *refusal,

@@ -20,6 +20,8 @@ pub enum Script {
     BreakOff { head: String, partial: Vec<u8> },
     /// Send the whole response at once.
     Whole { head: String, body: Vec<u8> },
+    /// A conditional request (one with If-None-Match) gets `not_modified`; any other the whole response.
+    Conditional { not_modified: String, head: String, body: Vec<u8> },
 }
 
 pub struct ScriptedOrigin {
@@ -56,13 +58,23 @@ impl ScriptedOrigin {
                             Ok(n) => buffer.extend_from_slice(&chunk[..n]),
                         }
                     }
-                    heads.lock().await.push(String::from_utf8_lossy(&buffer).into_owned());
+                    let request_head = String::from_utf8_lossy(&buffer).into_owned();
+                    let conditional = request_head.to_ascii_lowercase().contains("\r\nif-none-match:");
+                    heads.lock().await.push(request_head);
                     let n = count.fetch_add(1, Ordering::SeqCst);
                     let script = scripts[n.min(scripts.len() - 1)].clone();
                     match script {
                         Script::Whole { head, body } => {
                             let _ = stream.write_all(head.as_bytes()).await;
                             let _ = stream.write_all(&body).await;
+                        }
+                        Script::Conditional { not_modified, head, body } => {
+                            if conditional {
+                                let _ = stream.write_all(not_modified.as_bytes()).await;
+                            } else {
+                                let _ = stream.write_all(head.as_bytes()).await;
+                                let _ = stream.write_all(&body).await;
+                            }
                         }
                         Script::BreakOff { head, partial } => {
                             let _ = stream.write_all(head.as_bytes()).await;
