@@ -8,9 +8,10 @@
 //! - A body that will be stored is kept whole (it is at most `max_object_size`): it becomes the
 //!   stored object.
 //! - A body that will not be stored (too large, `no-store`, `private`, …) flows through a window of
-//!   [`STREAM_WINDOW`] bytes. The fetch reads from the origin only as fast as the fastest reader
-//!   drains (backpressure), a reader that falls a whole window behind is dropped with an error, and a
-//!   fetch nobody reads any more stops.
+//!   [`STREAM_WINDOW`] bytes ahead of its fastest reader, and keeps at most as many behind it. The
+//!   fetch reads from the origin only as fast as the fastest reader drains (backpressure), a reader
+//!   that falls a whole window behind the fastest is dropped with an error, and a fetch nobody reads
+//!   any more stops.
 //!
 //! Resources are released by guards, never by hand on each path (Pingora's `WritePermit`): the
 //! fetch holds a [`FillGuard`] whose drop ends the flight (as failed, if nothing else ended it; a
@@ -29,7 +30,8 @@ use super::key::CacheKey;
 use super::policy::CachedObject;
 use crate::body::BodyError;
 
-/// Bytes a flight that will not be stored holds at most (plus the chunk in hand) for its readers.
+/// Bytes a flight that will not be stored holds ahead of its fastest reader, and at most again as many
+/// behind it for slower readers.
 pub const STREAM_WINDOW: u64 = 2 << 20;
 
 /// The response head of a flight.
@@ -122,8 +124,16 @@ impl Shared {
         self.total.saturating_sub(self.offset_of(fastest))
     }
 
+    /// Drops the chunks every reader has passed, and those more than `window` bytes behind the fastest
+    /// reader: a slower reader that still needed them has fallen too far behind and is dropped when it
+    /// asks.
     fn trim_to(&mut self, window: u64) {
-        while self.chunks.len() > 1 && self.total.saturating_sub(self.starts[0]) > window {
+        let fastest = self.readers.iter().flatten().max().copied().unwrap_or(self.end());
+        let slowest = self.readers.iter().flatten().min().copied().unwrap_or(self.end());
+        // Nobody needs what the slowest reader has passed; nobody may keep more than a window behind
+        // the fastest.
+        let keep_from = self.offset_of(slowest).max(self.offset_of(fastest).saturating_sub(window));
+        while self.chunks.len() > 1 && self.starts.get(1).is_some_and(|&next| next <= keep_from) {
             self.chunks.pop_front();
             self.starts.pop_front();
             self.first += 1;
@@ -417,6 +427,9 @@ impl FlightReader {
         if position < shared.end() {
             let chunk = shared.chunks[position - shared.first].clone();
             shared.readers[self.slot] = Some(position + 1);
+            if let Some(window) = shared.window {
+                shared.trim_to(window);
+            }
             return Next::Chunk(chunk);
         }
         match &shared.phase {
@@ -654,7 +667,7 @@ mod tests {
         blocked.await.expect("joined").expect("room was made");
         {
             let shared = flight.lock();
-            assert!(shared.total - shared.offset_of(shared.first) <= STREAM_WINDOW + chunk.len() as u64);
+            assert!(shared.total - shared.offset_of(shared.first) <= 2 * STREAM_WINDOW + chunk.len() as u64);
         }
         drop(stream);
         assert!(flight.push(chunk).await.is_err(), "nobody left to read");

@@ -144,6 +144,10 @@ pub fn judge(
     *effective.status_mut() = status;
     *effective.headers_mut() = headers.clone();
     let sets_cookie = headers.contains_key(header::SET_COOKIE);
+    // The policy crate adds Age to durations unchecked: hand it a clamped value (RFC 9111 §1.2.2).
+    if let Some(age) = headers.get(header::AGE).and_then(|v| v.to_str().ok()).and_then(|v| delta_seconds(v.trim())) {
+        effective.headers_mut().insert(header::AGE, HeaderValue::from(age.as_secs()));
+    }
     if rules.set_cookie == SetCookie::Strip {
         // The stored object will not carry the cookie, so it must not count against its freshness
         // (http-cache-semantics gives a shared cache's cookie-setting responses no lifetime).

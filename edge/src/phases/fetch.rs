@@ -390,42 +390,61 @@ async fn store(
     edge.storage.insert(&fill.key, &fill.policy_request.headers, &verdict.vary, Arc::new(object)).await;
 }
 
-/// The detached origin fetch of one flight. Every way out of it ends the flight: explicitly on the
-/// paths below, and through the guard's drop on any other (a panic included).
-async fn run_flight(edge: Arc<Edge>, mut guard: FillGuard, fill: FillRequest) {
-    let flight = guard.flight().clone();
+/// Sends the fill's request; on failure, ends the flight and returns `None`.
+async fn send(edge: &Edge, flight: &Flight, fill: &FillRequest) -> Option<crate::origin::OriginResponse> {
     let started = Instant::now();
     let sent = edge.origins.send(&fill.origin_request).await;
     edge.metrics.record_origin_request(started.elapsed().as_secs_f64(), sent.is_err());
-    let response = match sent {
-        Ok(response) => response,
+    match sent {
+        Ok(response) => Some(response),
         Err(error) => {
             flight.fail(FlightFailure { message: error.to_string(), timed_out: error.is_timeout() });
-            return;
+            None
         }
-    };
+    }
+}
 
+/// The detached origin fetch of one flight. Every way out of it ends the flight: explicitly on the
+/// paths below, and through the guard's drop on any other (a panic included).
+async fn run_flight(edge: Arc<Edge>, mut guard: FillGuard, mut fill: FillRequest) {
+    let flight = guard.flight().clone();
+    let started = Instant::now();
+    let Some(mut response) = send(&edge, &flight, &fill).await else { return };
     if response.status == StatusCode::NOT_MODIFIED {
-        if let Some(stale) = &fill.stale {
-            let refreshed = stale.refreshed(
+        let refreshed = fill.stale.as_ref().and_then(|stale| {
+            stale.refreshed(
                 &edge.rules,
                 &fill.policy_request,
                 &response.headers,
                 &fill.path,
                 SystemTime::now(),
                 Instant::now(),
-            );
-            match refreshed {
-                Some(object) => {
-                    let object = Arc::new(object);
-                    let vary = policy::vary_names(&object.headers);
-                    edge.storage.insert(&fill.key, &fill.policy_request.headers, &vary, object.clone()).await;
-                    flight.refreshed(object);
-                }
-                None => flight.fail(FlightFailure::new("origin's 304 does not match the stored copy")),
-            }
+            )
+        });
+        if let Some(object) = refreshed {
+            let object = Arc::new(object);
+            let vary = policy::vary_names(&object.headers);
+            edge.storage.insert(&fill.key, &fill.policy_request.headers, &vary, object.clone()).await;
+            flight.refreshed(object);
             return;
         }
+        if fill.stale.take().is_none() {
+            // The fill asked for nothing conditional: a 304 answers no question it asked.
+            flight.fail(FlightFailure::new("origin answered 304 to an unconditional request"));
+            return;
+        }
+        // The 304 names another representation than the stored one (RFC 9111 §4.3.4): the stored
+        // body can no longer be trusted. Forget it and ask once more, unconditionally.
+        edge.storage.invalidate(&fill.key).await;
+        for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
+            fill.origin_request.headers.remove(name);
+        }
+        let Some(again) = send(&edge, &flight, &fill).await else { return };
+        if again.status == StatusCode::NOT_MODIFIED {
+            flight.fail(FlightFailure::new("origin answered 304 to an unconditional request"));
+            return;
+        }
+        response = again;
     }
 
     let mut headers = response.headers;

@@ -20,6 +20,13 @@ pub enum Script {
     BreakOff { head: String, partial: Vec<u8> },
     /// Send the whole response at once.
     Whole { head: String, body: Vec<u8> },
+    /// Write these bytes as they are, then close: resets before or inside the head, lying lengths,
+    /// invalid bytes, chunked bodies without their last chunk.
+    Raw(Vec<u8>),
+    /// Never answer; the connection stays open until the gate opens.
+    Stall,
+    /// Send head + body one byte every `every`.
+    Trickle { head: String, body: Vec<u8>, every: std::time::Duration },
     /// A conditional request (one with If-None-Match) gets `not_modified`; any other the whole response.
     Conditional { not_modified: String, head: String, body: Vec<u8> },
 }
@@ -74,6 +81,23 @@ impl ScriptedOrigin {
                             } else {
                                 let _ = stream.write_all(head.as_bytes()).await;
                                 let _ = stream.write_all(&body).await;
+                            }
+                        }
+                        Script::Raw(bytes) => {
+                            let _ = stream.write_all(&bytes).await;
+                            let _ = stream.flush().await;
+                        }
+                        Script::Stall => {
+                            let _ = gate_rx.wait_for(|open| *open).await;
+                        }
+                        Script::Trickle { head, body, every } => {
+                            let _ = stream.write_all(head.as_bytes()).await;
+                            for byte in body {
+                                if stream.write_all(&[byte]).await.is_err() {
+                                    break;
+                                }
+                                let _ = stream.flush().await;
+                                tokio::time::sleep(every).await;
                             }
                         }
                         Script::BreakOff { head, partial } => {
