@@ -596,4 +596,50 @@ mod tests {
         assert!(v.storable && v.sets_cookie);
         assert_eq!(v.fresh_for, Duration::from_secs(60));
     }
+
+    fn header_text() -> impl proptest::strategy::Strategy<Value = String> {
+        // Directive names, numbers at and past every limit, separators, quotes, dates and junk.
+        proptest::string::string_regex(
+            "((max-age|s-maxage|MaX-AgE|no-cache|No-CaChE|no-store|private|public|must-revalidate|\
+stale-while-revalidate|stale-if-error|immutable|x)(=(0|1|60|2147483648|18446744073709551615|\
+99999999999999999999|-1|\"7\"|))?|Mon, 01 Jan 2024 00:00:00 GMT|[ ,;=\"a-z0-9*]{0,6}){0,4}",
+        )
+        .expect("regex")
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, failure_persistence: None, ..Default::default() })]
+        /// Whatever an origin sends in Cache-Control, Age, Expires, Date and Vary: no panic, every
+        /// duration within 2^31 s, and a stored object's lifecycle and age computable at any later time.
+        #[test]
+        fn judging_any_freshness_headers_never_panics_and_stays_bounded(
+            cache_control in header_text(), age in header_text(), expires in header_text(), vary in header_text(),
+            date in header_text(), later in 0u64..=u64::MAX,
+        ) {
+            let mut pairs: Vec<(&str, &str)> = vec![("cache-control", &cache_control), ("vary", &vary)];
+            for (name, value) in [("age", &age), ("expires", &expires), ("date", &date)] {
+                if !value.is_empty() {
+                    pairs.push((name, value));
+                }
+            }
+            let mut map = HeaderMap::new();
+            for (n, v) in &pairs {
+                if let Ok(value) = HeaderValue::from_str(v) {
+                    map.append(HeaderName::from_bytes(n.as_bytes()).expect("name"), value);
+                }
+            }
+            let verdict = judge(&rules(), &request(&[]), StatusCode::OK, &map, "/a.ts", SystemTime::now());
+            proptest::prop_assert!(verdict.fresh_for <= MAX_DELTA);
+            proptest::prop_assert!(verdict.initial_age <= MAX_DELTA);
+            proptest::prop_assert!(verdict.stale_if_error <= MAX_DELTA && verdict.stale_while_revalidate <= MAX_DELTA);
+            proptest::prop_assert!(verdict.vary.windows(2).all(|w| w[0].as_str() < w[1].as_str()));
+            let now = Instant::now();
+            let object = CachedObject::from_verdict(StatusCode::OK, map, Bytes::new(), verdict, now);
+            let then = now.checked_add(Duration::from_secs(later % (1 << 40))).unwrap_or(now);
+            let _ = object.lifecycle(then);
+            let _ = object.usable_on_error(then);
+            let _ = object.age(then);
+            proptest::prop_assert!(object.keep_for() <= MAX_DELTA * 3);
+        }
+    }
 }
