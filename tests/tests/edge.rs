@@ -376,6 +376,31 @@ async fn ranges_are_cut_from_whole_objects() {
     assert_eq!(origin_hits(&origin).await, 1);
 }
 
+/// A Range on a miss is answered as soon as its bytes have arrived, while the fill goes on; the fill
+/// still stores the whole object for later requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_range_on_a_miss_is_answered_before_the_whole_object_arrives() {
+    let body = pattern(200_000);
+    let origin = ScriptedOrigin::start(vec![Script::Gated {
+        head: head_200(body.len(), ""),
+        first: body[..50_000].to_vec(),
+        rest: body[50_000..].to_vec(),
+    }])
+    .await;
+    let edge = start_edge(&["--origin", &origin.url()]).expect("edge");
+    let c = client();
+    // Only the first 50,000 bytes exist at the origin until the gate opens.
+    let early = c.get(edge.url("/r.ts")).header("range", "bytes=1000-1999").send().await.expect("range");
+    assert_eq!(early.status(), 206);
+    assert_eq!(early.headers()["content-range"], "bytes 1000-1999/200000");
+    assert_eq!(early.bytes().await.expect("body").as_ref(), &body[1000..2000]);
+    origin.open_gate();
+    let late = c.get(edge.url("/r.ts")).header("range", "bytes=150000-150009").send().await.expect("range");
+    assert_eq!(late.bytes().await.expect("body").as_ref(), &body[150_000..150_010]);
+    assert_eq!(xcache_of(&c, &edge.url("/r.ts")).await, "HIT");
+    assert_eq!(origin.request_count(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn storability_follows_cache_control_and_vary() {
     let origin = MockServer::start().await;

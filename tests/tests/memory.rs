@@ -96,8 +96,9 @@ async fn stalled_client(addr: std::net::SocketAddr, target: &str, range: Option<
     (stream, String::from_utf8_lossy(&head).into_owned())
 }
 
-/// 8 clients that stop reading a 1 GiB uncacheable object, plus 8 `Range: bytes=0-0` requests on a
-/// 1 GiB cacheable one (larger than max_object_size), raise the edge's peak RSS by less than 64 MiB.
+/// 8 clients that stop reading a 1 GiB uncacheable object, 8 HEADs of it, plus 8 `Range: bytes=0-0`
+/// requests on a 1 GiB cacheable one (larger than max_object_size), raise the edge's peak RSS by less
+/// than 64 MiB.
 /// Before the bounded window, every chunk of every fetch stayed in memory (a Range on a miss cost
 /// 600 MiB).
 #[tokio::test(flavor = "multi_thread")]
@@ -117,6 +118,12 @@ async fn memory_stays_bounded_with_slow_clients_and_ranges_of_huge_objects() {
         let (stream, head) = stalled_client(edge.addr, "/uncacheable", None).await;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         held.push(stream);
+    }
+    // HEAD on a miss of a huge object that will not be stored holds no body.
+    for _ in 0..8 {
+        let head = warm.head(edge.url("/uncacheable")).send().await.expect("head");
+        assert_eq!(head.status(), 200);
+        assert_eq!(head.headers()["content-length"], "1073741824");
     }
     for _ in 0..8 {
         let (mut stream, head) = stalled_client(edge.addr, "/cacheable", Some("bytes=0-0")).await;
