@@ -17,10 +17,16 @@ use crate::config::OriginConfig;
 
 #[derive(Debug, Error)]
 pub enum OriginError {
+    /// No connection could be made: the request was never sent.
     #[error("origin {origin} unreachable: {reason}")]
     Unreachable { origin: String, reason: String },
+    /// The request was (or may have been) sent and no response head came back: the connection was
+    /// closed or reset, or the answer was not HTTP.
+    #[error("origin {origin} failed: {reason}")]
+    Failed { origin: String, reason: String },
+    /// `connecting`: the time ran out while connecting, before anything was sent.
     #[error("origin {origin} did not answer within {after:?}")]
-    Timeout { origin: String, after: Duration },
+    Timeout { origin: String, after: Duration, connecting: bool },
     #[error("origin body broke off: {0}")]
     Body(String),
     #[error("invalid origin {origin}: {reason}")]
@@ -84,6 +90,7 @@ pub struct OriginSet {
     epoch: Instant,
     backoff: Duration,
     total_timeout: Duration,
+    clients: http::HttpClients,
 }
 
 impl OriginSet {
@@ -91,12 +98,12 @@ impl OriginSet {
         if specs.is_empty() {
             return Err(OriginError::NoOrigin);
         }
-        let client = http::HttpOrigin::client(config)?;
+        let clients = http::HttpClients::new(config)?;
         let origins = specs
             .iter()
             .map(|spec| {
                 if spec.starts_with("http://") || spec.starts_with("https://") {
-                    http::HttpOrigin::new(spec, client.clone(), config).map(Origin::Http)
+                    http::HttpOrigin::new(spec, clients.clone(), config).map(Origin::Http)
                 } else {
                     dir::DirOrigin::new(spec).map(Origin::Dir)
                 }
@@ -109,7 +116,14 @@ impl OriginSet {
             epoch: Instant::now(),
             backoff: config.failure_backoff.0,
             total_timeout: config.total_timeout.0,
+            clients,
         })
+    }
+
+    /// Requests sent a second time, on a new connection, after an HTTP origin closed a keep-alive
+    /// connection before answering them.
+    pub fn retried_requests(&self) -> u64 {
+        self.clients.retries()
     }
 
     /// The longest a whole body may take to arrive.
@@ -164,7 +178,8 @@ impl OriginSet {
     }
 
     fn mark_down(&self, index: usize) {
-        let until = self.now_ms() + self.backoff.as_millis() as u64;
+        let backoff_ms = u64::try_from(self.backoff.as_millis()).unwrap_or(u64::MAX);
+        let until = self.now_ms().saturating_add(backoff_ms);
         self.down_until_ms[index].store(until.max(1), Ordering::Relaxed);
     }
 }
