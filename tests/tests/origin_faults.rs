@@ -1,5 +1,5 @@
 //! End-to-end tests of the edge's origin side when origins misbehave: origins that close idle
-//! keep-alive connections. The real `eddy-edge` binary runs on 127.0.0.1 port 0 in front of origins on
+//! keep-alive connections, and failover of non-idempotent requests. The real `eddy-edge` binary runs on 127.0.0.1 port 0 in front of origins on
 //! 127.0.0.1 port 0.
 
 use std::net::SocketAddr;
@@ -10,6 +10,8 @@ use std::time::Duration;
 use eddy_tests::start_edge;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use wiremock::matchers::any;
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
 /// A client that opens a new connection for every request, so that the test client itself never
 /// meets a connection the edge is closing: only the edge's origin side is under test.
@@ -191,4 +193,25 @@ async fn an_origin_closing_idle_connections_causes_no_502s_or_stale_copies() {
         "the origin never closed a connection under a request, so the test did not reach the race it is about"
     );
     assert!(answered >= CONCURRENT * WAVES, "every request was answered by the origin ({answered})");
+}
+
+async fn answering(status: u16) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(any()).respond_with(ResponseTemplate::new(status)).mount(&server).await;
+    server
+}
+
+async fn hits(server: &MockServer) -> usize {
+    server.received_requests().await.map(|r| r.len()).unwrap_or(0)
+}
+
+/// Regression test for "non-idempotent requests are retried on the next origin": a POST answered with
+/// 500 used to reach every origin in turn.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_post_reaches_the_origins_once() {
+    let (first, second) = (answering(500).await, answering(500).await);
+    let edge = start_edge(&["--origin", &first.uri(), "--origin", &second.uri()]).expect("edge");
+    let response = client().post(edge.url("/api/order")).body("item=1").send().await.expect("response");
+    assert_eq!(response.status(), reqwest::StatusCode::INTERNAL_SERVER_ERROR, "the origin's answer is returned");
+    assert_eq!(hits(&first).await + hits(&second).await, 1, "the POST reached the origins once");
 }

@@ -318,6 +318,7 @@ mod tests {
         body_of(origin.send(&request(Method::GET, "/a.ts")).await.expect("first")).await;
         let error = origin.send(&request(Method::POST, "/form")).await.err().expect("fails");
         assert!(matches!(error, OriginError::Failed { .. }), "{error}");
+        assert!(!error.nothing_sent(), "the POST may have reached the origin");
         assert_eq!(count.load(Ordering::SeqCst), 2, "the POST was sent once");
         assert_eq!(origin.clients.retries(), 0);
     }
@@ -332,18 +333,20 @@ mod tests {
         let origin = origin(&url, &config);
         let error = origin.send(&request(Method::GET, "/a.ts")).await.err().expect("times out");
         assert!(error.is_timeout(), "{error}");
+        assert!(!error.nothing_sent());
         assert_eq!(count.load(Ordering::SeqCst), 1);
         assert_eq!(origin.clients.retries(), 0);
     }
 
     #[tokio::test]
-    async fn a_connect_error_is_not_retried_here() {
+    async fn a_connect_error_sent_nothing_and_is_not_retried_here() {
         let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}", dead.local_addr().expect("addr"));
         drop(dead);
         let origin = origin(&url, &OriginConfig::default());
         let error = origin.send(&request(Method::POST, "/form")).await.err().expect("refused");
         assert!(matches!(error, OriginError::Unreachable { .. }), "{error}");
+        assert!(error.nothing_sent());
         assert_eq!(origin.clients.retries(), 0);
     }
 }

@@ -1,5 +1,10 @@
 //! Origins: where misses are fetched from. Several origins, HTTP(S) or directories, in failover order;
 //! an origin that fails (cannot connect, times out, answers 5xx) is skipped for a back-off period.
+//!
+//! Failover re-sends a request, so it is for idempotent methods only (RFC 9110 §9.2.2). A POST or
+//! PATCH that may have reached an origin is never sent again: its 5xx, timeout or broken connection is
+//! the answer. Only a request that certainly left nothing behind (the connection could not be made)
+//! goes on to the next origin, whatever its method.
 
 pub mod dir;
 pub mod http;
@@ -38,6 +43,12 @@ pub enum OriginError {
 impl OriginError {
     pub fn is_timeout(&self) -> bool {
         matches!(self, OriginError::Timeout { .. })
+    }
+
+    /// Whether the request certainly never reached the origin, so that any method may be sent to
+    /// another one.
+    pub fn nothing_sent(&self) -> bool {
+        matches!(self, OriginError::Unreachable { .. } | OriginError::Timeout { connecting: true, .. })
     }
 }
 
@@ -139,32 +150,36 @@ impl OriginSet {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Sends the request to the first healthy origin, failing over to the next on connection errors,
-    /// timeouts and 5xx. Origins in back-off are tried last, in order, rather than not at all.
+    /// Sends the request to the first healthy origin. Idempotent requests fail over to the next origin
+    /// on connection errors, timeouts and 5xx; other methods only when nothing was sent (see the module
+    /// comment). Origins in back-off are tried last, in order, rather than not at all.
     pub async fn send(&self, request: &OriginRequest) -> Result<OriginResponse, OriginError> {
         let now = self.now_ms();
         let (healthy, resting): (Vec<usize>, Vec<usize>) =
             (0..self.origins.len()).partition(|&i| self.down_until_ms[i].load(Ordering::Relaxed) <= now);
         let order: Vec<usize> = healthy.into_iter().chain(resting).collect();
+        let may_resend = request.method.is_idempotent();
         let mut last_error = None;
         for (attempt, &i) in order.iter().enumerate() {
             let is_last = attempt + 1 == order.len();
             match self.origins[i].send(request).await {
-                Ok(response) if response.status.is_server_error() && !is_last => {
-                    tracing::warn!(origin = self.origins[i].name(), status = %response.status, "origin failed; trying the next");
+                Ok(response) if response.status.is_server_error() => {
                     self.mark_down(i);
+                    if is_last || !may_resend {
+                        return Ok(response);
+                    }
+                    tracing::warn!(origin = self.origins[i].name(), status = %response.status, "origin failed; trying the next");
                 }
                 Ok(response) => {
-                    if response.status.is_server_error() {
-                        self.mark_down(i);
-                    } else {
-                        self.down_until_ms[i].store(0, Ordering::Relaxed);
-                    }
+                    self.down_until_ms[i].store(0, Ordering::Relaxed);
                     return Ok(response);
                 }
                 Err(error) => {
                     tracing::warn!(origin = self.origins[i].name(), %error, "origin failed");
                     self.mark_down(i);
+                    if !may_resend && !error.nothing_sent() {
+                        return Err(error);
+                    }
                     last_error = Some(error);
                 }
             }
@@ -187,6 +202,80 @@ impl OriginSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wiremock::matchers::any;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    fn request(method: Method, path: &str) -> OriginRequest {
+        OriginRequest { method, path_and_query: path.into(), headers: HeaderMap::new(), body: Bytes::from("x=1") }
+    }
+
+    async fn answering(status: u16) -> MockServer {
+        let server = MockServer::start().await;
+        Mock::given(any()).respond_with(ResponseTemplate::new(status)).mount(&server).await;
+        server
+    }
+
+    async fn hits(server: &MockServer) -> usize {
+        server.received_requests().await.map(|r| r.len()).unwrap_or(0)
+    }
+
+    fn dead_url() -> String {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", dead.local_addr().expect("addr"));
+        drop(dead);
+        url
+    }
+
+    #[tokio::test]
+    async fn a_post_answered_with_500_is_not_sent_to_the_next_origin() {
+        let (first, second) = (answering(500).await, answering(500).await);
+        let set = OriginSet::new(&[first.uri(), second.uri()], &OriginConfig::default()).expect("origins");
+        for method in [Method::POST, Method::PATCH] {
+            let response = set.send(&request(method.clone(), "/form")).await.expect("the 500 is the answer");
+            assert_eq!(response.status, StatusCode::INTERNAL_SERVER_ERROR, "{method}");
+        }
+        assert_eq!(hits(&first).await + hits(&second).await, 2, "each request reached one origin once");
+    }
+
+    #[tokio::test]
+    async fn idempotent_requests_still_fail_over_on_500() {
+        let (first, second) = (answering(500).await, answering(200).await);
+        let set = OriginSet::new(&[first.uri(), second.uri()], &OriginConfig::default()).expect("origins");
+        for method in [Method::GET, Method::PUT, Method::DELETE] {
+            let response = set.send(&request(method.clone(), "/a")).await.expect("answer");
+            assert_eq!(response.status, StatusCode::OK, "{method} went on to the healthy origin");
+        }
+        assert!(set.is_resting(0));
+    }
+
+    #[tokio::test]
+    async fn a_post_fails_over_when_nothing_was_sent() {
+        let second = answering(200).await;
+        let set = OriginSet::new(&[dead_url(), second.uri()], &OriginConfig::default()).expect("origins");
+        let response = set.send(&request(Method::POST, "/form")).await.expect("second origin answers");
+        assert_eq!(response.status, StatusCode::OK);
+        assert_eq!(hits(&second).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_post_that_timed_out_is_not_sent_to_the_next_origin() {
+        let slow = MockServer::start().await;
+        Mock::given(any())
+            .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(2)))
+            .mount(&slow)
+            .await;
+        let second = answering(200).await;
+        let config = OriginConfig {
+            first_byte_timeout: crate::config::HumanDuration(Duration::from_millis(200)),
+            ..OriginConfig::default()
+        };
+        let set = OriginSet::new(&[slow.uri(), second.uri()], &config).expect("origins");
+        let error = set.send(&request(Method::POST, "/form")).await.err().expect("the timeout is the answer");
+        assert!(error.is_timeout(), "{error}");
+        assert_eq!(hits(&second).await, 0, "the POST was not sent again");
+        let response = set.send(&request(Method::GET, "/a")).await.expect("a GET fails over");
+        assert_eq!(response.status, StatusCode::OK);
+    }
 
     #[tokio::test]
     async fn a_failed_origin_rests_while_the_next_one_serves() {
