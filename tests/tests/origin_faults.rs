@@ -1,7 +1,9 @@
-//! End-to-end tests of the edge's origin side when origins misbehave: origins that close idle
-//! keep-alive connections, and failover of non-idempotent requests. The real `eddy-edge` binary runs on 127.0.0.1 port 0 in front of origins on
-//! 127.0.0.1 port 0.
+//! End-to-end tests of the edge's origin side when origins misbehave or requests try to misuse them:
+//! origins that close idle keep-alive connections, failover of non-idempotent requests, paths that
+//! try to leave an origin's base path, and hidden files in a directory origin. The real `eddy-edge`
+//! binary runs on 127.0.0.1 port 0 in front of origins on 127.0.0.1 port 0.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,13 +12,19 @@ use std::time::Duration;
 use eddy_tests::start_edge;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use wiremock::matchers::any;
+use wiremock::matchers::{any, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 /// A client that opens a new connection for every request, so that the test client itself never
 /// meets a connection the edge is closing: only the edge's origin side is under test.
 fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().expect("client")
+}
+
+fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().expect("temp config");
+    file.write_all(text.as_bytes()).expect("write config");
+    file
 }
 
 /// A small, seedable xorshift generator: random enough to spread timings, and no extra dependency.
@@ -214,4 +222,74 @@ async fn a_failed_post_reaches_the_origins_once() {
     let response = client().post(edge.url("/api/order")).body("item=1").send().await.expect("response");
     assert_eq!(response.status(), reqwest::StatusCode::INTERNAL_SERVER_ERROR, "the origin's answer is returned");
     assert_eq!(hits(&first).await + hits(&second).await, 1, "the POST reached the origins once");
+}
+
+/// Sends `target` as written (no client-side normalisation of dot segments) and returns the status
+/// code and the whole response.
+async fn raw_get(addr: SocketAddr, target: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect to edge");
+    let request = format!("GET {target} HTTP/1.1\r\nHost: edge.test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("the edge answers")
+        .expect("read");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+/// Regression test for "paths escape an HTTP origin's base path": with origin `…/public`,
+/// `/../secret.txt` and its encoded forms were fetched from the origin's `/secret.txt`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_path_that_leaves_the_base_path_never_reaches_the_origin() {
+    let origin = MockServer::start().await;
+    Mock::given(path("/secret.txt"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("top secret"))
+        .with_priority(1)
+        .mount(&origin)
+        .await;
+    Mock::given(any()).respond_with(ResponseTemplate::new(200).set_body_string("segment")).mount(&origin).await;
+    let edge = start_edge(&["--origin", &format!("{}/public", origin.uri())]).expect("edge");
+    for target in ["/../secret.txt", "/%2e%2e/secret.txt", "/%2E%2e/secret.txt", "/a/..%2f..%2fsecret.txt"] {
+        let (status, text) = raw_get(edge.addr, target).await;
+        assert!((400..600).contains(&status), "{target}: refused, not {status}");
+        assert!(!text.contains("top secret"), "{target}: {text}");
+    }
+    assert_eq!(hits(&origin).await, 0, "no request left the edge");
+    let (status, _) = raw_get(edge.addr, "/v1/seg.ts").await;
+    assert_eq!(status, 200, "ordinary paths still go through");
+    assert_eq!(origin.received_requests().await.expect("recorded")[0].url.path(), "/public/v1/seg.ts");
+}
+
+/// Regression test for "the directory origin serves dotfiles": `/.env` was answered with 200.
+#[tokio::test(flavor = "multi_thread")]
+async fn directory_origin_does_not_serve_dotfiles() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join(".env"), "DB_PASSWORD=hunter2\n").expect("write");
+    std::fs::create_dir(dir.path().join(".git")).expect("mkdir");
+    std::fs::write(dir.path().join(".git/config"), "[remote \"origin\"]\n").expect("write");
+    std::fs::write(dir.path().join("index.m3u8"), "#EXTM3U\n").expect("write");
+    let folder = dir.path().to_str().expect("utf8");
+    let c = client();
+
+    let edge = start_edge(&["--origin", folder]).expect("edge");
+    for path in ["/.env", "/.git/config", "/%2eenv", "/%2Egit/config"] {
+        let response = c.get(edge.url(path)).send().await.expect("response");
+        assert_eq!(response.status(), reqwest::StatusCode::NOT_FOUND, "{path}");
+        let body = response.text().await.expect("body");
+        assert!(!body.contains("hunter2") && !body.contains("remote"), "{path}: {body}");
+    }
+    let playlist = c.get(edge.url("/index.m3u8")).send().await.expect("response");
+    assert_eq!(playlist.status(), reqwest::StatusCode::OK, "ordinary files are still served");
+    drop(edge);
+
+    let config = config_file("[origin]\nserve_dotfiles = true\n");
+    let edge = start_edge(&["--config", config.path().to_str().expect("utf8"), "--origin", folder]).expect("edge");
+    let env = c.get(edge.url("/.env")).send().await.expect("response");
+    assert_eq!(env.status(), reqwest::StatusCode::OK, "served when configured");
+    assert_eq!(env.text().await.expect("body"), "DB_PASSWORD=hunter2\n");
+    let git = c.get(edge.url("/.git/config")).send().await.expect("response");
+    assert_eq!(git.status(), reqwest::StatusCode::OK);
 }

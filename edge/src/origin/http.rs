@@ -1,10 +1,14 @@
 //! An HTTP(S) origin, reached over one pooled keep-alive client shared by all origins.
 //!
-//! Origins close idle keep-alive connections (Node.js after 5 s, many load balancers likewise). A
-//! request written on a connection the origin is closing at that moment fails with "connection closed
-//! before message completed" (hyper issue #2136). The pool keeps idle connections for less than that
-//! (`origin.idle_timeout`), and an idempotent request (RFC 9110 §9.2.2) that meets a closing connection
-//! is sent once more, on a new connection, before it counts as a failure.
+//! Two defenses live here:
+//! - **Closing connections.** Origins close idle keep-alive connections (Node.js after 5 s, many load
+//!   balancers likewise). A request written on a connection the origin is closing at that moment fails
+//!   with "connection closed before message completed" (hyper issue #2136). The pool keeps idle
+//!   connections for less than that (`origin.idle_timeout`), and an idempotent request (RFC 9110
+//!   §9.2.2) that meets a closing connection is sent once more, on a new connection, before it counts
+//!   as a failure.
+//! - **Paths.** A request path must pass the shared check (`super::path::check`), and the URL it turns
+//!   into must still be on this origin, under its base path, after the URL parser has resolved it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,7 +17,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use super::{OriginError, OriginRequest, OriginResponse};
+use super::{path, OriginError, OriginRequest, OriginResponse};
 use crate::config::OriginConfig;
 
 /// The clients every HTTP origin shares.
@@ -59,8 +63,10 @@ fn build_client(config: &OriginConfig, max_idle: usize) -> Result<reqwest::Clien
 
 pub struct HttpOrigin {
     name: String,
-    /// The origin URL without a trailing slash; request paths are appended to it.
-    base: String,
+    /// The origin URL; request paths are appended to its path.
+    base: url::Url,
+    /// The base URL's path without a trailing slash (empty for the root).
+    base_path: String,
     clients: HttpClients,
     connect_timeout: Duration,
     first_byte_timeout: Duration,
@@ -77,17 +83,22 @@ enum AttemptError {
 
 impl HttpOrigin {
     pub fn new(spec: &str, clients: HttpClients, config: &OriginConfig) -> Result<Self, OriginError> {
-        let url =
+        let base =
             url::Url::parse(spec).map_err(|e| OriginError::Invalid { origin: spec.into(), reason: e.to_string() })?;
-        if url.query().is_some() || url.fragment().is_some() {
+        if base.query().is_some() || base.fragment().is_some() {
             return Err(OriginError::Invalid {
                 origin: spec.into(),
                 reason: "an origin URL takes no query or fragment".into(),
             });
         }
+        if base.cannot_be_a_base() || base.host().is_none() {
+            return Err(OriginError::Invalid { origin: spec.into(), reason: "an origin URL needs a host".into() });
+        }
+        let base_path = base.path().trim_end_matches('/').to_string();
         Ok(HttpOrigin {
             name: spec.to_string(),
-            base: url.as_str().trim_end_matches('/').to_string(),
+            base,
+            base_path,
             clients,
             connect_timeout: config.connect_timeout.0,
             first_byte_timeout: config.first_byte_timeout.0,
@@ -98,8 +109,36 @@ impl HttpOrigin {
         &self.name
     }
 
+    /// The URL a request path and query go to, or `Refused` when the path could leave this origin's
+    /// base path. Callers are expected to have refused such paths already; this is the last check
+    /// before a request leaves the edge.
+    fn url_for(&self, path_and_query: &str) -> Result<url::Url, OriginError> {
+        let refused = |reason: &str| OriginError::Refused { origin: self.name.clone(), reason: reason.to_string() };
+        // Without a leading slash, the text would run into the base (`/public` + `x` = `/publicx`), or
+        // into the authority when the base has no path (`@other.host/`).
+        if !path_and_query.starts_with('/') {
+            return Err(refused("request path does not start with /"));
+        }
+        let path = path_and_query.split('?').next().unwrap_or_default();
+        path::check(path).map_err(|refusal| refused(refusal.reason()))?;
+        let mut joined = self.base.as_str().trim_end_matches('/').to_string();
+        joined.push_str(path_and_query);
+        let url = url::Url::parse(&joined).map_err(|e| refused(&format!("not a valid URL path: {e}")))?;
+        // The parser resolves dot segments and drops tabs and newlines (WHATWG URL Standard), so the
+        // result is judged again after parsing, against what the origin will actually be asked.
+        let same_server = url.scheme() == self.base.scheme()
+            && url.host_str() == self.base.host_str()
+            && url.port_or_known_default() == self.base.port_or_known_default();
+        let under_base = self.base_path.is_empty()
+            || url.path().strip_prefix(&self.base_path).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+        if !same_server || !under_base {
+            return Err(refused("request path leaves the origin's base path"));
+        }
+        Ok(url)
+    }
+
     pub async fn send(&self, request: &OriginRequest) -> Result<OriginResponse, OriginError> {
-        let url = format!("{}{}", self.base, request.path_and_query);
+        let url = self.url_for(&request.path_and_query)?;
         // One deadline for the first attempt and the retry: the edge promises a response head (or an
         // error) within first_byte_timeout, however many connections that takes.
         let deadline = Instant::now() + self.first_byte_timeout;
@@ -133,11 +172,11 @@ impl HttpOrigin {
     async fn attempt(
         &self,
         client: &reqwest::Client,
-        url: &str,
+        url: &url::Url,
         request: &OriginRequest,
         deadline: Instant,
     ) -> Result<reqwest::Response, AttemptError> {
-        let mut builder = client.request(request.method.clone(), url).headers(request.headers.clone());
+        let mut builder = client.request(request.method.clone(), url.clone()).headers(request.headers.clone());
         if !request.body.is_empty() {
             builder = builder.body(request.body.clone());
         }
@@ -226,6 +265,53 @@ mod tests {
 
     fn request(method: Method, path: &str) -> OriginRequest {
         OriginRequest { method, path_and_query: path.into(), headers: HeaderMap::new(), body: Bytes::new() }
+    }
+
+    #[test]
+    fn paths_that_leave_the_base_path_are_refused() {
+        let public = origin("http://127.0.0.1:9000/public", &OriginConfig::default());
+        for path in [
+            "/../secret.txt",
+            "/%2e%2e/secret.txt",
+            "/%2E%2e/secret.txt",
+            "/a/%2e%2E/../secret.txt",
+            "/..%2fsecret.txt",
+            "/a%00.ts",
+            // Passes the segment check, but the URL parser drops the tab and resolves the `..` it
+            // leaves: only the check of the parsed URL sees this one.
+            "/.\t./secret.txt",
+            // Without a leading slash the text would join the base's last segment or its authority.
+            "x/secret.txt",
+            "@evil.example/secret.txt",
+        ] {
+            match public.url_for(path) {
+                Err(OriginError::Refused { .. }) => {}
+                other => panic!("{path:?} was not refused: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn ordinary_paths_go_under_the_base_path() {
+        let public = origin("http://127.0.0.1:9000/public/", &OriginConfig::default());
+        let url = public.url_for("/v1/seg_00001.ts?token=a/../b").expect("url");
+        assert_eq!(url.as_str(), "http://127.0.0.1:9000/public/v1/seg_00001.ts?token=a/../b");
+        assert_eq!(public.url_for("/").expect("url").as_str(), "http://127.0.0.1:9000/public/");
+        let root = origin("http://127.0.0.1:9000", &OriginConfig::default());
+        assert_eq!(root.url_for("//a.ts").expect("url").as_str(), "http://127.0.0.1:9000//a.ts");
+        assert_eq!(root.url_for("/.well-known/x").expect("url").as_str(), "http://127.0.0.1:9000/.well-known/x");
+    }
+
+    #[tokio::test]
+    async fn a_refused_path_never_reaches_the_origin() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}/public", listener.local_addr().expect("addr"));
+        let public = origin(&base, &OriginConfig::default());
+        let error = public.send(&request(Method::GET, "/%2e%2e/secret.txt")).await.err().expect("refused");
+        assert!(matches!(error, OriginError::Refused { .. }), "{error}");
+        assert!(error.to_string().contains("dot segment"), "the error says what was wrong: {error}");
+        let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(accepted.is_err(), "no connection was made to the origin");
     }
 
     /// What a test origin does with the Nth request it reads, counting over all connections.

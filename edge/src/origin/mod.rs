@@ -36,6 +36,9 @@ pub enum OriginError {
     Body(String),
     #[error("invalid origin {origin}: {reason}")]
     Invalid { origin: String, reason: String },
+    /// The edge would not send the request: its path could leave the origin's root or base path.
+    #[error("request for origin {origin} refused: {reason}")]
+    Refused { origin: String, reason: String },
     #[error("no origin configured")]
     NoOrigin,
 }
@@ -48,7 +51,12 @@ impl OriginError {
     /// Whether the request certainly never reached the origin, so that any method may be sent to
     /// another one.
     pub fn nothing_sent(&self) -> bool {
-        matches!(self, OriginError::Unreachable { .. } | OriginError::Timeout { connecting: true, .. })
+        matches!(
+            self,
+            OriginError::Unreachable { .. }
+                | OriginError::Timeout { connecting: true, .. }
+                | OriginError::Refused { .. }
+        )
     }
 }
 
@@ -116,7 +124,7 @@ impl OriginSet {
                 if spec.starts_with("http://") || spec.starts_with("https://") {
                     http::HttpOrigin::new(spec, clients.clone(), config).map(Origin::Http)
                 } else {
-                    dir::DirOrigin::new(spec).map(Origin::Dir)
+                    dir::DirOrigin::new(spec, config.serve_dotfiles).map(Origin::Dir)
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -174,6 +182,9 @@ impl OriginSet {
                     self.down_until_ms[i].store(0, Ordering::Relaxed);
                     return Ok(response);
                 }
+                // A refused path says nothing about the origin's health, and every origin would refuse
+                // it: no back-off (a client could otherwise rest every origin), no failover.
+                Err(error @ OriginError::Refused { .. }) => return Err(error),
                 Err(error) => {
                     tracing::warn!(origin = self.origins[i].name(), %error, "origin failed");
                     self.mark_down(i);
@@ -275,6 +286,16 @@ mod tests {
         assert_eq!(hits(&second).await, 0, "the POST was not sent again");
         let response = set.send(&request(Method::GET, "/a")).await.expect("a GET fails over");
         assert_eq!(response.status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_refused_path_rests_no_origin() {
+        let (first, second) = (answering(200).await, answering(200).await);
+        let set = OriginSet::new(&[first.uri(), second.uri()], &OriginConfig::default()).expect("origins");
+        let error = set.send(&request(Method::GET, "/%2e%2e/secret.txt")).await.err().expect("refused");
+        assert!(matches!(error, OriginError::Refused { .. }), "{error}");
+        assert!(!set.is_resting(0) && !set.is_resting(1));
+        assert_eq!(hits(&first).await + hits(&second).await, 0);
     }
 
     #[tokio::test]
