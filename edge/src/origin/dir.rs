@@ -1,6 +1,7 @@
 //! A directory origin: serves the files below one folder with the Content-Type players expect, an ETag
 //! and Last-Modified (and answers conditional requests with 304), and refuses any path that would leave
-//! the folder (`..`, encoded or not, and symlinks that point outside).
+//! the folder (dot segments, encoded or not, judged by `super::path::check`, and symlinks that point
+//! outside). Hidden files and folders (`.env`, `.git/`) are not found unless `origin.serve_dotfiles`.
 
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
@@ -10,7 +11,7 @@ use futures::StreamExt;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use percent_encoding::percent_decode_str;
 
-use super::{OriginError, OriginRequest, OriginResponse};
+use super::{path, OriginError, OriginRequest, OriginResponse};
 use eddy_shared::media::content_type_for_path;
 
 /// Files up to this size are read in one call (segments and playlists); larger ones are streamed.
@@ -19,16 +20,18 @@ const WHOLE_READ_LIMIT: u64 = 8 << 20;
 pub struct DirOrigin {
     name: String,
     root: PathBuf,
+    /// Whether paths with a segment starting with `.` are served (they are 404 otherwise).
+    serve_dotfiles: bool,
 }
 
 impl DirOrigin {
-    pub fn new(spec: &str) -> Result<Self, OriginError> {
+    pub fn new(spec: &str, serve_dotfiles: bool) -> Result<Self, OriginError> {
         let root = std::fs::canonicalize(spec)
             .map_err(|e| OriginError::Invalid { origin: spec.into(), reason: format!("cannot open directory: {e}") })?;
         if !root.is_dir() {
             return Err(OriginError::Invalid { origin: spec.into(), reason: "not a directory".into() });
         }
-        Ok(DirOrigin { name: spec.to_string(), root })
+        Ok(DirOrigin { name: spec.to_string(), root, serve_dotfiles })
     }
 
     pub fn name(&self) -> &str {
@@ -46,8 +49,18 @@ impl DirOrigin {
     }
 
     fn resolve(&self, url_path: &str) -> Resolved {
+        // Dot segments, NUL and bad encodings, decoded, in one place for every origin.
+        if path::check(url_path).is_err() {
+            return Resolved::Refused;
+        }
+        // Not found rather than forbidden: whether a hidden file exists is none of the client's business.
+        if !self.serve_dotfiles && path::has_hidden_segment(url_path) {
+            return Resolved::Missing;
+        }
         let Ok(decoded) = percent_decode_str(url_path).decode_utf8() else { return Resolved::Refused };
-        if decoded.contains('\0') || decoded.contains('\\') {
+        // A backslash is a separator to the shared check (and to some servers), but a file name
+        // character here: refuse it rather than serve a name the check judged differently.
+        if decoded.contains('\\') {
             return Resolved::Refused;
         }
         let relative = decoded.trim_start_matches('/');
@@ -55,6 +68,7 @@ impl DirOrigin {
         for component in Path::new(relative).components() {
             match component {
                 Component::Normal(part) => candidate.push(part),
+                // `path::check` refused `.` and `..` already; these arms keep the join safe on its own.
                 Component::CurDir => {}
                 Component::ParentDir | Component::RootDir | Component::Prefix(_) => return Resolved::Refused,
             }
@@ -181,7 +195,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(dir.path().join("v")).expect("mkdir");
         std::fs::write(dir.path().join("v/index.m3u8"), "#EXTM3U\n").expect("write");
-        let origin = DirOrigin::new(dir.path().to_str().expect("utf8")).expect("dir");
+        let origin = DirOrigin::new(dir.path().to_str().expect("utf8"), false).expect("dir");
         let response = origin.send(&request("/v/index.m3u8?x=1")).await.expect("answer");
         assert_eq!(response.status, StatusCode::OK);
         assert_eq!(response.headers[header::CONTENT_TYPE], "application/vnd.apple.mpegurl");
@@ -199,7 +213,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let data: Vec<u8> = (0..(WHOLE_READ_LIMIT as usize + 1000)).map(|i| (i % 251) as u8).collect();
         std::fs::write(dir.path().join("big.mp4"), &data).expect("write");
-        let origin = DirOrigin::new(dir.path().to_str().expect("utf8")).expect("dir");
+        let origin = DirOrigin::new(dir.path().to_str().expect("utf8"), false).expect("dir");
         let response = origin.send(&request("/big.mp4")).await.expect("answer");
         assert_eq!(response.headers[header::CONTENT_LENGTH], data.len().to_string().as_str());
         assert_eq!(body_of(response).await, data);
@@ -212,13 +226,60 @@ mod tests {
         std::fs::create_dir(&root).expect("mkdir");
         std::fs::write(outer.path().join("secret.txt"), "secret").expect("write");
         std::os::unix::fs::symlink(outer.path().join("secret.txt"), root.join("link.txt")).expect("symlink");
-        let origin = DirOrigin::new(root.to_str().expect("utf8")).expect("dir");
-        for path in
-            ["/../secret.txt", "/%2e%2e/secret.txt", "/a/%2E%2E/%2e%2e/secret.txt", "/..%2fsecret.txt", "/link.txt"]
-        {
+        let origin = DirOrigin::new(root.to_str().expect("utf8"), false).expect("dir");
+        for path in [
+            "/../secret.txt",
+            "/%2e%2e/secret.txt",
+            "/%2E%2e/secret.txt",
+            "/a/%2E%2E/%2e%2e/secret.txt",
+            "/..%2fsecret.txt",
+            "/..%5Csecret.txt",
+            "/a%00.ts",
+            "/link.txt",
+        ] {
             let response = origin.send(&request(path)).await.expect("answer");
             assert_eq!(response.status, StatusCode::FORBIDDEN, "{path}");
         }
         assert_eq!(origin.send(&request("/nope.ts")).await.expect("answer").status, StatusCode::NOT_FOUND);
+    }
+
+    /// A folder with `.env`, `.git/config`, `.hidden/seg.ts` and an ordinary `v/seg.ts`.
+    fn folder_with_dotfiles() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(".env"), "SECRET=1\n").expect("write");
+        std::fs::create_dir(dir.path().join(".git")).expect("mkdir");
+        std::fs::write(dir.path().join(".git/config"), "[core]\n").expect("write");
+        std::fs::create_dir(dir.path().join(".hidden")).expect("mkdir");
+        std::fs::write(dir.path().join(".hidden/seg.ts"), "ts").expect("write");
+        std::fs::create_dir(dir.path().join("v")).expect("mkdir");
+        std::fs::write(dir.path().join("v/seg.ts"), "ts").expect("write");
+        dir
+    }
+
+    #[tokio::test]
+    async fn dotfiles_are_not_found_by_default() {
+        let dir = folder_with_dotfiles();
+        let origin = DirOrigin::new(dir.path().to_str().expect("utf8"), false).expect("dir");
+        for path in ["/.env", "/.git/config", "/%2egit/config", "/%2Eenv", "/.hidden/seg.ts", "/v/.env"] {
+            let response = origin.send(&request(path)).await.expect("answer");
+            assert_eq!(response.status, StatusCode::NOT_FOUND, "{path}");
+            assert_eq!(body_of(response).await, b"not found\n", "{path}: nothing of the file leaks");
+        }
+        let mut head = request("/.env");
+        head.method = Method::HEAD;
+        assert_eq!(origin.send(&head).await.expect("answer").status, StatusCode::NOT_FOUND);
+        assert_eq!(origin.send(&request("/v/seg.ts")).await.expect("answer").status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn dotfiles_are_served_when_configured() {
+        let dir = folder_with_dotfiles();
+        let origin = DirOrigin::new(dir.path().to_str().expect("utf8"), true).expect("dir");
+        let response = origin.send(&request("/.env")).await.expect("answer");
+        assert_eq!(response.status, StatusCode::OK);
+        assert_eq!(body_of(response).await, b"SECRET=1\n");
+        assert_eq!(origin.send(&request("/.git/config")).await.expect("answer").status, StatusCode::OK);
+        // Serving dotfiles does not let `..` through.
+        assert_eq!(origin.send(&request("/.git/..%2f.env")).await.expect("answer").status, StatusCode::FORBIDDEN);
     }
 }

@@ -1,5 +1,10 @@
 //! Origins: where misses are fetched from. Several origins, HTTP(S) or directories, in failover order;
 //! an origin that fails (cannot connect, times out, answers 5xx) is skipped for a back-off period.
+//!
+//! Failover re-sends a request, so it is for idempotent methods only (RFC 9110 §9.2.2). A POST or
+//! PATCH that may have reached an origin is never sent again: its 5xx, timeout or broken connection is
+//! the answer. Only a request that certainly left nothing behind (the connection could not be made)
+//! goes on to the next origin, whatever its method.
 
 pub mod dir;
 pub mod http;
@@ -17,14 +22,23 @@ use crate::config::OriginConfig;
 
 #[derive(Debug, Error)]
 pub enum OriginError {
+    /// No connection could be made: the request was never sent.
     #[error("origin {origin} unreachable: {reason}")]
     Unreachable { origin: String, reason: String },
+    /// The request was (or may have been) sent and no response head came back: the connection was
+    /// closed or reset, or the answer was not HTTP.
+    #[error("origin {origin} failed: {reason}")]
+    Failed { origin: String, reason: String },
+    /// `connecting`: the time ran out while connecting, before anything was sent.
     #[error("origin {origin} did not answer within {after:?}")]
-    Timeout { origin: String, after: Duration },
+    Timeout { origin: String, after: Duration, connecting: bool },
     #[error("origin body broke off: {0}")]
     Body(String),
     #[error("invalid origin {origin}: {reason}")]
     Invalid { origin: String, reason: String },
+    /// The edge would not send the request: its path could leave the origin's root or base path.
+    #[error("request for origin {origin} refused: {reason}")]
+    Refused { origin: String, reason: String },
     #[error("no origin configured")]
     NoOrigin,
 }
@@ -32,6 +46,17 @@ pub enum OriginError {
 impl OriginError {
     pub fn is_timeout(&self) -> bool {
         matches!(self, OriginError::Timeout { .. })
+    }
+
+    /// Whether the request certainly never reached the origin, so that any method may be sent to
+    /// another one.
+    pub fn nothing_sent(&self) -> bool {
+        matches!(
+            self,
+            OriginError::Unreachable { .. }
+                | OriginError::Timeout { connecting: true, .. }
+                | OriginError::Refused { .. }
+        )
     }
 }
 
@@ -84,6 +109,7 @@ pub struct OriginSet {
     epoch: Instant,
     backoff: Duration,
     total_timeout: Duration,
+    clients: http::HttpClients,
 }
 
 impl OriginSet {
@@ -91,14 +117,14 @@ impl OriginSet {
         if specs.is_empty() {
             return Err(OriginError::NoOrigin);
         }
-        let client = http::HttpOrigin::client(config)?;
+        let clients = http::HttpClients::new(config)?;
         let origins = specs
             .iter()
             .map(|spec| {
                 if spec.starts_with("http://") || spec.starts_with("https://") {
-                    http::HttpOrigin::new(spec, client.clone(), config).map(Origin::Http)
+                    http::HttpOrigin::new(spec, clients.clone(), config).map(Origin::Http)
                 } else {
-                    dir::DirOrigin::new(spec).map(Origin::Dir)
+                    dir::DirOrigin::new(spec, config.serve_dotfiles).map(Origin::Dir)
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -109,7 +135,14 @@ impl OriginSet {
             epoch: Instant::now(),
             backoff: config.failure_backoff.0,
             total_timeout: config.total_timeout.0,
+            clients,
         })
+    }
+
+    /// Requests sent a second time, on a new connection, after an HTTP origin closed a keep-alive
+    /// connection before answering them.
+    pub fn retried_requests(&self) -> u64 {
+        self.clients.retries()
     }
 
     /// The longest a whole body may take to arrive.
@@ -125,32 +158,39 @@ impl OriginSet {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Sends the request to the first healthy origin, failing over to the next on connection errors,
-    /// timeouts and 5xx. Origins in back-off are tried last, in order, rather than not at all.
+    /// Sends the request to the first healthy origin. Idempotent requests fail over to the next origin
+    /// on connection errors, timeouts and 5xx; other methods only when nothing was sent (see the module
+    /// comment). Origins in back-off are tried last, in order, rather than not at all.
     pub async fn send(&self, request: &OriginRequest) -> Result<OriginResponse, OriginError> {
         let now = self.now_ms();
         let (healthy, resting): (Vec<usize>, Vec<usize>) =
             (0..self.origins.len()).partition(|&i| self.down_until_ms[i].load(Ordering::Relaxed) <= now);
         let order: Vec<usize> = healthy.into_iter().chain(resting).collect();
+        let may_resend = request.method.is_idempotent();
         let mut last_error = None;
         for (attempt, &i) in order.iter().enumerate() {
             let is_last = attempt + 1 == order.len();
             match self.origins[i].send(request).await {
-                Ok(response) if response.status.is_server_error() && !is_last => {
-                    tracing::warn!(origin = self.origins[i].name(), status = %response.status, "origin failed; trying the next");
+                Ok(response) if response.status.is_server_error() => {
                     self.mark_down(i);
+                    if is_last || !may_resend {
+                        return Ok(response);
+                    }
+                    tracing::warn!(origin = self.origins[i].name(), status = %response.status, "origin failed; trying the next");
                 }
                 Ok(response) => {
-                    if response.status.is_server_error() {
-                        self.mark_down(i);
-                    } else {
-                        self.down_until_ms[i].store(0, Ordering::Relaxed);
-                    }
+                    self.down_until_ms[i].store(0, Ordering::Relaxed);
                     return Ok(response);
                 }
+                // A refused path says nothing about the origin's health, and every origin would refuse
+                // it: no back-off (a client could otherwise rest every origin), no failover.
+                Err(error @ OriginError::Refused { .. }) => return Err(error),
                 Err(error) => {
                     tracing::warn!(origin = self.origins[i].name(), %error, "origin failed");
                     self.mark_down(i);
+                    if !may_resend && !error.nothing_sent() {
+                        return Err(error);
+                    }
                     last_error = Some(error);
                 }
             }
@@ -164,7 +204,8 @@ impl OriginSet {
     }
 
     fn mark_down(&self, index: usize) {
-        let until = self.now_ms() + self.backoff.as_millis() as u64;
+        let backoff_ms = u64::try_from(self.backoff.as_millis()).unwrap_or(u64::MAX);
+        let until = self.now_ms().saturating_add(backoff_ms);
         self.down_until_ms[index].store(until.max(1), Ordering::Relaxed);
     }
 }
@@ -172,6 +213,90 @@ impl OriginSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wiremock::matchers::any;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    fn request(method: Method, path: &str) -> OriginRequest {
+        OriginRequest { method, path_and_query: path.into(), headers: HeaderMap::new(), body: Bytes::from("x=1") }
+    }
+
+    async fn answering(status: u16) -> MockServer {
+        let server = MockServer::start().await;
+        Mock::given(any()).respond_with(ResponseTemplate::new(status)).mount(&server).await;
+        server
+    }
+
+    async fn hits(server: &MockServer) -> usize {
+        server.received_requests().await.map(|r| r.len()).unwrap_or(0)
+    }
+
+    fn dead_url() -> String {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", dead.local_addr().expect("addr"));
+        drop(dead);
+        url
+    }
+
+    #[tokio::test]
+    async fn a_post_answered_with_500_is_not_sent_to_the_next_origin() {
+        let (first, second) = (answering(500).await, answering(500).await);
+        let set = OriginSet::new(&[first.uri(), second.uri()], &OriginConfig::default()).expect("origins");
+        for method in [Method::POST, Method::PATCH] {
+            let response = set.send(&request(method.clone(), "/form")).await.expect("the 500 is the answer");
+            assert_eq!(response.status, StatusCode::INTERNAL_SERVER_ERROR, "{method}");
+        }
+        assert_eq!(hits(&first).await + hits(&second).await, 2, "each request reached one origin once");
+    }
+
+    #[tokio::test]
+    async fn idempotent_requests_still_fail_over_on_500() {
+        let (first, second) = (answering(500).await, answering(200).await);
+        let set = OriginSet::new(&[first.uri(), second.uri()], &OriginConfig::default()).expect("origins");
+        for method in [Method::GET, Method::PUT, Method::DELETE] {
+            let response = set.send(&request(method.clone(), "/a")).await.expect("answer");
+            assert_eq!(response.status, StatusCode::OK, "{method} went on to the healthy origin");
+        }
+        assert!(set.is_resting(0));
+    }
+
+    #[tokio::test]
+    async fn a_post_fails_over_when_nothing_was_sent() {
+        let second = answering(200).await;
+        let set = OriginSet::new(&[dead_url(), second.uri()], &OriginConfig::default()).expect("origins");
+        let response = set.send(&request(Method::POST, "/form")).await.expect("second origin answers");
+        assert_eq!(response.status, StatusCode::OK);
+        assert_eq!(hits(&second).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_post_that_timed_out_is_not_sent_to_the_next_origin() {
+        let slow = MockServer::start().await;
+        Mock::given(any())
+            .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(2)))
+            .mount(&slow)
+            .await;
+        let second = answering(200).await;
+        let config = OriginConfig {
+            first_byte_timeout: crate::config::HumanDuration(Duration::from_millis(200)),
+            ..OriginConfig::default()
+        };
+        let set = OriginSet::new(&[slow.uri(), second.uri()], &config).expect("origins");
+        let error = set.send(&request(Method::POST, "/form")).await.err().expect("the timeout is the answer");
+        assert!(error.is_timeout(), "{error}");
+        assert_eq!(hits(&second).await, 0, "the POST was not sent again");
+        let response = set.send(&request(Method::GET, "/a")).await.expect("a GET fails over");
+        assert_eq!(response.status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_refused_path_rests_no_origin() {
+        let (first, second) = (answering(200).await, answering(200).await);
+        let set = OriginSet::new(&[first.uri(), second.uri()], &OriginConfig::default()).expect("origins");
+        let error = set.send(&request(Method::GET, "/%2e%2e/secret.txt")).await.err().expect("refused");
+        assert!(matches!(error, OriginError::Refused { .. }), "{error}");
+        assert!(!set.is_resting(0) && !set.is_resting(1));
+        assert_eq!(hits(&first).await + hits(&second).await, 0);
+    }
 
     #[tokio::test]
     async fn a_failed_origin_rests_while_the_next_one_serves() {
