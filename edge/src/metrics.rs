@@ -84,6 +84,9 @@ pub struct Stats {
     pub cache_capacity: u64,
     pub evictions: u64,
     pub in_flight: u64,
+    /// Origin requests sent again on a new connection after the origin closed a pooled one.
+    #[serde(default)]
+    pub origin_retries: u64,
     #[serde(default)]
     pub rate_limit: RateLimitStats,
 }
@@ -121,6 +124,8 @@ pub struct Metrics {
     cache_entries: Gauge,
     cache_bytes: Gauge,
     evictions: Gauge,
+    fills_in_flight: Gauge,
+    origin_retries: Gauge,
     rl_decisions: Family<RateLimitLabels, Counter>,
     rl_store_errors: Counter,
     rl_failed_open: Counter,
@@ -136,6 +141,7 @@ pub struct CacheGauges {
     pub capacity: u64,
     pub evictions: u64,
     pub in_flight: u64,
+    pub origin_retries: u64,
 }
 
 fn ratio(part: u64, whole: u64) -> f64 {
@@ -191,6 +197,18 @@ impl Metrics {
         registry.register("cache_bytes", "Bytes held by the cache (weighted size)", cache_bytes.clone());
         let evictions = Gauge::default();
         registry.register("cache_evictions", "Objects evicted to make room (total)", evictions.clone());
+        let fills_in_flight = Gauge::default();
+        registry.register(
+            "fills_in_flight",
+            "Coalesced origin fetches under way (a value that never falls back means a wedged key)",
+            fills_in_flight.clone(),
+        );
+        let origin_retries = Gauge::default();
+        registry.register(
+            "origin_retries",
+            "Idempotent origin requests sent again on a new connection after a pooled one closed (total)",
+            origin_retries.clone(),
+        );
         let rl_decisions = Family::<RateLimitLabels, Counter>::default();
         registry.register(
             "ratelimit_decisions",
@@ -229,6 +247,8 @@ impl Metrics {
             cache_entries,
             cache_bytes,
             evictions,
+            fills_in_flight,
+            origin_retries,
             rl_decisions,
             rl_store_errors,
             rl_failed_open,
@@ -353,6 +373,7 @@ impl Metrics {
             cache_capacity: cache.capacity,
             evictions: cache.evictions,
             in_flight: cache.in_flight,
+            origin_retries: cache.origin_retries,
             rate_limit: self.rate_limit_stats(),
         }
     }
@@ -362,6 +383,8 @@ impl Metrics {
         self.cache_entries.set(cache.entries as i64);
         self.cache_bytes.set(cache.bytes as i64);
         self.evictions.set(cache.evictions as i64);
+        self.fills_in_flight.set(cache.in_flight as i64);
+        self.origin_retries.set(cache.origin_retries as i64);
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();

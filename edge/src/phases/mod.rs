@@ -131,6 +131,7 @@ impl Edge {
             capacity: self.config.cache.size.0,
             evictions: self.storage.evictions(),
             in_flight: self.flights.in_flight() as u64,
+            origin_retries: self.origins.retried_requests(),
         }
     }
 }
