@@ -132,6 +132,11 @@ pub struct CacheConfig {
     pub stale_while_revalidate: HumanDuration,
     pub ttl_rules: Vec<TtlRule>,
     pub set_cookie: SetCookie,
+    /// The cap on heuristic freshness (10 % of the time since Last-Modified, RFC 9111 §4.2.2).
+    pub heuristic_max_ttl: HumanDuration,
+    /// A targeted cache-control field of this fleet's own (RFC 9213), e.g. `Eddy-Cache-Control`; it
+    /// takes precedence over `CDN-Cache-Control`, which takes precedence over `Cache-Control`.
+    pub targeted_header: Option<String>,
 }
 
 impl Default for CacheConfig {
@@ -152,6 +157,8 @@ impl Default for CacheConfig {
                 TtlRule::for_suffix(".key", Duration::from_secs(86_400)),
             ],
             set_cookie: SetCookie::Pass,
+            heuristic_max_ttl: HumanDuration(Duration::from_secs(86_400)),
+            targeted_header: None,
         }
     }
 }
@@ -339,6 +346,17 @@ impl Config {
         }
         if self.cache.max_object_size.0 > u32::MAX as u64 {
             return Err(invalid(origin, "cache.max_object_size", "must be below 4GiB"));
+        }
+        if let Some(name) = &self.cache.targeted_header {
+            let valid = http::HeaderName::from_bytes(name.as_bytes()).is_ok();
+            let reserved = ["cache-control", "cdn-cache-control", "expires", "age", "date", "vary", "set-cookie"];
+            if !valid || reserved.contains(&name.to_ascii_lowercase().as_str()) {
+                return Err(invalid(
+                    origin,
+                    "cache.targeted_header",
+                    format!("'{name}' is not a header name of its own (e.g. \"Eddy-Cache-Control\")"),
+                ));
+            }
         }
         for (i, rule) in self.cache.ttl_rules.iter().enumerate() {
             if rule.suffix.is_some() == rule.content_type.is_some() {

@@ -366,6 +366,8 @@ async fn ranges_are_cut_from_whole_objects() {
     assert_eq!(miss.bytes().await.expect("body").as_ref(), &body[100..200]);
     let requests = origin.received_requests().await.expect("recorded");
     assert!(requests[0].headers.get("range").is_none(), "the origin is asked for the whole object");
+    // The range was answered before the fill ended; wait for the fill to store the object.
+    assert!(eventually(Duration::from_secs(10), || async { stats(&edge).await["in_flight"] == 0 }).await);
 
     let hit = c.get(edge.url("/r.ts")).header("range", "bytes=-10").send().await.expect("range hit");
     assert_eq!((hit.status().as_u16(), xcache(&hit)), (206, "HIT".to_string()));
@@ -397,6 +399,7 @@ async fn a_range_on_a_miss_is_answered_before_the_whole_object_arrives() {
     origin.open_gate();
     let late = c.get(edge.url("/r.ts")).header("range", "bytes=150000-150009").send().await.expect("range");
     assert_eq!(late.bytes().await.expect("body").as_ref(), &body[150_000..150_010]);
+    assert!(eventually(Duration::from_secs(10), || async { stats(&edge).await["in_flight"] == 0 }).await);
     assert_eq!(xcache_of(&c, &edge.url("/r.ts")).await, "HIT");
     assert_eq!(origin.request_count(), 1);
 }

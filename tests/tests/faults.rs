@@ -91,18 +91,32 @@ fn assert_truncated(outcome: &(u16, Result<Vec<u8>, String>), declared: usize) {
     }
 }
 
+/// A GET whose connection closes before any response byte is sent once more on a new connection
+/// (the origin may have been closing an idle connection); a second reset is a 502.
 #[tokio::test(flavor = "multi_thread")]
-async fn origin_reset_before_headers_is_a_502_and_nothing_sticks() {
-    let mut s = setup(vec![Script::Raw(Vec::new()), good()]).await;
+async fn origin_reset_before_headers_is_retried_once_then_a_502_and_nothing_sticks() {
+    let mut s = setup(vec![Script::Raw(Vec::new()), Script::Raw(Vec::new()), good()]).await;
     assert_eq!(fetch(&s.edge.url("/a.ts")).await.0, 502);
+    assert_eq!(s.origin.request_count(), 2, "one retry, on a new connection");
     afterwards(&mut s, "/a.ts", GOOD.as_bytes(), "MISS").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn origin_reset_mid_headers_is_a_502_and_nothing_sticks() {
-    let mut s = setup(vec![Script::Raw(b"HTTP/1.1 200 OK\r\nContent-Le".to_vec()), good()]).await;
+async fn origin_reset_mid_headers_is_retried_once_then_a_502_and_nothing_sticks() {
+    let cut = || Script::Raw(b"HTTP/1.1 200 OK\r\nContent-Le".to_vec());
+    let mut s = setup(vec![cut(), cut(), good()]).await;
     assert_eq!(fetch(&s.edge.url("/a.ts")).await.0, 502);
+    assert_eq!(s.origin.request_count(), 2, "one retry, on a new connection");
     afterwards(&mut s, "/a.ts", GOOD.as_bytes(), "MISS").await;
+}
+
+/// One reset before the head, then a good answer: the retry hides the fault from the client.
+#[tokio::test(flavor = "multi_thread")]
+async fn origin_single_reset_before_headers_is_hidden_by_the_retry() {
+    let s = setup(vec![Script::Raw(Vec::new()), good()]).await;
+    let (status, body) = fetch(&s.edge.url("/a.ts")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body.expect("body"), GOOD.as_bytes());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -3,6 +3,7 @@
 //! who fetches a missing object while others wait (`coalesce`).
 
 pub mod coalesce;
+pub mod directives;
 pub mod key;
 pub mod policy;
 pub mod storage;

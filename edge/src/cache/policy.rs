@@ -1,38 +1,49 @@
 //! What may be stored, for how long, and when a stored object may still be served: pure functions of the
-//! request, the response and the time, with no I/O and no clock of their own.
+//! request, the response and the time, with no I/O and no clock of their own. RFC 9111 for a shared
+//! cache, and RFC 9213's targeted fields, implemented here rather than delegated, so that each rule can
+//! cite its section:
 //!
-//! Freshness and storability come from `http-cache-semantics` (RFC 9111, shared-cache view, no heuristic
-//! freshness). Where the origin said nothing about freshness, operator TTL rules apply (and a short TTL
-//! for 404/410). The two stale allowances (`stale-while-revalidate`, `stale-if-error`) come from the
-//! response's Cache-Control or, failing that, the operator's defaults; `must-revalidate`,
-//! `proxy-revalidate` and `no-cache` forbid serving stale.
+//! - storability (§3, §3.5): which responses a shared cache may keep;
+//! - freshness lifetime (§4.2.1): `s-maxage`, `max-age`, `Expires − Date`, then a heuristic (§4.2.2)
+//!   of 10 % of `Date − Last-Modified`, capped; operator TTL rules stand in where the origin said
+//!   nothing, and override the heuristic;
+//! - age (§4.2.3): `corrected_initial_age` from `Age`, `Date` and the response delay, plus residence;
+//! - serving stale (§4.2.4, RFC 5861): `stale-while-revalidate` and `stale-if-error`, never against
+//!   `must-revalidate`, `proxy-revalidate`, `s-maxage` (which implies proxy-revalidate, §5.2.2.10) or
+//!   `no-cache`;
+//! - freshening with a 304 (§4.3.4, §3.2).
+//!
+//! A targeted field (`CDN-Cache-Control`, or the operator's `cache.targeted_header`) that is present
+//! and valid replaces `Cache-Control` and `Expires` for the edge's own decisions (RFC 9213 §2.2);
+//! clients still get the origin's `Cache-Control`.
 
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 use http::StatusCode;
-use http_cache_semantics::{CacheOptions, CachePolicy};
 
+use super::directives::{self, Expires};
+pub use super::directives::{delta_seconds, MAX_DELTA};
 use crate::config::{CacheConfig, SetCookie, TtlRule};
 
-/// The largest delta-seconds value the cache acts on: larger ones, however many digits they have,
-/// count as this (RFC 9111 §1.2.2). All time arithmetic on header values saturates at it.
-pub const MAX_DELTA: Duration = Duration::from_secs(1 << 31);
-
-/// Parses delta-seconds (RFC 9111 §1.2.2): digits only; values past [`MAX_DELTA`] are clamped.
-pub fn delta_seconds(text: &str) -> Option<Duration> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let seconds = text.parse::<u64>().unwrap_or(u64::MAX).min(MAX_DELTA.as_secs());
-    Some(Duration::from_secs(seconds))
+/// RFC 9110 §15.1: statuses whose responses are heuristically cacheable.
+pub fn heuristically_cacheable(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501)
 }
 
-/// Status codes this cache stores (the ones RFC 9110 calls heuristically cacheable, minus 206 and the
-/// rarely useful ones).
+/// Status codes this cache understands (RFC 9110 §15), for `must-understand` (RFC 9111 §5.2.2.3).
+fn understood(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200..=206 | 300..=305 | 307 | 308 | 400..=417 | 421 | 422 | 426 | 500..=505
+    )
+}
+
+/// Whether a final status may be stored at all: 206 is not (partial objects are not kept) and 304
+/// only ever freshens a stored response.
 pub fn status_is_storable(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 200 | 203 | 204 | 300 | 301 | 308 | 404 | 410)
+    status.as_u16() >= 200 && status != StatusCode::PARTIAL_CONTENT && status != StatusCode::NOT_MODIFIED
 }
 
 /// The operator's caching settings that decisions depend on.
@@ -44,10 +55,21 @@ pub struct CacheRules {
     pub stale_while_revalidate: Duration,
     pub max_object_size: u64,
     pub set_cookie: SetCookie,
+    /// The cap on heuristic freshness (RFC 9111 §4.2.2).
+    pub heuristic_max_ttl: Duration,
+    /// Targeted cache-control fields, in order of precedence (RFC 9213 §2.2).
+    pub targeted_fields: Vec<HeaderName>,
 }
 
 impl CacheRules {
     pub fn from_config(config: &CacheConfig) -> Self {
+        let mut targeted_fields = Vec::new();
+        if let Some(name) = config.targeted_header.as_deref() {
+            if let Ok(name) = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+                targeted_fields.push(name);
+            }
+        }
+        targeted_fields.push(HeaderName::from_static("cdn-cache-control"));
         CacheRules {
             ttl_rules: config.ttl_rules.clone(),
             negative_ttl: config.negative_ttl.0,
@@ -55,13 +77,19 @@ impl CacheRules {
             stale_while_revalidate: config.stale_while_revalidate.0,
             max_object_size: config.max_object_size.0,
             set_cookie: config.set_cookie,
+            heuristic_max_ttl: config.heuristic_max_ttl.0,
+            targeted_fields,
         }
     }
 
-    /// The operator TTL for a response the origin said nothing about, if any rule matches.
+    /// The operator TTL for a response the origin said nothing about, if any rule matches: the
+    /// negative TTL for "not found"-like answers, the suffix and Content-Type rules for successful ones.
     fn operator_ttl(&self, status: StatusCode, path: &str, headers: &HeaderMap) -> Option<Duration> {
-        if matches!(status, StatusCode::NOT_FOUND | StatusCode::GONE) {
+        if matches!(status.as_u16(), 404 | 410) {
             return Some(self.negative_ttl);
+        }
+        if !matches!(status.as_u16(), 200 | 203 | 204 | 300 | 301 | 308) {
+            return None;
         }
         let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         self.ttl_rules.iter().find_map(|rule| {
@@ -75,53 +103,46 @@ impl CacheRules {
     }
 }
 
-/// Cache-Control directives the policy crate does not interpret for us.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct StaleDirectives {
-    pub stale_while_revalidate: Option<Duration>,
-    pub stale_if_error: Option<Duration>,
-    /// must-revalidate, proxy-revalidate or no-cache: never serve stale.
-    pub forbids_stale: bool,
-    /// The origin gave explicit freshness (max-age, s-maxage, no-cache, no-store, private, or Expires).
-    pub explicit_freshness: bool,
+/// When a response was asked for and received, for the age calculation (RFC 9111 §4.2.3).
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange {
+    pub request_time: SystemTime,
+    pub response_time: SystemTime,
 }
 
-pub fn stale_directives(headers: &HeaderMap) -> StaleDirectives {
-    let mut out = StaleDirectives { explicit_freshness: headers.contains_key(header::EXPIRES), ..Default::default() };
-    for value in headers.get_all(header::CACHE_CONTROL) {
-        let Ok(text) = value.to_str() else { continue };
-        for directive in text.split(',') {
-            let directive = directive.trim();
-            let (name, arg) = match directive.split_once('=') {
-                Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
-                None => (directive, None),
-            };
-            let seconds = || arg.and_then(delta_seconds);
-            match name.to_ascii_lowercase().as_str() {
-                "stale-while-revalidate" => out.stale_while_revalidate = seconds(),
-                "stale-if-error" => out.stale_if_error = seconds(),
-                "must-revalidate" | "proxy-revalidate" => out.forbids_stale = true,
-                "no-cache" => {
-                    out.forbids_stale = true;
-                    out.explicit_freshness = true;
-                }
-                "max-age" | "s-maxage" | "no-store" | "private" => out.explicit_freshness = true,
-                _ => {}
-            }
-        }
+impl Exchange {
+    /// An exchange with no measurable delay (tests, benchmarks).
+    pub fn at(now: SystemTime) -> Self {
+        Exchange { request_time: now, response_time: now }
     }
-    out
+}
+
+/// Where a response's freshness lifetime came from, for `Cache-Status` and the docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifetimeSource {
+    Directive,
+    Expires,
+    Operator,
+    Heuristic,
+    None,
 }
 
 /// The verdict on a response from the origin.
 #[derive(Debug, Clone)]
 pub struct Verdict {
     pub storable: bool,
-    pub fresh_for: Duration,
+    /// The freshness lifetime (RFC 9111 §4.2.1).
+    pub lifetime: Duration,
+    /// `corrected_initial_age` (RFC 9111 §4.2.3): the age the response had when it arrived.
     pub initial_age: Duration,
+    /// How long it stays fresh from now: lifetime − initial age (zero when stale on arrival).
+    pub fresh_for: Duration,
     pub stale_while_revalidate: Duration,
     pub stale_if_error: Duration,
-    pub policy: CachePolicy,
+    /// `must-revalidate`, `proxy-revalidate`, `s-maxage` or `no-cache`: never serve it stale; when
+    /// the origin cannot be reached, answer 504 (RFC 9111 §4.2.4, §5.2.2.2).
+    pub forbids_stale: bool,
+    pub lifetime_source: LifetimeSource,
     /// Header names the response Varies on (lower-cased), if any.
     pub vary: Vec<HeaderName>,
     /// The response sets a cookie. With `cache.set_cookie = "pass"` it is then neither stored nor
@@ -129,8 +150,8 @@ pub struct Verdict {
     pub sets_cookie: bool,
 }
 
-/// Decides whether and for how long a response may be stored. `request` is the request as sent to the
-/// origin (its Authorization header matters); `path` is the request path for TTL rules.
+/// Decides whether and for how long a response may be stored, with no delay between request and
+/// response (see [`judge_exchange`]).
 pub fn judge(
     rules: &CacheRules,
     request: &http::request::Parts,
@@ -139,53 +160,121 @@ pub fn judge(
     path: &str,
     now: SystemTime,
 ) -> Verdict {
-    let directives = stale_directives(headers);
-    let mut effective = http::Response::new(());
-    *effective.status_mut() = status;
-    *effective.headers_mut() = headers.clone();
+    judge_exchange(rules, request, status, headers, path, Exchange::at(now))
+}
+
+/// Decides whether and for how long a response may be stored. `request` is the client's request (its
+/// Authorization header matters); `path` is the request path for TTL rules.
+pub fn judge_exchange(
+    rules: &CacheRules,
+    request: &http::request::Parts,
+    status: StatusCode,
+    headers: &HeaderMap,
+    path: &str,
+    exchange: Exchange,
+) -> Verdict {
+    // RFC 9213 §2.2: a valid targeted field replaces Cache-Control and Expires for this cache.
+    let targeted = directives::targeted(headers, &rules.targeted_fields);
+    let is_targeted = targeted.is_some();
+    let cc = targeted.unwrap_or_else(|| directives::cache_control(headers));
+    let expires = if is_targeted { Expires::Absent } else { directives::expires(headers) };
+    let date = directives::date(headers);
+    let vary = vary_names(headers);
     let sets_cookie = headers.contains_key(header::SET_COOKIE);
-    // The policy crate adds Age to durations unchecked: hand it a clamped value (RFC 9111 §1.2.2).
-    if let Some(age) = headers.get(header::AGE).and_then(|v| v.to_str().ok()).and_then(|v| delta_seconds(v.trim())) {
-        effective.headers_mut().insert(header::AGE, HeaderValue::from(age.as_secs()));
-    }
-    if rules.set_cookie == SetCookie::Strip {
-        // The stored object will not carry the cookie, so it must not count against its freshness
-        // (http-cache-semantics gives a shared cache's cookie-setting responses no lifetime).
-        effective.headers_mut().remove(header::SET_COOKIE);
-    }
-    if !directives.explicit_freshness {
+
+    // §4.2.3: the age the response had on arrival.
+    let response_delay = exchange.response_time.duration_since(exchange.request_time).unwrap_or_default();
+    let apparent_age = date.and_then(|d| exchange.response_time.duration_since(d).ok()).unwrap_or_default();
+    let age_value = directives::age(headers).unwrap_or_default();
+    let corrected_age_value = age_value.saturating_add(response_delay);
+    let initial_age = apparent_age.max(corrected_age_value).min(MAX_DELTA);
+
+    // §4.2.1: the freshness lifetime, in order of precedence (a shared cache honours s-maxage).
+    let explicit = cc.says_anything() || expires != Expires::Absent || is_targeted;
+    let (mut lifetime, mut source) = if cc.invalid_freshness {
+        (Duration::ZERO, LifetimeSource::Directive)
+    } else if let Some(s_maxage) = cc.s_maxage {
+        (s_maxage, LifetimeSource::Directive)
+    } else if let Some(max_age) = cc.max_age {
+        (max_age, LifetimeSource::Directive)
+    } else {
+        match expires {
+            // §5.3: an invalid Expires (for example "0") means already expired.
+            Expires::Invalid => (Duration::ZERO, LifetimeSource::Expires),
+            Expires::At(at) => {
+                let base = date.unwrap_or(exchange.response_time);
+                (at.duration_since(base).unwrap_or_default().min(MAX_DELTA), LifetimeSource::Expires)
+            }
+            Expires::Absent => (Duration::ZERO, LifetimeSource::None),
+        }
+    };
+    if !explicit {
         if let Some(ttl) = rules.operator_ttl(status, path, headers) {
-            // The operator's TTL stands in for the max-age the origin did not give.
-            if let Ok(value) = HeaderValue::from_str(&format!("max-age={}", ttl.as_secs())) {
-                effective.headers_mut().append(header::CACHE_CONTROL, value);
+            // The operator's TTL stands in for what the origin did not say, and beats the heuristic.
+            (lifetime, source) = (ttl.min(MAX_DELTA), LifetimeSource::Operator);
+        } else if heuristically_cacheable(status) || cc.public {
+            if let Some(heuristic) = heuristic_lifetime(headers, date.unwrap_or(exchange.response_time)) {
+                (lifetime, source) = (heuristic.min(rules.heuristic_max_ttl), LifetimeSource::Heuristic);
             }
         }
     }
-    let options = CacheOptions { shared: true, cache_heuristic: 0.0, ..CacheOptions::default() };
-    let policy = CachePolicy::new_options(request, &effective, now, options);
-    let vary = vary_names(headers);
-    let vary_star = vary.iter().any(|n| n.as_str() == "*");
+    if cc.no_cache {
+        // §5.2.2.4: stored, but revalidated on every use.
+        lifetime = Duration::ZERO;
+    }
+
+    // §3 (shared cache): may the response be stored at all?
+    let has_validator = headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
+    let no_store = cc.no_store && !(cc.must_understand && understood(status));
+    let authorized = request.headers.contains_key(header::AUTHORIZATION);
     let cookie_passes = sets_cookie && rules.set_cookie == SetCookie::Pass;
-    let storable = policy.is_storable() && status_is_storable(status) && !vary_star && !cookie_passes;
-    let forbids = directives.forbids_stale;
+    let may_be_kept = cc.max_age.is_some()
+        || cc.s_maxage.is_some()
+        || expires != Expires::Absent
+        || cc.public
+        || source == LifetimeSource::Operator
+        || heuristically_cacheable(status);
+    let storable = status_is_storable(status)
+        && (!cc.must_understand || understood(status))
+        && !no_store
+        && !cc.private
+        // §3.5: a response to a request with Authorization is shared only when the origin says so.
+        && (!authorized || cc.public || cc.s_maxage.is_some() || cc.must_revalidate)
+        && !vary.iter().any(|n| n.as_str() == "*")
+        && !cookie_passes
+        && may_be_kept
+        // A response that must be revalidated on every use is worth keeping only with a validator.
+        && (!cc.no_cache || has_validator);
+
+    let forbids_stale = cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some() || cc.no_cache;
     Verdict {
         storable,
-        fresh_for: policy.time_to_live(now).min(MAX_DELTA),
-        initial_age: policy.age(now).min(MAX_DELTA),
-        stale_while_revalidate: if forbids {
+        lifetime,
+        initial_age,
+        fresh_for: lifetime.saturating_sub(initial_age),
+        stale_while_revalidate: if forbids_stale {
             Duration::ZERO
         } else {
-            directives.stale_while_revalidate.unwrap_or(rules.stale_while_revalidate)
+            cc.stale_while_revalidate.unwrap_or(rules.stale_while_revalidate).min(MAX_DELTA)
         },
-        stale_if_error: if forbids {
+        stale_if_error: if forbids_stale {
             Duration::ZERO
         } else {
-            directives.stale_if_error.unwrap_or_default().max(rules.stale_if_error)
+            cc.stale_if_error.unwrap_or_default().max(rules.stale_if_error).min(MAX_DELTA)
         },
-        policy,
+        forbids_stale,
+        lifetime_source: source,
         vary,
         sets_cookie,
     }
+}
+
+/// §4.2.2: 10 % of the time since Last-Modified, as of `date`, when Last-Modified is valid and not in
+/// the future.
+fn heuristic_lifetime(headers: &HeaderMap, date: SystemTime) -> Option<Duration> {
+    let modified = headers.get(header::LAST_MODIFIED).and_then(|v| v.to_str().ok()).and_then(directives::http_date)?;
+    let since = date.duration_since(modified).ok()?;
+    Some(since / 10)
 }
 
 pub fn vary_names(headers: &HeaderMap) -> Vec<HeaderName> {
@@ -208,19 +297,20 @@ pub fn vary_names(headers: &HeaderMap) -> Vec<HeaderName> {
     names
 }
 
-/// A stored response: its head, its whole body, and when it stops being fresh.
+/// A stored response: its head, its whole body, and its timings.
 #[derive(Debug)]
 pub struct CachedObject {
     pub status: StatusCode,
     /// The origin's headers, minus hop-by-hop ones and Age (recomputed on every response).
     pub headers: HeaderMap,
     pub body: Bytes,
-    pub policy: CachePolicy,
+    /// When the response arrived (`response_time` of RFC 9111 §4.2.3), on the monotonic clock.
     pub stored_at: Instant,
     pub initial_age: Duration,
-    pub fresh_for: Duration,
+    pub lifetime: Duration,
     pub stale_while_revalidate: Duration,
     pub stale_if_error: Duration,
+    pub forbids_stale: bool,
 }
 
 /// Where a stored object is in its life at a given instant.
@@ -235,31 +325,38 @@ pub enum Lifecycle {
 }
 
 impl CachedObject {
-    pub fn from_verdict(status: StatusCode, headers: HeaderMap, body: Bytes, verdict: Verdict, now: Instant) -> Self {
+    pub fn from_verdict(
+        status: StatusCode,
+        mut headers: HeaderMap,
+        body: Bytes,
+        verdict: Verdict,
+        now: Instant,
+    ) -> Self {
+        headers.remove(header::AGE);
         CachedObject {
             status,
             headers,
             body,
-            policy: verdict.policy,
             stored_at: now,
             initial_age: verdict.initial_age,
-            fresh_for: verdict.fresh_for,
+            lifetime: verdict.lifetime,
             stale_while_revalidate: verdict.stale_while_revalidate,
             stale_if_error: verdict.stale_if_error,
+            forbids_stale: verdict.forbids_stale,
         }
     }
 
-    /// The Age to send: the age the origin reported plus the time spent here.
+    /// `current_age` (RFC 9111 §4.2.3): the age on arrival plus the time spent here.
     pub fn age(&self, now: Instant) -> Duration {
         self.initial_age.saturating_add(now.saturating_duration_since(self.stored_at))
     }
 
     pub fn lifecycle(&self, now: Instant) -> Lifecycle {
-        let resident = now.saturating_duration_since(self.stored_at);
-        if resident < self.fresh_for {
-            return Lifecycle::Fresh { ttl: self.fresh_for - resident };
+        let age = self.age(now);
+        if age < self.lifetime {
+            return Lifecycle::Fresh { ttl: self.lifetime - age };
         }
-        let stale_for = resident - self.fresh_for;
+        let stale_for = age - self.lifetime;
         if stale_for < self.stale_while_revalidate {
             Lifecycle::StaleRevalidateInBackground { stale_for }
         } else {
@@ -270,7 +367,9 @@ impl CachedObject {
     /// May this object stand in for an origin that failed (error, timeout, 5xx)?
     pub fn usable_on_error(&self, now: Instant) -> bool {
         match self.lifecycle(now) {
-            Lifecycle::Fresh { .. } | Lifecycle::StaleRevalidateInBackground { .. } => true,
+            Lifecycle::Fresh { .. } => true,
+            _ if self.forbids_stale => false,
+            Lifecycle::StaleRevalidateInBackground { .. } => true,
             Lifecycle::Stale { stale_for } => stale_for <= self.stale_if_error,
         }
     }
@@ -282,7 +381,9 @@ impl CachedObject {
         let has_validator = self.headers.contains_key(header::ETAG) || self.headers.contains_key(header::LAST_MODIFIED);
         let revalidation_grace = if has_validator { Duration::from_secs(3600) } else { Duration::ZERO };
         // Each part is at most MAX_DELTA, so the sum is far from overflowing the cache's clock.
-        self.fresh_for.saturating_add(self.stale_while_revalidate.max(self.stale_if_error).max(revalidation_grace))
+        self.lifetime
+            .saturating_sub(self.initial_age)
+            .saturating_add(self.stale_while_revalidate.max(self.stale_if_error).max(revalidation_grace))
     }
 
     /// Approximate memory this object holds, for the cache's byte weigher.
@@ -303,33 +404,44 @@ impl CachedObject {
         out
     }
 
-    /// A copy refreshed by a 304 from the origin: the 304's headers replace the stored ones (RFC 9111
-    /// §4.3.4) and freshness restarts. Returns `None` when the 304 does not match this object's
-    /// validators (the body can no longer be trusted).
+    /// A copy freshened by a 304 from the origin (RFC 9111 §4.3.4): the 304's header fields replace the
+    /// stored ones (§3.2, except Content-Length and the cookie, which is the revalidating client's), and
+    /// freshness is computed anew. Returns `None` when the 304 names another representation than this
+    /// one (its validators differ): the body can no longer be trusted.
     pub fn refreshed(
         &self,
         rules: &CacheRules,
         request: &http::request::Parts,
-        not_modified_headers: &HeaderMap,
+        not_modified: &HeaderMap,
         path: &str,
-        now: SystemTime,
-        now_instant: Instant,
+        exchange: Exchange,
+        now: Instant,
     ) -> Option<CachedObject> {
-        let mut response = http::Response::new(());
-        *response.status_mut() = StatusCode::NOT_MODIFIED;
-        *response.headers_mut() = not_modified_headers.clone();
-        // A cookie in a 304 is the revalidating client's, never the stored object's.
-        response.headers_mut().remove(header::SET_COOKIE);
-        match self.policy.after_response(request, &response, now) {
-            http_cache_semantics::AfterResponse::NotModified(_, parts) => {
-                let mut headers = parts.headers;
-                headers.remove(header::AGE);
-                remove_hop_by_hop(&mut headers);
-                let verdict = judge(rules, request, self.status, &headers, path, now);
-                Some(CachedObject::from_verdict(self.status, headers, self.body.clone(), verdict, now_instant))
+        let opaque = |v: &http::HeaderValue| v.as_bytes().strip_prefix(b"W/").unwrap_or(v.as_bytes()).to_vec();
+        if let Some(new) = not_modified.get(header::ETAG) {
+            if self.headers.get(header::ETAG).map(opaque) != Some(opaque(new)) {
+                return None;
             }
-            http_cache_semantics::AfterResponse::Modified(..) => None,
+        } else if let Some(new) = not_modified.get(header::LAST_MODIFIED) {
+            if self.headers.get(header::LAST_MODIFIED).is_some_and(|old| old != new) {
+                return None;
+            }
         }
+        let mut headers = self.headers.clone();
+        let mut replaced: Vec<&HeaderName> = Vec::new();
+        for (name, value) in not_modified {
+            if matches!(*name, header::CONTENT_LENGTH | header::SET_COOKIE | header::CONTENT_RANGE) {
+                continue;
+            }
+            if !replaced.contains(&name) {
+                headers.remove(name);
+                replaced.push(name);
+            }
+            headers.append(name.clone(), value.clone());
+        }
+        remove_hop_by_hop(&mut headers);
+        let verdict = judge_exchange(rules, request, self.status, &headers, path, exchange);
+        Some(CachedObject::from_verdict(self.status, headers, self.body.clone(), verdict, now))
     }
 }
 
@@ -364,6 +476,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 mod tests {
     use super::*;
     use crate::config::{CacheConfig, HumanDuration};
+    use http::HeaderValue;
 
     fn rules() -> CacheRules {
         CacheRules::from_config(&CacheConfig::default())
@@ -431,9 +544,180 @@ mod tests {
         assert_eq!(v.fresh_for, Duration::from_secs(86_400));
         let v = judge_now(200, &[("cache-control", "max-age=7")], "/live/index.m3u8");
         assert_eq!(v.fresh_for, Duration::from_secs(7));
-        // No rule, no freshness information, no heuristic: stored but stale at once.
-        let v = judge_now(200, &[("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")], "/x.bin");
+        // No rule, no freshness information and no Last-Modified: stored but stale at once.
+        let v = judge_now(200, &[], "/x.bin");
         assert_eq!(v.fresh_for, Duration::ZERO);
+        // An operator rule beats the heuristic.
+        let v = judge_now(200, &[("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")], "/live/index.m3u8");
+        assert_eq!(v.fresh_for, Duration::from_secs(1));
+        assert_eq!(v.lifetime_source, LifetimeSource::Operator);
+    }
+
+    /// RFC 9111 §4.2.2: 10 % of Date − Last-Modified, capped by `cache.heuristic_max_ttl`, only for
+    /// heuristically cacheable statuses (or `public`).
+    #[test]
+    fn heuristic_freshness_is_a_tenth_of_the_age_of_last_modified() {
+        let now = SystemTime::now();
+        let date = httpdate::fmt_http_date(now);
+        let modified = httpdate::fmt_http_date(now - Duration::from_secs(10_000));
+        let v = judge(
+            &rules(),
+            &request(&[]),
+            StatusCode::OK,
+            &headers(&[("date", &date), ("last-modified", &modified)]),
+            "/x.bin",
+            now,
+        );
+        assert_eq!(v.lifetime, Duration::from_secs(1000));
+        assert_eq!(v.lifetime_source, LifetimeSource::Heuristic);
+        assert!(v.storable);
+        let v = judge_now(200, &[("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")], "/x.bin");
+        assert_eq!(v.lifetime, Duration::from_secs(86_400), "capped at heuristic_max_ttl");
+        // 500 is not heuristically cacheable: nothing without explicit freshness.
+        let v = judge_now(500, &[("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")], "/x.bin");
+        assert!(!v.storable);
+        let v = judge_now(
+            500,
+            &[("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT"), ("cache-control", "public")],
+            "/x.bin",
+        );
+        assert!(v.storable);
+        assert_eq!(v.lifetime, Duration::from_secs(86_400));
+    }
+
+    /// RFC 9111 §3: any final status with explicit freshness may be stored.
+    #[test]
+    fn non_200_statuses_with_explicit_freshness_are_stored() {
+        for status in [204, 299, 302, 303, 307, 400, 404, 405, 410, 414, 500, 501, 502, 503, 504, 599] {
+            let v = judge_now(status, &[("cache-control", "max-age=60")], "/x");
+            assert!(v.storable, "{status}");
+            assert_eq!(v.lifetime, Duration::from_secs(60), "{status}");
+            let v = judge_now(status, &[("cache-control", "s-maxage=60")], "/x");
+            assert!(v.storable, "{status} with s-maxage");
+        }
+        for status in [206, 304] {
+            assert!(!judge_now(status, &[("cache-control", "max-age=60")], "/x").storable, "{status}");
+        }
+        // Without freshness information, a 500 or a 302 is not stored.
+        assert!(!judge_now(500, &[], "/x.ts").storable);
+        assert!(!judge_now(302, &[], "/x.ts").storable);
+        let expires = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(60));
+        assert!(judge_now(503, &[("expires", &expires)], "/x").storable);
+    }
+
+    /// RFC 9111 §4.2.3: current_age counts the origin's Age, the apparent age from Date, and the
+    /// response delay; a response older than its lifetime is stale on arrival.
+    #[test]
+    fn age_on_arrival_follows_age_date_and_the_response_delay() {
+        let t0 = SystemTime::now();
+        let exchange = Exchange { request_time: t0, response_time: t0 + Duration::from_secs(2) };
+        let judge_at = |pairs: &[(&str, &str)]| {
+            judge_exchange(&rules(), &request(&[]), StatusCode::OK, &headers(pairs), "/a.ts", exchange)
+        };
+        // Age 7200 + 2 s of response delay.
+        let v = judge_at(&[("cache-control", "max-age=10000"), ("age", "7200")]);
+        assert_eq!(v.initial_age, Duration::from_secs(7202));
+        assert_eq!(v.fresh_for, Duration::from_secs(10000 - 7202));
+        // The apparent age from Date wins when it is larger.
+        let date = httpdate::fmt_http_date(t0 - Duration::from_secs(100));
+        let v = judge_at(&[("cache-control", "max-age=60"), ("age", "10"), ("date", &date)]);
+        assert!(v.initial_age >= Duration::from_secs(101), "{:?}", v.initial_age);
+        assert_eq!(v.fresh_for, Duration::ZERO, "stale on arrival");
+        // Age past 2^31 counts as 2^31: stale.
+        let v = judge_at(&[("cache-control", "max-age=60"), ("age", "99999999999")]);
+        assert_eq!(v.initial_age, MAX_DELTA);
+        assert_eq!(v.fresh_for, Duration::ZERO);
+    }
+
+    /// RFC 9111 §5.3: Expires, ignored when max-age or s-maxage is present; invalid means expired.
+    #[test]
+    fn expires_counts_only_without_max_age_and_invalid_means_expired() {
+        let now = SystemTime::now();
+        let date = httpdate::fmt_http_date(now);
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(300));
+        let at =
+            |pairs: &[(&str, &str)]| judge(&rules(), &request(&[]), StatusCode::OK, &headers(pairs), "/x.bin", now);
+        assert_eq!(at(&[("date", &date), ("expires", &later)]).lifetime, Duration::from_secs(300));
+        assert_eq!(
+            at(&[("date", &date), ("expires", &later), ("cache-control", "max-age=5")]).lifetime,
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            at(&[("date", &date), ("expires", &later), ("cache-control", "s-maxage=6")]).lifetime,
+            Duration::from_secs(6)
+        );
+        // Doubled space: invalid, so already expired, and the operator's rule does not apply.
+        let v = judge(
+            &rules(),
+            &request(&[]),
+            StatusCode::OK,
+            &headers(&[("expires", "Thu,  01 Dec 2099 16:00:00 GMT")]),
+            "/a.ts",
+            now,
+        );
+        assert_eq!(v.lifetime, Duration::ZERO);
+        let asctime = {
+            let t = now + Duration::from_secs(600);
+            let imf = httpdate::fmt_http_date(t);
+            // IMF "Sun, 06 Nov 1994 08:49:37 GMT" -> asctime "Sun Nov  6 08:49:37 1994"
+            let parts: Vec<&str> = imf.split(' ').collect();
+            format!("{} {} {:>2} {} {}", &parts[0][..3], parts[2], parts[1].trim_start_matches('0'), parts[4], parts[3])
+        };
+        let v = at(&[("date", &date), ("expires", &asctime)]);
+        assert_eq!(v.lifetime, Duration::from_secs(600), "{asctime}");
+    }
+
+    /// RFC 9111 §5.2.2.10: s-maxage implies proxy-revalidate; with must-revalidate, proxy-revalidate
+    /// and no-cache, nothing stale is served, not even by the operator's stale-if-error default.
+    #[test]
+    fn revalidation_directives_forbid_serving_stale() {
+        for cc in ["max-age=1, must-revalidate", "max-age=1, proxy-revalidate", "s-maxage=1", "no-cache"] {
+            let v = judge_now(
+                200,
+                &[
+                    ("cache-control", cc),
+                    ("etag", "\"e\""),
+                    ("cache-control", "stale-if-error=60, stale-while-revalidate=60"),
+                ],
+                "/a.ts",
+            );
+            assert!(v.forbids_stale, "{cc}");
+            assert_eq!(v.stale_if_error, Duration::ZERO, "{cc}");
+            assert_eq!(v.stale_while_revalidate, Duration::ZERO, "{cc}");
+        }
+        // no-cache with a validator: stored, revalidated on every use; without one, not worth storing.
+        let v = judge_now(200, &[("cache-control", "no-cache"), ("etag", "\"e\"")], "/a.ts");
+        assert!(v.storable && v.lifetime == Duration::ZERO);
+        assert!(!judge_now(200, &[("cache-control", "no-cache")], "/a.ts").storable);
+        // Case does not matter (§5.2).
+        assert!(judge_now(200, &[("cache-control", "No-CaChE, MaX-AgE=60"), ("etag", "\"e\"")], "/a.ts").forbids_stale);
+    }
+
+    /// RFC 9213: CDN-Cache-Control (and the operator's own field) beats Cache-Control for this cache.
+    #[test]
+    fn targeted_fields_take_precedence_over_cache_control() {
+        let v = judge_now(200, &[("cache-control", "max-age=5"), ("cdn-cache-control", "max-age=600")], "/a");
+        assert_eq!(v.lifetime, Duration::from_secs(600));
+        let v = judge_now(200, &[("cache-control", "max-age=600"), ("cdn-cache-control", "no-store")], "/a");
+        assert!(!v.storable);
+        let v = judge_now(200, &[("cache-control", "private"), ("cdn-cache-control", "max-age=60")], "/a");
+        assert!(v.storable, "CDN-Cache-Control replaces Cache-Control, private included");
+        let v = judge_now(200, &[("cache-control", "max-age=600"), ("cdn-cache-control", "no-cache")], "/a");
+        assert_eq!(v.lifetime, Duration::ZERO);
+        // An invalid targeted field is ignored as a whole.
+        let v = judge_now(200, &[("cache-control", "max-age=5"), ("cdn-cache-control", "max-age=\"600\", ,")], "/a");
+        assert_eq!(v.lifetime, Duration::from_secs(5));
+        let mut own = rules();
+        own.targeted_fields.insert(0, HeaderName::from_static("eddy-cache-control"));
+        let v = judge(
+            &own,
+            &request(&[]),
+            StatusCode::OK,
+            &headers(&[("cdn-cache-control", "max-age=600"), ("eddy-cache-control", "max-age=30")]),
+            "/a",
+            SystemTime::now(),
+        );
+        assert_eq!(v.lifetime, Duration::from_secs(30));
     }
 
     #[test]
@@ -493,7 +777,8 @@ mod tests {
         let now = Instant::now();
         let verdict = judge_now(200, &[("cache-control", "max-age=1")], "/a.ts");
         let mut object = CachedObject::from_verdict(StatusCode::OK, HeaderMap::new(), Bytes::new(), verdict, now);
-        object.fresh_for = Duration::from_secs(fresh);
+        object.lifetime = Duration::from_secs(fresh);
+        object.initial_age = Duration::ZERO;
         object.stale_while_revalidate = Duration::from_secs(swr);
         object.stale_if_error = Duration::from_secs(sie);
         (object, now)
@@ -530,14 +815,16 @@ mod tests {
         );
         let not_modified = headers(&[("cache-control", "max-age=30"), ("etag", "\"v1\"")]);
         let refreshed = object
-            .refreshed(&rules, &req, &not_modified, "/a.ts", SystemTime::now(), Instant::now())
+            .refreshed(&rules, &req, &not_modified, "/a.ts", Exchange::at(SystemTime::now()), Instant::now())
             .expect("validators match");
-        assert_eq!(refreshed.fresh_for, Duration::from_secs(30));
+        assert_eq!(refreshed.lifetime, Duration::from_secs(30));
         assert_eq!(refreshed.body, Bytes::from_static(b"body"));
         assert_eq!(refreshed.headers.get("x-old").map(|v| v.as_bytes()), Some(&b"1"[..]));
 
         let other = headers(&[("cache-control", "max-age=30"), ("etag", "\"v2\"")]);
-        assert!(object.refreshed(&rules, &req, &other, "/a.ts", SystemTime::now(), Instant::now()).is_none());
+        assert!(object
+            .refreshed(&rules, &req, &other, "/a.ts", Exchange::at(SystemTime::now()), Instant::now())
+            .is_none());
     }
 
     #[test]

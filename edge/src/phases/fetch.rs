@@ -21,14 +21,14 @@ use http::{Method, StatusCode};
 
 use super::origin_request::{self, Forwarding};
 use super::range::{self, RangeAnswer};
-use super::respond::{self, CacheResult, Outcome};
+use super::respond::{self, CacheResult, Outcome, Precondition};
 use super::route::Target;
 use super::Edge;
 use crate::body::{BodyError, EdgeBody};
 use crate::cache::coalesce::{
     vary_matches, FillGuard, Flight, FlightFailure, FlightHead, FlightReader, Flights, HeadOutcome, Joined, NotWhole,
 };
-use crate::cache::policy::{self, judge, remove_hop_by_hop, Verdict};
+use crate::cache::policy::{self, judge_exchange, remove_hop_by_hop, Exchange, Verdict};
 use crate::cache::{CacheKey, CachedObject};
 use crate::config::SetCookie;
 use crate::origin::{OriginError, OriginRequest};
@@ -238,14 +238,15 @@ async fn answer_from_flight(
             headers.append(name.clone(), value.clone());
         }
     }
-    if !headers.contains_key(header::AGE) {
-        headers.insert(header::AGE, HeaderValue::from_static("0"));
-    }
-    if head.status == StatusCode::OK && respond::client_has_current_copy(&parts.headers, &head.headers) {
-        for name in [header::CONTENT_LENGTH, header::CONTENT_TYPE] {
-            headers.remove(name);
+    match respond::preconditions(&parts.headers, &parts.method, head.status, &head.headers) {
+        Precondition::Proceed => {}
+        Precondition::NotModified => {
+            for name in [header::CONTENT_LENGTH, header::CONTENT_TYPE] {
+                headers.remove(name);
+            }
+            return Answer::Ready(outcome(respond::response(StatusCode::NOT_MODIFIED, headers, EdgeBody::empty())));
         }
-        return Answer::Ready(outcome(respond::response(StatusCode::NOT_MODIFIED, headers, EdgeBody::empty())));
+        Precondition::Failed => return Answer::Ready(outcome(respond::precondition_failed(headers))),
     }
     if parts.method == Method::HEAD {
         // The reader is dropped: a HEAD takes no body, and a fetch that will not be stored stops once
@@ -368,6 +369,13 @@ fn stale_or_error(stale: Option<&Arc<CachedObject>>, failure: &FlightFailure, pa
     if let Some(object) = stale.filter(|o| o.usable_on_error(now)) {
         return serve_stale(object, parts, now, &failure.message);
     }
+    if stale.is_some_and(|o| o.forbids_stale) {
+        // RFC 9111 §4.2.4, §5.2.2.2: a stored copy that must be revalidated is never served stale;
+        // when the origin cannot be reached the answer is 504.
+        let mut outcome = Outcome::error(StatusCode::GATEWAY_TIMEOUT, "origin unreachable", failure.message.clone());
+        outcome.cache_status = "fwd=stale; detail=\"must revalidate, origin unreachable\"".into();
+        return outcome;
+    }
     let (status, public) = if failure.timed_out {
         (StatusCode::GATEWAY_TIMEOUT, "origin timed out")
     } else {
@@ -409,17 +417,12 @@ async fn send(edge: &Edge, flight: &Flight, fill: &FillRequest) -> Option<crate:
 async fn run_flight(edge: Arc<Edge>, mut guard: FillGuard, mut fill: FillRequest) {
     let flight = guard.flight().clone();
     let started = Instant::now();
+    let request_time = SystemTime::now();
     let Some(mut response) = send(&edge, &flight, &fill).await else { return };
+    let mut exchange = Exchange { request_time, response_time: SystemTime::now() };
     if response.status == StatusCode::NOT_MODIFIED {
         let refreshed = fill.stale.as_ref().and_then(|stale| {
-            stale.refreshed(
-                &edge.rules,
-                &fill.policy_request,
-                &response.headers,
-                &fill.path,
-                SystemTime::now(),
-                Instant::now(),
-            )
+            stale.refreshed(&edge.rules, &fill.policy_request, &response.headers, &fill.path, exchange, Instant::now())
         });
         if let Some(object) = refreshed {
             let object = Arc::new(object);
@@ -439,7 +442,9 @@ async fn run_flight(edge: Arc<Edge>, mut guard: FillGuard, mut fill: FillRequest
         for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
             fill.origin_request.headers.remove(name);
         }
+        let request_time = SystemTime::now();
         let Some(again) = send(&edge, &flight, &fill).await else { return };
+        exchange = Exchange { request_time, response_time: SystemTime::now() };
         if again.status == StatusCode::NOT_MODIFIED {
             flight.fail(FlightFailure::new("origin answered 304 to an unconditional request"));
             return;
@@ -449,7 +454,9 @@ async fn run_flight(edge: Arc<Edge>, mut guard: FillGuard, mut fill: FillRequest
 
     let mut headers = response.headers;
     remove_hop_by_hop(&mut headers);
-    let verdict = judge(&edge.rules, &fill.policy_request, response.status, &headers, &fill.path, SystemTime::now());
+    let verdict = judge_exchange(&edge.rules, &fill.policy_request, response.status, &headers, &fill.path, exchange);
+    // Every answer carries current_age (RFC 9111 §4.2.3), the origin's Age included.
+    headers.insert(header::AGE, HeaderValue::from(verdict.initial_age.as_secs()));
     // With `cache.set_cookie = "strip"`, the cookie goes to the leader alone.
     let mut leader_only = HeaderMap::new();
     if verdict.sets_cookie && edge.rules.set_cookie == SetCookie::Strip {
@@ -461,6 +468,14 @@ async fn run_flight(edge: Arc<Edge>, mut guard: FillGuard, mut fill: FillRequest
     let declared_length = content_length(&headers);
     let max_object = edge.rules.max_object_size;
     let mut storable = verdict.storable && !fill.never_store && declared_length.is_none_or(|n| n <= max_object);
+    let mut stored = false;
+    if storable && declared_length == Some(0) {
+        // An empty body is whole already, and a client may see the end of it (Content-Length: 0) as
+        // soon as the head is out: store first, so that its next request finds the object.
+        store(&edge, &fill, response.status, &headers, Bytes::new(), &verdict).await;
+        guard.unregister();
+        stored = true;
+    }
     flight.publish_head(FlightHead {
         status: response.status,
         headers: headers.clone(),
@@ -480,7 +495,6 @@ async fn run_flight(edge: Arc<Edge>, mut guard: FillGuard, mut fill: FillRequest
     let mut budget = edge.origins.total_timeout().saturating_sub(started.elapsed());
     let mut body = response.body;
     let mut received: u64 = 0;
-    let mut stored = false;
     loop {
         let read_started = Instant::now();
         let next = tokio::time::timeout(budget, body.next()).await;

@@ -95,8 +95,12 @@ impl Outcome {
 pub fn from_object(object: &CachedObject, method: &Method, request: &HeaderMap, now: Instant) -> Response<EdgeBody> {
     let mut headers = response_headers(&object.headers);
     set_age(&mut headers, object.age(now));
-    if object.status == StatusCode::OK && client_has_current_copy(request, &object.headers) {
-        return response(StatusCode::NOT_MODIFIED, strip_for_304(headers), EdgeBody::empty());
+    match preconditions(request, method, object.status, &object.headers) {
+        Precondition::Proceed => {}
+        Precondition::NotModified => {
+            return response(StatusCode::NOT_MODIFIED, strip_for_304(headers), EdgeBody::empty())
+        }
+        Precondition::Failed => return precondition_failed(headers),
     }
     let length = object.body.len() as u64;
     let etag = object.headers.get(header::ETAG).and_then(|v| v.to_str().ok());
@@ -131,20 +135,107 @@ pub fn from_object(object: &CachedObject, method: &Method, request: &HeaderMap, 
     response(status, headers, body)
 }
 
-/// RFC 9110 §13.1: does the client's conditional GET name the representation we hold?
-pub fn client_has_current_copy(request: &HeaderMap, stored: &HeaderMap) -> bool {
-    if let Some(tags) = request.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-        let Some(etag) = stored.get(header::ETAG).and_then(|v| v.to_str().ok()) else { return false };
-        let etag = etag.trim_start_matches("W/");
-        return tags.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag);
+/// What the client's preconditions (RFC 9110 §13) make of an answer the cache could give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// No precondition, or all of them hold: answer normally.
+    Proceed,
+    /// 304: the client's copy is current (If-None-Match, If-Modified-Since).
+    NotModified,
+    /// 412: a state-changing precondition failed (If-Match, If-Unmodified-Since).
+    Failed,
+}
+
+/// Evaluates the request's preconditions against a response of `status` with `stored` headers, in the
+/// order RFC 9110 §13.2.2 prescribes. Preconditions apply only to answers that would be 2xx
+/// (§13.2.1). If-Modified-Since is compared with Last-Modified or, lacking it, with the response's
+/// Date (RFC 9111 §4.3.2).
+pub fn preconditions(request: &HeaderMap, method: &Method, status: StatusCode, stored: &HeaderMap) -> Precondition {
+    if !status.is_success() {
+        return Precondition::Proceed;
     }
-    let since = request
-        .get(header::IF_MODIFIED_SINCE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok());
-    let modified =
-        stored.get(header::LAST_MODIFIED).and_then(|v| v.to_str().ok()).and_then(|v| httpdate::parse_http_date(v).ok());
-    matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
+    let etag = stored.get(header::ETAG).and_then(|v| v.to_str().ok());
+    let date_of = |name: header::HeaderName| {
+        stored.get(name).and_then(|v| v.to_str().ok()).and_then(crate::cache::directives::http_date)
+    };
+    let last_modified = date_of(header::LAST_MODIFIED);
+    let request_date = |name: header::HeaderName| {
+        request.get(name).and_then(|v| v.to_str().ok()).and_then(crate::cache::directives::http_date)
+    };
+    if let Some(condition) = request.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
+        // §13.1.1: strong comparison.
+        if !etag_list_matches(condition, etag, true) {
+            return Precondition::Failed;
+        }
+    } else if let Some(since) = request_date(header::IF_UNMODIFIED_SINCE) {
+        if last_modified.is_some_and(|modified| modified > since) {
+            return Precondition::Failed;
+        }
+    }
+    let safe = *method == Method::GET || *method == Method::HEAD;
+    if let Some(condition) = request.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        // §13.1.2: weak comparison.
+        if etag_list_matches(condition, etag, false) {
+            return if safe { Precondition::NotModified } else { Precondition::Failed };
+        }
+    } else if safe {
+        if let Some(since) = request_date(header::IF_MODIFIED_SINCE) {
+            if last_modified.or_else(|| date_of(header::DATE)).is_some_and(|modified| modified <= since) {
+                return Precondition::NotModified;
+            }
+        }
+    }
+    Precondition::Proceed
+}
+
+/// Does `list` (`*` or entity-tags, RFC 9110 §8.8.3) name `etag`? Weak comparison ignores `W/`;
+/// strong comparison needs both tags strong and equal.
+fn etag_list_matches(list: &str, etag: Option<&str>, strong: bool) -> bool {
+    if list.trim() == "*" {
+        return true;
+    }
+    let Some(etag) = etag else { return false };
+    let (etag_weak, etag_opaque) = split_etag(etag.trim());
+    if strong && etag_weak {
+        return false;
+    }
+    entity_tags(list).any(|(weak, opaque)| opaque == etag_opaque && !(strong && weak))
+}
+
+fn split_etag(tag: &str) -> (bool, &str) {
+    match tag.strip_prefix("W/") {
+        Some(rest) => (true, rest),
+        None => (false, tag),
+    }
+}
+
+/// The entity-tags of a list, each as (weak, opaque-tag with its quotes); commas inside quotes are
+/// part of a tag.
+fn entity_tags(list: &str) -> impl Iterator<Item = (bool, &str)> {
+    let mut rest = list;
+    std::iter::from_fn(move || loop {
+        rest = rest.trim_start_matches([' ', '\t', ',']);
+        if rest.is_empty() {
+            return None;
+        }
+        let (weak, tail) = split_etag(rest);
+        if !tail.starts_with('"') {
+            // Not an entity-tag: skip to the next comma.
+            rest = tail.split_once(',').map_or("", |(_, r)| r);
+            continue;
+        }
+        let end = tail[1..].find('"').map(|i| i + 2).unwrap_or(tail.len());
+        let (tag, after) = tail.split_at(end);
+        rest = after;
+        return Some((weak, tag));
+    })
+}
+
+/// 412: the validators stay, the body's description goes.
+pub fn precondition_failed(headers: HeaderMap) -> Response<EdgeBody> {
+    let mut headers = strip_for_304(headers);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    response(StatusCode::PRECONDITION_FAILED, headers, EdgeBody::empty())
 }
 
 /// A 304 carries the validators and caching headers, not the body's description.
@@ -321,5 +412,67 @@ mod tests {
         assert_eq!(r.headers()[header::CONTENT_LENGTH], "10");
         assert!(r.body().is_end_stream());
         assert!(r.headers().contains_key(header::AGE));
+    }
+
+    fn stored(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (n, v) in pairs {
+            map.insert(HeaderName::from_bytes(n.as_bytes()).expect("name"), v.parse().expect("value"));
+        }
+        map
+    }
+
+    /// RFC 9110 §13.1.2: If-None-Match uses the weak comparison, and lists may hold several tags.
+    #[test]
+    fn if_none_match_compares_weakly() {
+        let ok = StatusCode::OK;
+        let weak = stored(&[("etag", "W/\"v1\"")]);
+        let strong = stored(&[("etag", "\"v1\"")]);
+        for (request, headers) in
+            [("\"v1\"", &weak), ("W/\"v1\"", &strong), ("\"x\", W/\"v1\"", &strong), ("*", &strong)]
+        {
+            let r = stored(&[("if-none-match", request)]);
+            assert_eq!(preconditions(&r, &Method::GET, ok, headers), Precondition::NotModified, "{request}");
+        }
+        let r = stored(&[("if-none-match", "\"v2\"")]);
+        assert_eq!(preconditions(&r, &Method::GET, ok, &strong), Precondition::Proceed);
+        // Commas inside an entity-tag are part of it.
+        let odd = stored(&[("etag", "\"a,b\"")]);
+        let r = stored(&[("if-none-match", "\"a,b\"")]);
+        assert_eq!(preconditions(&r, &Method::GET, ok, &odd), Precondition::NotModified);
+    }
+
+    /// RFC 9111 §4.3.2: without Last-Modified, If-Modified-Since is compared with the stored Date.
+    #[test]
+    fn if_modified_since_falls_back_to_date() {
+        let headers = stored(&[("date", "Mon, 01 Jan 2024 00:00:00 GMT")]);
+        let r = stored(&[("if-modified-since", "Tue, 02 Jan 2024 00:00:00 GMT")]);
+        assert_eq!(preconditions(&r, &Method::GET, StatusCode::OK, &headers), Precondition::NotModified);
+        let r = stored(&[("if-modified-since", "Sun, 31 Dec 2023 00:00:00 GMT")]);
+        assert_eq!(preconditions(&r, &Method::GET, StatusCode::OK, &headers), Precondition::Proceed);
+    }
+
+    /// RFC 9110 §13.1.1, §13.1.4: If-Match (strong comparison) and If-Unmodified-Since give 412.
+    #[test]
+    fn if_match_and_if_unmodified_since_give_412() {
+        let headers = stored(&[("etag", "\"v1\""), ("last-modified", "Tue, 02 Jan 2024 00:00:00 GMT")]);
+        let check = |pairs: &[(&str, &str)]| preconditions(&stored(pairs), &Method::GET, StatusCode::OK, &headers);
+        assert_eq!(check(&[("if-match", "\"v2\"")]), Precondition::Failed);
+        assert_eq!(check(&[("if-match", "W/\"v1\"")]), Precondition::Failed, "weak tags never match strongly");
+        assert_eq!(check(&[("if-match", "\"v1\"")]), Precondition::Proceed);
+        assert_eq!(check(&[("if-match", "*")]), Precondition::Proceed);
+        assert_eq!(check(&[("if-unmodified-since", "Mon, 01 Jan 2024 00:00:00 GMT")]), Precondition::Failed);
+        assert_eq!(check(&[("if-unmodified-since", "Wed, 03 Jan 2024 00:00:00 GMT")]), Precondition::Proceed);
+        // If-Match takes precedence over If-Unmodified-Since.
+        assert_eq!(
+            check(&[("if-match", "\"v1\""), ("if-unmodified-since", "Mon, 01 Jan 2024 00:00:00 GMT")]),
+            Precondition::Proceed
+        );
+        // Only answers that would be 2xx are conditional (§13.2.1).
+        let r = stored(&[("if-match", "\"nope\"")]);
+        assert_eq!(preconditions(&r, &Method::GET, StatusCode::NOT_FOUND, &headers), Precondition::Proceed);
+        let object = object(b"0123456789");
+        let answer = from_object(&object, &Method::GET, &r, Instant::now());
+        assert_eq!(answer.status(), StatusCode::PRECONDITION_FAILED);
     }
 }
