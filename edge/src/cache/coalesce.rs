@@ -50,6 +50,8 @@ pub struct FlightHead {
     pub vary: Vec<HeaderName>,
     /// Will the body be stored? If not, it streams through the bounded window.
     pub storable: bool,
+    /// How long the stored object will be fresh, for `Cache-Status: ttl`.
+    pub fresh_for: std::time::Duration,
 }
 
 /// Why a flight failed: the origin could not be reached or answered badly, the body broke off
@@ -557,7 +559,7 @@ impl Flights {
 /// Do the request headers named by `vary` hold the same values in both requests? (RFC 9111 §4.1:
 /// a stored or shared response is reused only for requests that match on its Vary'd headers.)
 pub fn vary_matches(vary: &[HeaderName], a: &HeaderMap, b: &HeaderMap) -> bool {
-    vary.iter().all(|name| name.as_str() != "*" && a.get_all(name).iter().eq(b.get_all(name).iter()))
+    vary.iter().all(|name| name.as_str() != "*" && super::key::vary_value(a, name) == super::key::vary_value(b, name))
 }
 
 #[cfg(test)]
@@ -573,6 +575,7 @@ mod tests {
             shareable: true,
             vary: Vec::new(),
             storable,
+            fresh_for: std::time::Duration::ZERO,
         }
     }
 

@@ -100,15 +100,9 @@ impl CacheKey {
             key.push(VARIANT);
             key.push_str(name.as_str());
             key.push('=');
-            // The values as bytes, escaped: two different values never share a variant (a lossy UTF-8
-            // conversion would map distinct invalid bytes to the same replacement character).
-            let mut values = request.get_all(name).iter().peekable();
-            while let Some(value) = values.next() {
-                push_escaped(&mut key, value.as_bytes(), false);
-                if values.peek().is_some() {
-                    key.push(',');
-                }
-            }
+            // The normalised value as bytes, escaped: two different values never share a variant (a
+            // lossy UTF-8 conversion would map distinct invalid bytes to the same replacement character).
+            push_escaped(&mut key, &vary_value(request, name), false);
         }
         CacheKey(key.into())
     }
@@ -121,6 +115,32 @@ impl CacheKey {
     pub fn weight(&self) -> usize {
         self.0.len() + 16
     }
+}
+
+/// The value a request gives a header that a response Varies on, normalised so that requests that mean
+/// the same select the same variant (RFC 9111 §4.1 allows normalising): several lines become one
+/// comma-separated list, whitespace around list members goes, and the case of the `Accept-*` fields
+/// (case-insensitive tokens and language tags, RFC 9110 §12.5) is folded.
+pub fn vary_value(request: &HeaderMap, name: &HeaderName) -> Vec<u8> {
+    let fold_case = matches!(name.as_str(), "accept" | "accept-encoding" | "accept-language" | "accept-charset");
+    let mut out = Vec::new();
+    for line in request.get_all(name) {
+        for member in line.as_bytes().split(|&b| b == b',') {
+            let member = member.trim_ascii();
+            if member.is_empty() {
+                continue;
+            }
+            if !out.is_empty() {
+                out.push(b',');
+            }
+            if fold_case {
+                out.extend(member.iter().map(u8::to_ascii_lowercase));
+            } else {
+                out.extend_from_slice(member);
+            }
+        }
+    }
+    out
 }
 
 /// The name of a `name=value` query pair.
@@ -239,5 +259,22 @@ mod tests {
         let poisoned = CacheKey::primary("cdn.example/live", "/seg1.ts", None, &[]);
         let real = CacheKey::primary("cdn.example", "/live/seg1.ts", None, &[]);
         assert_ne!(poisoned, real);
+    }
+
+    /// Requests that mean the same select the same variant: whitespace, line splits and the case of
+    /// Accept-Language do not matter; the values themselves do.
+    #[test]
+    fn vary_values_are_normalised() {
+        let names = vec![HeaderName::from_static("accept-language")];
+        let primary = CacheKey::primary("h", "/p", None, &[]);
+        let mut a = HeaderMap::new();
+        a.insert("accept-language", "en-US, fr;q=0.5".parse().expect("static"));
+        let mut b = HeaderMap::new();
+        b.append("accept-language", "EN-us".parse().expect("static"));
+        b.append("accept-language", " fr;q=0.5 ".parse().expect("static"));
+        assert_eq!(primary.variant(1, &names, &a), primary.variant(1, &names, &b));
+        let mut c = HeaderMap::new();
+        c.insert("accept-language", "de".parse().expect("static"));
+        assert_ne!(primary.variant(1, &names, &a), primary.variant(1, &names, &c));
     }
 }

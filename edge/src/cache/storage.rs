@@ -55,6 +55,14 @@ impl Expiry<CacheKey, Entry> for EntryLifetime {
     }
 }
 
+/// What a lookup found.
+pub enum Found {
+    Object(Arc<CachedObject>),
+    /// Responses are stored for this URI, but none for this request's variant.
+    VaryMiss,
+    Miss,
+}
+
 /// The cache's store. Cloning is cheap (moka's handle is shared).
 #[derive(Clone)]
 pub struct Storage {
@@ -87,12 +95,22 @@ impl Storage {
 
     /// The stored object for this request, following a Vary indirection when there is one.
     pub async fn get(&self, primary: &CacheKey, request: &HeaderMap) -> Option<Arc<CachedObject>> {
-        match self.cache.get(primary).await? {
-            Entry::Object(object) => Some(object),
-            Entry::Variants { generation, names, .. } => {
-                match self.cache.get(&primary.variant(generation, &names, request)).await? {
-                    Entry::Object(object) => Some(object),
-                    Entry::Variants { .. } => None,
+        match self.lookup(primary, request).await {
+            Found::Object(object) => Some(object),
+            Found::VaryMiss | Found::Miss => None,
+        }
+    }
+
+    /// Like `get`, telling apart "nothing under this URI" from "other variants only" (for RFC 9211's
+    /// `fwd=uri-miss` and `fwd=vary-miss`).
+    pub async fn lookup(&self, primary: &CacheKey, request: &HeaderMap) -> Found {
+        match self.cache.get(primary).await {
+            None => Found::Miss,
+            Some(Entry::Object(object)) => Found::Object(object),
+            Some(Entry::Variants { generation, names, .. }) => {
+                match self.cache.get(&primary.variant(generation, &names, request)).await {
+                    Some(Entry::Object(object)) => Found::Object(object),
+                    _ => Found::VaryMiss,
                 }
             }
         }

@@ -33,6 +33,27 @@ use crate::cache::{CacheKey, CachedObject};
 use crate::config::SetCookie;
 use crate::origin::{OriginError, OriginRequest};
 
+/// Why the request goes forward, for `Cache-Status: fwd=` (RFC 9211 §2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    /// Nothing stored under this URI.
+    UriMiss,
+    /// Other variants are stored, not this request's.
+    VaryMiss,
+    /// A stored copy is stale and is being revalidated.
+    Stale,
+}
+
+impl Forward {
+    fn as_str(self) -> &'static str {
+        match self {
+            Forward::UriMiss => "uri-miss",
+            Forward::VaryMiss => "vary-miss",
+            Forward::Stale => "stale",
+        }
+    }
+}
+
 /// How a request takes part in fetching.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Plan {
@@ -123,6 +144,7 @@ pub async fn fetch(
     target: &Target,
     stale: Option<Arc<CachedObject>>,
     peer: SocketAddr,
+    forward: Forward,
 ) -> Outcome {
     // A request with credentials never joins another's fetch: its answer may be meant for it alone.
     let mut plan =
@@ -141,7 +163,7 @@ pub async fn fetch(
             tokio::spawn(run_flight(edge.clone(), guard, fill));
         }
         let forwarded_range = plan == Plan::ForwardRange;
-        match answer_from_flight(&flight, reader, leader, parts, stale.as_ref(), forwarded_range).await {
+        match answer_from_flight(&flight, reader, leader, parts, stale.as_ref(), forwarded_range, forward).await {
             Answer::Ready(outcome) => return outcome,
             Answer::OtherVariant(names) if matches!(&plan, Plan::Join(k) if *k == key) => {
                 // Generation 0 is never used by storage: this key names flights only.
@@ -185,14 +207,26 @@ async fn answer_from_flight(
     parts: &Parts,
     stale: Option<&Arc<CachedObject>>,
     forwarded_range: bool,
+    forward: Forward,
 ) -> Answer {
     let head = match flight.head().await {
-        HeadOutcome::Failed(failure) => return Answer::Ready(stale_or_error(stale, &failure, parts, Instant::now())),
+        HeadOutcome::Failed(failure) => {
+            return Answer::Ready(stale_or_error(stale, &failure, parts, Instant::now(), forward))
+        }
         HeadOutcome::Refreshed(object) => {
+            let now = Instant::now();
+            let ttl = match object.lifecycle(now) {
+                crate::cache::Lifecycle::Fresh { ttl } => rounded_seconds(ttl),
+                _ => 0,
+            };
+            let mut status = format!("fwd=stale; fwd-status=304; stored; ttl={ttl}");
+            if !leader {
+                status.push_str("; collapsed");
+            }
             let mut outcome = Outcome::served(
-                respond::from_object(&object, &parts.method, &parts.headers, Instant::now()),
+                respond::from_object(&object, &parts.method, &parts.headers, now),
                 CacheResult::Revalidated,
-                "fwd=stale; fwd-status=304; stored",
+                status,
                 true,
             );
             outcome.coalesced = !leader;
@@ -219,9 +253,9 @@ async fn answer_from_flight(
             return Answer::OtherVariant(head.vary.clone());
         }
     }
-    let mut cache_status = String::from(if stale.is_some() { "fwd=stale" } else { "fwd=miss" });
-    if head.storable && head.status != StatusCode::NOT_MODIFIED {
-        cache_status.push_str("; stored");
+    let mut cache_status = format!("fwd={}; fwd-status={}", forward.as_str(), head.status.as_u16());
+    if head.storable {
+        cache_status.push_str(&format!("; stored; ttl={}", rounded_seconds(head.fresh_for)));
     }
     if !leader {
         cache_status.push_str("; collapsed");
@@ -267,7 +301,9 @@ async fn answer_from_flight(
             return match flight.whole_body().await {
                 Ok(body) => Answer::Ready(outcome(range_response(head.status, headers, body, parts))),
                 Err(NotWhole::TooLarge) => Answer::ForwardRange,
-                Err(NotWhole::Failed(failure)) => Answer::Ready(stale_or_error(stale, &failure, parts, Instant::now())),
+                Err(NotWhole::Failed(failure)) => {
+                    Answer::Ready(stale_or_error(stale, &failure, parts, Instant::now(), forward))
+                }
             };
         };
         headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -292,6 +328,11 @@ async fn answer_from_flight(
         }));
     }
     Answer::Ready(outcome(respond::response(head.status, headers, EdgeBody::stream(reader.into_stream()))))
+}
+
+/// Whole seconds, rounded: a fill's own sub-second delay is not a second of age.
+fn rounded_seconds(duration: std::time::Duration) -> u64 {
+    duration.saturating_add(std::time::Duration::from_millis(500)).as_secs()
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -358,14 +399,20 @@ fn serve_stale(object: &CachedObject, parts: &Parts, now: Instant, why: &str) ->
     let mut outcome = Outcome::served(
         respond::from_object(object, &parts.method, &parts.headers, now),
         CacheResult::Stale,
-        format!("hit; ttl=-{stale_for}; detail=stale-if-error"),
+        format!("fwd=stale; ttl=-{stale_for}; detail=stale-if-error"),
         true,
     );
     outcome.detail = Some(format!("origin failed, stale copy served: {why}"));
     outcome
 }
 
-fn stale_or_error(stale: Option<&Arc<CachedObject>>, failure: &FlightFailure, parts: &Parts, now: Instant) -> Outcome {
+fn stale_or_error(
+    stale: Option<&Arc<CachedObject>>,
+    failure: &FlightFailure,
+    parts: &Parts,
+    now: Instant,
+    forward: Forward,
+) -> Outcome {
     if let Some(object) = stale.filter(|o| o.usable_on_error(now)) {
         return serve_stale(object, parts, now, &failure.message);
     }
@@ -382,7 +429,7 @@ fn stale_or_error(stale: Option<&Arc<CachedObject>>, failure: &FlightFailure, pa
         (StatusCode::BAD_GATEWAY, "origin unreachable or failed")
     };
     let mut outcome = Outcome::error(status, public, failure.message.clone());
-    outcome.cache_status = format!("fwd=miss; detail=\"{public}\"");
+    outcome.cache_status = format!("fwd={}; detail=\"{public}\"", forward.as_str());
     outcome
 }
 
@@ -483,6 +530,7 @@ async fn run_flight(edge: Arc<Edge>, mut guard: FillGuard, mut fill: FillRequest
         shareable: verdict.storable,
         vary: verdict.vary.clone(),
         storable,
+        fresh_for: verdict.fresh_for,
     });
     if !storable {
         // Those already waiting share the stream; later requests fetch their own rather than wait

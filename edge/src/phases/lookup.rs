@@ -12,13 +12,16 @@ use super::fetch;
 use super::respond::{self, CacheResult, Outcome};
 use super::route::Target;
 use super::Edge;
+use crate::cache::storage::Found;
 use crate::cache::{CacheKey, Lifecycle};
 
 pub async fn serve(edge: &Arc<Edge>, parts: &Parts, target: &Target, peer: SocketAddr) -> Outcome {
     let key =
         CacheKey::primary(&target.host, &target.path, target.query.as_deref(), &edge.config.cache.ignore_query_params);
-    let Some(object) = edge.storage.get(&key, &parts.headers).await else {
-        return fetch::fetch(edge, key, parts, target, None, peer).await;
+    let object = match edge.storage.lookup(&key, &parts.headers).await {
+        Found::Object(object) => object,
+        Found::Miss => return fetch::fetch(edge, key, parts, target, None, peer, fetch::Forward::UriMiss).await,
+        Found::VaryMiss => return fetch::fetch(edge, key, parts, target, None, peer, fetch::Forward::VaryMiss).await,
     };
     let now = Instant::now();
     match object.lifecycle(now) {
@@ -37,6 +40,8 @@ pub async fn serve(edge: &Arc<Edge>, parts: &Parts, target: &Target, peer: Socke
                 true,
             )
         }
-        Lifecycle::Stale { .. } => fetch::fetch(edge, key, parts, target, Some(object), peer).await,
+        Lifecycle::Stale { .. } => {
+            fetch::fetch(edge, key, parts, target, Some(object), peer, fetch::Forward::Stale).await
+        }
     }
 }
