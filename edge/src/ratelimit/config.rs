@@ -209,7 +209,7 @@ impl Default for RateLimitConfig {
             algorithm: Algorithm::TokenBucket,
             rate: Rate { count: 100, period: Duration::from_secs(1) },
             burst: None,
-            identify: vec![IdentifyBy::ApiKey, IdentifyBy::Authorization, IdentifyBy::ForwardedFor, IdentifyBy::Peer],
+            identify: RateLimitConfig::default_identify(),
             trusted_proxies: Vec::new(),
             store: StoreSpec::Local,
             on_store_error: OnStoreError::Open,
@@ -220,6 +220,14 @@ impl Default for RateLimitConfig {
 }
 
 impl RateLimitConfig {
+    /// Rules a client cannot choose for itself: X-Forwarded-For (believed only from `trusted_proxies`),
+    /// then the peer address. `x-api-key` and `authorization` are the client's own words, so a default
+    /// that trusted them let a client rotate values to get a fresh quota per request; operators list
+    /// them only when something in front validates them.
+    pub fn default_identify() -> Vec<IdentifyBy> {
+        vec![IdentifyBy::ForwardedFor, IdentifyBy::Peer]
+    }
+
     /// Checks values that types alone cannot; on error returns (key, reason).
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |key: &str, reason: String| Err((key.to_string(), reason));
@@ -327,6 +335,13 @@ mod tests {
             let err = parse(&format!("[rate_limit]\n{body}\n")).expect_err(body);
             assert!(err.contains("edge.toml") && err.contains(key), "{body}: {err}");
         }
+    }
+
+    #[test]
+    fn by_default_clients_cannot_choose_their_identity() {
+        let rl = parse("[rate_limit]\nenabled = true\n").expect("valid").rate_limit;
+        assert_eq!(rl.identify, vec![IdentifyBy::ForwardedFor, IdentifyBy::Peer]);
+        assert!(rl.trusted_proxies.is_empty(), "and X-Forwarded-For is believed from no one");
     }
 
     #[test]
