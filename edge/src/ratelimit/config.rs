@@ -200,7 +200,12 @@ pub struct RateLimitConfig {
     pub on_store_error: OnStoreError,
     pub key_prefix: String,
     pub clients: Vec<ClientOverride>,
+    /// Clients the local store remembers at most (the store itself, or the ceiling while Redis fails).
+    pub local_max_clients: usize,
 }
+
+/// Bounds of `local_max_clients`: one client per shard at least, and far below what fits in memory.
+const LOCAL_MAX_CLIENTS_RANGE: std::ops::RangeInclusive<usize> = 16..=(1 << 28);
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
@@ -215,6 +220,7 @@ impl Default for RateLimitConfig {
             on_store_error: OnStoreError::Open,
             key_prefix: "eddy:rl:".into(),
             clients: Vec::new(),
+            local_max_clients: super::local::DEFAULT_MAX_CLIENTS,
         }
     }
 }
@@ -242,6 +248,17 @@ impl RateLimitConfig {
         }
         if self.key_prefix.len() > 64 || self.key_prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return err("key_prefix", "at most 64 characters, without spaces or control characters".into());
+        }
+        if !LOCAL_MAX_CLIENTS_RANGE.contains(&self.local_max_clients) {
+            return err(
+                "local_max_clients",
+                format!(
+                    "{} is out of range: give {} to {}",
+                    self.local_max_clients,
+                    LOCAL_MAX_CLIENTS_RANGE.start(),
+                    LOCAL_MAX_CLIENTS_RANGE.end()
+                ),
+            );
         }
         let mut seen = HashSet::new();
         for (i, client) in self.clients.iter().enumerate() {
@@ -327,6 +344,9 @@ mod tests {
             ("on_store_error = \"maybe\"", "on_store_error"),
             ("key_prefix = \"a{b\"", "rate_limit.key_prefix"),
             ("burst = 0", "rate_limit.burst"),
+            ("local_max_clients = 15", "rate_limit.local_max_clients"),
+            ("local_max_clients = 1000000000", "rate_limit.local_max_clients"),
+            ("local_max_clients = -1", "local_max_clients"),
             ("brust = 3", "brust"),
             ("[[rate_limit.clients]]\nid = \"\"\nrate = \"1/s\"", "rate_limit.clients[0].id"),
             ("[[rate_limit.clients]]\nid = \"a\"\nrate = \"1/s\"\n[[rate_limit.clients]]\nid = \"a\"\nrate = \"2/s\"", "rate_limit.clients[1].id"),

@@ -165,6 +165,7 @@ impl RateLimiter {
                 store = %config.store,
                 on_store_error = ?config.on_store_error,
                 overrides = config.clients.len(),
+                local_max_clients = config.local_max_clients,
                 "rate limiting on"
             );
             // The default rules list x-forwarded-for, so an empty trusted_proxies is the normal case for
@@ -182,7 +183,7 @@ impl RateLimiter {
             rules: IdentityRules::from_config(config),
             default,
             overrides,
-            local: LocalStore::new(),
+            local: LocalStore::with_capacity(config.local_max_clients),
             redis,
             on_store_error: config.on_store_error,
             started: Instant::now(),
