@@ -365,7 +365,7 @@ mod tests {
 
     /// Robustness regression (item 5): once a shard held 64K clients, every decision in it swept the
     /// whole shard, so a client rotating identities made each of its requests cost a scan (about
-    /// 1.7 ms at 1M clients, BENCHMARKS.md). Now a decision looks at a bounded number of clients
+    /// 2-3.5 ms at 1M clients, BENCHMARKS.md). Now a decision looks at a bounded number of clients
     /// however full the shard is, and the shard never grows past its bound.
     #[test]
     fn a_full_shard_costs_constant_work_per_request_not_a_scan() {
