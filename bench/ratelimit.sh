@@ -86,8 +86,8 @@ config_for() {
     local mode=$1 file=$WORK/$1.toml
     case $mode in
         off) printf '[rate_limit]\nenabled = false\n' >"$file" ;;
-        local) printf '[rate_limit]\nenabled = true\nalgorithm = "%s"\nrate = "1000000000/s"\nstore = "local"\n' "$ALGORITHM" >"$file" ;;
-        redis) printf '[rate_limit]\nenabled = true\nalgorithm = "%s"\nrate = "1000000000/s"\nstore = "redis://127.0.0.1:%s"\non_store_error = "open"\n' "$ALGORITHM" "$REDIS_PORT" >"$file" ;;
+        local) printf '[rate_limit]\nenabled = true\nalgorithm = "%s"\nrate = "1000000000/s"\nstore = "local"\nidentify = ["x-api-key", "peer"]\n' "$ALGORITHM" >"$file" ;;
+        redis) printf '[rate_limit]\nenabled = true\nalgorithm = "%s"\nrate = "1000000000/s"\nstore = "redis://127.0.0.1:%s"\non_store_error = "open"\nidentify = ["x-api-key", "peer"]\n' "$ALGORITHM" "$REDIS_PORT" >"$file" ;;
     esac
     echo "$file"
 }

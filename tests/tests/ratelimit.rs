@@ -121,6 +121,10 @@ fn redis_cli(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The Redis tests tell their clients apart by `X-Api-Key` (one loopback address, many clients), which the
+/// operator must ask for: the default rules ignore headers a client can choose.
+const BY_API_KEY: &str = "identify = [\"x-api-key\", \"peer\"]";
+
 /// A directory origin with one segment (cached for a day) and the edge's config file.
 struct Setup {
     dir: tempfile::TempDir,
@@ -212,6 +216,7 @@ async fn over_the_limit_gets_429_with_headers_even_for_cache_hits_and_admin_stay
         r#"
         algorithm = "fixed_window"
         rate = "3/h"
+        identify = ["x-api-key", "authorization", "peer"]
         [[rate_limit.clients]]
         id = "api-key:partner"
         rate = "5/h"
@@ -273,6 +278,38 @@ async fn over_the_limit_gets_429_with_headers_even_for_cache_hits_and_admin_stay
     Ok(())
 }
 
+/// Security regression (item 11): the default `identify` rules used to start with `x-api-key`, so a
+/// client that sent a new random `X-Api-Key` with every request got a fresh quota every time. With the
+/// defaults (`x-forwarded-for`, believed from no one since `trusted_proxies` is empty, then `peer`) a
+/// client is its address, whatever headers it invents.
+#[tokio::test(flavor = "multi_thread")]
+async fn default_identity_rules_are_not_bypassed_by_rotating_api_keys() -> Result<()> {
+    let setup = Setup::new();
+    // Only the rate: algorithm (token bucket, burst = 3) and identity rules are the defaults. The bucket
+    // refills one token per 20 s, far longer than this test's few requests take.
+    let (edge, log) = setup.edge("defaults", "rate = \"3/min\"")?;
+    let random = std::collections::hash_map::RandomState::new();
+    let mut got = Vec::new();
+    for i in 0..8u32 {
+        let key = format!("{:016x}", std::hash::BuildHasher::hash_one(&random, i));
+        got.push(get(&edge, &[("x-api-key", &key)]).await.status);
+    }
+    assert_eq!(got, vec![200, 200, 200, 429, 429, 429, 429, 429], "a new X-Api-Key per request is no new quota");
+    // Nor is a new Authorization or X-Forwarded-For, unless the operator lists them (and trusts the proxy).
+    let auth = get(&edge, &[("authorization", "Bearer made-up-1")]).await.status;
+    let forwarded = get(&edge, &[("x-forwarded-for", "203.0.113.77")]).await.status;
+    assert_eq!((auth, forwarded), (429, 429));
+    let limits = stats(&edge).await["rate_limit"].clone();
+    let top = limits["top_limited"].as_array().context("top_limited")?;
+    assert_eq!(top.len(), 1, "one client, known by its address: {top:?}");
+    assert_eq!(top[0]["client"], "ip:127.0.0.1");
+    assert_eq!(top[0]["limited"], 7);
+    drop(edge);
+    let log = plain(&std::fs::read_to_string(log)?);
+    assert!(!log.contains("client=api-key:") && !log.contains("client=auth:"), "{log}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn forwarded_for_is_believed_only_from_trusted_proxies() -> Result<()> {
     let setup = Setup::new();
@@ -316,8 +353,10 @@ async fn two_edges_sharing_one_redis_enforce_one_limit_with_every_algorithm() ->
         ("sliding_window", "rate = \"6/h\"", 6),
     ];
     for (algorithm, keys, allowed) in cases {
-        let section =
-            format!("algorithm = \"{algorithm}\"\n{keys}\nstore = \"{}\"\non_store_error = \"closed\"", redis.url());
+        let section = format!(
+            "algorithm = \"{algorithm}\"\n{keys}\nstore = \"{}\"\non_store_error = \"closed\"\n{BY_API_KEY}",
+            redis.url()
+        );
         let (one, _) = setup.edge(&format!("{algorithm}-1"), &section)?;
         let (two, _) = setup.edge(&format!("{algorithm}-2"), &section)?;
         let key = [("x-api-key", algorithm)];
@@ -359,7 +398,7 @@ async fn a_redis_outage_fails_open_or_closed_as_configured_and_limits_return_wit
     let setup = Setup::new();
     let port = free_port();
     let mut redis = RedisServer::start(port, setup.dir.path(), &[])?;
-    let base = format!("algorithm = \"sliding_log\"\nrate = \"3/h\"\nstore = \"{}\"", redis.url());
+    let base = format!("algorithm = \"sliding_log\"\nrate = \"3/h\"\nstore = \"{}\"\n{BY_API_KEY}", redis.url());
     let (open, _) = setup.edge("open", &format!("{base}\non_store_error = \"open\""))?;
     let (closed, _) = setup.edge("closed", &format!("{base}\non_store_error = \"closed\""))?;
     let open_key = [("x-api-key", "open-client")];
@@ -456,8 +495,9 @@ async fn a_three_node_redis_cluster_works() -> Result<()> {
         })?;
     }
     let store = format!("redis+cluster://{}", addrs.join(","));
-    let section =
-        format!("algorithm = \"sliding_window\"\nrate = \"4/h\"\nstore = \"{store}\"\non_store_error = \"closed\"");
+    let section = format!(
+        "algorithm = \"sliding_window\"\nrate = \"4/h\"\nstore = \"{store}\"\non_store_error = \"closed\"\n{BY_API_KEY}"
+    );
     let (one, _) = setup.edge("cluster-1", &section)?;
     let (two, _) = setup.edge("cluster-2", &section)?;
     // Several clients, so that keys land on different nodes; each gets exactly its quota across both edges.

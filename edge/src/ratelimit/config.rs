@@ -200,7 +200,12 @@ pub struct RateLimitConfig {
     pub on_store_error: OnStoreError,
     pub key_prefix: String,
     pub clients: Vec<ClientOverride>,
+    /// Clients the local store remembers at most (the store itself, or the ceiling while Redis fails).
+    pub local_max_clients: usize,
 }
+
+/// Bounds of `local_max_clients`: one client per shard at least, and far below what fits in memory.
+const LOCAL_MAX_CLIENTS_RANGE: std::ops::RangeInclusive<usize> = 16..=(1 << 28);
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
@@ -209,17 +214,26 @@ impl Default for RateLimitConfig {
             algorithm: Algorithm::TokenBucket,
             rate: Rate { count: 100, period: Duration::from_secs(1) },
             burst: None,
-            identify: vec![IdentifyBy::ApiKey, IdentifyBy::Authorization, IdentifyBy::ForwardedFor, IdentifyBy::Peer],
+            identify: RateLimitConfig::default_identify(),
             trusted_proxies: Vec::new(),
             store: StoreSpec::Local,
             on_store_error: OnStoreError::Open,
             key_prefix: "eddy:rl:".into(),
             clients: Vec::new(),
+            local_max_clients: super::local::DEFAULT_MAX_CLIENTS,
         }
     }
 }
 
 impl RateLimitConfig {
+    /// Rules a client cannot choose for itself: X-Forwarded-For (believed only from `trusted_proxies`),
+    /// then the peer address. `x-api-key` and `authorization` are the client's own words, so a default
+    /// that trusted them let a client rotate values to get a fresh quota per request; operators list
+    /// them only when something in front validates them.
+    pub fn default_identify() -> Vec<IdentifyBy> {
+        vec![IdentifyBy::ForwardedFor, IdentifyBy::Peer]
+    }
+
     /// Checks values that types alone cannot; on error returns (key, reason).
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |key: &str, reason: String| Err((key.to_string(), reason));
@@ -234,6 +248,17 @@ impl RateLimitConfig {
         }
         if self.key_prefix.len() > 64 || self.key_prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return err("key_prefix", "at most 64 characters, without spaces or control characters".into());
+        }
+        if !LOCAL_MAX_CLIENTS_RANGE.contains(&self.local_max_clients) {
+            return err(
+                "local_max_clients",
+                format!(
+                    "{} is out of range: give {} to {}",
+                    self.local_max_clients,
+                    LOCAL_MAX_CLIENTS_RANGE.start(),
+                    LOCAL_MAX_CLIENTS_RANGE.end()
+                ),
+            );
         }
         let mut seen = HashSet::new();
         for (i, client) in self.clients.iter().enumerate() {
@@ -319,6 +344,9 @@ mod tests {
             ("on_store_error = \"maybe\"", "on_store_error"),
             ("key_prefix = \"a{b\"", "rate_limit.key_prefix"),
             ("burst = 0", "rate_limit.burst"),
+            ("local_max_clients = 15", "rate_limit.local_max_clients"),
+            ("local_max_clients = 1000000000", "rate_limit.local_max_clients"),
+            ("local_max_clients = -1", "local_max_clients"),
             ("brust = 3", "brust"),
             ("[[rate_limit.clients]]\nid = \"\"\nrate = \"1/s\"", "rate_limit.clients[0].id"),
             ("[[rate_limit.clients]]\nid = \"a\"\nrate = \"1/s\"\n[[rate_limit.clients]]\nid = \"a\"\nrate = \"2/s\"", "rate_limit.clients[1].id"),
@@ -327,6 +355,13 @@ mod tests {
             let err = parse(&format!("[rate_limit]\n{body}\n")).expect_err(body);
             assert!(err.contains("edge.toml") && err.contains(key), "{body}: {err}");
         }
+    }
+
+    #[test]
+    fn by_default_clients_cannot_choose_their_identity() {
+        let rl = parse("[rate_limit]\nenabled = true\n").expect("valid").rate_limit;
+        assert_eq!(rl.identify, vec![IdentifyBy::ForwardedFor, IdentifyBy::Peer]);
+        assert!(rl.trusted_proxies.is_empty(), "and X-Forwarded-For is believed from no one");
     }
 
     #[test]

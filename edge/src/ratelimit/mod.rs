@@ -165,10 +165,14 @@ impl RateLimiter {
                 store = %config.store,
                 on_store_error = ?config.on_store_error,
                 overrides = config.clients.len(),
+                local_max_clients = config.local_max_clients,
                 "rate limiting on"
             );
+            // The default rules list x-forwarded-for, so an empty trusted_proxies is the normal case for
+            // an edge that faces viewers directly: only a list the operator wrote deserves the warning.
             let forwarded = config.identify.contains(&config::IdentifyBy::ForwardedFor);
-            if forwarded && config.trusted_proxies.is_empty() {
+            let own_rules = config.identify != RateLimitConfig::default_identify();
+            if forwarded && own_rules && config.trusted_proxies.is_empty() {
                 tracing::warn!(
                     "rate_limit.identify has x-forwarded-for but trusted_proxies is empty: it is never used"
                 );
@@ -179,7 +183,7 @@ impl RateLimiter {
             rules: IdentityRules::from_config(config),
             default,
             overrides,
-            local: LocalStore::new(),
+            local: LocalStore::with_capacity(config.local_max_clients),
             redis,
             on_store_error: config.on_store_error,
             started: Instant::now(),
@@ -318,6 +322,7 @@ mod tests {
             enabled = true
             algorithm = "fixed_window"
             rate = "2/min"
+            identify = ["x-api-key", "peer"]
             [[rate_limit.clients]]
             id = "api-key:partner"
             rate = "3/min"
