@@ -767,7 +767,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(config(1500))]
+        #![proptest_config(config(3_000))]
 
         /// Arbitrary text never panics, and whatever parses keeps every invariant.
         #[test]
@@ -1061,7 +1061,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(config(1500))]
+        #![proptest_config(config(3_000))]
 
         /// A media playlist written from generated values reads back exactly those values, or is refused:
         /// never silently read as something else.

@@ -418,7 +418,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(config(6000))]
+        #![proptest_config(config(10_000))]
 
         /// Whatever the bytes: no panic, a Partial is inside the object, and only a field shaped like one
         /// `bytes` range-spec (with a first-pos past the end, or a zero suffix) is Unsatisfiable.
@@ -467,7 +467,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(config(2000))]
+        #![proptest_config(config(3_000))]
 
         /// `bytes=a-b` with a <= b < length is exactly bytes a..=b.
         #[test]
