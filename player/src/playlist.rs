@@ -1,5 +1,11 @@
 //! HLS playlists as the player uses them: parsed with m3u8-rs, relative URIs resolved, keys and init
 //! sections carried forward to every segment they apply to, byte ranges made absolute.
+//!
+//! Playlists come from the network, so everything the session later computes with is checked here:
+//! durations are finite and at most a day, sequence numbers and byte ranges fit in u64 (with room for
+//! the next one), and URIs resolve to something the fetcher fetches. Where m3u8-rs would silently skip
+//! a tag it cannot read (and so change what the playlist means), the playlist is refused instead,
+//! with an error naming the line or tag.
 
 use m3u8_rs::{KeyMethod, Playlist};
 use thiserror::Error;
@@ -13,7 +19,13 @@ pub enum PlaylistError {
     BadUri { url: String, uri: String, reason: String },
     #[error("{url}: {reason}")]
     Unsupported { url: String, reason: String },
+    #[error("{url}: invalid playlist: {reason}")]
+    Invalid { url: String, reason: String },
 }
+
+/// The longest segment or target duration accepted, in seconds. RFC 8216 sets no limit, but no media
+/// segment lasts a day, and the bound keeps every sum and `Duration` the session derives finite.
+pub const MAX_DURATION_S: f64 = 86_400.0;
 
 /// One variant of a master playlist, in the master's order (`index`).
 #[derive(Debug, Clone, PartialEq)]
@@ -113,30 +125,64 @@ pub enum Parsed {
     Media(MediaPlaylist),
 }
 
+/// Resolves a playlist URI against the playlist's own URL (RFC 8216 §4.1: relative URIs are relative
+/// to the playlist). The result is absolute and fetchable: http(s), or `file` only from a playlist that
+/// is itself a local file, so that a remote playlist cannot make the player read local files.
 fn resolve(base: &Url, uri: &str) -> Result<Url, PlaylistError> {
-    base.join(uri.trim()).map_err(|e| PlaylistError::BadUri {
-        url: base.to_string(),
-        uri: uri.to_string(),
-        reason: e.to_string(),
-    })
+    let bad = |reason: String| PlaylistError::BadUri { url: base.to_string(), uri: uri.to_string(), reason };
+    let text = uri.trim();
+    if text.is_empty() {
+        // An empty reference would resolve to the playlist itself.
+        return Err(bad("empty URI".into()));
+    }
+    let url = base.join(text).map_err(|e| bad(e.to_string()))?;
+    match url.scheme() {
+        "http" | "https" if url.host().is_some() => Ok(url),
+        "file" if base.scheme() == "file" => Ok(url),
+        "file" => Err(bad("a remote playlist may not name a local file".into())),
+        scheme => Err(bad(format!("scheme '{scheme}' cannot be fetched"))),
+    }
 }
 
 /// Parses a playlist fetched from `base`.
 pub fn parse(bytes: &[u8], base: &Url) -> Result<Parsed, PlaylistError> {
     let malformed = |reason: &str| PlaylistError::Malformed { url: base.to_string(), reason: reason.into() };
-    if !bytes.trim_ascii_start().starts_with(b"#EXTM3U") {
+    let invalid = |reason: String| PlaylistError::Invalid { url: base.to_string(), reason };
+    let bytes = bytes.trim_ascii_start();
+    if !bytes.starts_with(b"#EXTM3U") {
         return Err(malformed("it does not start with #EXTM3U"));
     }
-    match m3u8_rs::parse_playlist_res(bytes) {
-        Ok(Playlist::MasterPlaylist(master)) => {
+    check_tag_values(bytes).map_err(invalid)?;
+    let (rest, playlist) = match m3u8_rs::parse_playlist(bytes) {
+        Ok(parsed) => parsed,
+        Err(e) => return Err(malformed(&format!("parse error: {e:?}").chars().take(200).collect::<String>())),
+    };
+    // m3u8-rs stops at the first line it cannot read (invalid UTF-8, a lone CR) and returns what it read
+    // so far: the playlist would silently lose its end, EXT-X-ENDLIST included.
+    if !rest.trim_ascii().is_empty() {
+        let line = bytes[..bytes.len() - rest.len()].iter().filter(|&&b| b == b'\n').count() + 1;
+        let text: String = String::from_utf8_lossy(rest.trim_ascii_start()).chars().take(60).collect();
+        return Err(invalid(format!("unreadable from line {line}: {:?}", text.lines().next().unwrap_or(""))));
+    }
+    match playlist {
+        Playlist::MasterPlaylist(master) => {
+            // m3u8-rs keeps an EXT-X-STREAM-INF it cannot read (no BANDWIDTH, a bad RESOLUTION...) as an
+            // unknown tag, and the URI line after it then replaces the previous variant's URI.
+            if let Some(tag) = master.unknown_tags.iter().find(|t| t.tag == "X-STREAM-INF") {
+                return Err(invalid(format!("unreadable {}", tag_text(tag))));
+            }
             let mut variants = Vec::new();
             for (index, variant) in master.variants.iter().enumerate() {
                 if variant.is_i_frame {
                     continue;
                 }
+                let uri = resolve(base, &variant.uri)?;
+                if uri == *base {
+                    return Err(invalid(format!("variant {index} is this master playlist itself")));
+                }
                 variants.push(Variant {
                     index,
-                    uri: resolve(base, &variant.uri)?,
+                    uri,
                     bandwidth_bps: variant.bandwidth,
                     average_bandwidth_bps: variant.average_bandwidth,
                     resolution: variant.resolution.map(|r| (r.width, r.height)),
@@ -147,14 +193,127 @@ pub fn parse(bytes: &[u8], base: &Url) -> Result<Parsed, PlaylistError> {
             }
             Ok(Parsed::Master(variants))
         }
-        Ok(Playlist::MediaPlaylist(media)) => Ok(Parsed::Media(media_playlist(media, base)?)),
-        Err(e) => Err(malformed(&format!("parse error: {e:?}").chars().take(200).collect::<String>())),
+        Playlist::MediaPlaylist(media) => Ok(Parsed::Media(media_playlist(media, base)?)),
     }
+}
+
+/// `#EXT-name:value` of a tag m3u8-rs could not read, shortened for an error message.
+fn tag_text(tag: &m3u8_rs::ExtTag) -> String {
+    let text = format!("#EXT-{}:{}", tag.tag, tag.rest.as_deref().unwrap_or(""));
+    text.chars().take(120).collect()
+}
+
+/// Checks the values of the tags the player relies on before m3u8-rs reads them. m3u8-rs reads a value
+/// it cannot parse (`#EXTINF:-1,`, a byte range past u64) as a comment or an unknown tag and goes on,
+/// so the segment would silently get a duration of 0, no byte range, or sequence numbers from 0. And
+/// whatever it leaves unread of a tag line becomes a URI line of its own: `#EXT-X-TARGETDURATION:10abc`,
+/// `#EXTINF:2,a,b` or an attribute list it stops reading half-way (`URI=""`) each add a segment, or
+/// replace a variant's URI.
+fn check_tag_values(bytes: &[u8]) -> Result<(), String> {
+    // RFC 8216 §4.2: decimal-integer, 0 to 2^64-1, digits only.
+    let integer = |s: &str| s.bytes().all(|b| b.is_ascii_digit()) && s.parse::<u64>().is_ok();
+    // RFC 8216 §4.2 decimal-floating-point, as m3u8-rs reads it: digits, then an optional fraction.
+    let float = |s: &str| {
+        let (whole, fraction) = s.split_once('.').unwrap_or((s, "0"));
+        let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        digits(whole) && digits(fraction)
+    };
+    for (number, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let Ok(line) = std::str::from_utf8(line.trim_ascii()) else { continue };
+        let Some((tag, value)) = line.split_once(':') else { continue };
+        // Trailing whitespace is read by m3u8-rs; leading whitespace is not.
+        let value = value.trim_end();
+        let valid = match tag {
+            // RFC 8216 §4.3.2.1: #EXTINF:<duration>,[<title>]. m3u8-rs ends the title at a comma.
+            "#EXTINF" => {
+                // Nothing between the duration and the comma: in `1.5 ,title`, m3u8-rs reads " " as
+                // the title and `title` as a URI line.
+                let (seconds, title) = value.split_once(',').unwrap_or((value, ""));
+                float(seconds) && !title.contains(',')
+            }
+            // RFC 8216 §4.3.3.1, §4.3.3.2, §4.3.3.3
+            "#EXT-X-TARGETDURATION" | "#EXT-X-MEDIA-SEQUENCE" | "#EXT-X-DISCONTINUITY-SEQUENCE" => integer(value),
+            // RFC 8216 §4.3.2.2: #EXT-X-BYTERANGE:<n>[@<o>]
+            "#EXT-X-BYTERANGE" => value.split_once('@').map_or(integer(value), |(n, o)| integer(n) && integer(o)),
+            // The tags m3u8-rs reads as attribute lists (RFC 8216 §4.2).
+            "#EXT-X-STREAM-INF"
+            | "#EXT-X-I-FRAME-STREAM-INF"
+            | "#EXT-X-MEDIA"
+            | "#EXT-X-SESSION-DATA"
+            | "#EXT-X-SESSION-KEY"
+            | "#EXT-X-START"
+            | "#EXT-X-KEY"
+            | "#EXT-X-MAP"
+            | "#EXT-X-DATERANGE" => attribute_list(value),
+            _ => true,
+        };
+        if !valid {
+            let value: String = value.chars().take(60).collect();
+            return Err(format!("line {}: {tag} has an unreadable value {value:?}", number + 1));
+        }
+    }
+    Ok(())
+}
+
+/// Whether m3u8-rs reads all of an attribute list (RFC 8216 §4.2): `NAME=value` pairs separated by
+/// commas, each name of `[A-Z0-9-]`, each value a non-empty quoted string or a non-empty run without
+/// a comma (m3u8-rs reads neither `""` nor an empty value). A trailing comma is read too.
+fn attribute_list(list: &str) -> bool {
+    let mut rest = list;
+    while !rest.is_empty() {
+        let Some((name, after)) = rest.trim_start_matches([' ', '\t']).split_once('=') else { return false };
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-') {
+            return false;
+        }
+        let (value, after) = match after.strip_prefix('"') {
+            Some(quoted) => match quoted.split_once('"') {
+                Some((value, after)) => (value, after),
+                None => return false,
+            },
+            None => after.split_at(after.find(',').unwrap_or(after.len())),
+        };
+        if value.is_empty() {
+            return false;
+        }
+        rest = match after.strip_prefix(',') {
+            Some(next) => next,
+            None if after.is_empty() => after,
+            None => return false,
+        };
+    }
+    true
+}
+
+/// An EXT-X-BYTERANGE (RFC 8216 §4.3.2.2) or EXT-X-MAP BYTERANGE (§4.3.2.5), checked: not empty, and
+/// its end (the next implicit offset, and what the fetcher's Range header is built from) fits in u64.
+fn byte_range(length: u64, offset: u64, what: &str) -> Result<Range, String> {
+    if length == 0 {
+        return Err(format!("{what} {length}@{offset} is empty"));
+    }
+    if offset.checked_add(length).is_none() {
+        return Err(format!("{what} {length}@{offset} ends past 2^64 bytes"));
+    }
+    Ok(Range { offset, length })
+}
+
+/// A duration in seconds the session can compute with: finite, not negative, at most a day.
+fn duration(seconds: f64, what: &str) -> Result<f64, String> {
+    if (0.0..=MAX_DURATION_S).contains(&seconds) {
+        Ok(seconds)
+    } else {
+        Err(format!("{what} {seconds} s is not between 0 and {MAX_DURATION_S} s"))
+    }
+}
+
+/// Whether an EXT-X-KEY attribute list says METHOD=NONE.
+fn method_none(attributes: Option<&str>) -> bool {
+    attributes.is_some_and(|a| a.split(',').any(|attribute| attribute.trim() == "METHOD=NONE"))
 }
 
 fn parse_iv(text: &str) -> Option<[u8; 16]> {
     let hex = text.trim().strip_prefix("0x").or_else(|| text.trim().strip_prefix("0X"))?;
-    if hex.len() > 32 || hex.is_empty() {
+    // RFC 8216 §4.3.2.4: a hexadecimal-sequence; `from_str_radix` alone would also take a sign.
+    if hex.len() > 32 || hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let value = u128::from_str_radix(hex, 16).ok()?;
@@ -163,12 +322,39 @@ fn parse_iv(text: &str) -> Option<[u8; 16]> {
 
 fn media_playlist(media: m3u8_rs::MediaPlaylist, base: &Url) -> Result<MediaPlaylist, PlaylistError> {
     let unsupported = |reason: String| PlaylistError::Unsupported { url: base.to_string(), reason };
+    let invalid = |reason: String| PlaylistError::Invalid { url: base.to_string(), reason };
+    let target_duration_s = duration(media.target_duration as f64, "EXT-X-TARGETDURATION").map_err(invalid)?;
     let mut segments = Vec::with_capacity(media.segments.len());
     let mut key: Option<(Url, Option<[u8; 16]>)> = None;
     let mut init: Option<InitSection> = None;
     let mut next_offset: Option<(Url, u64)> = None;
     for (position, segment) in media.segments.iter().enumerate() {
-        let sequence = media.media_sequence + position as u64;
+        // Each segment's number, with room for the one after it (which the session asks for next).
+        let sequence =
+            media.media_sequence.checked_add(position as u64).filter(|&sequence| sequence < u64::MAX).ok_or_else(
+                || {
+                    let (first, count) = (media.media_sequence, media.segments.len());
+                    invalid(format!("EXT-X-MEDIA-SEQUENCE {first} is too large for {count} segments and the next one"))
+                },
+            )?;
+        // Tags m3u8-rs could not read. It refuses `METHOD=NONE` without an IV (it checks the IV rule
+        // backwards), which is how encryption ends (RFC 8216 §4.3.2.4); ignoring it would decrypt clear
+        // segments with the previous key.
+        let mut key_ends = false;
+        for tag in &segment.unknown_tags {
+            match tag.tag.as_str() {
+                "X-KEY" if method_none(tag.rest.as_deref()) => key_ends = true,
+                "X-KEY" | "X-MAP" => return Err(invalid(format!("unreadable {}", tag_text(tag)))),
+                _ => {}
+            }
+        }
+        if key_ends {
+            if segment.key.is_some() {
+                // m3u8-rs does not keep the order of the two, so which one applies is unknown.
+                return Err(invalid(format!("several EXT-X-KEY tags before segment {sequence}")));
+            }
+            key = None;
+        }
         if let Some(tag) = &segment.key {
             key = match &tag.method {
                 KeyMethod::None => None,
@@ -184,10 +370,11 @@ fn media_playlist(media: m3u8_rs::MediaPlaylist, base: &Url) -> Result<MediaPlay
             };
         }
         if let Some(map) = &segment.map {
-            init = Some(InitSection {
-                uri: resolve(base, &map.uri)?,
-                range: map.byte_range.as_ref().map(|r| Range { offset: r.offset.unwrap_or(0), length: r.length }),
-            });
+            let range = match &map.byte_range {
+                Some(r) => Some(byte_range(r.length, r.offset.unwrap_or(0), "EXT-X-MAP BYTERANGE").map_err(invalid)?),
+                None => None,
+            };
+            init = Some(InitSection { uri: resolve(base, &map.uri)?, range });
         }
         let uri = resolve(base, &segment.uri)?;
         let range = match &segment.byte_range {
@@ -201,18 +388,22 @@ fn media_playlist(media: m3u8_rs::MediaPlaylist, base: &Url) -> Result<MediaPlay
                         ))
                     }
                 };
-                next_offset = Some((uri.clone(), offset + r.length));
-                Some(Range { offset, length: r.length })
+                let range = byte_range(r.length, offset, "EXT-X-BYTERANGE").map_err(invalid)?;
+                // No overflow: byte_range checked that the end fits.
+                next_offset = Some((uri.clone(), range.offset.saturating_add(range.length)));
+                Some(range)
             }
             None => {
                 next_offset = None;
                 None
             }
         };
+        let duration_s =
+            duration(f64::from(segment.duration), &format!("EXTINF of segment {sequence}")).map_err(invalid)?;
         segments.push(Segment {
             sequence,
             uri,
-            duration_s: f64::from(segment.duration),
+            duration_s,
             range,
             key: key.as_ref().map(|(uri, iv)| SegmentKey {
                 uri: uri.clone(),
@@ -222,7 +413,7 @@ fn media_playlist(media: m3u8_rs::MediaPlaylist, base: &Url) -> Result<MediaPlay
             discontinuity: segment.discontinuity,
         });
     }
-    Ok(MediaPlaylist { target_duration_s: media.target_duration as f64, segments, ended: media.end_list })
+    Ok(MediaPlaylist { target_duration_s, segments, ended: media.end_list })
 }
 
 /// Turns a command-line argument (URL or file path) into a URL.
@@ -287,5 +478,637 @@ mod tests {
     fn garbage_is_refused_with_the_url() {
         let error = parse(b"<html>not found</html>", &base()).err().map(|e| e.to_string());
         assert!(error.is_some_and(|e| e.contains("example.test") && e.contains("EXTM3U")));
+    }
+
+    // ---- Properties (bounded: each runs a fixed number of cases as an ordinary unit test). ----
+
+    use proptest::prelude::*;
+    use proptest::sample::select;
+
+    /// A fixed case count, and no failure persistence: the source tree may be read-only in CI. A
+    /// failure prints its shrunk input, which becomes a named regression test.
+    fn config(cases: u32) -> ProptestConfig {
+        ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+    }
+
+    fn bases() -> impl Strategy<Value = Url> {
+        select(vec![
+            "http://example.test/live/index.m3u8",
+            "https://cdn.example/a/b/master.m3u8?token=1",
+            "file:///srv/hls/index.m3u8",
+        ])
+        .prop_map(|u| Url::parse(u).unwrap_or_else(|_| unreachable!()))
+    }
+
+    /// A URI the fetcher can fetch from this playlist: absolute, http(s), or file only from a file.
+    fn fetchable(base: &Url, uri: &Url) -> bool {
+        match uri.scheme() {
+            "http" | "https" => uri.host().is_some(),
+            "file" => base.scheme() == "file",
+            _ => false,
+        }
+    }
+
+    /// What every parse must keep, whatever it was given.
+    fn check(result: &Result<Parsed, PlaylistError>, base: &Url) -> Result<(), TestCaseError> {
+        match result {
+            // The error names the playlist it is about.
+            Err(e) => prop_assert!(e.to_string().contains(base.as_str()), "{e}"),
+            Ok(Parsed::Master(variants)) => {
+                prop_assert!(!variants.is_empty());
+                for pair in variants.windows(2) {
+                    prop_assert!(pair[0].index < pair[1].index);
+                }
+                for variant in variants {
+                    prop_assert!(fetchable(base, &variant.uri), "{}", variant.uri);
+                    prop_assert!(variant.uri != *base, "a variant is the master itself");
+                }
+            }
+            Ok(Parsed::Media(media)) => {
+                let t = media.target_duration_s;
+                prop_assert!(t.is_finite() && (0.0..=MAX_DURATION_S).contains(&t), "target {t}");
+                let first = media.segments.first().map_or(0, |s| s.sequence);
+                for (i, segment) in media.segments.iter().enumerate() {
+                    let d = segment.duration_s;
+                    prop_assert!(d.is_finite() && (0.0..=MAX_DURATION_S).contains(&d), "duration {d}");
+                    prop_assert_eq!(Some(segment.sequence), first.checked_add(i as u64));
+                    prop_assert!(segment.sequence < u64::MAX, "no next segment after {}", segment.sequence);
+                    prop_assert_eq!(media.segment(segment.sequence), Some(segment));
+                    prop_assert!(fetchable(base, &segment.uri), "{}", segment.uri);
+                    let ranges = segment.range.iter().chain(segment.init.as_ref().and_then(|i| i.range.as_ref()));
+                    for range in ranges {
+                        prop_assert!(range.length > 0 && range.offset.checked_add(range.length).is_some(), "{range:?}");
+                    }
+                    if let Some(key) = &segment.key {
+                        prop_assert!(fetchable(base, &key.uri), "{}", key.uri);
+                    }
+                    if let Some(init) = &segment.init {
+                        prop_assert!(fetchable(base, &init.uri), "{}", init.uri);
+                    }
+                }
+                // The helpers the session calls must not panic on what the parser let through.
+                let _ = (media.live_start_sequence(), media.last_sequence(), media.is_fmp4());
+                for at in [0.0, 1.0, 1e300, f64::NAN, f64::INFINITY, -1.0] {
+                    let _ = media.sequence_at(at);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Numbers as a hostile or broken packager writes them.
+    fn number() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0..100u64).prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            select(vec![
+                "0",
+                "18446744073709551615",
+                "18446744073709551614",
+                "9223372036854775808",
+                "18446744073709551616",
+                "99999999999999999999999999",
+                "-1",
+                "+1",
+                "",
+                " 5",
+                "0x10",
+                "1e3",
+            ])
+            .prop_map(String::from),
+        ]
+    }
+
+    fn duration() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0..100_000u32).prop_map(|n| format!("{}.{:03}", n / 1000, n % 1000)),
+            number(),
+            select(vec![
+                "-1",
+                "-0.5",
+                "-0",
+                "nan",
+                "NaN",
+                "inf",
+                "-inf",
+                "infinity",
+                "1e400",
+                "1e39",
+                "3.5e38",
+                ".5",
+                "2.",
+                "86400",
+                "86401",
+                "1.0.0",
+                "340282366920938463463374607431768211456",
+                "999999999999999999999999999999999999999999999999999999.5",
+            ])
+            .prop_map(String::from),
+        ]
+    }
+
+    fn uri() -> impl Strategy<Value = String> {
+        select(vec![
+            "seg.ts",
+            "../up/seg.ts",
+            "/abs/seg.ts",
+            "//other.example/seg.ts",
+            "http://cdn.example/seg.ts",
+            "https://cdn.example/seg.ts?x=1",
+            "file:///etc/passwd",
+            "file:seg.ts",
+            "data:video/mp2t;base64,AAAA",
+            "javascript:alert(1)",
+            "mailto:a@b",
+            "http://[::1",
+            "http://",
+            "seg with spaces.ts",
+            "\tseg.ts ",
+            "ségment.ts",
+            "%zz.ts",
+            "C:\\seg.ts",
+            "?q=1",
+            "#frag",
+            "x:y",
+            "HTTP://CDN.EXAMPLE/S.TS",
+            "index.m3u8",
+        ])
+        .prop_map(String::from)
+    }
+
+    fn iv() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<u128>().prop_map(|v| format!("0x{v:032X}")),
+            select(vec!["0x0", "0x+1", "0X1f", "0x", "0xZZ", "1234", "0x000000000000000000000000000000001"])
+                .prop_map(String::from),
+        ]
+    }
+
+    /// One line a mutation inserts or substitutes: a tag with a hostile value, or a URI line.
+    fn line() -> impl Strategy<Value = String> {
+        prop_oneof![
+            duration().prop_map(|d| format!("#EXTINF:{d},")),
+            (number(), proptest::option::of(number())).prop_map(|(n, o)| match o {
+                Some(o) => format!("#EXT-X-BYTERANGE:{n}@{o}"),
+                None => format!("#EXT-X-BYTERANGE:{n}"),
+            }),
+            number().prop_map(|n| format!("#EXT-X-MEDIA-SEQUENCE:{n}")),
+            number().prop_map(|n| format!("#EXT-X-TARGETDURATION:{n}")),
+            number().prop_map(|n| format!("#EXT-X-DISCONTINUITY-SEQUENCE:{n}")),
+            (select(vec!["AES-128", "NONE", "SAMPLE-AES", "FOO", ""]), uri(), proptest::option::of(iv())).prop_map(
+                |(method, uri, iv)| match iv {
+                    Some(iv) => format!("#EXT-X-KEY:METHOD={method},URI=\"{uri}\",IV={iv}"),
+                    None => format!("#EXT-X-KEY:METHOD={method},URI=\"{uri}\""),
+                }
+            ),
+            select(vec!["#EXT-X-KEY:METHOD=NONE", "#EXT-X-KEY:URI=\"k\"", "#EXT-X-KEY:METHOD=AES-128"])
+                .prop_map(String::from),
+            (uri(), proptest::option::of((number(), number()))).prop_map(|(uri, range)| match range {
+                Some((n, o)) => format!("#EXT-X-MAP:URI=\"{uri}\",BYTERANGE=\"{n}@{o}\""),
+                None => format!("#EXT-X-MAP:URI=\"{uri}\""),
+            }),
+            (number(), select(vec!["640x360", "x", "99999999999999999999x1", ""]), uri())
+                .prop_map(|(b, r, uri)| { format!("#EXT-X-STREAM-INF:BANDWIDTH={b},RESOLUTION={r}\n{uri}") }),
+            number().prop_map(|b| format!("#EXT-X-STREAM-INF:BANDWIDTH={b}")),
+            number().prop_map(|b| format!("#EXT-X-I-FRAME-STREAM-INF:BANDWIDTH={b},URI=\"i.m3u8\"")),
+            select(vec![
+                "#EXT-X-DISCONTINUITY",
+                "#EXT-X-ENDLIST",
+                "#EXT-X-VERSION:99999999999999999999",
+                "#EXT-X-FOO:bar",
+                "# a comment",
+                "#EXT-X-PROGRAM-DATE-TIME:garbage",
+                "#EXTM3U",
+                "",
+                "   ",
+                "#",
+                "#EXT-",
+                "\r",
+                "#EXT-X-PLAYLIST-TYPE:VOD",
+                "#EXT-X-INDEPENDENT-SEGMENTS",
+                "#EXT-X-START:TIME-OFFSET=nan",
+            ])
+            .prop_map(String::from),
+            uri(),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        Insert(usize, String),
+        Replace(usize, String),
+        Delete(usize),
+        Duplicate(usize),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            (any::<usize>(), line()).prop_map(|(i, l)| Mutation::Insert(i, l)),
+            (any::<usize>(), line()).prop_map(|(i, l)| Mutation::Replace(i, l)),
+            any::<usize>().prop_map(Mutation::Delete),
+            any::<usize>().prop_map(Mutation::Duplicate),
+        ]
+    }
+
+    /// Applies the mutations to a playlist's lines (never to its `#EXTM3U` line, which `parse` checks
+    /// first and so would refuse every mutant) and joins them with LF or CRLF.
+    fn mutate(text: &str, mutations: &[Mutation], crlf: bool) -> String {
+        let mut lines: Vec<String> = text.lines().skip(1).map(String::from).collect();
+        for mutation in mutations {
+            let at = |i: usize, extra: usize| i % (lines.len() + extra).max(1);
+            match mutation {
+                Mutation::Insert(i, line) => {
+                    let i = at(*i, 1);
+                    lines.insert(i, line.clone());
+                }
+                Mutation::Replace(i, line) if !lines.is_empty() => {
+                    let i = at(*i, 0);
+                    lines[i] = line.clone();
+                }
+                Mutation::Delete(i) if !lines.is_empty() => {
+                    let i = at(*i, 0);
+                    lines.remove(i);
+                }
+                Mutation::Duplicate(i) if !lines.is_empty() => {
+                    let i = at(*i, 0);
+                    lines.insert(i, lines[i].clone());
+                }
+                _ => {}
+            }
+        }
+        let eol = if crlf { "\r\n" } else { "\n" };
+        format!("#EXTM3U{eol}{}{eol}", lines.join(eol))
+    }
+
+    const MEDIA: &str = "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:7\n#EXT-X-MAP:URI=\"init.mp4\",BYTERANGE=\"800@0\"\n#EXT-X-KEY:METHOD=AES-128,URI=\"k.key\"\n#EXTINF:2.0,\n#EXT-X-BYTERANGE:1000@800\nall.m4s\n#EXTINF:2.0,\n#EXT-X-BYTERANGE:500\nall.m4s\n#EXT-X-DISCONTINUITY\n#EXT-X-KEY:METHOD=AES-128,URI=\"k2.key\",IV=0x0000000000000000000000000000002A\n#EXTINF:1.5,\nlast.m4s\n#EXT-X-KEY:METHOD=NONE\n#EXTINF:2,\nclear.m4s\n#EXT-X-ENDLIST\n";
+
+    const MASTER: &str = "#EXTM3U\n#EXT-X-VERSION:6\n#EXT-X-INDEPENDENT-SEGMENTS\n#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"a\",NAME=\"en\",URI=\"audio/index.m3u8\"\n#EXT-X-STREAM-INF:BANDWIDTH=800000,AVERAGE-BANDWIDTH=700000,RESOLUTION=640x360,CODECS=\"avc1.4d401e,mp4a.40.2\",AUDIO=\"a\"\n360p/index.m3u8\n#EXT-X-I-FRAME-STREAM-INF:BANDWIDTH=90000,URI=\"360p/iframes.m3u8\"\n#EXT-X-STREAM-INF:BANDWIDTH=300000,RESOLUTION=426x240\nhttp://cdn.test/240p.m3u8\n#EXT-X-STREAM-INF:BANDWIDTH=1500000,RESOLUTION=854x480\n../480p/index.m3u8\n";
+
+    /// Bytes from the playlist grammar's fragments, hostile values and arbitrary bytes.
+    fn playlist_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let fragment = prop_oneof![
+            4 => line().prop_map(|l| format!("{l}\n").into_bytes()),
+            2 => select(vec![
+                "#EXTM3U", "#EXTINF:", "#EXT-X-BYTERANGE:", "#EXT-X-KEY:", "METHOD=", "AES-128", ",URI=\"", "\"",
+                "#EXT-X-MAP:", "#EXT-X-STREAM-INF:", "BANDWIDTH=", "#EXT-X-MEDIA-SEQUENCE:", "=", ",", "@", "\n",
+                "\r\n", "\r", " ", "\t", "-", ".", "0", "1", "9", "seg.ts",
+            ])
+            .prop_map(|s| s.as_bytes().to_vec()),
+            1 => proptest::collection::vec(any::<u8>(), 1..4),
+        ];
+        (0..4u8, proptest::collection::vec(fragment, 0..24)).prop_map(|(head, body)| {
+            let head: &[u8] = match head {
+                0 => b"",
+                1 => b"  #EXTM3U\n",
+                _ => b"#EXTM3U\n",
+            };
+            [head.to_vec(), body.concat()].concat()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(config(3_000))]
+
+        /// Arbitrary text never panics, and whatever parses keeps every invariant.
+        #[test]
+        fn arbitrary_text_parses_or_is_refused(bytes in playlist_bytes(), base in bases()) {
+            check(&parse(&bytes, &base), &base)?;
+        }
+
+        /// A valid media playlist under random insertions, substitutions, deletions and duplications.
+        #[test]
+        fn mutated_media_playlists_keep_their_invariants(
+            mutations in proptest::collection::vec(mutation(), 1..6), crlf in any::<bool>(), base in bases(),
+        ) {
+            let text = mutate(MEDIA, &mutations, crlf);
+            check(&parse(text.as_bytes(), &base), &base)?;
+        }
+
+        /// A valid master playlist under the same mutations.
+        #[test]
+        fn mutated_master_playlists_keep_their_invariants(
+            mutations in proptest::collection::vec(mutation(), 1..6), crlf in any::<bool>(), base in bases(),
+        ) {
+            let text = mutate(MASTER, &mutations, crlf);
+            check(&parse(text.as_bytes(), &base), &base)?;
+        }
+    }
+
+    #[test]
+    fn the_unmutated_playlists_parse() {
+        let base = base();
+        let Ok(Parsed::Media(media)) = parse(MEDIA.as_bytes(), &base) else { panic!("media expected") };
+        assert_eq!(media.segments.len(), 4);
+        assert!(media.segments[3].key.is_none(), "METHOD=NONE ends encryption");
+        let Ok(Parsed::Master(variants)) = parse(MASTER.as_bytes(), &base) else { panic!("master expected") };
+        assert_eq!(variants.len(), 3);
+    }
+
+    // ---- Regression tests: one per defect the properties found in the first parser. ----
+
+    fn media(text: &str, base: &Url) -> Result<MediaPlaylist, String> {
+        match parse(text.as_bytes(), base) {
+            Ok(Parsed::Media(media)) => Ok(media),
+            Ok(Parsed::Master(_)) => Err("a master playlist".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn refused(text: &str, base: &Url, naming: &str) {
+        let result = parse(text.as_bytes(), base);
+        let error = result.as_ref().err().map(ToString::to_string).unwrap_or_default();
+        assert!(error.contains(naming) && error.contains(base.as_str()), "{text:?}: {result:?}");
+    }
+
+    fn file_base() -> Url {
+        Url::parse("file:///srv/hls/index.m3u8").unwrap_or_else(|_| unreachable!())
+    }
+
+    /// m3u8-rs refuses `METHOD=NONE` without an IV (its IV check is backwards) and skips the tag, so the
+    /// segments after it were "decrypted" with the previous key.
+    #[test]
+    fn encryption_ends_at_method_none() {
+        let text = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-KEY:METHOD=AES-128,URI=\"k.key\"\n#EXTINF:2,\na.ts\n#EXT-X-KEY:METHOD=NONE\n#EXTINF:2,\nb.ts\n#EXTINF:2,\nc.ts\n";
+        let media = media(text, &base()).expect("parses");
+        let keyed: Vec<bool> = media.segments.iter().map(|s| s.key.is_some()).collect();
+        assert_eq!(keyed, [true, false, false]);
+        let both = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-KEY:METHOD=NONE\n#EXT-X-KEY:METHOD=AES-128,URI=\"k\"\n#EXTINF:2,\na.ts\n";
+        refused(both, &base(), "several EXT-X-KEY");
+    }
+
+    /// A remote playlist could point segments, keys and init sections at `file:` URLs, which the fetcher
+    /// reads from the local disk.
+    #[test]
+    fn a_remote_playlist_cannot_name_local_files() {
+        let segment = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\nfile:///etc/passwd\n";
+        refused(segment, &base(), "local file");
+        let key =
+            "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-KEY:METHOD=AES-128,URI=\"file:///etc/key\"\n#EXTINF:2,\na.ts\n";
+        refused(key, &base(), "local file");
+        let master = "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nfile:///etc/passwd\n";
+        refused(master, &base(), "local file");
+        // A local playlist may name local files (and remote ones).
+        let local = media(segment, &file_base()).expect("parses");
+        assert_eq!(local.segments[0].uri.as_str(), "file:///etc/passwd");
+    }
+
+    /// `data:`, `javascript:` and the like resolved "fine" and failed later in the fetcher.
+    #[test]
+    fn unfetchable_schemes_are_refused() {
+        for uri in ["data:video/mp2t;base64,AAAA", "javascript:alert(1)", "mailto:a@b", "x:y", "C:\\seg.ts"] {
+            refused(&format!("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\n{uri}\n"), &base(), "cannot be fetched");
+        }
+    }
+
+    /// An EXT-X-STREAM-INF with no URI line became a variant whose empty URI resolved to the master.
+    #[test]
+    fn a_variant_without_a_uri_is_refused() {
+        let text = "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\n#EXT-X-STREAM-INF:BANDWIDTH=2\nb.m3u8\n";
+        refused(text, &base(), "empty URI");
+        refused("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nmaster.m3u8\n", &base(), "this master playlist itself");
+    }
+
+    /// `offset + length` overflowed (a panic in debug builds, a wrap in release) for the next implicit
+    /// offset, and the fetcher's `offset + length - 1` for any range ending past 2^64.
+    #[test]
+    fn byte_ranges_that_end_past_u64_are_refused() {
+        let head = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n";
+        refused(
+            &format!("{head}#EXTINF:2,\n#EXT-X-BYTERANGE:10@18446744073709551615\na.ts\n"),
+            &base(),
+            "EXT-X-BYTERANGE",
+        );
+        let chained = format!(
+            "{head}#EXTINF:2,\n#EXT-X-BYTERANGE:18446744073709551615@0\na.ts\n#EXTINF:2,\n#EXT-X-BYTERANGE:1\na.ts\n"
+        );
+        refused(&chained, &base(), "ends past 2^64");
+        let map = format!("{head}#EXT-X-MAP:URI=\"i.mp4\",BYTERANGE=\"2@18446744073709551615\"\n#EXTINF:2,\na.m4s\n");
+        refused(&map, &base(), "EXT-X-MAP BYTERANGE");
+        let last = media(&format!("{head}#EXTINF:2,\n#EXT-X-BYTERANGE:1@18446744073709551614\na.ts\n"), &base());
+        assert_eq!(last.map(|m| m.segments[0].range), Ok(Some(Range { offset: u64::MAX - 1, length: 1 })));
+    }
+
+    /// A zero-length range has no last byte: the fetcher's `bytes=o-(o-1)` asked for one byte anyway.
+    #[test]
+    fn empty_byte_ranges_are_refused() {
+        refused("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\n#EXT-X-BYTERANGE:0@0\na.ts\n", &base(), "is empty");
+    }
+
+    /// `media_sequence + position` overflowed (a panic in debug builds), and a last segment numbered
+    /// u64::MAX left the session's `sequence + 1` nowhere to go.
+    #[test]
+    fn sequence_numbers_that_overflow_are_refused() {
+        let text = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:18446744073709551614\n#EXTINF:2,\na.ts\n";
+        assert_eq!(media(text, &base()).map(|m| m.last_sequence()), Ok(Some(u64::MAX - 1)));
+        refused(&format!("{text}#EXTINF:2,\nb.ts\n"), &base(), "EXT-X-MEDIA-SEQUENCE");
+        let last = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:18446744073709551615\n#EXTINF:2,\na.ts\n";
+        refused(&format!("{last}#EXTINF:2,\nb.ts\n"), &base(), "is too large for 2 segments");
+    }
+
+    /// A 40-digit EXTINF is an infinite f32; a huge target duration panicked `Duration::from_secs_f64` in
+    /// the session's reload timer.
+    #[test]
+    fn infinite_and_absurd_durations_are_refused() {
+        let head = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n";
+        let huge = format!("{head}#EXTINF:{},\na.ts\n", "9".repeat(40));
+        refused(&huge, &base(), "EXTINF of segment 0");
+        refused(&format!("{head}#EXTINF:86400.5,\na.ts\n"), &base(), "EXTINF");
+        refused("#EXTM3U\n#EXT-X-TARGETDURATION:18446744073709551615\n#EXTINF:2,\na.ts\n", &base(), "TARGETDURATION");
+        assert!(media(&format!("{head}#EXTINF:86400,\na.ts\n"), &base()).is_ok());
+    }
+
+    /// m3u8-rs skips a value it cannot read, or reads what is left of the line as a segment URI.
+    #[test]
+    fn unreadable_tag_values_are_refused_not_skipped() {
+        let head = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n";
+        for (text, naming) in [
+            // Was a segment of 0 s.
+            (format!("{head}#EXTINF:-1,\na.ts\n"), "line 3: #EXTINF"),
+            (format!("{head}#EXTINF:nan,\na.ts\n"), "#EXTINF"),
+            // Was a segment without a byte range: the whole file.
+            (format!("{head}#EXTINF:2,\n#EXT-X-BYTERANGE:18446744073709551616@0\na.ts\n"), "#EXT-X-BYTERANGE"),
+            // Was the first segment numbered 0.
+            (format!("#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:-5\n{head}#EXTINF:2,\na.ts\n"), "#EXT-X-MEDIA-SEQUENCE"),
+            // Were an extra segment `abc`, `b`, and `BYTERANGE=""` (with the init section read whole).
+            ("#EXTM3U\n#EXT-X-TARGETDURATION:10abc\n#EXTINF:2,\na.ts\n".to_string(), "#EXT-X-TARGETDURATION"),
+            (format!("{head}#EXTINF:2,a,b\na.ts\n"), "#EXTINF"),
+            (format!("{head}#EXTINF:1.5 ,title\na.ts\n"), "#EXTINF"),
+            (format!("{head}#EXT-X-MAP:URI=\"i.mp4\",BYTERANGE=\"\"\n#EXTINF:2,\na.m4s\n"), "#EXT-X-MAP"),
+        ] {
+            refused(&text, &base(), naming);
+        }
+        // What m3u8-rs does read stays accepted: CRLF, trailing spaces, no title, a title.
+        let fine = "#EXTM3U\r\n#EXT-X-TARGETDURATION:2 \r\n#EXTINF:2\r\na.ts\r\n#EXTINF:1.5,title \r\nb.ts\r\n";
+        assert_eq!(media(fine, &base()).map(|m| m.segments.len()), Ok(2));
+    }
+
+    /// An EXT-X-STREAM-INF m3u8-rs cannot read (BANDWIDTH past u64) was skipped, and the URI after it
+    /// replaced the previous variant's URI.
+    #[test]
+    fn an_unreadable_stream_inf_is_refused() {
+        let text = "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\na.m3u8\n#EXT-X-STREAM-INF:BANDWIDTH=99999999999999999999\nb.m3u8\n";
+        refused(text, &base(), "EXT-X-STREAM-INF");
+    }
+
+    /// `u128::from_str_radix` takes a sign: `IV=0x+1` was the IV 1.
+    #[test]
+    fn a_signed_iv_is_refused() {
+        assert_eq!(parse_iv("0x+1"), None);
+        assert_eq!(parse_iv("0X1f").map(|iv| iv[15]), Some(0x1f));
+        let text = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-KEY:METHOD=AES-128,URI=\"k\",IV=0x+1\n#EXTINF:2,\na.ts\n";
+        refused(text, &base(), "bad IV");
+    }
+
+    /// m3u8-rs stops at a line it cannot read and returns what it read before: the playlist lost its
+    /// end (EXT-X-ENDLIST included) without a word.
+    #[test]
+    fn an_unreadable_line_is_refused_not_truncated() {
+        let text =
+            b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\na.ts\n\xff\xfe.ts\n#EXTINF:2,\nb.ts\n#EXT-X-ENDLIST\n";
+        let error = parse(text, &base()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("unreadable from line 5"), "{error}");
+        let lone_cr = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\na.ts\rb.ts\n#EXT-X-ENDLIST\n";
+        refused(lone_cr, &base(), "unreadable from line 4");
+    }
+
+    /// Resolved URIs are absolute and fetchable from the playlist's scheme, whatever the text.
+    fn any_uri() -> impl Strategy<Value = String> {
+        prop_oneof![uri(), ".{0,24}", "[a-z]{1,6}:[/a-z.%?#@:\\[\\]]{0,16}"]
+    }
+
+    /// A generated segment: every value from the hostile pools, and what the playlist says with them.
+    #[derive(Debug, Clone)]
+    struct Generated {
+        duration: String,
+        title: &'static str,
+        range: Option<(String, Option<String>)>,
+        uri: &'static str,
+        discontinuity: bool,
+    }
+
+    /// Mostly well-formed values, so that reading back is exercised as much as refusing.
+    fn mostly(valid: BoxedStrategy<String>, hostile: BoxedStrategy<String>) -> impl Strategy<Value = String> {
+        prop_oneof![6 => valid, 1 => hostile]
+    }
+
+    fn generated() -> impl Strategy<Value = Generated> {
+        let seconds = prop_oneof![
+            (0..20_000u32).prop_map(|n| format!("{}.{:03}", n / 1000, n % 1000)),
+            (0..20u32).prop_map(|n| n.to_string()),
+        ];
+        let duration = mostly(seconds.boxed(), duration().boxed());
+        let small = || mostly((0..5_000u64).prop_map(|n| n.to_string()).boxed(), number().boxed());
+        let range = proptest::option::of((small(), proptest::option::of(small())));
+        let title = prop_oneof![8 => select(vec!["", "t", "é"]), 1 => Just("a,b")];
+        (duration, title, range, select(vec!["s.ts", "all.ts"]), any::<bool>()).prop_map(
+            |(duration, title, range, uri, discontinuity)| Generated { duration, title, range, uri, discontinuity },
+        )
+    }
+
+    fn sequence_number() -> impl Strategy<Value = String> {
+        prop_oneof![4 => (0..1_000_000u64).prop_map(|n| n.to_string()), 1 => number()]
+    }
+
+    fn target() -> impl Strategy<Value = String> {
+        mostly((0..20u64).prop_map(|n| n.to_string()).boxed(), number().boxed())
+    }
+
+    /// RFC 8216 §4.2 decimal-integer.
+    fn integer_value(text: &str) -> Option<u64> {
+        text.bytes().all(|b| b.is_ascii_digit()).then(|| text.parse().ok()).flatten()
+    }
+
+    /// One segment as read back: sequence, seconds, range, discontinuity.
+    type ReadBack = (u64, f64, Option<Range>, bool);
+
+    /// What the playlist must parse to (target duration and segments), or None if it must be refused:
+    /// computed from what was generated.
+    fn expected(sequence: &str, target: &str, segments: &[Generated]) -> Option<(f64, Vec<ReadBack>)> {
+        let target = integer_value(target)? as f64;
+        if target > MAX_DURATION_S {
+            return None;
+        }
+        let first = integer_value(sequence)?;
+        let mut previous: Option<(&str, u64)> = None;
+        let mut out = Vec::new();
+        for (i, segment) in segments.iter().enumerate() {
+            let number = first.checked_add(i as u64).filter(|&n| n < u64::MAX)?;
+            let (whole, fraction) = segment.duration.split_once('.').unwrap_or((&segment.duration, "0"));
+            let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+            if !digits(whole) || !digits(fraction) || segment.title.contains(',') {
+                return None;
+            }
+            let seconds = f64::from(segment.duration.parse::<f32>().ok()?);
+            if !(0.0..=MAX_DURATION_S).contains(&seconds) {
+                return None;
+            }
+            let range = match &segment.range {
+                None => None,
+                Some((length, offset)) => {
+                    let length = integer_value(length).filter(|&l| l > 0)?;
+                    let offset = match offset {
+                        Some(offset) => integer_value(offset)?,
+                        None => previous.filter(|(uri, _)| *uri == segment.uri)?.1,
+                    };
+                    offset.checked_add(length)?;
+                    Some(Range { offset, length })
+                }
+            };
+            previous = range.map(|r| (segment.uri, r.offset + r.length));
+            out.push((number, seconds, range, segment.discontinuity));
+        }
+        Some((target, out))
+    }
+
+    proptest! {
+        #![proptest_config(config(3_000))]
+
+        /// A media playlist written from generated values reads back exactly those values, or is refused:
+        /// never silently read as something else.
+        #[test]
+        fn generated_media_playlists_read_back_exactly_or_are_refused(
+            sequence in sequence_number(), target in target(), segments in proptest::collection::vec(generated(), 0..6),
+        ) {
+            let mut text = format!("#EXTM3U\n#EXT-X-TARGETDURATION:{target}\n#EXT-X-MEDIA-SEQUENCE:{sequence}\n");
+            for segment in &segments {
+                if segment.discontinuity {
+                    text.push_str("#EXT-X-DISCONTINUITY\n");
+                }
+                text.push_str(&format!("#EXTINF:{},{}\n", segment.duration, segment.title));
+                match &segment.range {
+                    Some((length, Some(offset))) => text.push_str(&format!("#EXT-X-BYTERANGE:{length}@{offset}\n")),
+                    Some((length, None)) => text.push_str(&format!("#EXT-X-BYTERANGE:{length}\n")),
+                    None => {}
+                }
+                text.push_str(&format!("{}\n", segment.uri));
+            }
+            text.push_str("#EXT-X-ENDLIST\n");
+            let base = base();
+            let result = parse(text.as_bytes(), &base);
+            check(&result, &base)?;
+            match (expected(&sequence, &target, &segments), result) {
+                (None, result) => prop_assert!(result.is_err(), "{text}\nread as {result:?}"),
+                (Some((target, want)), Ok(Parsed::Media(media))) => {
+                    prop_assert!(media.ended);
+                    prop_assert_eq!(media.target_duration_s, target);
+                    let got: Vec<_> = media.segments.iter().map(|s| (s.sequence, s.duration_s, s.range, s.discontinuity)).collect();
+                    prop_assert_eq!(got, want, "{}", text);
+                }
+                (Some(_), other) => prop_assert!(false, "{text}\nrefused: {other:?}"),
+            }
+        }
+
+        /// Whatever the URI text, a resolved URI is absolute and fetchable from that playlist.
+        #[test]
+        fn resolved_uris_are_absolute_and_fetchable(uri in any_uri(), base in bases()) {
+            match resolve(&base, &uri) {
+                Ok(url) => {
+                    prop_assert!(fetchable(&base, &url) && !url.cannot_be_a_base(), "{uri:?} -> {url}");
+                    // An empty reference is the playlist itself (RFC 3986 §5.2): never a resource of it.
+                    prop_assert!(!uri.trim().is_empty(), "{uri:?} -> {url}");
+                }
+                Err(e) => prop_assert!(e.to_string().contains(base.as_str())),
+            }
+        }
     }
 }
