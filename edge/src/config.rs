@@ -238,11 +238,13 @@ pub struct Config {
     pub shutdown_grace: HumanDuration,
     /// Client connections open at once; over it, new connections get 503 and are closed.
     pub max_connections: usize,
-    /// A client must send a whole request head within this time (slowloris).
+    /// A client must send a whole request head within this time (slowloris): from accept for the first
+    /// request, from the head's first byte for later ones.
     pub header_read_timeout: HumanDuration,
-    /// A client sending a request body may pause this long between bytes.
+    /// A client sending a request body may pause this long between bytes, and after this long must
+    /// average `request_body::MIN_BODY_RATE` bytes/s.
     pub body_read_timeout: HumanDuration,
-    /// An idle keep-alive client connection is closed after this long.
+    /// An idle keep-alive client connection (no request in flight) is closed after this long.
     pub keepalive_timeout: HumanDuration,
     pub cache: CacheConfig,
     pub origin: OriginConfig,

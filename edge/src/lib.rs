@@ -10,5 +10,6 @@ pub mod metrics;
 pub mod origin;
 pub mod phases;
 pub mod ratelimit;
+pub mod request_body;
 pub mod server;
 pub mod stats_cmd;

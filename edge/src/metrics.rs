@@ -132,6 +132,8 @@ pub struct Metrics {
     rl_store_latency: Histogram,
     rl_enabled: AtomicU64,
     top_limited: Mutex<TopClients>,
+    open_connections: Gauge,
+    refused_connections: Counter,
 }
 
 /// Cache gauges read at scrape time.
@@ -234,6 +236,18 @@ impl Metrics {
             "Time of a successful rate-limit decision in the shared store (one round trip)",
             rl_store_latency.clone(),
         );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Client connections open now (public listener)",
+            open_connections.clone(),
+        );
+        let refused_connections = Counter::default();
+        registry.register(
+            "refused_connections",
+            "Client connections answered 503 and closed because max_connections were open",
+            refused_connections.clone(),
+        );
         Metrics {
             totals: Totals::default(),
             registry,
@@ -255,6 +269,8 @@ impl Metrics {
             rl_store_latency,
             rl_enabled: AtomicU64::new(0),
             top_limited: Mutex::new(TopClients::new(TOP_LIMITED_TRACKED)),
+            open_connections,
+            refused_connections,
         }
     }
 
@@ -342,6 +358,19 @@ impl Metrics {
     pub fn record_origin_error(&self) {
         self.origin_errors.inc();
         self.totals.origin_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A client connection was accepted (`opened`) or ended.
+    pub fn record_connection(&self, opened: bool) {
+        if opened {
+            self.open_connections.inc();
+        } else {
+            self.open_connections.dec();
+        }
+    }
+
+    pub fn record_refused_connection(&self) {
+        self.refused_connections.inc();
     }
 
     pub fn record_coalesced(&self) {

@@ -1,21 +1,71 @@
 //! The listeners: the public one (HTTP/1.1 and HTTP/2 via hyper-util's auto builder) and the admin one,
 //! with graceful shutdown: on SIGTERM/SIGINT stop accepting, let in-flight responses finish within the
 //! grace period, then return.
+//!
+//! The public listener also protects the edge from its clients:
+//! - **`max_connections`**: a connection holds a semaphore permit for its whole life (released when its
+//!   task ends, whatever the path). Over the limit, the edge answers a fixed 503 with
+//!   `Connection: close` itself and closes (see [`refuse`]); a flood of refusals holds a bounded
+//!   number of sockets and tasks.
+//! - **`header_read_timeout`** and **`keepalive_timeout`**: each connection's [`ConnState`] knows whether
+//!   a request is in flight, and a watchdog in the connection task closes it when a head takes too long
+//!   (slowloris) or when it has been idle too long. hyper's own `header_read_timeout` is not used: its
+//!   clock starts when a connection goes idle, so it would also close every idle keep-alive connection
+//!   after `header_read_timeout`, and `keepalive_timeout` could never be longer.
+//! - **`body_read_timeout`** is applied where bodies are read (`request_body.rs`).
 
+use std::convert::Infallible;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::Request;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::phases::{self, Edge};
 
-/// Largest request head accepted; larger gets 431 from hyper.
+/// Largest request head accepted; larger gets 431 from hyper (RFC 6585 §5).
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
+/// Most header fields in one HTTP/1.1 head; more gets 431 from hyper (hyper's default, made explicit).
+const MAX_REQUEST_HEADERS: usize = 100;
+/// HTTP/2 streams one client may have open at once. RFC 9113 §6.5.2 recommends no fewer than 100, so
+/// that parallelism is not limited; a player needs a handful.
+const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// HTTP/2 PING sent after this long without a frame from the client, to find dead peers while
+/// streams are open (RFC 9113 §6.7)...
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+/// ...and the connection is closed if the PING is not acknowledged within this long.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// Refused connections answered with care at once (see [`refuse`]); the rest get the 503 and a close
+/// at once.
+const MAX_CAREFUL_REFUSALS: usize = 16;
+/// A refused connection answered with care waits this long for the client's request, and then this
+/// long again, at most, for the client to close after the 503.
+const REFUSAL_WAIT: Duration = Duration::from_secs(1);
+/// Bytes of a refused client's request read (and dropped), at most.
+const REFUSAL_READ: usize = 64 * 1024;
+/// A connection closed for being idle gets this long to finish its close (an HTTP/2 GOAWAY).
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Pause after a failed accept that is not about one connection (out of file descriptors, memory), so
+/// that the loop does not spin while the condition lasts.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// File descriptors the edge needs besides client connections (listeners, origin pools, runtime, logs).
+const RESERVED_FDS: usize = 256;
 
 /// Binds both listeners and prints the ready line (`eddy-edge listening on ADDR admin on ADDR`).
 pub async fn bind(edge: &Edge) -> anyhow::Result<(TcpListener, TcpListener)> {
@@ -38,9 +88,26 @@ pub async fn run(
     builder
         .http1()
         .max_buf_size(MAX_REQUEST_HEAD)
+        .max_headers(MAX_REQUEST_HEADERS)
         .timer(TokioTimer::new())
-        .header_read_timeout(std::time::Duration::from_secs(30))
+        // The connection watchdog enforces header_read_timeout instead (see the module docs).
+        .header_read_timeout(None)
         .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_REQUEST_HEAD as u32)
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    let timeouts = Timeouts { header_read: edge.config.header_read_timeout.0, idle: edge.config.keepalive_timeout.0 };
+    // tokio's semaphore holds at most MAX_PERMITS, and waiting for all of them takes a u32.
+    let max_connections = edge.config.max_connections.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize);
+    warn_if_fd_limit_is_low(max_connections);
+    let connections = Arc::new(Semaphore::new(max_connections));
+    let careful_refusals = Arc::new(Semaphore::new(MAX_CAREFUL_REFUSALS));
+    let refusal = Bytes::from(over_capacity_response());
+    let stopping = CancellationToken::new();
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -51,18 +118,37 @@ pub async fn run(
                     Err(error) => {
                         // Out of file descriptors and the like: keep serving the connections we have.
                         tracing::warn!(%error, "accept failed");
+                        if !is_connection_error(&error) {
+                            tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                        }
                         continue;
                     }
                 };
+                let Ok(permit) = connections.clone().try_acquire_owned() else {
+                    edge.metrics.record_refused_connection();
+                    refuse(stream, peer, &refusal, &careful_refusals);
+                    continue;
+                };
+                let slot = ConnectionSlot::new(permit, edge.clone());
                 let _ = stream.set_nodelay(true);
-                let edge = edge.clone();
-                let service = service_fn(move |request| phases::handle(edge.clone(), request, peer));
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%peer, %error, "connection ended with an error");
+                let state = Arc::new(ConnState::new());
+                let io = TokioIo::new(WatchedIo { inner: stream, state: state.clone() });
+                let service_edge = edge.clone();
+                let service_state = state.clone();
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let request_guard = service_state.begin_request(request.version());
+                    let edge = service_edge.clone();
+                    async move {
+                        let response = phases::handle(edge, request, peer).await?;
+                        Ok::<_, Infallible>(response.map(|body| GuardedBody { inner: body, _request: request_guard }))
                     }
+                });
+                let connection = builder.serve_connection(io, service).into_owned();
+                let stopping = stopping.clone();
+                tokio::spawn(async move {
+                    // The slot lives as long as this task: it is released however the connection ends.
+                    let _slot = slot;
+                    serve_connection(connection, |c| c.graceful_shutdown(), state, timeouts, stopping, peer).await;
                 });
             }
             accepted = admin.accept() => {
@@ -82,10 +168,407 @@ pub async fn run(
     drop(admin);
     let grace = edge.config.shutdown_grace.0;
     tracing::info!(?grace, "shutting down: no new connections; waiting for in-flight responses");
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    stopping.cancel();
+    // Every public connection holds a permit until its task ends: all permits back means all are done.
+    let all_public_closed = connections.acquire_many(max_connections as u32);
+    if tokio::time::timeout(grace, async { tokio::join!(graceful.shutdown(), all_public_closed) }).await.is_err() {
         tracing::warn!("grace period over; closing remaining connections");
     }
     Ok(())
+}
+
+/// Drives one public connection until it ends, the watchdog closes it, or the edge shuts down.
+/// `graceful_shutdown` is the connection's own (hyper's connections share no trait for it).
+async fn serve_connection<C, E>(
+    connection: C,
+    graceful_shutdown: fn(Pin<&mut C>),
+    state: Arc<ConnState>,
+    timeouts: Timeouts,
+    stopping: CancellationToken,
+    peer: SocketAddr,
+) where
+    C: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(connection);
+    let mut stopping_seen = false;
+    // Set once the watchdog has asked the connection to close: it then has IDLE_CLOSE_GRACE to finish.
+    let mut close_by: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            ended = connection.as_mut() => {
+                if let Err(error) = ended {
+                    tracing::debug!(%peer, %error, "connection ended with an error");
+                }
+                return;
+            }
+            // Still watched while shutting down, so that a half-sent head cannot hold the shutdown.
+            expiry = state.expired(timeouts), if close_by.is_none() => match expiry {
+                Expiry::Head => {
+                    // Nothing to answer yet; any side may close at any time (RFC 9112 §9.5).
+                    tracing::debug!(%peer, "closing a connection: no whole request head within header_read_timeout");
+                    return;
+                }
+                Expiry::Idle => {
+                    tracing::debug!(%peer, "closing a connection idle for keepalive_timeout");
+                    // No request is in flight: for HTTP/1.1 this closes at once, HTTP/2 sends GOAWAY.
+                    graceful_shutdown(connection.as_mut());
+                    close_by = Some(Instant::now() + IDLE_CLOSE_GRACE);
+                }
+            },
+            () = stopping.cancelled(), if !stopping_seen => {
+                graceful_shutdown(connection.as_mut());
+                stopping_seen = true;
+            }
+            () = sleep_until_some(close_by) => return,
+        }
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Answers a connection over `max_connections` with a fixed 503 (`Connection: close`) and closes it.
+///
+/// With care, while at most [`MAX_CAREFUL_REFUSALS`] are in progress:
+/// - The 503 is written once the client's request head is in (or after [`REFUSAL_WAIT`]): HTTP
+///   clients read a response only after sending their request, and hyper's client fails a connection
+///   on a response that comes first (`UnexpectedMessage`).
+/// - If the client sent anything, the close lingers (RFC 9112 §9.6): closing a socket with unread
+///   bytes makes the kernel send a reset, which can destroy the 503 before the client reads it. So the
+///   write side is shut and the client's bytes are read and dropped until it closes, at most
+///   [`REFUSAL_WAIT`] and [`REFUSAL_READ`].
+///
+/// Beyond that (a flood), the 503 goes out in one non-blocking write, which a new socket's empty send
+/// buffer takes whole, and the socket is closed at once. Either way a flood holds a bounded number of
+/// sockets, and costs no more than one short task per careful refusal.
+fn refuse(stream: TcpStream, peer: SocketAddr, response: &Bytes, careful: &Arc<Semaphore>) {
+    tracing::debug!(%peer, "refusing a connection: max_connections are open");
+    match careful.clone().try_acquire_owned() {
+        Ok(slot) => {
+            let response = response.clone();
+            tokio::spawn(async move {
+                refuse_with_care(stream, &response).await;
+                drop(slot);
+            });
+        }
+        Err(_) => {
+            let _ = stream.try_write(response);
+        }
+    }
+}
+
+async fn refuse_with_care(mut stream: TcpStream, response: &[u8]) {
+    let mut read = 0usize;
+    let _ = tokio::time::timeout(REFUSAL_WAIT, read_until_head_end(&mut stream, &mut read)).await;
+    if !matches!(tokio::time::timeout(REFUSAL_WAIT, stream.write_all(response)).await, Ok(Ok(()))) {
+        return;
+    }
+    if read == 0 {
+        // Nothing unread: a plain close cannot turn into a reset.
+        return;
+    }
+    if stream.shutdown().await.is_ok() {
+        let _ = tokio::time::timeout(REFUSAL_WAIT, read_to_close(&mut stream, &mut read)).await;
+    }
+}
+
+/// Reads (and drops) until the end of a request head, the client's close, or [`REFUSAL_READ`] bytes.
+async fn read_until_head_end(stream: &mut TcpStream, read: &mut usize) {
+    let mut buffer = [0u8; 4096];
+    // The last three bytes of the previous read, so that a `\r\n\r\n` split across reads is found.
+    let mut tail: Vec<u8> = Vec::with_capacity(buffer.len() + 3);
+    while *read < REFUSAL_READ {
+        let n = match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        *read = read.saturating_add(n);
+        tail.extend_from_slice(&buffer[..n]);
+        if tail.windows(4).any(|w| w == b"\r\n\r\n") {
+            return;
+        }
+        let keep = tail.len().saturating_sub(3);
+        tail.drain(..keep);
+    }
+}
+
+/// Reads (and drops) until the client closes, or [`REFUSAL_READ`] bytes in all.
+async fn read_to_close(stream: &mut TcpStream, read: &mut usize) {
+    let mut buffer = [0u8; 4096];
+    while *read < REFUSAL_READ {
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => *read = read.saturating_add(n),
+        }
+    }
+}
+
+/// The whole 503 a refused connection gets.
+fn over_capacity_response() -> Vec<u8> {
+    let body = "over capacity: too many open connections, try again\n";
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
+         Retry-After: 1\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Errors about one connection (it was reset before we accepted it) rather than about the listener or
+/// the process, after which accepting again at once is right.
+fn is_connection_error(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionRefused
+    )
+}
+
+/// Warns when the process may run out of file descriptors before `max_connections`: connections would
+/// then fail in `accept` instead of getting a 503.
+fn warn_if_fd_limit_is_low(max_connections: usize) {
+    let Some(limit) = open_files_limit() else { return };
+    let needed = max_connections.saturating_add(MAX_CAREFUL_REFUSALS).saturating_add(RESERVED_FDS);
+    if (limit as usize) < needed {
+        tracing::warn!(
+            limit,
+            max_connections,
+            "the open-file limit is below max_connections + {}; raise it (ulimit -n, systemd LimitNOFILE=) \
+             or lower max_connections",
+            needed - max_connections
+        );
+    }
+}
+
+/// The soft RLIMIT_NOFILE of this process, from /proc (Linux); `None` when unknown or unlimited.
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|line| line.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files").split_whitespace().next()?.parse().ok()
+}
+
+/// A connection's place under `max_connections`: the permit goes back, and the gauge goes down, when it
+/// is dropped.
+struct ConnectionSlot {
+    _permit: OwnedSemaphorePermit,
+    edge: Arc<Edge>,
+}
+
+impl ConnectionSlot {
+    fn new(permit: OwnedSemaphorePermit, edge: Arc<Edge>) -> Self {
+        edge.metrics.record_connection(true);
+        ConnectionSlot { _permit: permit, edge }
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.edge.metrics.record_connection(false);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    /// The whole head must arrive within this, from accept or from its first byte.
+    header_read: Duration,
+    /// A connection with no request in flight is closed after this.
+    idle: Duration,
+}
+
+/// Which clock ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    /// A request head did not arrive whole in time.
+    Head,
+    /// No request for `keepalive_timeout`.
+    Idle,
+}
+
+/// What a connection's watchdog needs to know: whether a request is in flight, and since when it is
+/// idle. Atomics, not a lock: HTTP/2 streams end on other tasks, and the hit path takes no lock of ours.
+/// Times are milliseconds since `opened`.
+struct ConnState {
+    opened: Instant,
+    /// Requests whose response is not finished (HTTP/2 may have many).
+    in_flight: AtomicU32,
+    /// Whether a first request has arrived; until then the head clock runs from accept.
+    any_request: AtomicBool,
+    http2: AtomicBool,
+    /// When the last response finished.
+    idle_since_ms: AtomicU64,
+    /// When the first byte of the next HTTP/1.1 head arrived while idle, plus one; 0 for none.
+    head_started_ms: AtomicU64,
+    /// Wakes the watchdog when the deadline may have changed.
+    changed: Notify,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        ConnState {
+            opened: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            any_request: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
+            idle_since_ms: AtomicU64::new(0),
+            head_started_ms: AtomicU64::new(0),
+            changed: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.opened + Duration::from_millis(ms)
+    }
+
+    /// Called when hyper hands a request to the service: its head is whole.
+    fn begin_request(self: &Arc<Self>, version: http::Version) -> RequestGuard {
+        if version == http::Version::HTTP_2 && !self.http2.load(Ordering::Relaxed) {
+            self.http2.store(true, Ordering::Relaxed);
+        }
+        if !self.any_request.load(Ordering::Relaxed) {
+            self.any_request.store(true, Ordering::Relaxed);
+        }
+        self.head_started_ms.store(0, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        RequestGuard { state: self.clone() }
+    }
+
+    /// Called when bytes were read from the client.
+    fn on_read(&self) {
+        // Only the start of a next HTTP/1.1 head matters. (HTTP/2 frames while idle are mostly PINGs and
+        // settings: the idle clock alone bounds them, as a stream only opens with a whole HEADERS block.)
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && self.any_request.load(Ordering::Relaxed)
+            && !self.http2.load(Ordering::Relaxed)
+            && self.head_started_ms.load(Ordering::Relaxed) == 0
+        {
+            self.head_started_ms.store(self.now_ms().saturating_add(1), Ordering::Relaxed);
+            self.changed.notify_one();
+        }
+    }
+
+    /// When the connection must be closed, and why; `None` while a request is in flight.
+    fn deadline(&self, timeouts: Timeouts) -> Option<(Instant, Expiry)> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        if !self.any_request.load(Ordering::Relaxed) {
+            return Some((self.opened + timeouts.header_read, Expiry::Head));
+        }
+        let head_started = self.head_started_ms.load(Ordering::Relaxed);
+        if head_started > 0 && !self.http2.load(Ordering::Relaxed) {
+            return Some((self.at(head_started - 1) + timeouts.header_read, Expiry::Head));
+        }
+        Some((self.at(self.idle_since_ms.load(Ordering::Acquire)) + timeouts.idle, Expiry::Idle))
+    }
+
+    /// Resolves once a deadline has passed.
+    async fn expired(&self, timeouts: Timeouts) -> Expiry {
+        loop {
+            match self.deadline(timeouts) {
+                None => self.changed.notified().await,
+                Some((deadline, expiry)) => {
+                    if deadline <= Instant::now() {
+                        return expiry;
+                    }
+                    // A change (a response finished, a head started) may move the deadline: look again.
+                    tokio::select! {
+                        () = tokio::time::sleep_until(deadline) => {}
+                        () = self.changed.notified() => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One request in flight on a connection; dropped with the response body (or with the service future,
+/// when the connection goes away first).
+struct RequestGuard {
+    state: Arc<ConnState>,
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        // Set before the count drops, so that the watchdog never sees idle with an old time.
+        self.state.idle_since_ms.store(self.state.now_ms(), Ordering::Release);
+        if self.state.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.state.changed.notify_one();
+        }
+    }
+}
+
+/// A response body that keeps its request counted as in flight until hyper is done with it.
+struct GuardedBody<B> {
+    inner: B,
+    _request: RequestGuard,
+}
+
+impl<B: Body + Unpin> Body for GuardedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The client socket, telling its [`ConnState`] when bytes arrive.
+struct WatchedIo {
+    inner: TcpStream,
+    state: Arc<ConnState>,
+}
+
+impl AsyncRead for WatchedIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.state.on_read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for WatchedIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -106,4 +589,65 @@ pub async fn shutdown_signal() {
 
 pub fn ready_line(public: SocketAddr, admin: SocketAddr) -> String {
     format!("eddy-edge listening on {public} admin on {admin}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUTS: Timeouts = Timeouts { header_read: Duration::from_secs(2), idle: Duration::from_secs(10) };
+
+    #[test]
+    fn the_refusal_is_a_whole_http_response_that_closes() {
+        let response = String::from_utf8(over_capacity_response()).expect("ascii");
+        let (head, body) = response.split_once("\r\n\r\n").expect("head and body");
+        assert!(head.starts_with("HTTP/1.1 503 "));
+        assert!(head.contains("\r\nConnection: close"));
+        assert!(head.contains(&format!("\r\nContent-Length: {}", body.len())));
+    }
+
+    #[tokio::test]
+    async fn before_any_request_the_head_clock_runs_from_accept() {
+        let state = ConnState::new();
+        let (deadline, expiry) = state.deadline(TIMEOUTS).expect("a deadline");
+        assert_eq!(expiry, Expiry::Head);
+        assert_eq!(deadline, state.opened + TIMEOUTS.header_read);
+    }
+
+    #[tokio::test]
+    async fn no_deadline_while_a_request_is_in_flight_then_the_idle_clock() {
+        let state = Arc::new(ConnState::new());
+        let guard = state.begin_request(http::Version::HTTP_11);
+        state.on_read(); // body bytes of the request in flight start no head clock
+        assert!(state.deadline(TIMEOUTS).is_none());
+        drop(guard);
+        let (_, expiry) = state.deadline(TIMEOUTS).expect("a deadline");
+        assert_eq!(expiry, Expiry::Idle);
+        // The first byte of the next head switches to the head clock.
+        state.on_read();
+        assert_eq!(state.deadline(TIMEOUTS).expect("a deadline").1, Expiry::Head);
+        let next = state.begin_request(http::Version::HTTP_11);
+        assert!(state.deadline(TIMEOUTS).is_none());
+        drop(next);
+        assert_eq!(state.deadline(TIMEOUTS).expect("a deadline").1, Expiry::Idle);
+    }
+
+    #[tokio::test]
+    async fn http2_frames_while_idle_do_not_start_the_head_clock() {
+        let state = Arc::new(ConnState::new());
+        drop(state.begin_request(http::Version::HTTP_2));
+        state.on_read();
+        assert_eq!(state.deadline(TIMEOUTS).expect("a deadline").1, Expiry::Idle);
+    }
+
+    #[tokio::test]
+    async fn several_streams_keep_the_connection_busy_until_the_last_ends() {
+        let state = Arc::new(ConnState::new());
+        let first = state.begin_request(http::Version::HTTP_2);
+        let second = state.begin_request(http::Version::HTTP_2);
+        drop(first);
+        assert!(state.deadline(TIMEOUTS).is_none());
+        drop(second);
+        assert!(state.deadline(TIMEOUTS).is_some());
+    }
 }

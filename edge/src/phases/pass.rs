@@ -9,7 +9,6 @@ use std::sync::Arc;
 use futures::StreamExt;
 use http::request::Parts;
 use http::{header, HeaderMap, Method, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::origin_request::{self, Forwarding};
@@ -20,21 +19,17 @@ use crate::body::{BodyError, EdgeBody};
 use crate::cache::policy::remove_hop_by_hop;
 use crate::cache::CacheKey;
 use crate::origin::OriginRequest;
+use crate::request_body::read_to_bytes;
 
 /// Request bodies forwarded to the origin are buffered up to this size.
 const MAX_FORWARDED_BODY: usize = 16 << 20;
 
 pub async fn forward(edge: &Arc<Edge>, parts: &Parts, body: Incoming, target: &Target, peer: SocketAddr) -> Outcome {
-    let body = match Limited::new(body, MAX_FORWARDED_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) => {
-            let too_large = error.downcast_ref::<http_body_util::LengthLimitError>().is_some();
-            return if too_large {
-                Outcome::local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
-            } else {
-                Outcome::local(StatusCode::BAD_REQUEST, "could not read the request body")
-            };
-        }
+    // Bounded in size and in time: a trickled body must not hold the request (and its origin
+    // connection) open; nothing reaches the origin until the body is whole.
+    let body = match read_to_bytes(body, MAX_FORWARDED_BODY, edge.config.body_read_timeout.0).await {
+        Ok(body) => body,
+        Err(error) => return Outcome::local(error.status(), &error.to_string()),
     };
     let request = OriginRequest {
         method: parts.method.clone(),
