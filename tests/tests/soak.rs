@@ -673,17 +673,18 @@ async fn soak_mixed_load_keeps_errors_at_zero_and_memory_bounded() {
     }
     let baseline_kib = vm_kib(pid, "VmRSS:");
 
-    // RSS while the load runs: sampled (VmHWM at the end is the true peak).
+    // RSS while the load runs, sampled every 100 ms (VmHWM at the end is the true peak). The highest
+    // sample of each half of the run is reported: RSS that keeps climbing would be a leak.
     let sampling = Arc::new(AtomicBool::new(true));
     let sampler = {
         let sampling = sampling.clone();
         tokio::spawn(async move {
-            let mut highest = 0;
+            let mut samples = Vec::new();
             while sampling.load(Ordering::Relaxed) {
-                highest = highest.max(vm_kib(pid, "VmRSS:"));
+                samples.push(vm_kib(pid, "VmRSS:"));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            highest
+            samples
         })
     };
 
@@ -707,7 +708,10 @@ async fn soak_mixed_load_keeps_errors_at_zero_and_memory_bounded() {
     }
     let elapsed = started.elapsed();
     sampling.store(false, Ordering::Relaxed);
-    let sampled_kib = sampler.await.expect("sampler");
+    let samples = sampler.await.expect("sampler");
+    let half = samples.len() / 2;
+    let first_half_kib = samples[..half].iter().copied().max().unwrap_or(0);
+    let second_half_kib = samples[half..].iter().copied().max().unwrap_or(0);
 
     let errors: Vec<&str> = records
         .iter()
@@ -725,7 +729,8 @@ async fn soak_mixed_load_keeps_errors_at_zero_and_memory_bounded() {
         tokio::time::sleep(Duration::from_millis(20)).await;
         last = stats(&admin, &edge).await;
     }
-    let peak_kib = vm_kib(pid, "VmHWM:").max(sampled_kib);
+    let peak_kib = vm_kib(pid, "VmHWM:").max(first_half_kib).max(second_half_kib);
+    let end_kib = vm_kib(pid, "VmRSS:");
     let after = run(&admin, &base, &catalog, &Op::Get(Kind::Ok, 1)).await;
 
     // Latency of the requests on healthy paths (a stalled fault path takes first_byte_timeout by design).
@@ -745,7 +750,8 @@ async fn soak_mixed_load_keeps_errors_at_zero_and_memory_bounded() {
         "soak: {:.1} s, {clients} clients, seed {seed}: {} requests ({:.0} req/s), errors {}, expected faults {faults} \
          ({closed_before_head} closed before the head), aborted {aborted}, hits {hits} of {correct} correct, \
          non-fault latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({slowest}), \
-         peak RSS {:.1} MiB (baseline {:.1} MiB, +{grown_mib:.1} MiB, bound +{bound_mib} MiB), origin requests {}, \
+         peak RSS {:.1} MiB (baseline {:.1} MiB, +{grown_mib:.1} MiB, bound +{bound_mib} MiB; highest sample \
+         of the first half {:.1} MiB, of the second {:.1} MiB; after the load {:.1} MiB), origin requests {}, \
          edge: evictions {}, cache bytes {}, in_flight after {}",
         elapsed.as_secs_f64(),
         records.len(),
@@ -756,6 +762,9 @@ async fn soak_mixed_load_keeps_errors_at_zero_and_memory_bounded() {
         percentile(&latencies, 100.0),
         peak_kib as f64 / 1024.0,
         baseline_kib as f64 / 1024.0,
+        first_half_kib as f64 / 1024.0,
+        second_half_kib as f64 / 1024.0,
+        end_kib as f64 / 1024.0,
         origin_requests.load(Ordering::Relaxed),
         last["evictions"],
         last["cache_bytes"],
