@@ -111,7 +111,8 @@ impl fmt::Display for MissingElements {
         } else {
             write!(
                 f,
-                "\ninstall with: sudo apt-get install {}  (or: bash scripts/install-deps.sh, for everything Eddy needs)",
+                "\ninstall with: sudo apt-get install {}  \
+                 (or: bash scripts/install-deps.sh, for everything Eddy needs)",
                 packages.join(" ")
             )
         }
