@@ -10,6 +10,9 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The end-to-end tests start the real binaries: build them first.
 cargo build --workspace --bins
+# First, whether install-deps.sh installs everything the code and scripts use: fails naming the
+# GStreamer element or command and the Debian package missing from its list (tests/tests/deps.rs).
+cargo test -p eddy-tests --test deps
 cargo test --workspace
 # The benchmark's own logic (percentiles, workload model, Belady) is tested too.
 python3 -m unittest bench/test_tools.py

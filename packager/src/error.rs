@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 
+use eddy_shared::gst_elements::MissingElements;
 use thiserror::Error;
 
 use crate::fmp4::Fmp4Error;
@@ -23,8 +24,8 @@ pub enum PackageError {
         #[source]
         source: std::io::Error,
     },
-    #[error("GStreamer element '{0}' is missing (install the GStreamer plugin that provides it)")]
-    MissingElement(String),
+    #[error(transparent)]
+    MissingElements(#[from] MissingElements),
     #[error("GStreamer pipeline: {0}")]
     Pipeline(String),
     #[error("rendition {rung}: fragmented MP4: {source}")]

@@ -1,6 +1,7 @@
 //! `eddy-package`: transcode a video (or a test pattern) into an HLS bitrate ladder.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -124,10 +125,21 @@ fn print_table(summary: &Summary) {
     println!("master playlist: {} ({:.1} s)", summary.master.display(), summary.wall_seconds);
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     eddy_shared::logging::init("info");
     let cli = Cli::parse();
-    let config = config_from(&cli)?;
+    // Errors are printed as text, never as a Debug dump with a backtrace (RUST_BACKTRACE or not).
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("eddy-package: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<()> {
+    let config = config_from(cli)?;
     let live = config.live_window.is_some();
     let bar = ProgressBar::new(1000);
     bar.set_style(

@@ -21,6 +21,8 @@ use gstreamer as gst;
 use gstreamer_app as gst_app;
 use gstreamer_pbutils as gst_pbutils;
 
+use eddy_shared::gst_elements::MissingElements;
+
 use crate::codecs;
 use crate::error::PackageError;
 use crate::fmp4::{Fmp4Splitter, Piece};
@@ -194,8 +196,64 @@ pub struct Built {
     pub sender: mpsc::Sender<Produced>,
 }
 
+/// Every GStreamer element the packager creates, by factory name. The pipeline creates elements only
+/// through [`make`], which refuses a name missing here, so the list is complete: [`preflight`] checks
+/// all of them before a job starts, and `tests/tests/deps.rs` checks that `scripts/install-deps.sh`
+/// installs the package of each.
+pub const REQUIRED_ELEMENTS: &[&str] = &[
+    // Decoding a file (the discoverer uses uridecodebin too).
+    "uridecodebin",
+    // The test pattern: noise, a clock and each rung's label (the pango plugin), a tone.
+    "videotestsrc",
+    "timeoverlay",
+    "textoverlay",
+    "audiotestsrc",
+    // Conversion, scaling and fan-out.
+    "queue",
+    "tee",
+    "capsfilter",
+    "videoconvert",
+    "videorate",
+    "videoscale",
+    "audioconvert",
+    "audioresample",
+    // Encoding.
+    "x264enc",
+    "h264parse",
+    "avenc_aac",
+    "aacparse",
+    // Muxing: TS segments through splitmuxsink into files, fMP4 into an appsink.
+    "splitmuxsink",
+    "mpegtsmux",
+    "filesink",
+    "mp4mux",
+    "appsink",
+];
+
+/// Checks that every element in [`REQUIRED_ELEMENTS`] is installed; the error names each missing one
+/// with its plugin and the Debian package to install.
+pub fn preflight() -> Result<(), PackageError> {
+    gst::init().map_err(pipeline_error)?;
+    eddy_shared::gst_elements::check(REQUIRED_ELEMENTS.iter().copied(), |name| {
+        gst::ElementFactory::find(name).is_some()
+    })?;
+    Ok(())
+}
+
+/// Creates an element; `factory` must be listed in [`REQUIRED_ELEMENTS`].
 fn make(factory: &str) -> Result<gst::Element, PackageError> {
-    gst::ElementFactory::make(factory).build().map_err(|_| PackageError::MissingElement(factory.to_string()))
+    make_named(factory, None)
+}
+
+fn make_named(factory: &str, name: Option<String>) -> Result<gst::Element, PackageError> {
+    if !REQUIRED_ELEMENTS.contains(&factory) {
+        return Err(PackageError::Pipeline(format!("element '{factory}' is not listed in REQUIRED_ELEMENTS")));
+    }
+    let mut builder = gst::ElementFactory::make(factory);
+    if let Some(name) = name {
+        builder = builder.name(name);
+    }
+    builder.build().map_err(|_| MissingElements { elements: vec![factory.to_string()] }.into())
 }
 
 fn caps_filter(caps: gst::Caps) -> Result<gst::Element, PackageError> {
@@ -297,17 +355,8 @@ fn build_audio_encoder(
     let convert = make("audioconvert")?;
     let resample = make("audioresample")?;
     let caps = caps_filter(gst::Caps::builder("audio/x-raw").field("rate", 48_000i32).field("channels", 2i32).build())?;
-    let encoder = match make("avenc_aac") {
-        Ok(encoder) => {
-            encoder.set_property("bitrate", AUDIO_BITRATE as i32);
-            encoder
-        }
-        Err(_) => {
-            let encoder = make("voaacenc")?;
-            encoder.set_property("bitrate", AUDIO_BITRATE as i32);
-            encoder
-        }
-    };
+    let encoder = make("avenc_aac")?;
+    encoder.set_property("bitrate", AUDIO_BITRATE as i32);
     let parse = make("aacparse")?;
     pipeline.add_many([&queue, &convert, &resample, &caps, &encoder, &parse]).map_err(pipeline_error)?;
     link_all(&[&queue, &convert, &resample, &caps, &encoder, &parse, tee])?;
@@ -533,12 +582,11 @@ fn build_ts_mux(
     video: &gst::Element,
     audio: Option<&gst::Element>,
 ) -> Result<(), PackageError> {
-    let split = gst::ElementFactory::make("splitmuxsink")
-        .name(mux_name(index))
-        .build()
-        .map_err(|_| PackageError::MissingElement("splitmuxsink".into()))?;
+    let split = make_named("splitmuxsink", Some(mux_name(index)))?;
     let mux = make("mpegtsmux")?;
     split.set_property("muxer", &mux);
+    // splitmuxsink would make this filesink itself; made here, it is one of the elements checked.
+    split.set_property("sink", make("filesink")?);
     split.set_property("location", rung.dir.join(".partial-%05d.ts").to_string_lossy().as_ref());
     // A file is full once it holds one segment duration; the split then happens at the next
     // keyframe, which is exactly one GOP later.
@@ -562,15 +610,14 @@ fn build_fmp4_mux(
     audio: Option<&gst::Element>,
     sender: &mpsc::Sender<Produced>,
 ) -> Result<(), PackageError> {
-    let mux = gst::ElementFactory::make("mp4mux")
-        .name(mux_name(index))
-        .build()
-        .map_err(|_| PackageError::MissingElement("mp4mux".into()))?;
+    let mux = make_named("mp4mux", Some(mux_name(index)))?;
     // Short fragments keep audio close to the video it belongs to; mp4mux also closes a video
     // fragment at every keyframe, which is where the splitter cuts segments.
     let fragment_ms = ((plan.segment_duration * 1000.0 / 4.0) as u32).clamp(100, 1000);
     mux.set_property("fragment-duration", fragment_ms);
-    let sink = gst_app::AppSink::builder().sync(false).build();
+    let sink =
+        make("appsink")?.downcast::<gst_app::AppSink>().map_err(|_| pipeline_error("appsink is not an AppSink"))?;
+    sink.set_property("sync", false);
     pipeline.add_many([&mux, sink.upcast_ref()]).map_err(pipeline_error)?;
     link_to_request_pad(video, &mux, "video_%u")?;
     if let Some(audio) = audio {
@@ -627,6 +674,12 @@ fn build_fmp4_mux(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_listed_elements_are_made() {
+        let error = make("identity").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("'identity' is not listed in REQUIRED_ELEMENTS"), "{error}");
+    }
 
     #[test]
     fn segment_durations_come_from_keyframe_times() {

@@ -84,7 +84,8 @@ pub fn package(config: &PackageConfig, progress: &mut dyn FnMut(Progress)) -> Re
         let path = path.to_path_buf();
         move |source| PackageError::Output { path, source }
     };
-    gst::init().map_err(|e| PackageError::Pipeline(e.to_string()))?;
+    // Every element the job could need is there, before anything is probed or written.
+    pipeline::preflight()?;
 
     // Learn about the input before touching the output folder.
     let (info, tallest) = match &config.source {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use eddy_player::pipeline::display_available;
+use eddy_player::pipeline::{display_available, preflight};
 use eddy_player::report::{plot_timeline, write_atomically};
 use eddy_player::session::{play, PlayerConfig};
 use eddy_player::{playlist, sim};
@@ -94,6 +94,8 @@ async fn run_player(args: PlayArgs) -> Result<()> {
             bail!("--start-at must be zero or more seconds, got {start}");
         }
     }
+    // Every GStreamer element playback needs is there before anything is fetched.
+    preflight()?;
     let headless = args.headless || !display_available();
     if headless {
         let why = if args.headless { "--headless" } else { "no display found (DISPLAY/WAYLAND_DISPLAY unset)" };

@@ -2,8 +2,10 @@
 //! bytes; decodebin finds the demuxer (caps `video/mpegts,systemstream=true` for TS, typefinding for
 //! fMP4) and renegotiates when the rendition's picture size changes. Video goes to a window
 //! (`autovideosink`) and audio to `autoaudiosink`, or both to real-time `fakesink sync=true` when
-//! headless.
+//! headless. Elements are created only from [`REQUIRED_ELEMENTS`]; [`preflight`] checks those and the
+//! decoders decodebin needs before playback starts.
 
+use eddy_shared::gst_elements::MissingElements;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
@@ -15,6 +17,49 @@ pub enum PipelineError {
     Setup(String),
     #[error("cannot decode the stream: {0}")]
     Decode(String),
+    #[error(transparent)]
+    MissingElements(#[from] MissingElements),
+}
+
+/// Every GStreamer element the player creates, by factory name. The pipeline creates elements only
+/// through [`make`], which refuses a name missing here.
+pub const REQUIRED_ELEMENTS: &[&str] = &[
+    "appsrc",
+    "decodebin",
+    "queue",
+    // Headless: real-time fake sinks.
+    "fakesink",
+    // With a display: a window and the sound card.
+    "videoconvert",
+    "videoscale",
+    "autovideosink",
+    "audioconvert",
+    "audioresample",
+    "autoaudiosink",
+];
+
+/// What decodebin must find to decode the streams Eddy packages (H.264 and AAC in MPEG-TS or fMP4).
+/// Not created by name, but needed all the same, so [`preflight`] checks them too.
+pub const DECODERS: &[&str] = &["tsdemux", "qtdemux", "h264parse", "avdec_h264", "aacparse", "avdec_aac"];
+
+/// Checks that every element in [`REQUIRED_ELEMENTS`] and [`DECODERS`] is installed; the error names
+/// each missing one with its plugin and the Debian package to install.
+pub fn preflight() -> Result<(), PipelineError> {
+    gst::init().map_err(setup_error)?;
+    eddy_shared::gst_elements::check(REQUIRED_ELEMENTS.iter().chain(DECODERS).copied(), |name| {
+        gst::ElementFactory::find(name).is_some()
+    })?;
+    Ok(())
+}
+
+/// Creates an element; `factory` must be listed in [`REQUIRED_ELEMENTS`].
+fn make(factory: &str) -> Result<gst::Element, PipelineError> {
+    if !REQUIRED_ELEMENTS.contains(&factory) {
+        return Err(PipelineError::Setup(format!("element '{factory}' is not listed in REQUIRED_ELEMENTS")));
+    }
+    gst::ElementFactory::make(factory)
+        .build()
+        .map_err(|_| MissingElements { elements: vec![factory.to_string()] }.into())
 }
 
 fn setup_error(e: impl std::fmt::Display) -> PipelineError {
@@ -46,18 +91,17 @@ impl Pipeline {
     pub fn new(container: Container, headless: bool) -> Result<Self, PipelineError> {
         gst::init().map_err(setup_error)?;
         let pipeline = gst::Pipeline::new();
-        let ts_caps = gst::Caps::builder("video/mpegts").field("systemstream", true).build();
-        let mut builder = gst_app::AppSrc::builder()
-            .format(gst::Format::Bytes)
-            .is_live(false)
-            .stream_type(gst_app::AppStreamType::Stream)
-            // The session bounds memory by the buffer target; appsrc must not drop or block pushes.
-            .max_bytes(1 << 30);
+        let appsrc =
+            make("appsrc")?.downcast::<gst_app::AppSrc>().map_err(|_| setup_error("appsrc is not an AppSrc"))?;
+        appsrc.set_format(gst::Format::Bytes);
+        appsrc.set_is_live(false);
+        appsrc.set_stream_type(gst_app::AppStreamType::Stream);
+        // The session bounds memory by the buffer target; appsrc must not drop or block pushes.
+        appsrc.set_max_bytes(1 << 30);
         if container == Container::MpegTs {
-            builder = builder.caps(&ts_caps);
+            appsrc.set_caps(Some(&gst::Caps::builder("video/mpegts").field("systemstream", true).build()));
         }
-        let appsrc = builder.build();
-        let decodebin = gst::ElementFactory::make("decodebin").build().map_err(setup_error)?;
+        let decodebin = make("decodebin")?;
         pipeline.add_many([appsrc.upcast_ref(), &decodebin]).map_err(setup_error)?;
         appsrc.link(&decodebin).map_err(setup_error)?;
         let weak = pipeline.downgrade();
@@ -67,14 +111,14 @@ impl Pipeline {
             };
             let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
             let media = caps.structure(0).map(|s| s.name().to_string()).unwrap_or_default();
-            let description = match (media.split('/').next(), headless) {
-                (Some("video"), true) => "queue ! fakesink sync=true",
-                (Some("video"), false) => "queue ! videoconvert ! videoscale ! autovideosink",
-                (Some("audio"), true) => "queue ! fakesink sync=true",
-                (Some("audio"), false) => "queue ! audioconvert ! audioresample ! autoaudiosink",
-                _ => "queue ! fakesink sync=false",
+            // (elements, whether a fakesink at the end syncs to the clock, i.e. plays in real time)
+            let (branch, sync): (&[&str], bool) = match (media.split('/').next(), headless) {
+                (Some("video"), true) | (Some("audio"), true) => (&["queue", "fakesink"], true),
+                (Some("video"), false) => (&["queue", "videoconvert", "videoscale", "autovideosink"], true),
+                (Some("audio"), false) => (&["queue", "audioconvert", "audioresample", "autoaudiosink"], true),
+                _ => (&["queue", "fakesink"], false),
             };
-            if let Err(e) = attach_branch(&pipeline, pad, description) {
+            if let Err(e) = attach_branch(&pipeline, pad, branch, sync) {
                 tracing::error!("cannot attach a sink for {media}: {e}");
             }
         });
@@ -154,11 +198,26 @@ impl Drop for Pipeline {
     }
 }
 
-fn attach_branch(pipeline: &gst::Pipeline, pad: &gst::Pad, description: &str) -> Result<(), PipelineError> {
-    let bin = gst::parse::bin_from_description(description, true).map_err(setup_error)?;
-    pipeline.add(&bin).map_err(setup_error)?;
-    bin.sync_state_with_parent().map_err(setup_error)?;
-    let sink = bin.static_pad("sink").ok_or_else(|| setup_error("branch has no sink pad"))?;
+/// Adds `queue ! ... ! sink` made of `factories` to the running pipeline and links `pad` to it.
+fn attach_branch(
+    pipeline: &gst::Pipeline,
+    pad: &gst::Pad,
+    factories: &[&str],
+    sync: bool,
+) -> Result<(), PipelineError> {
+    let elements = factories.iter().map(|factory| make(factory)).collect::<Result<Vec<_>, _>>()?;
+    let (Some(first), Some(last)) = (elements.first(), elements.last()) else {
+        return Err(setup_error("empty branch"));
+    };
+    if last.has_property("sync") {
+        last.set_property("sync", sync);
+    }
+    pipeline.add_many(&elements).map_err(setup_error)?;
+    gst::Element::link_many(&elements).map_err(setup_error)?;
+    for element in elements.iter().rev() {
+        element.sync_state_with_parent().map_err(setup_error)?;
+    }
+    let sink = first.static_pad("sink").ok_or_else(|| setup_error("branch has no sink pad"))?;
     pad.link(&sink).map_err(setup_error)?;
     Ok(())
 }
@@ -166,4 +225,15 @@ fn attach_branch(pipeline: &gst::Pipeline, pad: &gst::Pad, description: &str) ->
 /// Whether a window can be opened (a display server is advertised).
 pub fn display_available() -> bool {
     ["DISPLAY", "WAYLAND_DISPLAY"].iter().any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_listed_elements_are_made() {
+        let error = make("identity").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("'identity' is not listed in REQUIRED_ELEMENTS"), "{error}");
+    }
 }

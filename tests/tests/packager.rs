@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use eddy_tests::{bin_path, spawn_until_ready, wait_with_timeout};
+use gst_tools::{gst_launch, PluginsWithout};
+
+mod gst_tools;
 
 const LADDER: &str = "240p:300k,360p:800k,480p:1500k";
 const RUNGS: [(&str, &str); 3] = [("240p", "426x240"), ("360p", "640x360"), ("480p", "854x480")];
@@ -159,8 +162,7 @@ fn ffprobe_finds_video(path: &Path) -> Result<bool> {
 /// decode). Ok when playback reached EOS without an error.
 fn playbin_plays(master: &Path) -> Result<bool> {
     let uri = format!("file://{}", master.canonicalize()?.display());
-    let mut command = Command::new("gst-launch-1.0");
-    command.args(["playbin", &format!("uri={uri}"), "video-sink=fakesink", "audio-sink=fakesink"]);
+    let command = gst_launch(&["playbin", &format!("uri={uri}"), "video-sink=fakesink", "audio-sink=fakesink"])?;
     let output = run(command, Duration::from_secs(60))?;
     let text = String::from_utf8_lossy(&output.stdout);
     Ok(output.status.success() && text.contains("Got EOS") && !text.contains("ERROR"))
@@ -305,17 +307,15 @@ fn encrypted_package_plays_with_the_key_and_not_without() -> Result<()> {
 
 /// Makes a small MP4 (640x360, with audio) the way a user's upload might look.
 fn make_input_file(path: &Path, audio: bool) -> Result<()> {
-    let mut command = Command::new("gst-launch-1.0");
-    command.args(["-q", "videotestsrc", "num-buffers=75", "pattern=ball", "!"]);
-    command.args(["video/x-raw,width=640,height=360,framerate=25/1", "!", "x264enc", "speed-preset=ultrafast"]);
-    command
-        .args(["!", "h264parse", "!", "mp4mux", "name=mux", "!", "filesink"])
-        .arg(format!("location={}", path.display()));
+    let location = format!("location={}", path.display());
+    let mut args = vec!["-q", "videotestsrc", "num-buffers=75", "pattern=ball", "!"];
+    args.extend(["video/x-raw,width=640,height=360,framerate=25/1", "!", "x264enc", "speed-preset=ultrafast"]);
+    args.extend(["!", "h264parse", "!", "mp4mux", "name=mux", "!", "filesink", &location]);
     if audio {
-        command.args(["audiotestsrc", "num-buffers=150", "samplesperbuffer=960", "!", "audioconvert", "!"]);
-        command.args(["avenc_aac", "!", "aacparse", "!", "mux."]);
+        args.extend(["audiotestsrc", "num-buffers=150", "samplesperbuffer=960", "!", "audioconvert", "!"]);
+        args.extend(["avenc_aac", "!", "aacparse", "!", "mux."]);
     }
-    let output = run(command, Duration::from_secs(60))?;
+    let output = run(gst_launch(&args)?, Duration::from_secs(60))?;
     ensure!(output.status.success(), "gst-launch could not make {}", path.display());
     Ok(())
 }
@@ -377,9 +377,21 @@ fn bad_input_fails_with_a_clear_error_and_no_master() -> Result<()> {
     ensure!(stderr.contains("cannot be decoded"), "undecodable input:\n{stderr}");
     // Audio only.
     let audio = dir.path().join("audio.ogg");
-    let mut command = Command::new("gst-launch-1.0");
-    command.args(["-q", "audiotestsrc", "num-buffers=20", "!", "audioconvert", "!", "vorbisenc", "!", "oggmux", "!"]);
-    command.args(["filesink", &format!("location={}", audio.display())]);
+    let location = format!("location={}", audio.display());
+    let command = gst_launch(&[
+        "-q",
+        "audiotestsrc",
+        "num-buffers=20",
+        "!",
+        "audioconvert",
+        "!",
+        "vorbisenc",
+        "!",
+        "oggmux",
+        "!",
+        "filesink",
+        &location,
+    ])?;
     ensure!(run(command, Duration::from_secs(30))?.status.success(), "making audio.ogg");
     let stderr = package_fails(&out, &[audio.to_str().context("path")?])?;
     ensure!(stderr.contains("no video stream"), "audio-only input:\n{stderr}");
@@ -424,5 +436,32 @@ fn live_playlist_slides_and_expires_segments() -> Result<()> {
     // Segments that left the window a whole window ago are gone; recent ones are still served.
     ensure!(!out.join("240p/seg_00000.ts").exists(), "old segment not deleted");
     ensure!(out.join("240p/seg_00004.ts").exists(), "recently retired segment deleted too early");
+    Ok(())
+}
+
+/// On a machine without the pango plugin (Debian's gstreamer1.0-x, which the test pattern's clock and
+/// labels need), eddy-package stops before doing anything, names the elements, the plugin and the
+/// package to install, and exits 1 without a backtrace.
+#[test]
+fn a_missing_plugin_is_named_with_its_package_before_any_work() -> Result<()> {
+    let plugins = PluginsWithout::new("libgstpango.so")?;
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("out");
+    let mut command = Command::new(bin_path("eddy-package"));
+    command.arg("--out").arg(&out).args(["--test-pattern", "2s", "--ladder", "240p:300k"]);
+    command.env("RUST_BACKTRACE", "1");
+    plugins.apply(&mut command);
+    let output = run(command, Duration::from_secs(60))?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(output.status.code() == Some(1), "exit {} (expected 1):\n{stderr}", output.status);
+    for expected in [
+        "timeoverlay: from the GStreamer plugin 'pango', in the Debian/Ubuntu package gstreamer1.0-x",
+        "textoverlay: from the GStreamer plugin 'pango', in the Debian/Ubuntu package gstreamer1.0-x",
+        "apt-get install gstreamer1.0-x",
+    ] {
+        ensure!(stderr.contains(expected), "expected '{expected}' in:\n{stderr}");
+    }
+    ensure!(!stderr.contains("backtrace") && !stderr.contains("panicked"), "a backtrace or panic:\n{stderr}");
+    ensure!(!out.exists(), "the output folder was created before the check");
     Ok(())
 }

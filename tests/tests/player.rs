@@ -19,6 +19,8 @@ use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use serde_json::Value;
 
+mod gst_tools;
+
 // ---------------------------------------------------------------------------------------------
 // Content
 
@@ -564,5 +566,34 @@ fn a_missing_segment_is_fetched_from_a_lower_rendition_and_fails_clearly_when_no
     let run = play(&server.url("/master.m3u8"), &["--quiet"], work.path(), Duration::from_secs(30))?;
     assert!(!run.output.status.success());
     assert!(run.stderr().contains("segment 2 could not be fetched"), "{}", run.stderr());
+    Ok(())
+}
+
+/// Without the plugin that demuxes MPEG-TS (Debian's gstreamer1.0-plugins-bad), eddy-play stops before
+/// its first request, names the element, the plugin and the package to install, and exits 1 without a
+/// backtrace.
+#[test]
+fn a_missing_plugin_is_named_with_its_package_before_any_request() -> Result<()> {
+    let work = tempdir()?;
+    let content = work.path().join("content");
+    package(&content, 2, Format::Ts, false)?;
+    let server = FileServer::start(content.clone(), None)?;
+    let plugins = gst_tools::PluginsWithout::new("libgstmpegtsdemux.so")?;
+    let mut command = Command::new(eddy_tests::bin_path("eddy-play"));
+    command.arg(server.url("/master.m3u8")).args(["--headless", "--quiet"]).env("RUST_BACKTRACE", "1");
+    plugins.apply(&mut command);
+    let mut child = command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    let status = eddy_tests::wait_with_timeout(&mut child, Duration::from_secs(30))?;
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut pipe, &mut stderr)?;
+    }
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let expected =
+        "tsdemux: from the GStreamer plugin 'mpegtsdemux', in the Debian/Ubuntu package gstreamer1.0-plugins-bad";
+    assert!(stderr.contains(expected), "{stderr}");
+    assert!(stderr.contains("apt-get install gstreamer1.0-plugins-bad"), "{stderr}");
+    assert!(!stderr.contains("backtrace") && !stderr.contains("panicked"), "{stderr}");
+    assert!(server.requests().is_empty(), "requests before the check: {:?}", server.requests().len());
     Ok(())
 }
