@@ -25,8 +25,8 @@ packages=(
   # Tests: ffmpeg/ffprobe (keyframe checks, fallback content), openssl (decrypting segments), Redis for
   # the shared rate-limit store, procps (kill, pgrep), python3 (the benchmark's unit tests).
   ffmpeg openssl redis-server redis-tools procps python3
-  # Benchmarks (bench/): nginx and wrk, plus curl and awk.
-  nginx wrk curl mawk
+  # Benchmarks (bench/): nginx and wrk, plus curl and awk; git names the commit a soak run measured.
+  nginx wrk curl mawk git
 )
 
 if [ "${1:-}" = "--list" ]; then
