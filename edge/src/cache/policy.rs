@@ -184,7 +184,11 @@ pub fn judge_exchange(
 
     // §4.2.3: the age the response had on arrival.
     let response_delay = exchange.response_time.duration_since(exchange.request_time).unwrap_or_default();
-    let apparent_age = date.and_then(|d| exchange.response_time.duration_since(d).ok()).unwrap_or_default();
+    // In whole seconds, as Date is: a Date written early in the same second is no age at all.
+    let whole_seconds = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let apparent_age = date
+        .map(|d| Duration::from_secs(whole_seconds(exchange.response_time).saturating_sub(whole_seconds(d))))
+        .unwrap_or_default();
     let age_value = directives::age(headers).unwrap_or_default();
     let corrected_age_value = age_value.saturating_add(response_delay);
     let initial_age = apparent_age.max(corrected_age_value).min(MAX_DELTA);
