@@ -18,8 +18,10 @@
 //!   [`WatchedIo`] notes when a write stays pending and clears it on any write that goes through, so a
 //!   slow reader that keeps taking bytes is never cut. Past the deadline the socket itself is asked
 //!   once more before the close (see [`WriteNow`]): the runtime only hears that a full socket has room
-//!   again once a third of its send buffer is free, which a slow reader can take minutes to drain. It
-//!   watches the socket, so it covers HTTP/1.1 and HTTP/2 alike.
+//!   again once a third of its send buffer is free, which a slow reader can take minutes to drain. The
+//!   first probe of a client that reads nothing still finds the kernel's last few KiB of slack, so it
+//!   is closed between one and two `send_timeout`s into its stall. It watches the socket, so it covers
+//!   HTTP/1.1 and HTTP/2 alike.
 //! - **`body_read_timeout`** is applied where bodies are read (`request_body.rs`).
 
 use std::convert::Infallible;
@@ -222,10 +224,10 @@ async fn serve_connection<C, E>(
                     return;
                 }
                 Expiry::Send(stalled_since) => {
-                    // Ask the socket itself before giving up: poll the connection once with a probe
-                    // requested, so that hyper retries its write and WatchedIo makes it past the
-                    // runtime's readiness gate. Any byte taken since the stall began shows up as room.
-                    state.request_write_probe();
+                    // Ask the socket itself before giving up: poll the connection once while probing, so
+                    // that hyper retries its writes and WatchedIo takes them past the runtime's readiness
+                    // gate. Any byte taken since the stall began shows up as room.
+                    state.start_write_probe();
                     let polled = std::future::poll_fn(|cx| Poll::Ready(connection.as_mut().poll(cx))).await;
                     let probe_took_bytes = state.finish_write_probe();
                     if let Poll::Ready(ended) = polled {
@@ -237,6 +239,7 @@ async fn serve_connection<C, E>(
                     // (A write may also have gone through the ordinary way meanwhile.)
                     if probe_took_bytes || state.write_pending_since() != Some(stalled_since) {
                         // The client took bytes: the clock starts again from the next stall.
+                        tracing::trace!(%peer, probe_took_bytes, "send_timeout: the client took bytes meanwhile");
                         continue;
                     }
                     // The client takes no bytes: a graceful close (a GOAWAY, the rest of a response)
@@ -448,16 +451,14 @@ struct ConnState {
     /// before any write waits). Not tied to requests: the last bytes of a response may still wait in
     /// hyper's buffer after its body (and its request guard) is done.
     write_pending_since_ms: AtomicU64,
-    /// A probe of the socket, past a send deadline: `PROBE_REQUESTED` by the watchdog, after which the
-    /// next write the runtime holds back is tried on the socket directly (see [`WriteNow`]), and
-    /// `PROBE_TOOK_BYTES` when that write went through.
+    /// A probe of the socket past a send deadline (see [`WriteNow`]): `PROBING` while the watchdog polls
+    /// the connection for it, plus `PROBE_TOOK_BYTES` once a write went through.
     probe_write: AtomicU8,
     /// Wakes the watchdog when the deadline may have changed.
     changed: Notify,
 }
 
-const PROBE_NONE: u8 = 0;
-const PROBE_REQUESTED: u8 = 1;
+const PROBING: u8 = 1;
 const PROBE_TOOK_BYTES: u8 = 2;
 
 /// A [`ConnState`] read at one moment: what [`deadline_after_open`] decides from.
@@ -504,7 +505,7 @@ impl ConnState {
             idle_since_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(0),
             write_pending_since_ms: AtomicU64::new(0),
-            probe_write: AtomicU8::new(PROBE_NONE),
+            probe_write: AtomicU8::new(0),
             changed: Notify::new(),
         }
     }
@@ -564,24 +565,24 @@ impl ConnState {
         self.write_pending_since_ms.load(Ordering::Relaxed).checked_sub(1)
     }
 
-    fn request_write_probe(&self) {
-        self.probe_write.store(PROBE_REQUESTED, Ordering::Relaxed);
+    /// Starts a probe: until [`Self::finish_write_probe`], every write the runtime holds back is tried
+    /// on the socket directly.
+    fn start_write_probe(&self) {
+        self.probe_write.store(PROBING, Ordering::Relaxed);
     }
 
-    /// Whether a probe was requested; it is then no longer.
-    fn take_write_probe(&self) -> bool {
-        // A plain load first: this runs on every write the runtime holds back.
-        self.probe_write.load(Ordering::Relaxed) == PROBE_REQUESTED
-            && self.probe_write.swap(PROBE_NONE, Ordering::Relaxed) == PROBE_REQUESTED
+    /// Whether a probe is going on. One relaxed load, on writes the runtime held back only.
+    fn probing(&self) -> bool {
+        self.probe_write.load(Ordering::Relaxed) & PROBING != 0
     }
 
     fn probe_took_bytes(&self) {
-        self.probe_write.store(PROBE_TOOK_BYTES, Ordering::Relaxed);
+        self.probe_write.fetch_or(PROBE_TOOK_BYTES, Ordering::Relaxed);
     }
 
-    /// Ends a probe: whether its write went through. A probe hyper gave no write to is withdrawn.
+    /// Ends a probe: whether any of its writes went through.
     fn finish_write_probe(&self) -> bool {
-        self.probe_write.swap(PROBE_NONE, Ordering::Relaxed) == PROBE_TOOK_BYTES
+        self.probe_write.swap(0, Ordering::Relaxed) & PROBE_TOOK_BYTES != 0
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -697,11 +698,15 @@ struct WatchedIo<S> {
 }
 
 impl<S: WriteNow> WatchedIo<S> {
-    /// Notes what a write said about the client and, when the runtime held it back while the watchdog
-    /// asks, tries the socket directly.
+    /// Notes what a write said about the client and, when the runtime held it back during a probe,
+    /// tries the socket directly.
     fn after_write(&self, polled: Poll<io::Result<usize>>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
         let polled = match polled {
-            Poll::Pending if self.state.take_write_probe() => match self.inner.write_now(bufs) {
+            // Every write of the probe, until the socket refuses one: Linux takes up to a segment
+            // (64 KiB) past a full buffer into the room left in its last packet. Were that slack used
+            // up one write per probe, a client that reads nothing would pass a probe per HTTP/2 frame
+            // (measured: four, at 16 KiB each). In one go, it buys such a client one more send_timeout.
+            Poll::Pending if self.state.probing() => match self.inner.write_now(bufs) {
                 Ok(written) => {
                     if written > 0 {
                         self.state.probe_took_bytes();
@@ -897,11 +902,11 @@ mod tests {
     }
 
     /// A socket without a kernel: `runtime_ready` says whether the runtime lets a write through,
-    /// `room` whether a write straight on the socket would go through.
+    /// `room` how many bytes writes straight on the socket would still take.
     #[derive(Default)]
     struct FakeSocket {
         runtime_ready: bool,
-        room: bool,
+        room: std::cell::Cell<usize>,
         direct_writes: std::cell::Cell<usize>,
     }
 
@@ -926,11 +931,12 @@ mod tests {
     impl WriteNow for FakeSocket {
         fn write_now(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
             self.direct_writes.set(self.direct_writes.get() + 1);
-            if self.room {
-                Ok(bufs.iter().map(|buf| buf.len()).sum())
-            } else {
-                Err(io::ErrorKind::WouldBlock.into())
+            let written = bufs.iter().map(|buf| buf.len()).sum::<usize>().min(self.room.get());
+            if written == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
             }
+            self.room.set(self.room.get() - written);
+            Ok(written)
         }
     }
 
@@ -964,18 +970,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_probe_writes_past_the_runtime_and_clears_the_stall_when_the_socket_has_room() {
-        let (mut io, state) = watched(FakeSocket { room: true, ..FakeSocket::default() });
+    async fn a_probe_writes_past_the_runtime_until_the_socket_refuses() {
+        let (mut io, state) = watched(FakeSocket { room: 6.into(), ..FakeSocket::default() });
         assert!(write(&mut io, b"body").is_pending(), "without a probe, the runtime decides");
         assert!(state.write_pending_since().is_some());
 
-        state.request_write_probe();
+        state.start_write_probe();
         assert!(matches!(write(&mut io, b"body"), Poll::Ready(Ok(4))));
+        assert_eq!(state.write_pending_since(), None, "the client took bytes");
+        assert!(matches!(write(&mut io, b"body"), Poll::Ready(Ok(2))));
+        assert!(write(&mut io, b"body").is_pending(), "the socket is full again");
         assert!(state.finish_write_probe(), "the probe took bytes");
-        assert_eq!(state.write_pending_since(), None);
-        // Only one write per probe goes past the runtime.
+        assert!(state.write_pending_since().is_some(), "a new stall");
+
+        // Once the probe is over, the runtime decides again.
+        io.inner.room.set(100);
         assert!(write(&mut io, b"body").is_pending());
-        assert_eq!(io.inner.direct_writes.get(), 1);
+        assert_eq!(io.inner.direct_writes.get(), 3);
     }
 
     #[tokio::test]
@@ -983,7 +994,7 @@ mod tests {
         let (mut io, state) = watched(FakeSocket::default());
         assert!(write(&mut io, b"body").is_pending());
         let stalled = state.write_pending_since();
-        state.request_write_probe();
+        state.start_write_probe();
         assert!(write(&mut io, b"body").is_pending());
         assert!(!state.finish_write_probe());
         assert_eq!(state.write_pending_since(), stalled);
@@ -991,11 +1002,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_probe_hyper_gives_no_write_to_is_withdrawn() {
-        let (mut io, state) = watched(FakeSocket { room: true, ..FakeSocket::default() });
-        state.request_write_probe();
-        assert!(!state.finish_write_probe());
-        assert!(write(&mut io, b"body").is_pending());
+    async fn a_write_that_goes_through_the_runtime_takes_no_probe() {
+        let (mut io, state) = watched(FakeSocket { runtime_ready: true, room: 100.into(), ..FakeSocket::default() });
+        state.start_write_probe();
+        assert!(matches!(write(&mut io, b"body"), Poll::Ready(Ok(4))));
+        assert!(!state.finish_write_probe(), "only writes the runtime held back are probes");
         assert_eq!(io.inner.direct_writes.get(), 0);
     }
 
