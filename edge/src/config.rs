@@ -246,6 +246,10 @@ pub struct Config {
     pub body_read_timeout: HumanDuration,
     /// An idle keep-alive client connection (no request in flight) is closed after this long.
     pub keepalive_timeout: HumanDuration,
+    /// A client connection whose socket has taken none of the bytes the edge has for it for this long
+    /// (the client stopped reading) is closed (nginx `send_timeout`). Slow readers that keep taking
+    /// bytes are not cut.
+    pub send_timeout: HumanDuration,
     pub cache: CacheConfig,
     pub origin: OriginConfig,
     pub headers: HeadersConfig,
@@ -266,6 +270,7 @@ impl Default for Config {
             header_read_timeout: HumanDuration(Duration::from_secs(10)),
             body_read_timeout: HumanDuration(Duration::from_secs(10)),
             keepalive_timeout: HumanDuration(Duration::from_secs(60)),
+            send_timeout: HumanDuration(Duration::from_secs(60)),
             cache: CacheConfig::default(),
             origin: OriginConfig::default(),
             headers: HeadersConfig::default(),
@@ -400,6 +405,7 @@ impl Config {
             ("header_read_timeout", self.header_read_timeout),
             ("body_read_timeout", self.body_read_timeout),
             ("keepalive_timeout", self.keepalive_timeout),
+            ("send_timeout", self.send_timeout),
         ] {
             if value.0.is_zero() {
                 return Err(invalid(origin, key, "must be greater than 0"));
@@ -486,6 +492,14 @@ mod tests {
 
         let err = parse("[origin]\ntotal_timeout = \"1s\"\nfirst_byte_timeout = \"5s\"\n").unwrap_err().to_string();
         assert!(err.contains("origin.total_timeout"), "{err}");
+    }
+
+    #[test]
+    fn send_timeout_defaults_to_a_minute_and_must_be_positive() {
+        assert_eq!(parse("").expect("valid").send_timeout, HumanDuration(Duration::from_secs(60)));
+        assert_eq!(parse("send_timeout = \"5s\"").expect("valid").send_timeout, HumanDuration(Duration::from_secs(5)));
+        let err = parse("send_timeout = \"0s\"").unwrap_err().to_string();
+        assert!(err.contains("edge.toml") && err.contains("send_timeout") && err.contains("greater than 0"), "{err}");
     }
 
     #[test]

@@ -12,13 +12,23 @@
 //!   (slowloris) or when it has been idle too long. hyper's own `header_read_timeout` is not used: its
 //!   clock starts when a connection goes idle, so it would also close every idle keep-alive connection
 //!   after `header_read_timeout`, and `keepalive_timeout` could never be longer.
+//! - **`send_timeout`**: the same watchdog closes a connection whose socket has taken none of the bytes
+//!   the edge has for it for that long (a client that stops reading). Without it such a client holds
+//!   its slot, and any flight it reads from, for ever, and `max_connections` of them lock out everyone.
+//!   [`WatchedIo`] notes when a write stays pending and clears it on any write that goes through, so a
+//!   slow reader that keeps taking bytes is never cut. Past the deadline the socket itself is asked
+//!   once more before the close (see [`WriteNow`]): the runtime only hears that a full socket has room
+//!   again once a third of its send buffer is free, which a slow reader can take minutes to drain. The
+//!   first probe of a client that reads nothing still finds the kernel's last few KiB of slack, so it
+//!   is closed between one and two `send_timeout`s into its stall. It watches the socket, so it covers
+//!   HTTP/1.1 and HTTP/2 alike.
 //! - **`body_read_timeout`** is applied where bodies are read (`request_body.rs`).
 
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -100,7 +110,11 @@ pub async fn run(
         .max_header_list_size(MAX_REQUEST_HEAD as u32)
         .keep_alive_interval(H2_PING_INTERVAL)
         .keep_alive_timeout(H2_PING_TIMEOUT);
-    let timeouts = Timeouts { header_read: edge.config.header_read_timeout.0, idle: edge.config.keepalive_timeout.0 };
+    let timeouts = Timeouts {
+        header_read: edge.config.header_read_timeout.0,
+        idle: edge.config.keepalive_timeout.0,
+        send: edge.config.send_timeout.0,
+    };
     // tokio's semaphore holds at most MAX_PERMITS, and waiting for all of them takes a u32.
     let max_connections = edge.config.max_connections.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize);
     warn_if_fd_limit_is_low(max_connections);
@@ -207,6 +221,31 @@ async fn serve_connection<C, E>(
                 Expiry::Head => {
                     // Nothing to answer yet; any side may close at any time (RFC 9112 §9.5).
                     tracing::debug!(%peer, "closing a connection: no whole request head within header_read_timeout");
+                    return;
+                }
+                Expiry::Send(stalled_since) => {
+                    // Ask the socket itself before giving up: poll the connection once while probing, so
+                    // that hyper retries its writes and WatchedIo takes them past the runtime's readiness
+                    // gate. Any byte taken since the stall began shows up as room.
+                    state.start_write_probe();
+                    let polled = std::future::poll_fn(|cx| Poll::Ready(connection.as_mut().poll(cx))).await;
+                    let probe_took_bytes = state.finish_write_probe();
+                    if let Poll::Ready(ended) = polled {
+                        if let Err(error) = ended {
+                            tracing::debug!(%peer, %error, "connection ended with an error");
+                        }
+                        return;
+                    }
+                    // (A write may also have gone through the ordinary way meanwhile.)
+                    if probe_took_bytes || state.write_pending_since() != Some(stalled_since) {
+                        // The client took bytes: the clock starts again from the next stall.
+                        tracing::trace!(%peer, probe_took_bytes, "send_timeout: the client took bytes meanwhile");
+                        continue;
+                    }
+                    // The client takes no bytes: a graceful close (a GOAWAY, the rest of a response)
+                    // would have to be written to it too, so the socket is dropped at once. Dropping the
+                    // connection drops its response bodies, which release their flights.
+                    tracing::debug!(%peer, "closing a connection: the client took no bytes for send_timeout");
                     return;
                 }
                 Expiry::Idle => {
@@ -377,6 +416,8 @@ struct Timeouts {
     header_read: Duration,
     /// A connection with no request in flight is closed after this.
     idle: Duration,
+    /// A connection whose socket has taken none of the bytes written to it for this long is closed.
+    send: Duration,
 }
 
 /// Which clock ran out.
@@ -386,11 +427,15 @@ enum Expiry {
     Head,
     /// No request for `keepalive_timeout`.
     Idle,
+    /// The socket took none of the bytes written to it for `send_timeout`, since the stall that began at
+    /// this time (milliseconds after the connection opened).
+    Send(u64),
 }
 
-/// What a connection's watchdog needs to know: whether a request is in flight, and since when it is
-/// idle. Atomics, not a lock: HTTP/2 streams end on other tasks, and the hit path takes no lock of ours.
-/// Times are milliseconds since `opened`.
+/// What a connection's watchdog needs to know: whether a request is in flight, since when it is idle,
+/// and since when the client has taken none of the bytes written to it. Atomics, not a lock: HTTP/2
+/// streams end on other tasks, and the hit path takes no lock of ours. Times are milliseconds since
+/// `opened`.
 struct ConnState {
     opened: Instant,
     /// Requests whose response is not finished (HTTP/2 may have many).
@@ -402,8 +447,52 @@ struct ConnState {
     idle_since_ms: AtomicU64,
     /// When the first byte of the next HTTP/1.1 head arrived while idle, plus one; 0 for none.
     head_started_ms: AtomicU64,
+    /// When a write to the client found its socket full, plus one; 0 once a write goes through (or
+    /// before any write waits). Not tied to requests: the last bytes of a response may still wait in
+    /// hyper's buffer after its body (and its request guard) is done.
+    write_pending_since_ms: AtomicU64,
+    /// A probe of the socket past a send deadline (see [`WriteNow`]): `PROBING` while the watchdog polls
+    /// the connection for it, plus `PROBE_TOOK_BYTES` once a write went through.
+    probe_write: AtomicU8,
     /// Wakes the watchdog when the deadline may have changed.
     changed: Notify,
+}
+
+const PROBING: u8 = 1;
+const PROBE_TOOK_BYTES: u8 = 2;
+
+/// A [`ConnState`] read at one moment: what [`deadline_after_open`] decides from.
+#[derive(Debug, Clone, Copy, Default)]
+struct Snapshot {
+    in_flight: bool,
+    any_request: bool,
+    http2: bool,
+    idle_since_ms: u64,
+    head_started_ms: Option<u64>,
+    write_pending_since_ms: Option<u64>,
+}
+
+/// When a connection must be closed, as a time since it opened, and why; `None` when no clock runs (a
+/// request is in flight and its bytes are being taken). Pure, so that it is tested without sockets or
+/// clocks.
+fn deadline_after_open(state: Snapshot, timeouts: Timeouts) -> Option<(Duration, Expiry)> {
+    let ms = Duration::from_millis;
+    // A client that takes no bytes is cut whatever else is going on: in flight, idle or in a next head.
+    let send = state.write_pending_since_ms.map(|since| (ms(since).saturating_add(timeouts.send), Expiry::Send(since)));
+    let request = if state.in_flight {
+        None
+    } else if !state.any_request {
+        Some((timeouts.header_read, Expiry::Head))
+    } else {
+        match state.head_started_ms {
+            Some(started) if !state.http2 => Some((ms(started).saturating_add(timeouts.header_read), Expiry::Head)),
+            _ => Some((ms(state.idle_since_ms).saturating_add(timeouts.idle), Expiry::Idle)),
+        }
+    };
+    match (send, request) {
+        (Some(send), Some(request)) => Some(if send.0 <= request.0 { send } else { request }),
+        (send, request) => send.or(request),
+    }
 }
 
 impl ConnState {
@@ -415,16 +504,14 @@ impl ConnState {
             http2: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(0),
+            write_pending_since_ms: AtomicU64::new(0),
+            probe_write: AtomicU8::new(0),
             changed: Notify::new(),
         }
     }
 
     fn now_ms(&self) -> u64 {
         u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    fn at(&self, ms: u64) -> Instant {
-        self.opened + Duration::from_millis(ms)
     }
 
     /// Called when hyper hands a request to the service: its head is whole.
@@ -454,19 +541,66 @@ impl ConnState {
         }
     }
 
-    /// When the connection must be closed, and why; `None` while a request is in flight.
+    /// Called when a write to the client could not go through: its socket buffer is full.
+    fn on_write_pending(&self) {
+        // Only the start of a stall counts (and reads the clock): hyper polls again on every wake-up.
+        if self.write_pending_since_ms.load(Ordering::Relaxed) == 0 {
+            self.write_pending_since_ms.store(self.now_ms().saturating_add(1), Ordering::Relaxed);
+            // The watchdog may be waiting with no deadline (a request in flight): give it one.
+            self.changed.notify_one();
+        }
+    }
+
+    /// Called when a write to the client went through: it is taking bytes. On the hit path, so one
+    /// relaxed load when nothing was waiting. No wake-up: the send deadline only moves later, and the
+    /// watchdog looks again when the old one comes.
+    fn on_write_progress(&self) {
+        if self.write_pending_since_ms.load(Ordering::Relaxed) != 0 {
+            self.write_pending_since_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// When the current write stall began (milliseconds after opening); `None` when there is none.
+    fn write_pending_since(&self) -> Option<u64> {
+        self.write_pending_since_ms.load(Ordering::Relaxed).checked_sub(1)
+    }
+
+    /// Starts a probe: until [`Self::finish_write_probe`], every write the runtime holds back is tried
+    /// on the socket directly.
+    fn start_write_probe(&self) {
+        self.probe_write.store(PROBING, Ordering::Relaxed);
+    }
+
+    /// Whether a probe is going on. One relaxed load, on writes the runtime held back only.
+    fn probing(&self) -> bool {
+        self.probe_write.load(Ordering::Relaxed) & PROBING != 0
+    }
+
+    fn probe_took_bytes(&self) {
+        self.probe_write.fetch_or(PROBE_TOOK_BYTES, Ordering::Relaxed);
+    }
+
+    /// Ends a probe: whether any of its writes went through.
+    fn finish_write_probe(&self) -> bool {
+        self.probe_write.swap(0, Ordering::Relaxed) & PROBE_TOOK_BYTES != 0
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let plus_one = |value: u64| value.checked_sub(1);
+        Snapshot {
+            in_flight: self.in_flight.load(Ordering::Acquire) > 0,
+            any_request: self.any_request.load(Ordering::Relaxed),
+            http2: self.http2.load(Ordering::Relaxed),
+            idle_since_ms: self.idle_since_ms.load(Ordering::Acquire),
+            head_started_ms: plus_one(self.head_started_ms.load(Ordering::Relaxed)),
+            write_pending_since_ms: self.write_pending_since(),
+        }
+    }
+
+    /// When the connection must be closed, and why; `None` while a request is in flight and the client
+    /// takes its bytes.
     fn deadline(&self, timeouts: Timeouts) -> Option<(Instant, Expiry)> {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        if !self.any_request.load(Ordering::Relaxed) {
-            return Some((self.opened + timeouts.header_read, Expiry::Head));
-        }
-        let head_started = self.head_started_ms.load(Ordering::Relaxed);
-        if head_started > 0 && !self.http2.load(Ordering::Relaxed) {
-            return Some((self.at(head_started - 1) + timeouts.header_read, Expiry::Head));
-        }
-        Some((self.at(self.idle_since_ms.load(Ordering::Acquire)) + timeouts.idle, Expiry::Idle))
+        deadline_after_open(self.snapshot(), timeouts).map(|(after, expiry)| (self.opened + after, expiry))
     }
 
     /// Resolves once a deadline has passed.
@@ -478,7 +612,8 @@ impl ConnState {
                     if deadline <= Instant::now() {
                         return expiry;
                     }
-                    // A change (a response finished, a head started) may move the deadline: look again.
+                    // A change (a response finished, a head started, a write stalled) may move the
+                    // deadline: look again.
                     tokio::select! {
                         () = tokio::time::sleep_until(deadline) => {}
                         () = self.changed.notified() => {}
@@ -528,13 +663,73 @@ impl<B: Body + Unpin> Body for GuardedBody<B> {
     }
 }
 
-/// The client socket, telling its [`ConnState`] when bytes arrive.
-struct WatchedIo {
-    inner: TcpStream,
+/// A socket that can be written past the runtime's readiness gate.
+///
+/// tokio tries a socket again only after the kernel reports it writable, and Linux reports a full TCP
+/// socket writable only once a third of its send buffer is free (`sk_stream_is_writeable`). The send
+/// buffer grows up to `net.ipv4.tcp_wmem` (4 MiB by default) on a fast link, so a client that slows
+/// down to 100 kbit/s could see no write for a minute or more while it reads steadily. A write on the
+/// socket itself goes through as soon as any room is free, that is as soon as the client took any byte.
+trait WriteNow {
+    /// One non-blocking write that ignores readiness: `WouldBlock` when the socket has no room.
+    fn write_now(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize>;
+}
+
+impl WriteNow for TcpStream {
+    fn write_now(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        use std::io::Write as _;
+        use std::os::fd::AsFd as _;
+        // A second descriptor of the same socket, closed right after. It shares the socket's
+        // non-blocking flag, and it costs a descriptor only for this one write, once per send_timeout
+        // of a stalled connection. The runtime's registration stays on the first descriptor.
+        let Ok(descriptor) = self.as_fd().try_clone_to_owned() else {
+            // Out of descriptors: nothing is known about the client, so the stall stands.
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        (&std::net::TcpStream::from(descriptor)).write_vectored(bufs)
+    }
+}
+
+/// The client socket, telling its [`ConnState`] when bytes arrive and whether the client takes the
+/// bytes written to it. Generic over the socket so that tests can drive it without one.
+struct WatchedIo<S> {
+    inner: S,
     state: Arc<ConnState>,
 }
 
-impl AsyncRead for WatchedIo {
+impl<S: WriteNow> WatchedIo<S> {
+    /// Notes what a write said about the client and, when the runtime held it back during a probe,
+    /// tries the socket directly.
+    fn after_write(&self, polled: Poll<io::Result<usize>>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let polled = match polled {
+            // Every write of the probe, until the socket refuses one: Linux takes up to a segment
+            // (64 KiB) past a full buffer into the room left in its last packet. Were that slack used
+            // up one write per probe, a client that reads nothing would pass a probe per HTTP/2 frame
+            // (measured: four, at 16 KiB each). In one go, it buys such a client one more send_timeout.
+            Poll::Pending if self.state.probing() => match self.inner.write_now(bufs) {
+                Ok(written) => {
+                    if written > 0 {
+                        self.state.probe_took_bytes();
+                    }
+                    Poll::Ready(Ok(written))
+                }
+                // No room: the stall stands, and the runtime holds the waker of the write it refused.
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
+                Err(error) => Poll::Ready(Err(error)),
+            },
+            polled => polled,
+        };
+        match &polled {
+            Poll::Pending => self.state.on_write_pending(),
+            Poll::Ready(Ok(written)) if *written > 0 => self.state.on_write_progress(),
+            // An error ends the connection anyway, and an empty write says nothing about the client.
+            Poll::Ready(_) => {}
+        }
+        polled
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
@@ -545,9 +740,10 @@ impl AsyncRead for WatchedIo {
     }
 }
 
-impl AsyncWrite for WatchedIo {
+impl<S: AsyncWrite + WriteNow + Unpin> AsyncWrite for WatchedIo<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.after_write(polled, &[io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -555,13 +751,15 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.after_write(polled, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
 
+    // A TCP socket's flush and shutdown never wait for the client: only writes tell whether it reads.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
@@ -595,7 +793,8 @@ pub fn ready_line(public: SocketAddr, admin: SocketAddr) -> String {
 mod tests {
     use super::*;
 
-    const TIMEOUTS: Timeouts = Timeouts { header_read: Duration::from_secs(2), idle: Duration::from_secs(10) };
+    const TIMEOUTS: Timeouts =
+        Timeouts { header_read: Duration::from_secs(2), idle: Duration::from_secs(10), send: Duration::from_secs(5) };
 
     #[test]
     fn the_refusal_is_a_whole_http_response_that_closes() {
@@ -649,5 +848,182 @@ mod tests {
         assert!(state.deadline(TIMEOUTS).is_none());
         drop(second);
         assert!(state.deadline(TIMEOUTS).is_some());
+    }
+
+    const SECOND: u64 = 1000;
+
+    fn after(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn a_stalled_write_gives_a_send_deadline_even_while_a_request_is_in_flight() {
+        let busy = Snapshot { in_flight: true, any_request: true, ..Snapshot::default() };
+        assert_eq!(deadline_after_open(busy, TIMEOUTS), None, "a request in flight whose bytes are taken");
+        let stalled = Snapshot { write_pending_since_ms: Some(3 * SECOND), ..busy };
+        assert_eq!(
+            deadline_after_open(stalled, TIMEOUTS),
+            Some((after(3 * SECOND) + TIMEOUTS.send, Expiry::Send(3000)))
+        );
+    }
+
+    #[test]
+    fn the_earliest_of_the_send_and_the_idle_or_head_clocks_wins() {
+        // The last bytes of a response can wait in hyper's buffer after its request is done.
+        let idle = Snapshot { any_request: true, idle_since_ms: 2 * SECOND, ..Snapshot::default() };
+        let idle_at = after(2 * SECOND) + TIMEOUTS.idle;
+        assert_eq!(deadline_after_open(idle, TIMEOUTS), Some((idle_at, Expiry::Idle)));
+        let stalled_early = Snapshot { write_pending_since_ms: Some(2 * SECOND), ..idle };
+        assert_eq!(
+            deadline_after_open(stalled_early, TIMEOUTS),
+            Some((after(2 * SECOND) + TIMEOUTS.send, Expiry::Send(2 * SECOND)))
+        );
+        let stalled_late = Snapshot { write_pending_since_ms: Some(9 * SECOND), ..idle };
+        assert_eq!(deadline_after_open(stalled_late, TIMEOUTS), Some((idle_at, Expiry::Idle)));
+
+        // A pipelining client that sends its next head without reading the answers to the last ones.
+        let next_head = Snapshot { head_started_ms: Some(4 * SECOND), ..stalled_early };
+        assert_eq!(
+            deadline_after_open(next_head, TIMEOUTS),
+            Some((after(4 * SECOND) + TIMEOUTS.header_read, Expiry::Head))
+        );
+    }
+
+    #[test]
+    fn http2_uses_the_same_send_clock() {
+        let streams = Snapshot {
+            in_flight: true,
+            any_request: true,
+            http2: true,
+            write_pending_since_ms: Some(SECOND),
+            ..Snapshot::default()
+        };
+        assert_eq!(deadline_after_open(streams, TIMEOUTS), Some((after(SECOND) + TIMEOUTS.send, Expiry::Send(SECOND))));
+    }
+
+    /// A socket without a kernel: `runtime_ready` says whether the runtime lets a write through,
+    /// `room` how many bytes writes straight on the socket would still take.
+    #[derive(Default)]
+    struct FakeSocket {
+        runtime_ready: bool,
+        room: std::cell::Cell<usize>,
+        direct_writes: std::cell::Cell<usize>,
+    }
+
+    impl AsyncWrite for FakeSocket {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            if self.runtime_ready {
+                Poll::Ready(Ok(buf.len()))
+            } else {
+                Poll::Pending
+            }
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl WriteNow for FakeSocket {
+        fn write_now(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+            self.direct_writes.set(self.direct_writes.get() + 1);
+            let written = bufs.iter().map(|buf| buf.len()).sum::<usize>().min(self.room.get());
+            if written == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.room.set(self.room.get() - written);
+            Ok(written)
+        }
+    }
+
+    fn watched(socket: FakeSocket) -> (WatchedIo<FakeSocket>, Arc<ConnState>) {
+        let state = Arc::new(ConnState::new());
+        (WatchedIo { inner: socket, state: state.clone() }, state)
+    }
+
+    fn write(io: &mut WatchedIo<FakeSocket>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(io).poll_write(&mut Context::from_waker(std::task::Waker::noop()), bytes)
+    }
+
+    #[tokio::test]
+    async fn a_held_back_write_starts_the_send_clock_and_one_that_goes_through_stops_it() {
+        let (mut io, state) = watched(FakeSocket::default());
+        let _request = state.begin_request(http::Version::HTTP_11);
+        assert!(write(&mut io, b"body").is_pending());
+        assert!(state.write_pending_since().is_some());
+        assert!(matches!(state.deadline(TIMEOUTS), Some((_, Expiry::Send(_)))));
+
+        // More held-back writes keep the stall's start (hyper polls again on every wake-up).
+        state.write_pending_since_ms.store(1 + 1, Ordering::Relaxed);
+        assert!(write(&mut io, b"body").is_pending());
+        assert_eq!(state.write_pending_since(), Some(1));
+
+        io.inner.runtime_ready = true;
+        assert!(matches!(write(&mut io, b"body"), Poll::Ready(Ok(4))));
+        assert_eq!(state.write_pending_since(), None);
+        assert!(state.deadline(TIMEOUTS).is_none(), "in flight, and the client takes its bytes");
+        assert_eq!(io.inner.direct_writes.get(), 0, "no probe was asked for");
+    }
+
+    #[tokio::test]
+    async fn a_probe_writes_past_the_runtime_until_the_socket_refuses() {
+        let (mut io, state) = watched(FakeSocket { room: 6.into(), ..FakeSocket::default() });
+        assert!(write(&mut io, b"body").is_pending(), "without a probe, the runtime decides");
+        assert!(state.write_pending_since().is_some());
+
+        state.start_write_probe();
+        assert!(matches!(write(&mut io, b"body"), Poll::Ready(Ok(4))));
+        assert_eq!(state.write_pending_since(), None, "the client took bytes");
+        assert!(matches!(write(&mut io, b"body"), Poll::Ready(Ok(2))));
+        assert!(write(&mut io, b"body").is_pending(), "the socket is full again");
+        assert!(state.finish_write_probe(), "the probe took bytes");
+        assert!(state.write_pending_since().is_some(), "a new stall");
+
+        // Once the probe is over, the runtime decides again.
+        io.inner.room.set(100);
+        assert!(write(&mut io, b"body").is_pending());
+        assert_eq!(io.inner.direct_writes.get(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_probe_of_a_full_socket_leaves_the_stall_as_it_was() {
+        let (mut io, state) = watched(FakeSocket::default());
+        assert!(write(&mut io, b"body").is_pending());
+        let stalled = state.write_pending_since();
+        state.start_write_probe();
+        assert!(write(&mut io, b"body").is_pending());
+        assert!(!state.finish_write_probe());
+        assert_eq!(state.write_pending_since(), stalled);
+        assert_eq!(io.inner.direct_writes.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_goes_through_the_runtime_takes_no_probe() {
+        let (mut io, state) = watched(FakeSocket { runtime_ready: true, room: 100.into(), ..FakeSocket::default() });
+        state.start_write_probe();
+        assert!(matches!(write(&mut io, b"body"), Poll::Ready(Ok(4))));
+        assert!(!state.finish_write_probe(), "only writes the runtime held back are probes");
+        assert_eq!(io.inner.direct_writes.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_watchdog_wakes_when_a_write_stalls_while_a_request_is_in_flight() {
+        let state = Arc::new(ConnState::new());
+        let _request = state.begin_request(http::Version::HTTP_11);
+        let timeouts = Timeouts { send: Duration::from_millis(10), ..TIMEOUTS };
+        // The watchdog first waits with no deadline; the stall must wake it.
+        let stall = async {
+            tokio::task::yield_now().await;
+            state.on_write_pending();
+        };
+        let (expiry, ()) =
+            tokio::time::timeout(Duration::from_secs(5), async { tokio::join!(state.expired(timeouts), stall) })
+                .await
+                .expect("the watchdog saw the stall");
+        assert!(matches!(expiry, Expiry::Send(_)), "{expiry:?}");
     }
 }

@@ -8,6 +8,7 @@ mod scripted_origin;
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -491,26 +492,7 @@ async fn a_client_leaving_mid_body_and_a_slow_reader_do_not_disturb_others() {
     drop(leaver);
 
     // A reader at 1 KB/s with a small receive window, so the edge's writes to it block.
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("receive buffer");
-    let mut slow = Raw::from(socket.connect(edge.addr).await.expect("connect"));
-    slow.send(get("/big.ts").as_bytes()).await;
-    let slow_read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let slow_ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (read, ended) = (slow_read.clone(), slow_ended.clone());
-    let mut slow_reader = slow.reader;
-    let slow_task = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        let mut chunk = [0u8; 256];
-        loop {
-            tick.tick().await;
-            match slow_reader.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => read.fetch_add(n, std::sync::atomic::Ordering::SeqCst),
-            };
-        }
-        ended.store(true, std::sync::atomic::Ordering::SeqCst);
-    });
+    let slow = SlowReader::start(edge.addr, "/big.ts", 4096).await;
 
     // Meanwhile other clients get the whole object (stored whole although its first client left).
     let c = client();
@@ -525,13 +507,213 @@ async fn a_client_leaving_mid_body_and_a_slow_reader_do_not_disturb_others() {
         }
     }
     assert_serves_clean(&edge).await;
-    assert!(
-        eventually(Duration::from_secs(3), || async { slow_read.load(std::sync::atomic::Ordering::SeqCst) > 0 }).await,
-        "the slow reader got nothing"
-    );
-    assert!(!slow_ended.load(std::sync::atomic::Ordering::SeqCst), "the slow reader was cut off");
-    slow_task.abort();
+    assert!(eventually(Duration::from_secs(3), || async { slow.read() > 0 }).await, "the slow reader got nothing");
+    assert!(!slow.ended(), "the slow reader was cut off");
+    drop(slow);
     assert_serves_clean(&edge).await;
+}
+
+/// A client that asks for `path` and then reads 256 bytes every 250 ms (1 KB/s) through a receive
+/// buffer of `receive_buffer` bytes, so that the edge's writes to it block. It stops when dropped.
+struct SlowReader {
+    read: Arc<AtomicUsize>,
+    ended: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+    // Kept open: a client that shuts its side may be answered differently.
+    _writer: OwnedWriteHalf,
+}
+
+impl SlowReader {
+    async fn start(addr: SocketAddr, path: &str, receive_buffer: u32) -> SlowReader {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(receive_buffer).expect("receive buffer");
+        let mut raw = Raw::from(socket.connect(addr).await.expect("connect"));
+        raw.send(get(path).as_bytes()).await;
+        let (read, ended) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+        let (counted, finished) = (read.clone(), ended.clone());
+        let writer = raw.take_writer();
+        let mut reader = raw.reader;
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            let mut chunk = [0u8; 256];
+            loop {
+                tick.tick().await;
+                match reader.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => counted.fetch_add(n, Ordering::SeqCst),
+                };
+            }
+            finished.store(true, Ordering::SeqCst);
+        });
+        SlowReader { read, ended, task, _writer: writer }
+    }
+
+    fn read(&self) -> usize {
+        self.read.load(Ordering::SeqCst)
+    }
+
+    /// Whether the client saw the end of the connection. The edge's close reaches a slow reader only
+    /// after the bytes already in the sockets: [`open_connections`] says sooner whether it was cut.
+    fn ended(&self) -> bool {
+        self.ended.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for SlowReader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn open_connections(edge: &Edge) -> Option<f64> {
+    metric(edge, "eddy_edge_open_connections").await
+}
+
+const BIG_SIZE: usize = 16 << 20;
+
+/// A directory origin with `clean.ts` and a `big.ts` larger than what the edge's and a client's
+/// socket buffers hold together (a few MiB on loopback), so that a client that stops reading really
+/// leaves the edge with bytes it cannot send.
+fn big_origin() -> tempfile::TempDir {
+    let dir = directory_origin();
+    std::fs::write(dir.path().join("big.ts"), pattern(BIG_SIZE)).expect("write big.ts");
+    dir
+}
+
+/// Reads (and drops) what the edge sent until the connection ends; the bytes read.
+async fn drain(mut raw: Raw) -> usize {
+    let mut total = raw.buffer.len();
+    let mut chunk = vec![0u8; 256 * 1024];
+    loop {
+        match tokio::time::timeout(READ_LIMIT, raw.reader.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return total,
+            Ok(Ok(n)) => total += n,
+            Err(_) => panic!("the connection neither ended nor sent anything within {READ_LIMIT:?}"),
+        }
+    }
+}
+
+/// The defect: with no send timeout, clients that asked for a large object and never read kept their
+/// connections for ever; `max_connections` of them held every slot, and every viewer got 503.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_is_cut_after_send_timeout_and_frees_its_slot() {
+    const MAX: usize = 4;
+    let dir = big_origin();
+    let edge = edge_with(&format!("send_timeout = \"1s\"\nmax_connections = {MAX}\n"), dir_str(&dir));
+
+    let requested = Instant::now();
+    let mut stalled = Vec::new();
+    for _ in 0..MAX {
+        let mut raw = Raw::connect(edge.addr).await;
+        raw.send(get("/big.ts").as_bytes()).await;
+        stalled.push(raw);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async { open_connections(&edge).await == Some(MAX as f64) }).await,
+        "the {MAX} clients do not hold the {MAX} slots"
+    );
+
+    let freed = eventually(Duration::from_secs(10), || async { open_connections(&edge).await == Some(0.0) }).await;
+    let elapsed = requested.elapsed();
+    assert!(freed, "clients that read nothing still hold their slots 10 s in (send_timeout = 1s)");
+    assert!(elapsed >= Duration::from_millis(900), "cut after {elapsed:?}, before send_timeout");
+
+    // Each client gets what the sockets held at the close, then the end: never the whole object.
+    for (i, raw) in stalled.into_iter().enumerate() {
+        let received = drain(raw).await;
+        assert!(received < BIG_SIZE, "client {i} got {received} bytes: it was not cut");
+    }
+
+    // The slots are free: a normal client gets the whole object.
+    let response = client().get(edge.url("/big.ts")).send().await.expect("an answer");
+    assert_eq!(response.status(), 200);
+    let body = response.bytes().await.expect("the whole body");
+    assert!(body.as_ref() == pattern(BIG_SIZE).as_slice(), "a damaged body ({} bytes)", body.len());
+    assert_serves_clean(&edge).await;
+}
+
+/// An HTTP/2 request from a client that opens its flow-control windows wide (so the edge writes until
+/// the socket is full) and then reads nothing, written by hand: no HTTP/2 client library stops reading.
+fn http2_request_never_read(path: &str) -> Vec<u8> {
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let length = u32::try_from(payload.len()).expect("a small frame").to_be_bytes();
+        let mut frame = vec![length[1], length[2], length[3], kind, flags];
+        frame.extend_from_slice(&stream.to_be_bytes());
+        frame.extend_from_slice(payload);
+        frame
+    }
+    const MAX_WINDOW: u32 = (1 << 31) - 1;
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS: SETTINGS_INITIAL_WINDOW_SIZE (0x4) for every stream, then the connection's window.
+    let mut settings = vec![0x00, 0x04];
+    settings.extend_from_slice(&MAX_WINDOW.to_be_bytes());
+    bytes.extend(frame(0x4, 0, 0, &settings));
+    bytes.extend(frame(0x8, 0, 0, &(MAX_WINDOW - 65_535).to_be_bytes()));
+    // HEADERS on stream 1, END_STREAM | END_HEADERS, in HPACK: :method GET and :scheme http from the
+    // static table, :path and :authority as literals with an indexed name (RFC 7541 §6.2.2).
+    let mut block = vec![0x82, 0x86];
+    for (index, value) in [(0x04u8, path), (0x01, "127.0.0.1")] {
+        block.push(index);
+        block.push(u8::try_from(value.len()).expect("a short value"));
+        block.extend_from_slice(value.as_bytes());
+    }
+    bytes.extend(frame(0x1, 0x1 | 0x4, 1, &block));
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_client_that_stops_reading_is_cut_after_send_timeout_too() {
+    let dir = big_origin();
+    // :authority must be a listed server name (see the HTTP/2 test above).
+    let edge = edge_with("send_timeout = \"1s\"\nserver_names = [\"127.0.0.1\"]\n", dir_str(&dir));
+    let requested = Instant::now();
+    let mut raw = Raw::connect(edge.addr).await;
+    raw.send(&http2_request_never_read("/big.ts")).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async { open_connections(&edge).await == Some(1.0) }).await,
+        "the HTTP/2 connection was not counted"
+    );
+    let freed = eventually(Duration::from_secs(10), || async { open_connections(&edge).await == Some(0.0) }).await;
+    let elapsed = requested.elapsed();
+    assert!(freed, "an HTTP/2 client that reads nothing still holds its slot 10 s in (send_timeout = 1s)");
+    assert!(elapsed >= Duration::from_millis(900), "cut after {elapsed:?}, before send_timeout");
+    let received = drain(raw).await;
+    assert!(received < BIG_SIZE, "the HTTP/2 client got {received} bytes: it was not cut");
+
+    let h2 = reqwest::Client::builder().no_proxy().http2_prior_knowledge().timeout(READ_LIMIT).build().expect("client");
+    let response = h2.get(edge.url("/big.ts")).send().await.expect("an h2 answer");
+    assert_eq!((response.version(), response.status()), (reqwest::Version::HTTP_2, reqwest::StatusCode::OK));
+    let body = response.bytes().await.expect("the whole body");
+    assert!(body.as_ref() == pattern(BIG_SIZE).as_slice(), "a damaged body ({} bytes)", body.len());
+}
+
+/// The other side of send_timeout: a client that reads slowly but steadily is never cut, even when
+/// send_timeout is much shorter than its download.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_reader_that_keeps_reading_outlives_send_timeout() {
+    let dir = big_origin();
+    let edge = edge_with("send_timeout = \"1s\"\n", dir_str(&dir));
+    // The smallest receive buffer the kernel allows (about 2 KiB), so that the client's kernel takes
+    // bytes within every second at 1 KB/s (measured: 576 to 1,728 bytes a second). With a larger buffer
+    // it takes them in bursts further apart (4 KiB: one every 8 s or so; loopback's default: about a
+    // minute), and until a burst comes no edge can tell the client from one that stopped reading.
+    let slow = SlowReader::start(edge.addr, "/big.ts", 1).await;
+    // Four send_timeouts, watched from the edge's side: its close would reach the client late.
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let watching = Instant::now();
+    while watching.elapsed() < Duration::from_secs(4) {
+        tick.tick().await;
+        let open = open_connections(&edge).await;
+        assert_eq!(
+            open,
+            Some(1.0),
+            "the slow reader was cut after {:?} ({} bytes read)",
+            watching.elapsed(),
+            slow.read()
+        );
+    }
+    assert!(slow.read() >= 3000, "the slow reader read only {} bytes in 4 s", slow.read());
+    assert!(!slow.ended(), "the slow reader saw its connection end");
 }
 
 /// Sends `request` while reading, so that an early answer and close do not block the writer.
