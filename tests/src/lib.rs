@@ -149,3 +149,26 @@ pub fn start_edge(args: &[&str]) -> Result<Edge> {
     let admin = process.addr_after("admin on ")?;
     Ok(Edge { process, addr, admin })
 }
+
+/// A memory figure of a process in KiB, from `/proc/PID/status` (`field` as written there, e.g.
+/// `"VmRSS:"` for the resident set, `"VmHWM:"` for its peak).
+pub fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading /proc status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow!("no {field} in /proc/{pid}/status"))
+}
+
+/// An error and its causes on one line (a client library's top-level message alone says little).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -84,6 +84,15 @@ async fn no_flight_left(edge: &Edge) {
     }
 }
 
+/// The origin's raw answer is served as `expected` and stored as such (the next request is a HIT).
+async fn served_whole_and_stored(raw: Vec<u8>, expected: &[u8]) {
+    let mut s = setup(vec![Script::Raw(raw), good()]).await;
+    let (status, body) = fetch(&s.edge.url("/a.ts")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body.expect("whole"), expected);
+    afterwards(&mut s, "/a.ts", expected, "HIT").await;
+}
+
 fn assert_truncated(outcome: &(u16, Result<Vec<u8>, String>), declared: usize) {
     match &outcome.1 {
         Err(_) => {}
@@ -134,11 +143,7 @@ async fn origin_reset_mid_body_truncates_and_stores_nothing() {
 async fn origin_body_longer_than_its_length_is_cut_at_the_length() {
     let mut raw = head_200(5).into_bytes();
     raw.extend_from_slice(b"12345EXTRA BYTES THAT BELONG TO NO MESSAGE");
-    let mut s = setup(vec![Script::Raw(raw), good()]).await;
-    let (status, body) = fetch(&s.edge.url("/a.ts")).await;
-    assert_eq!(status, 200);
-    assert_eq!(body.expect("whole"), b"12345");
-    afterwards(&mut s, "/a.ts", b"12345", "HIT").await;
+    served_whole_and_stored(raw, b"12345").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -254,11 +259,7 @@ async fn origin_conflicting_content_lengths_are_a_502() {
 async fn origin_duplicate_equal_content_lengths_are_one_length() {
     let raw =
         b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n12345".to_vec();
-    let mut s = setup(vec![Script::Raw(raw), good()]).await;
-    let (status, body) = fetch(&s.edge.url("/a.ts")).await;
-    assert_eq!(status, 200);
-    assert_eq!(body.expect("whole"), b"12345");
-    afterwards(&mut s, "/a.ts", b"12345", "HIT").await;
+    served_whole_and_stored(raw, b"12345").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use eddy_tests::start_edge;
+use eddy_tests::{proc_status_kib, start_edge};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -70,15 +70,6 @@ async fn serve(mut stream: TcpStream, sent: Arc<AtomicU64>) {
     }
 }
 
-fn vm_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("field present")
-}
-
 /// Opens a request and reads only the head: a client that then stops reading.
 async fn stalled_client(addr: std::net::SocketAddr, target: &str, range: Option<&str>) -> (TcpStream, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
@@ -111,7 +102,7 @@ async fn memory_stays_bounded_with_slow_clients_and_ranges_of_huge_objects() {
     let ranged = warm.get(edge.url("/cacheable")).header("range", "bytes=1-2").send().await.expect("range");
     assert_eq!(ranged.status(), 206);
     assert_eq!(ranged.bytes().await.expect("body").len(), 2);
-    let baseline = vm_kib(pid, "VmRSS:");
+    let baseline = proc_status_kib(pid, "VmRSS:").expect("memory figure");
 
     let mut held = Vec::new();
     for _ in 0..8 {
@@ -148,7 +139,7 @@ async fn memory_stays_bounded_with_slow_clients_and_ranges_of_huge_objects() {
     eprintln!("origin sent {origin_sent_mib} MiB");
     // Each object is 1 GiB: less than that in all means no fetch ran ahead of its client.
     assert!(origin_sent_mib < 1024, "the origin sent {origin_sent_mib} MiB to clients that read nothing");
-    let peak = vm_kib(pid, "VmHWM:");
+    let peak = proc_status_kib(pid, "VmHWM:").expect("memory figure");
     let grown_mib = peak.saturating_sub(baseline) / 1024;
     eprintln!("baseline {baseline} KiB, peak {peak} KiB");
     assert!(grown_mib < 64, "peak RSS grew by {grown_mib} MiB (baseline {baseline} KiB, peak {peak} KiB)");

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use eddy_tests::{bin_path, spawn_until_ready, Edge};
+use eddy_tests::{bin_path, proc_status_kib, spawn_until_ready, Edge};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -454,21 +454,11 @@ async fn read_checked(
             }
             // A stuck body is not a fault path's expected truncation: it says so.
             Err(error) if error.is_timeout() => return Err(format!("body stuck after {offset} bytes")),
-            Err(error) => return Err(format!("body broke off after {offset} bytes: {}", chain(&error))),
+            Err(error) => {
+                return Err(format!("body broke off after {offset} bytes: {}", eddy_tests::error_chain(&error)))
+            }
         }
     }
-}
-
-/// An error and its causes on one line (reqwest's own message alone says little).
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn is_hit(response: &reqwest::Response) -> bool {
@@ -499,7 +489,7 @@ async fn run(client: &reqwest::Client, base: &str, catalog: &Catalog, op: &Op) -
         Err(error) if matches!(op, Op::Fault(Kind::Reset, _)) && !error.is_connect() && !error.is_timeout() => {
             return Outcome::ClosedBeforeHead
         }
-        Err(error) => return Outcome::Error(format!("no response: {}", chain(&error))),
+        Err(error) => return Outcome::Error(format!("no response: {}", eddy_tests::error_chain(&error))),
     };
     let status = response.status().as_u16();
     let hit = is_hit(&response);
@@ -610,15 +600,6 @@ async fn client_loop(
 // ---------------------------------------------------------------------------------------------------
 // The edge, its memory and its stats
 
-fn vm_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("field present")
-}
-
 async fn stats(client: &reqwest::Client, edge: &Edge) -> serde_json::Value {
     let body = client.get(edge.admin_url("/stats")).send().await.expect("stats").bytes().await.expect("body");
     serde_json::from_slice(&body).expect("json")
@@ -671,7 +652,7 @@ async fn soak_mixed_load_keeps_errors_at_zero_and_memory_bounded() {
         let outcome = run(&admin, &base, &catalog, &op).await;
         assert!(matches!(outcome, Outcome::Correct { .. }), "warm-up {op:?}: {outcome:?}");
     }
-    let baseline_kib = vm_kib(pid, "VmRSS:");
+    let baseline_kib = proc_status_kib(pid, "VmRSS:").expect("memory figure");
 
     // RSS while the load runs, sampled every 100 ms (VmHWM at the end is the true peak). The highest
     // sample of each half of the run is reported: RSS that keeps climbing would be a leak.
@@ -681,7 +662,7 @@ async fn soak_mixed_load_keeps_errors_at_zero_and_memory_bounded() {
         tokio::spawn(async move {
             let mut samples = Vec::new();
             while sampling.load(Ordering::Relaxed) {
-                samples.push(vm_kib(pid, "VmRSS:"));
+                samples.push(proc_status_kib(pid, "VmRSS:").expect("memory figure"));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             samples
@@ -729,8 +710,8 @@ async fn soak_mixed_load_keeps_errors_at_zero_and_memory_bounded() {
         tokio::time::sleep(Duration::from_millis(20)).await;
         last = stats(&admin, &edge).await;
     }
-    let peak_kib = vm_kib(pid, "VmHWM:").max(first_half_kib).max(second_half_kib);
-    let end_kib = vm_kib(pid, "VmRSS:");
+    let peak_kib = proc_status_kib(pid, "VmHWM:").expect("memory figure").max(first_half_kib).max(second_half_kib);
+    let end_kib = proc_status_kib(pid, "VmRSS:").expect("memory figure");
     let after = run(&admin, &base, &catalog, &Op::Get(Kind::Ok, 1)).await;
 
     // Latency of the requests on healthy paths (a stalled fault path takes first_byte_timeout by design).

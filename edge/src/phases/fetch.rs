@@ -516,9 +516,11 @@ async fn run_flight(edge: Arc<Edge>, mut guard: FillGuard, mut fill: FillRequest
     let max_object = edge.rules.max_object_size;
     let mut storable = verdict.storable && !fill.never_store && declared_length.is_none_or(|n| n <= max_object);
     let mut stored = false;
-    if storable && declared_length == Some(0) {
-        // An empty body is whole already, and a client may see the end of it (Content-Length: 0) as
-        // soon as the head is out: store first, so that its next request finds the object.
+    // A 204 has no body (RFC 9110 §15.3.5), whatever its headers say.
+    let body_less = declared_length == Some(0) || response.status == StatusCode::NO_CONTENT;
+    if storable && body_less {
+        // An empty body is whole already, and a client may see the end of it (Content-Length: 0, or a
+        // 204) as soon as the head is out: store first, so that its next request finds the object.
         store(&edge, &fill, response.status, &headers, Bytes::new(), &verdict).await;
         guard.unregister();
         stored = true;
