@@ -10,7 +10,6 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use crate::cache::CacheKey;
 use crate::phases::Edge;
 
 pub async fn handle(edge: Arc<Edge>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -76,7 +75,7 @@ async fn purge(edge: &Edge, request: &Request<Incoming>) -> Response<Full<Bytes>
         (Some(h), None) => h.to_string(),
         (None, _) => return text(StatusCode::BAD_REQUEST, "text/plain", format!("'{target}' has no host\n")),
     };
-    let key = CacheKey::primary(&host, url.path(), url.query(), &edge.config.cache.ignore_query_params);
+    let key = edge.cache_key(&host, url.path(), url.query());
     let purged = edge.storage.invalidate(&key).await;
     tracing::info!(key = %key, purged, "purge");
     text(

@@ -77,7 +77,7 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// File descriptors the edge needs besides client connections (listeners, origin pools, runtime, logs).
 const RESERVED_FDS: usize = 256;
 
-/// Binds both listeners and prints the ready line (`eddy-edge listening on ADDR admin on ADDR`).
+/// Binds both listeners. The caller prints the ready line (`ready_line`) once they are bound.
 pub async fn bind(edge: &Edge) -> anyhow::Result<(TcpListener, TcpListener)> {
     let public = TcpListener::bind(edge.config.listen)
         .await

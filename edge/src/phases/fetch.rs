@@ -1,4 +1,4 @@
-//! Phase 5: fetching a miss (or revalidating a stale copy) from the origin, coalesced: the first request
+//! Fetching a miss (or revalidating a stale copy) from the origin, coalesced: the first request
 //! for a key starts a flight that runs detached from every client; later ones join it. The flight stores
 //! the object only once its body has arrived whole (and matches Content-Length when one was given).
 //!
@@ -299,7 +299,13 @@ async fn answer_from_flight(
             // max_object_size, since it is being stored).
             drop(reader);
             return match flight.whole_body().await {
-                Ok(body) => Answer::Ready(outcome(range_response(head.status, headers, body, parts))),
+                Ok(body) => Answer::Ready(outcome(respond::whole_or_range(
+                    head.status,
+                    headers,
+                    body,
+                    &parts.headers,
+                    &parts.method,
+                ))),
                 Err(NotWhole::TooLarge) => Answer::ForwardRange,
                 Err(NotWhole::Failed(failure)) => {
                     Answer::Ready(stale_or_error(stale, &failure, parts, Instant::now(), forward))
@@ -366,30 +372,6 @@ fn byte_range(
     })
 }
 
-fn range_response(status: StatusCode, mut headers: HeaderMap, body: Bytes, parts: &Parts) -> http::Response<EdgeBody> {
-    let length = body.len() as u64;
-    let etag = headers.get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_string);
-    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    let (status, body) = match range::answer(&parts.headers, length, etag.as_deref()) {
-        RangeAnswer::Whole => (status, body),
-        RangeAnswer::Partial { start, end } => {
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{length}")) {
-                headers.insert(header::CONTENT_RANGE, v);
-            }
-            (StatusCode::PARTIAL_CONTENT, body.slice(start as usize..=end as usize))
-        }
-        RangeAnswer::Unsatisfiable => {
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{length}")) {
-                headers.insert(header::CONTENT_RANGE, v);
-            }
-            (StatusCode::RANGE_NOT_SATISFIABLE, Bytes::new())
-        }
-    };
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    let body = if parts.method == Method::HEAD { EdgeBody::empty() } else { EdgeBody::full(body) };
-    respond::response(status, headers, body)
-}
-
 fn serve_stale(object: &CachedObject, parts: &Parts, now: Instant, why: &str) -> Outcome {
     let stale_for = match object.lifecycle(now) {
         crate::cache::Lifecycle::Stale { stale_for }
@@ -423,13 +405,8 @@ fn stale_or_error(
         outcome.cache_status = "fwd=stale; detail=\"must revalidate, origin unreachable\"".into();
         return outcome;
     }
-    let (status, public) = if failure.timed_out {
-        (StatusCode::GATEWAY_TIMEOUT, "origin timed out")
-    } else {
-        (StatusCode::BAD_GATEWAY, "origin unreachable or failed")
-    };
-    let mut outcome = Outcome::error(status, public, failure.message.clone());
-    outcome.cache_status = format!("fwd={}; detail=\"{public}\"", forward.as_str());
+    let mut outcome = Outcome::origin_failed(failure.timed_out, failure.message.clone());
+    outcome.cache_status = format!("fwd={}; detail=\"origin failed\"", forward.as_str());
     outcome
 }
 

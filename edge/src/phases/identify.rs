@@ -1,4 +1,4 @@
-//! Phase 1: who is asking. The identity keys rate limits and appears in the access log.
+//! Who is asking. The identity keys rate limits and appears in the access log.
 //!
 //! Rules come from `rate_limit.identify`, tried in order; the first that yields an identity wins:
 //! - `x-api-key` → `api-key:<value>`;

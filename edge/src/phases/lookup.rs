@@ -1,4 +1,4 @@
-//! Phase 4: the cache lookup. A fresh object is a hit; a stale one within stale-while-revalidate is
+//! The cache lookup. A fresh object is a hit; a stale one within stale-while-revalidate is
 //! served while one background refresh runs; otherwise the request goes on to `fetch` (a miss, or a
 //! revalidation of the stale copy, which may still be served if the origin fails).
 
@@ -13,11 +13,10 @@ use super::respond::{self, CacheResult, Outcome};
 use super::route::Target;
 use super::Edge;
 use crate::cache::storage::Found;
-use crate::cache::{CacheKey, Lifecycle};
+use crate::cache::Lifecycle;
 
 pub async fn serve(edge: &Arc<Edge>, parts: &Parts, target: &Target, peer: SocketAddr) -> Outcome {
-    let key =
-        CacheKey::primary(&target.host, &target.path, target.query.as_deref(), &edge.config.cache.ignore_query_params);
+    let key = edge.cache_key(&target.host, &target.path, target.query.as_deref());
     let object = match edge.storage.lookup(&key, &parts.headers).await {
         Found::Object(object) => object,
         Found::Miss => return fetch::fetch(edge, key, parts, target, None, peer, fetch::Forward::UriMiss).await,

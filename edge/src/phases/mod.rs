@@ -1,12 +1,14 @@
-//! The request's path through the edge, one phase per module, in the order a request meets them:
+//! The request's path through the edge, one phase per module. `handle` runs them, and its order is the
+//! one that counts:
 //!
-//! 1. `route`: is this a request we serve (host, target form)? The edge is never an open proxy.
-//! 2. `identify`: who is the client?
-//! 3. rate limit (`crate::ratelimit`), before any cache lookup so that hits cannot bypass it.
-//! 4. `lookup`: the cache lookup and the hit / stale / miss decision.
-//! 5. `fetch`: a miss or revalidation, coalesced so the origin sees each object once.
-//!    `pass`: methods that are not cached go straight to the origin and invalidate the stored URL.
-//! 6. `respond`: the response and the headers every response carries.
+//! - `identify`: who is the client? (Computed for every request, refused ones too: the access log
+//!   records it.)
+//! - `route`: is this a request we serve (host, target form, path)? The edge is never an open proxy.
+//! - rate limit (`crate::ratelimit`), before any cache lookup so that hits cannot bypass it.
+//! - `lookup`: the cache lookup and the hit / stale / miss decision.
+//! - `fetch`: a miss or revalidation, coalesced so the origin sees each object once.
+//!   `pass`: methods that are not cached go straight to the origin.
+//! - `respond`: the response and the headers every response carries.
 //!
 //! Access logging and metrics wrap the whole path (`handle`).
 
@@ -34,7 +36,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use crate::body::{BodyError, EdgeBody};
 use crate::cache::coalesce::Flights;
 use crate::cache::policy::CacheRules;
-use crate::cache::Storage;
+use crate::cache::{CacheKey, Storage};
 use crate::config::Config;
 use crate::metrics::{CacheGauges, Metrics};
 use crate::origin::OriginSet;
@@ -122,6 +124,12 @@ impl Edge {
             request_ids: RequestIds::new(),
             config,
         })
+    }
+
+    /// The primary cache key of a request for `host`, `path` and `query`: the one place keys are built
+    /// from requests (lookups, invalidations, purges), so that they always agree.
+    pub fn cache_key(&self, host: &str, path: &str, query: Option<&str>) -> CacheKey {
+        CacheKey::primary(host, path, query, &self.config.cache.ignore_query_params)
     }
 
     pub fn gauges(&self) -> CacheGauges {

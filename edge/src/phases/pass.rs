@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use http::request::Parts;
-use http::{header, HeaderMap, Method, StatusCode};
+use http::{header, HeaderMap, Method};
 use hyper::body::Incoming;
 
 use super::origin_request::{self, Forwarding};
@@ -17,7 +17,6 @@ use super::route::Target;
 use super::Edge;
 use crate::body::{BodyError, EdgeBody};
 use crate::cache::policy::remove_hop_by_hop;
-use crate::cache::CacheKey;
 use crate::origin::OriginRequest;
 use crate::request_body::read_to_bytes;
 
@@ -60,14 +59,7 @@ pub async fn forward(edge: &Arc<Edge>, parts: &Parts, body: Incoming, target: &T
                 false,
             )
         }
-        Err(error) => {
-            let (status, public) = if error.is_timeout() {
-                (StatusCode::GATEWAY_TIMEOUT, "origin timed out")
-            } else {
-                (StatusCode::BAD_GATEWAY, "origin unreachable or failed")
-            };
-            Outcome::error(status, public, error.to_string())
-        }
+        Err(error) => Outcome::origin_failed(error.is_timeout(), error.to_string()),
     }
 }
 
@@ -80,8 +72,7 @@ fn is_unsafe(method: &Method) -> bool {
 /// `Location` and `Content-Location` (RFC 9111 §4.4; other hosts' URLs are never touched, so that
 /// one origin cannot purge another's objects).
 async fn invalidate(edge: &Edge, target: &Target, response: &HeaderMap) {
-    let ignored = &edge.config.cache.ignore_query_params;
-    edge.storage.invalidate(&CacheKey::primary(&target.host, &target.path, target.query.as_deref(), ignored)).await;
+    edge.storage.invalidate(&edge.cache_key(&target.host, &target.path, target.query.as_deref())).await;
     let base = format!("http://{}{}", if target.host.is_empty() { "edge.invalid" } else { &target.host }, target.path);
     let Ok(base) = url::Url::parse(&base) else { return };
     for name in [header::LOCATION, header::CONTENT_LOCATION] {
@@ -90,7 +81,7 @@ async fn invalidate(edge: &Edge, target: &Target, response: &HeaderMap) {
         let same_host =
             url.host_str() == base.host_str() && url.port_or_known_default() == base.port_or_known_default();
         if same_host && matches!(url.scheme(), "http" | "https") {
-            let key = CacheKey::primary(&target.host, url.path(), url.query(), ignored);
+            let key = edge.cache_key(&target.host, url.path(), url.query());
             edge.storage.invalidate(&key).await;
         }
     }

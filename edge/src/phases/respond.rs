@@ -1,4 +1,4 @@
-//! The last phase: turning a stored object or a flight into the client's response, and the headers every
+//! Turning a stored object or a flight into the client's response, and the headers every
 //! response carries (`Age`, `Cache-Status` per RFC 9211, `X-Cache`, CORS).
 
 use std::sync::OnceLock;
@@ -79,6 +79,16 @@ impl Outcome {
         outcome
     }
 
+    /// The answer when an origin could not be used: 504 when it timed out, 502 otherwise, with a
+    /// generic reason for the client and the details for the log.
+    pub fn origin_failed(timed_out: bool, detail: impl Into<String>) -> Outcome {
+        if timed_out {
+            Outcome::error(StatusCode::GATEWAY_TIMEOUT, "origin timed out", detail)
+        } else {
+            Outcome::error(StatusCode::BAD_GATEWAY, "origin unreachable or failed", detail)
+        }
+    }
+
     /// An answer from the cache or an origin, with how the cache took part.
     pub fn served(
         response: Response<EdgeBody>,
@@ -102,10 +112,26 @@ pub fn from_object(object: &CachedObject, method: &Method, request: &HeaderMap, 
         }
         Precondition::Failed => return precondition_failed(headers),
     }
-    let length = object.body.len() as u64;
-    let etag = object.headers.get(header::ETAG).and_then(|v| v.to_str().ok());
-    let answer =
-        if object.status == StatusCode::OK { range::answer(request, length, etag) } else { RangeAnswer::Whole };
+    whole_or_range(object.status, headers, object.body.clone(), request, method)
+}
+
+/// The one answer built from a whole body in hand: 206 or 416 for a single byte range of a 200 (RFC 9110
+/// §14), the whole body otherwise; Content-Length set to what is sent; no body for HEAD. Used for hits
+/// and for ranges cut from a body fetched whole.
+pub fn whole_or_range(
+    status: StatusCode,
+    mut headers: HeaderMap,
+    body: Bytes,
+    request: &HeaderMap,
+    method: &Method,
+) -> Response<EdgeBody> {
+    let length = body.len() as u64;
+    let answer = if status == StatusCode::OK {
+        let etag = headers.get(header::ETAG).and_then(|v| v.to_str().ok());
+        range::answer(request, length, etag)
+    } else {
+        RangeAnswer::Whole
+    };
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     let (status, body) = match answer {
         RangeAnswer::Whole => {
@@ -114,14 +140,14 @@ pub fn from_object(object: &CachedObject, method: &Method, request: &HeaderMap, 
             if stored_length != Some(length) {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
             }
-            (object.status, object.body.clone())
+            (status, body)
         }
         RangeAnswer::Partial { start, end } => {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
             if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{length}")) {
                 headers.insert(header::CONTENT_RANGE, v);
             }
-            (StatusCode::PARTIAL_CONTENT, object.body.slice(start as usize..=end as usize))
+            (StatusCode::PARTIAL_CONTENT, body.slice(start as usize..=end as usize))
         }
         RangeAnswer::Unsatisfiable => {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));

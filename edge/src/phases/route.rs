@@ -1,4 +1,4 @@
-//! Phase 1: is this a request this edge serves at all? The edge is a reverse proxy for its configured
+//! Is this a request this edge serves at all? The edge is a reverse proxy for its configured
 //! origins only: it never forwards to a host named by the client, and a request it cannot read one way
 //! only is refused before it reaches the cache or an origin.
 //!

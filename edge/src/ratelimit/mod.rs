@@ -1,4 +1,4 @@
-//! Per-client rate limiting, phase 2 of the request path (after `identify`, before the cache lookup so
+//! Per-client rate limiting, on the request path after `identify` and `route` and before the cache lookup (so
 //! that cache hits cannot bypass it; the admin listener is never limited).
 //!
 //! - `config`: the `[rate_limit]` keys and their checks.

@@ -311,7 +311,7 @@ mod tests {
 
     #[test]
     fn alternating_bandwidth_around_a_rung_does_not_oscillate() {
-        // Around rung 2's bitrate / UP_SAFETY: 1.6 and 2.0 Mbps in turn.
+        // Bandwidth alternating just around what rung 2 needs: 1.6 and 2.0 Mbps in turn.
         let link: Vec<f64> = (0..30).map(|i| if i % 2 == 0 { 1_600_000.0 } else { 2_000_000.0 }).collect();
         let chosen = run(&link);
         let switches = chosen.windows(2).skip(5).filter(|w| w[0] != w[1]).count();
