@@ -137,6 +137,9 @@ pub struct CacheConfig {
     /// A targeted cache-control field of this fleet's own (RFC 9213), e.g. `Eddy-Cache-Control`; it
     /// takes precedence over `CDN-Cache-Control`, which takes precedence over `Cache-Control`.
     pub targeted_header: Option<String>,
+    /// Memory all fills together may hold in bodies they keep whole for storing; a fill that would go
+    /// over streams through unstored instead.
+    pub fill_memory: ByteSize,
 }
 
 impl Default for CacheConfig {
@@ -159,6 +162,7 @@ impl Default for CacheConfig {
             set_cookie: SetCookie::Pass,
             heuristic_max_ttl: HumanDuration(Duration::from_secs(86_400)),
             targeted_header: None,
+            fill_memory: ByteSize(256 << 20),
         }
     }
 }
@@ -347,6 +351,9 @@ impl Config {
         }
         if self.cache.size.0 == 0 {
             return Err(invalid(origin, "cache.size", "must be greater than 0"));
+        }
+        if self.cache.fill_memory.0 == 0 {
+            return Err(invalid(origin, "cache.fill_memory", "must be greater than 0"));
         }
         if self.cache.max_object_size.0 == 0 {
             return Err(invalid(origin, "cache.max_object_size", "must be greater than 0"));

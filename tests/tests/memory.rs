@@ -148,3 +148,76 @@ async fn memory_stays_bounded_with_slow_clients_and_ranges_of_huge_objects() {
     assert_eq!(ranged.bytes().await.expect("body").len(), 10);
     drop(held);
 }
+
+/// An origin whose every object is `HELD_TOTAL` bytes long and cacheable, of which it sends
+/// `HELD_SENT` and then holds the rest back until the connection closes: fills that never end.
+async fn holding_origin() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let response =
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {HELD_TOTAL}\r\nCache-Control: max-age=3600\r\n\r\n");
+                if stream.write_all(response.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![0x33u8; 64 * 1024];
+                for _ in 0..HELD_SENT / chunk.len() {
+                    if stream.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+                // Hold the rest back until the edge hangs up.
+                let _ = stream.read(&mut buffer).await;
+            });
+        }
+    });
+    url
+}
+
+const HELD_TOTAL: usize = 24 << 20;
+const HELD_SENT: usize = 20 << 20;
+
+/// Concurrent misses of large distinct objects, each storable (under max_object_size), used to keep
+/// one whole body each in memory while it arrived: 8 of them held 160 MiB. All fills together now
+/// keep at most `cache.fill_memory`; over it, a fill streams through unstored at its client's pace.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_fills_of_large_objects_are_bounded_by_fill_memory() {
+    let origin = holding_origin().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("edge.toml");
+    std::fs::write(&config, "[cache]\nfill_memory = \"16MiB\"\n").expect("config");
+    let edge = start_edge(&["--config", config.to_str().expect("utf8"), "--origin", &origin, "--cache-size", "16MiB"])
+        .expect("edge");
+    let pid = edge.process.pid();
+    let baseline = proc_status_kib(pid, "VmRSS:").expect("memory figure");
+    let mut held = Vec::new();
+    for i in 0..8 {
+        let (stream, head) = stalled_client(edge.addr, &format!("/large/{i}.mp4"), None).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        held.push(stream);
+    }
+    // Wait (bounded) until the edge's memory stops growing: every fill is then held back.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (mut last, mut quiet_polls) = (0, 0);
+    while quiet_polls < 5 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = proc_status_kib(pid, "VmRSS:").expect("memory figure");
+        quiet_polls = if now.abs_diff(last) < 512 { quiet_polls + 1 } else { 0 };
+        last = now;
+    }
+    let peak = proc_status_kib(pid, "VmHWM:").expect("memory figure");
+    let grown_mib = peak.saturating_sub(baseline) / 1024;
+    eprintln!("baseline {baseline} KiB, peak {peak} KiB");
+    assert!(grown_mib < 64, "8 held fills grew peak RSS by {grown_mib} MiB (fill_memory is 16 MiB)");
+    drop(held);
+}

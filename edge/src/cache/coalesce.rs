@@ -19,6 +19,7 @@
 //! reader holds a [`FlightReader`] whose drop tells the fetch it has one reader less.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
@@ -129,23 +130,63 @@ impl Shared {
     /// Drops the chunks every reader has passed, and those more than `window` bytes behind the fastest
     /// reader: a slower reader that still needed them has fallen too far behind and is dropped when it
     /// asks.
-    fn trim_to(&mut self, window: u64) {
+    /// Returns the bytes dropped.
+    fn trim_to(&mut self, window: u64) -> u64 {
+        let mut dropped = 0u64;
         let fastest = self.readers.iter().flatten().max().copied().unwrap_or(self.end());
         let slowest = self.readers.iter().flatten().min().copied().unwrap_or(self.end());
         // Nobody needs what the slowest reader has passed; nobody may keep more than a window behind
         // the fastest.
         let keep_from = self.offset_of(slowest).max(self.offset_of(fastest).saturating_sub(window));
         while self.chunks.len() > 1 && self.starts.get(1).is_some_and(|&next| next <= keep_from) {
-            self.chunks.pop_front();
+            if let Some(chunk) = self.chunks.pop_front() {
+                dropped = dropped.saturating_add(chunk.len() as u64);
+            }
             self.starts.pop_front();
             self.first += 1;
         }
+        dropped
+    }
+}
+
+/// The memory all flights together may hold in bodies they keep whole for storing
+/// (`cache.fill_memory`). Without it, many concurrent misses of large distinct objects would each keep
+/// up to `max_object_size`; over it, a fill streams through the window and is not stored.
+#[derive(Debug)]
+pub struct FillBudget {
+    held: AtomicU64,
+    limit: u64,
+}
+
+impl FillBudget {
+    pub fn new(limit: u64) -> Self {
+        FillBudget { held: AtomicU64::new(0), limit }
+    }
+
+    fn take(&self, bytes: u64) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|&after| after <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: u64) {
+        self.held.fetch_sub(bytes.min(self.held.load(Ordering::Acquire)), Ordering::AcqRel);
+    }
+
+    /// Bytes held now by bodies being kept.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Acquire)
     }
 }
 
 pub struct Flight {
     /// The request headers of the request that started the flight, to compare Vary'd values.
     leader_request: HeaderMap,
+    budget: Arc<FillBudget>,
+    /// Bytes of this flight's kept body counted in `budget`, given back when it stops keeping or ends.
+    counted: AtomicU64,
     shared: Mutex<Shared>,
     /// Bumped by the fetch on every change (head, chunk, end).
     produced: watch::Sender<u64>,
@@ -173,9 +214,11 @@ pub enum NotWhole {
 pub struct NoReaders;
 
 impl Flight {
-    fn new(leader_request: &HeaderMap) -> Arc<Self> {
+    fn new(leader_request: &HeaderMap, budget: Arc<FillBudget>) -> Arc<Self> {
         Arc::new(Flight {
             leader_request: leader_request.clone(),
+            budget,
+            counted: AtomicU64::new(0),
             shared: Mutex::new(Shared {
                 phase: Phase::Pending,
                 chunks: VecDeque::new(),
@@ -249,9 +292,31 @@ impl Flight {
     /// The body will not be stored after all (it outgrew `max_object_size`): from now on it streams
     /// through the bounded window.
     pub fn stop_keeping(&self) {
+        // What is held stays counted until readers pass it and it is dropped: a reader that does not
+        // read keeps the bytes in memory, so they must keep their place in the budget.
         self.lock().window = Some(STREAM_WINDOW);
         // Wakes those waiting for the whole body, which they will not get now.
         self.bump_produced();
+    }
+
+    /// Counts `bytes` more of a body being kept against the fill budget; false when that would go over
+    /// it (the caller then stops keeping the body).
+    pub fn keep(&self, bytes: u64) -> bool {
+        if !self.budget.take(bytes) {
+            return false;
+        }
+        self.counted.fetch_add(bytes, Ordering::AcqRel);
+        true
+    }
+
+    /// Gives back to the fill budget up to `bytes` of what this flight counted (chunks it dropped).
+    fn give_back(&self, bytes: u64) {
+        let Ok(before) =
+            self.counted.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| Some(c.saturating_sub(bytes)))
+        else {
+            return;
+        };
+        self.budget.give_back(before.min(bytes));
     }
 
     /// Hands a chunk to the readers. While the body is not being kept, waits until the fastest reader
@@ -274,16 +339,15 @@ impl Flight {
                 return Err(NoReaders);
             }
         }
-        {
+        let dropped = {
             let mut shared = self.lock();
             let start = shared.total;
             shared.total = start.saturating_add(chunk.len() as u64);
             shared.chunks.push_back(chunk);
             shared.starts.push_back(start);
-            if let Some(window) = shared.window {
-                shared.trim_to(window);
-            }
-        }
+            shared.window.map_or(0, |window| shared.trim_to(window))
+        };
+        self.give_back(dropped);
         self.bump_produced();
         Ok(())
     }
@@ -394,6 +458,12 @@ impl Flight {
     }
 }
 
+impl Drop for Flight {
+    fn drop(&mut self) {
+        self.budget.give_back(*self.counted.get_mut());
+    }
+}
+
 /// One reader of a flight's body. Dropping it tells the fetch there is one reader less.
 pub struct FlightReader {
     flight: Arc<Flight>,
@@ -429,9 +499,9 @@ impl FlightReader {
         if position < shared.end() {
             let chunk = shared.chunks[position - shared.first].clone();
             shared.readers[self.slot] = Some(position + 1);
-            if let Some(window) = shared.window {
-                shared.trim_to(window);
-            }
+            let dropped = shared.window.map_or(0, |window| shared.trim_to(window));
+            drop(shared);
+            self.flight.give_back(dropped);
             return Next::Chunk(chunk);
         }
         match &shared.phase {
@@ -511,12 +581,28 @@ pub struct Joined {
 }
 
 /// The flights under way, by key. Cloning is cheap (one shared registry).
-#[derive(Default, Clone)]
+#[derive(Clone)]
 pub struct Flights {
     map: Arc<Mutex<HashMap<CacheKey, Arc<Flight>>>>,
+    budget: Arc<FillBudget>,
+}
+
+impl Default for Flights {
+    fn default() -> Self {
+        Flights::new(u64::MAX)
+    }
 }
 
 impl Flights {
+    /// The registry, with `fill_memory` bytes for the bodies its flights keep whole.
+    pub fn new(fill_memory: u64) -> Self {
+        Flights { map: Arc::default(), budget: Arc::new(FillBudget::new(fill_memory)) }
+    }
+
+    pub fn fill_budget(&self) -> &FillBudget {
+        &self.budget
+    }
+
     fn map(&self) -> MutexGuard<'_, HashMap<CacheKey, Arc<Flight>>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -529,7 +615,7 @@ impl Flights {
                 return Joined { flight: flight.clone(), reader, guard: None };
             }
         }
-        let flight = Flight::new(request);
+        let flight = Flight::new(request, self.budget.clone());
         let reader = flight.register().unwrap_or_else(|| unreachable!("a new flight has all its bytes"));
         map.insert(key.clone(), flight.clone());
         let guard = FillGuard { flight: flight.clone(), registration: Some((self.clone(), key.clone())) };
@@ -537,8 +623,8 @@ impl Flights {
     }
 
     /// A flight that no one else may join (per-client requests, e.g. with Authorization).
-    pub fn private(request: &HeaderMap) -> Joined {
-        let flight = Flight::new(request);
+    pub fn private(&self, request: &HeaderMap) -> Joined {
+        let flight = Flight::new(request, self.budget.clone());
         let reader = flight.register().unwrap_or_else(|| unreachable!("a new flight has all its bytes"));
         let guard = FillGuard { flight: flight.clone(), registration: None };
         Joined { flight, reader, guard: Some(guard) }
@@ -620,7 +706,7 @@ mod tests {
 
     #[tokio::test]
     async fn readers_stream_chunks_as_they_arrive() {
-        let joined = Flights::private(&HeaderMap::new());
+        let joined = Flights::default().private(&HeaderMap::new());
         let flight = joined.flight.clone();
         let mut early = Box::pin(joined.reader.into_stream());
         flight.publish_head(head(true));
@@ -635,7 +721,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_broken_body_ends_every_stream_with_an_error() {
-        let joined = Flights::private(&HeaderMap::new());
+        let joined = Flights::default().private(&HeaderMap::new());
         let flight = joined.flight.clone();
         flight.publish_head(head(true));
         flight.push(Bytes::from_static(b"ab")).await.expect("kept");
@@ -651,7 +737,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unstored_body_waits_for_its_reader_and_stops_when_it_leaves() {
-        let joined = Flights::private(&HeaderMap::new());
+        let joined = Flights::default().private(&HeaderMap::new());
         let flight = joined.flight.clone();
         flight.publish_head(head(false));
         let chunk = Bytes::from(vec![0u8; 512 * 1024]);
@@ -707,5 +793,23 @@ mod tests {
         assert!(!vary_matches(&names, &a, &b));
         assert!(!vary_matches(&names, &a, &HeaderMap::new()));
         assert!(vary_matches(&[], &a, &b));
+    }
+
+    /// cache.fill_memory: what bodies kept for storing hold together is bounded; a flight gives its
+    /// share back as its bytes are dropped, not before (a reader that does not read keeps them).
+    #[tokio::test]
+    async fn kept_bodies_share_one_bounded_budget() {
+        let flights = Flights::new(1000);
+        let first = flights.join(&key(), &HeaderMap::new());
+        assert!(first.flight.keep(600));
+        let other = flights.private(&HeaderMap::new());
+        assert!(!other.flight.keep(600), "over the budget");
+        assert!(other.flight.keep(400));
+        first.flight.stop_keeping();
+        assert_eq!(flights.fill_budget().held(), 1000, "stopping keeps the held bytes counted");
+        drop(first);
+        assert_eq!(flights.fill_budget().held(), 400, "a finished flight gives its share back");
+        drop(other);
+        assert_eq!(flights.fill_budget().held(), 0);
     }
 }

@@ -26,7 +26,7 @@ use super::route::Target;
 use super::Edge;
 use crate::body::{BodyError, EdgeBody};
 use crate::cache::coalesce::{
-    vary_matches, FillGuard, Flight, FlightFailure, FlightHead, FlightReader, Flights, HeadOutcome, Joined, NotWhole,
+    vary_matches, FillGuard, Flight, FlightFailure, FlightHead, FlightReader, HeadOutcome, Joined, NotWhole,
 };
 use crate::cache::policy::{self, judge_exchange, remove_hop_by_hop, Exchange, Verdict};
 use crate::cache::{CacheKey, CachedObject};
@@ -154,7 +154,7 @@ pub async fn fetch(
     for _ in 0..4 {
         let joined = match &plan {
             Plan::Join(flight_key) => edge.flights.join(flight_key, &parts.headers),
-            Plan::Alone | Plan::ForwardRange => Flights::private(&parts.headers),
+            Plan::Alone | Plan::ForwardRange => edge.flights.private(&parts.headers),
         };
         let Joined { flight, reader, guard } = joined;
         let leader = guard.is_some();
@@ -549,9 +549,10 @@ async fn run_flight(edge: Arc<Edge>, mut guard: FillGuard, mut fill: FillRequest
                 if fill.panic_mid_body {
                     panic!("fault injected into the fill of {} (EDDY_TEST_PANIC_IN_FILL)", fill.path);
                 }
-                if storable && received > max_object {
-                    // Too big to keep: those already reading get it streamed; later requests fetch
-                    // their own instead of joining a flight that would hold the whole body.
+                if storable && (received > max_object || !flight.keep(chunk.len() as u64)) {
+                    // Too big to keep, or more than all fills together may hold (cache.fill_memory):
+                    // those already reading get it streamed; later requests fetch their own instead
+                    // of joining a flight that would hold the whole body.
                     storable = false;
                     flight.stop_keeping();
                     guard.unregister();

@@ -114,7 +114,7 @@ impl Edge {
         Ok(Edge {
             rules: CacheRules::from_config(&config.cache),
             storage,
-            flights: Flights::default(),
+            flights: Flights::new(config.cache.fill_memory.0),
             origins,
             metrics,
             ratelimit: RateLimiter::new(&config.rate_limit),
