@@ -117,7 +117,7 @@ impl Exchange {
     }
 }
 
-/// Where a response's freshness lifetime came from, for `Cache-Status` and the docs.
+/// Where a response's freshness lifetime came from (the precedence tests read it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LifetimeSource {
     Directive,
