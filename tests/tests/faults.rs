@@ -93,7 +93,11 @@ async fn served_whole_and_stored(raw: Vec<u8>, expected: &[u8]) {
     afterwards(&mut s, "/a.ts", expected, "HIT").await;
 }
 
+/// The client must see the answer as broken: a 200 whose body ends short or with an error, or, when
+/// the body failed before the edge had flushed the head, a connection closed with no head at all
+/// (status 0 here; see RELIABILITY.md). Never a whole-looking body.
 fn assert_truncated(outcome: &(u16, Result<Vec<u8>, String>), declared: usize) {
+    assert!(matches!(outcome.0, 200 | 0), "status {}", outcome.0);
     match &outcome.1 {
         Err(_) => {}
         Ok(body) => assert!(body.len() < declared, "a broken body was delivered as whole ({} bytes)", body.len()),
@@ -134,7 +138,6 @@ async fn origin_reset_mid_body_truncates_and_stores_nothing() {
     let mut s =
         setup(vec![Script::BreakOff { head: head_200(body.len()), partial: body[..40_000].to_vec() }, good()]).await;
     let outcome = fetch(&s.edge.url("/a.ts")).await;
-    assert_eq!(outcome.0, 200);
     assert_truncated(&outcome, body.len());
     afterwards(&mut s, "/a.ts", GOOD.as_bytes(), "MISS").await;
 }
@@ -151,7 +154,7 @@ async fn origin_chunked_body_without_its_last_chunk_stores_nothing() {
     let raw = b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n".to_vec();
     let mut s = setup(vec![Script::Raw(raw), good()]).await;
     let outcome = fetch(&s.edge.url("/a.ts")).await;
-    assert_eq!(outcome.0, 200);
+    assert!(matches!(outcome.0, 200 | 0), "status {}", outcome.0);
     assert!(outcome.1.is_err(), "a chunked body without its last chunk was delivered as whole");
     afterwards(&mut s, "/a.ts", GOOD.as_bytes(), "MISS").await;
 }
@@ -175,7 +178,6 @@ async fn origin_trickling_one_byte_a_second_is_cut_at_total_timeout() {
     ])
     .await;
     let outcome = fetch(&s.edge.url("/a.ts")).await;
-    assert_eq!(outcome.0, 200);
     assert_truncated(&outcome, body.len());
     afterwards(&mut s, "/a.ts", GOOD.as_bytes(), "MISS").await;
 }
