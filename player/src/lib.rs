@@ -4,6 +4,7 @@
 
 pub mod abr;
 pub mod crypto;
+pub mod events;
 pub mod fetch;
 pub mod pipeline;
 pub mod playlist;

@@ -1,4 +1,5 @@
-//! `eddy-play`: play an HLS URL with Eddy's ABR, or evaluate the ABR against baselines in virtual time.
+//! `eddy-play`: play an HLS URL with Eddy's ABR, evaluate the ABR against baselines in virtual time,
+//! or replay a recorded playback through it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +30,8 @@ struct Cli {
 enum Command {
     /// Run Eddy's ABR and the baselines against bandwidth traces in virtual time.
     Evaluate(sim::EvaluateArgs),
+    /// Replay a recorded playback (`--events`) through Eddy's ABR and check it decides the same.
+    Replay(sim::replay::ReplayArgs),
 }
 
 #[derive(Args, Debug)]
@@ -133,6 +136,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Evaluate(args)) => sim::run_evaluate(args),
+        Some(Command::Replay(args)) => sim::replay::run_replay(args),
         None => match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
             Ok(runtime) => runtime.block_on(run_player(cli.play)),
             Err(e) => Err(anyhow::Error::new(e).context("starting the async runtime")),

@@ -1,7 +1,6 @@
-//! What a playback produced: the QoE report (JSON), the event stream (JSON lines), the human summary
-//! and the SVG timeline.
+//! What a playback produced: the QoE report (JSON), the human summary and the SVG timeline. (The
+//! event stream is `crate::events`.)
 
-use std::io::Write;
 use std::path::Path;
 
 use serde::Serialize;
@@ -20,6 +19,8 @@ pub struct SegmentRecord {
     pub download_ms: u64,
     /// A download of this segment at a higher rendition was abandoned before this one.
     pub abandoned: bool,
+    /// Seconds of media.
+    pub duration_s: f64,
 }
 
 /// The `--report` JSON.
@@ -43,24 +44,38 @@ pub struct Report {
     pub segments: Vec<SegmentRecord>,
 }
 
+/// What [`Report::build`] summarises.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlaybackTotals {
+    pub url: String,
+    pub startup_ms: u64,
+    pub played_s: f64,
+    pub stall_count: u32,
+    pub stall_s: f64,
+    /// All bytes fetched.
+    pub bytes: u64,
+    pub abandoned_downloads: u32,
+    pub interrupted: bool,
+    /// The segments that (at least partly) played, in order.
+    pub segments: Vec<SegmentRecord>,
+}
+
 impl Report {
-    /// Builds the report; `durations_s` are the played segments' durations (same order).
-    #[allow(clippy::too_many_arguments)]
-    pub fn build(
-        url: String,
-        startup_ms: u64,
-        played_s: f64,
-        stall_count: u32,
-        stall_s: f64,
-        bytes: u64,
-        abandoned_downloads: u32,
-        interrupted: bool,
-        segments: Vec<SegmentRecord>,
-        durations_s: &[f64],
-    ) -> Self {
+    pub fn build(totals: PlaybackTotals) -> Self {
+        let PlaybackTotals {
+            url,
+            startup_ms,
+            played_s,
+            stall_count,
+            stall_s,
+            bytes,
+            abandoned_downloads,
+            interrupted,
+            segments,
+        } = totals;
         let bitrates: Vec<u64> = segments.iter().map(|s| s.bitrate_bps).collect();
-        let total_duration: f64 = durations_s.iter().sum();
-        let weighted: f64 = bitrates.iter().zip(durations_s).map(|(&b, &d)| b as f64 * d).sum();
+        let total_duration: f64 = segments.iter().map(|s| s.duration_s).sum();
+        let weighted: f64 = segments.iter().map(|s| s.bitrate_bps as f64 * s.duration_s).sum();
         Report {
             url,
             startup_ms,
@@ -115,34 +130,6 @@ pub struct TimelinePoint {
     pub estimate_bps: f64,
     pub bitrate_bps: f64,
     pub buffer_s: f64,
-}
-
-/// Streams JSON lines (`--events`), flushing each so a reader can follow along.
-pub struct EventWriter {
-    file: Option<std::io::BufWriter<std::fs::File>>,
-}
-
-impl EventWriter {
-    pub fn create(path: Option<&Path>) -> std::io::Result<Self> {
-        let file = match path {
-            Some(path) => Some(std::io::BufWriter::new(std::fs::File::create(path)?)),
-            None => None,
-        };
-        Ok(Self { file })
-    }
-
-    pub fn write(&mut self, event: &serde_json::Value) {
-        if let Some(file) = &mut self.file {
-            let result = serde_json::to_writer(&mut *file, event)
-                .map_err(std::io::Error::other)
-                .and_then(|()| file.write_all(b"\n"))
-                .and_then(|()| file.flush());
-            if let Err(e) = result {
-                tracing::warn!("cannot write the event log: {e}");
-                self.file = None;
-            }
-        }
-    }
 }
 
 /// Draws the timeline as SVG: bandwidth estimate and chosen bitrate (Mbps, left axis) and buffer level
@@ -201,13 +188,31 @@ mod tests {
     use super::*;
 
     fn segment(index: u64, bitrate_bps: u64) -> SegmentRecord {
-        SegmentRecord { index, rendition: 0, bitrate_bps, bytes: 1000, download_ms: 10, abandoned: false }
+        SegmentRecord {
+            index,
+            rendition: 0,
+            bitrate_bps,
+            bytes: 1000,
+            download_ms: 10,
+            abandoned: false,
+            duration_s: 2.0,
+        }
     }
 
     #[test]
     fn report_fields_follow_the_segments() {
         let segments = vec![segment(0, 1_000_000), segment(1, 3_000_000), segment(2, 3_000_000)];
-        let report = Report::build("u".into(), 100, 6.0, 1, 0.5, 5000, 0, false, segments, &[2.0, 2.0, 2.0]);
+        let report = Report::build(PlaybackTotals {
+            url: "u".into(),
+            startup_ms: 100,
+            played_s: 6.0,
+            stall_count: 1,
+            stall_s: 0.5,
+            bytes: 5000,
+            abandoned_downloads: 0,
+            interrupted: false,
+            segments,
+        });
         assert_eq!(report.switches, 1);
         assert_eq!(report.stall_ms, 500);
         assert!((report.rebuffer_ratio - 0.5 / 6.0).abs() < 1e-9);

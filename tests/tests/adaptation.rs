@@ -140,7 +140,10 @@ fn a_drop_brings_a_lower_rendition_within_two_segments_then_recovery_climbs_back
     let low = bandwidths[0] * 3 / 2; // just above the lowest rung
     let (drop_s, recover_s) = (6, 14);
     let setup = setup(&format!("{high}@0s,{low}@{drop_s}s,{high}@{recover_s}s"));
-    let report = play(&setup, &["--buffer", "6", "--duration", "26"]);
+    let events = setup.work.path().join("events.jsonl");
+    let events_arg = events.to_str().expect("utf8");
+    let report = play(&setup, &["--buffer", "6", "--duration", "26", "--events", events_arg]);
+    replay_agrees(&events);
 
     let requests = segment_requests(&setup.log);
     let after_drop: Vec<usize> =
@@ -184,6 +187,24 @@ fn a_collapse_mid_download_abandons_it_and_refetches_lower() {
              closed early: {given_up:?} {report}"
         );
     }
+}
+
+/// Replays a real playback's `--events` file through the ABR loop the simulator drives
+/// (`eddy_player::sim::replay`): every decision must come out the same, and there must be decisions
+/// at more than one rung (a replay of a session that never adapted would prove little).
+fn replay_agrees(events: &Path) {
+    let text = std::fs::read_to_string(events).expect("events written");
+    let records = eddy_player::events::read(&text).unwrap_or_else(|e| panic!("{}: {e}", events.display()));
+    let events: Vec<_> = records.into_iter().map(|r| r.event).collect();
+    let decisions = eddy_player::sim::replay::replay(&events, &mut eddy_player::abr::EddyAbr::new())
+        .unwrap_or_else(|e| panic!("replay: {e}"));
+    let differing: Vec<_> = decisions.iter().filter(|d| d.recorded != d.replayed).collect();
+    assert!(differing.is_empty(), "the replay differs from the playback: {differing:?}");
+    let mut rungs: Vec<usize> = decisions.iter().map(|d| d.recorded).collect();
+    rungs.dedup();
+    assert!(decisions.len() >= 10 && rungs.len() >= 3, "too little adaptation to compare: {decisions:?}");
+    let ends = events.iter().filter(|e| matches!(e, eddy_player::events::Event::End { .. })).count();
+    assert_eq!(ends, 1, "one end event");
 }
 
 /// Segment requests eddy-netsim saw closed early: (rung index, segment number).

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
+use eddy_player::events::{EndReason, Event, EventRecord};
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use serde_json::Value;
@@ -244,7 +245,8 @@ fn live_playlist(live: &Live, elapsed: Duration) -> String {
 struct Run {
     output: Output,
     report: Option<Value>,
-    events: Vec<Value>,
+    /// The `--events` file, every line read as the documented format (`eddy_player::events`).
+    events: Vec<EventRecord>,
 }
 
 impl Run {
@@ -286,11 +288,9 @@ fn play(url: &str, args: &[&str], work: &Path, timeout: Duration) -> Result<Run>
     }
     let output = Output { status, stdout, stderr };
     let report = std::fs::read(&report_path).ok().and_then(|data| serde_json::from_slice(&data).ok());
-    let events = std::fs::read_to_string(&events_path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| serde_json::from_str(line).ok())
-        .collect();
+    let events = eddy_player::events::read(&std::fs::read_to_string(&events_path).unwrap_or_default())
+        .map_err(anyhow::Error::msg)
+        .context("the --events file does not follow the documented format")?;
     Ok(Run { output, report, events })
 }
 
@@ -360,8 +360,8 @@ fn fetches_the_next_segment_while_the_current_one_plays_with_a_bounded_look_ahea
     let playing_ms = run
         .events
         .iter()
-        .find(|e| e["event"] == "playing")
-        .and_then(|e| e["unix_ms"].as_f64())
+        .find(|e| matches!(e.event, Event::Playing { .. }))
+        .map(|e| e.unix_ms as f64)
         .context("a 'playing' event")?;
     let uris = segment_uris(&content.join("240p/index.m3u8"))?;
     let requests = server.requests();
@@ -503,9 +503,9 @@ fn stops_at_the_requested_duration_without_a_stall_or_a_hang() -> Result<()> {
     assert_eq!(report["stall_count"], 0, "{report}");
     let played = report["played_s"].as_f64().unwrap_or(0.0);
     assert!((2.9..=3.5).contains(&played), "played {played} s: {report}");
-    assert!(!run.events.iter().any(|e| e["event"] == "stall"), "no stall event: {:?}", run.events);
+    assert!(!run.events.iter().any(|e| matches!(e.event, Event::Stall { .. })), "no stall event: {:?}", run.events);
     assert!(
-        run.events.iter().any(|e| e["event"] == "end" && e["reason"] == "DurationReached"),
+        run.events.iter().any(|e| matches!(e.event, Event::End { reason: EndReason::DurationReached, .. })),
         "ends because the duration was reached: {:?}",
         run.events
     );
@@ -535,8 +535,8 @@ fn measures_a_stall_when_a_segment_arrives_late() -> Result<()> {
     assert!((1000..=5000).contains(&stall_ms), "stall of {stall_ms} ms");
     assert!(report["rebuffer_ratio"].as_f64().is_some_and(|r| r > 0.1), "{report}");
     assert_eq!(segments_of(report).len(), 5, "everything still played: {report}");
-    assert!(run.events.iter().any(|e| e["event"] == "stall"), "a stall event");
-    assert!(run.events.iter().any(|e| e["event"] == "resume"), "a resume event");
+    assert!(run.events.iter().any(|e| matches!(e.event, Event::Stall { .. })), "a stall event");
+    assert!(run.events.iter().any(|e| matches!(e.event, Event::Resume { .. })), "a resume event");
     Ok(())
 }
 

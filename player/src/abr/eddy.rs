@@ -226,109 +226,78 @@ impl AbrAlgorithm for EddyAbr {
 mod tests {
     use super::*;
     use crate::abr::{BandwidthEstimator, LastDownload, Rung, TransferSample};
+    use crate::sim::{simulate, SimConfig};
     use eddy_shared::netsim::Trace;
 
     use crate::abr::test_ladder as ladder;
 
-    /// A tiny closed loop: each segment (4 s) is downloaded at the link rate given for that segment,
-    /// feeding the real estimator; returns the rung chosen for every segment.
-    fn run(link_bps: &[f64]) -> Vec<usize> {
-        let ladder = ladder();
-        let mut estimator = BandwidthEstimator::default();
-        let mut now = 0.0;
-        let mut buffer: f64 = 0.0;
-        let mut current = None;
-        let mut last = None;
-        let mut past = Vec::new();
-        let mut chosen = Vec::new();
-        for &link in link_bps {
-            let input = AbrInput {
-                ladder: &ladder,
-                estimate_bps: estimator.estimate_bps(now),
-                ttfb_s: estimator.ttfb_s(),
-                buffer_s: buffer,
-                buffer_target_s: 30.0,
-                segment_duration_s: 4.0,
-                current,
-                max_rung: 5,
-                past_throughputs_bps: &past,
-                remaining_s: None,
-                last_download: last,
-            };
-            let rung = EddyAbr::default().decide(&input);
-            let seconds = ladder[rung].bitrate_bps as f64 * 4.0 / link;
-            past.push(link);
-            last = Some(LastDownload { download_s: seconds, media_s: 4.0, bytes: ladder[rung].bitrate_bps / 2 });
-            estimator.add_transfer(TransferSample {
-                request_s: now,
-                first_byte_s: now,
-                end_s: now + seconds,
-                bytes: ladder[rung].bitrate_bps / 2,
-            });
-            now += seconds;
-            buffer = (buffer - seconds).max(0.0) + 4.0;
-            // Wait while the buffer is above target, as the fetcher does.
-            if buffer > 30.0 {
-                now += buffer - 30.0;
-                buffer = 30.0;
-            }
-            current = Some(rung);
-            chosen.push(rung);
-        }
-        chosen
+    /// The rungs the player's loop chooses over `trace` (the simulator drives the same loop as the
+    /// player): the literature's ladder, 4 s segments, a 30 s buffer target. Returns (time, rung) of
+    /// each decision.
+    fn run(trace: &Trace, segments: usize) -> Vec<(f64, usize)> {
+        let config = SimConfig { segments, ..SimConfig::default() };
+        simulate(&mut EddyAbr::default(), trace, &config).requests
+    }
+
+    fn trace(steps: &str) -> Trace {
+        Trace::from_steps(steps).unwrap_or_else(|e| panic!("{steps}: {e}"))
+    }
+
+    fn rungs(requests: &[(f64, usize)]) -> Vec<usize> {
+        requests.iter().map(|r| r.1).collect()
     }
 
     #[test]
     fn steady_high_bandwidth_reaches_the_top_and_stays() {
-        let chosen = run(&[10_000_000.0; 20]);
+        let chosen = rungs(&run(&trace("10000k@0s"), 20));
         let first_top = chosen.iter().position(|&r| r == 5).expect("reaches the top rung");
         assert!(first_top <= 3, "{chosen:?}");
         assert!(chosen[first_top..].iter().all(|&r| r == 5), "{chosen:?}");
     }
 
     #[test]
-    fn sudden_drop_switches_down_on_the_next_decision() {
-        let mut link = vec![6_000_000.0; 6];
-        link.extend([900_000.0; 6]);
-        let chosen = run(&link);
-        assert!(chosen[5] >= 4, "high before the drop: {chosen:?}");
-        // The drop happens during segment 6's download; segment 7 is already lower.
-        assert!(chosen[7] < chosen[5], "{chosen:?}");
-        assert!(chosen[11] <= 1, "settles at what 900 kbps sustains: {chosen:?}");
+    fn sudden_drop_switches_down_within_two_decisions() {
+        let requests = run(&trace("6000k@0s,900k@40s"), 40);
+        let before: Vec<usize> = requests.iter().filter(|r| r.0 < 40.0).map(|r| r.1).collect();
+        let after: Vec<usize> = requests.iter().filter(|r| r.0 >= 40.0).map(|r| r.1).collect();
+        let high = *before.last().unwrap_or(&0);
+        assert!(high >= 4, "high before the drop: {requests:?}");
+        assert!(after.iter().take(2).any(|&r| r < high), "lower within two decisions: {requests:?}");
+        let settled = requests.iter().filter(|r| (60.0..120.0).contains(&r.0));
+        assert!(
+            settled.clone().count() > 5 && settled.clone().all(|r| r.1 <= 1),
+            "settles at what 900 kbps sustains: {requests:?}"
+        );
     }
 
     #[test]
     fn recovery_switches_back_up_once_the_margin_is_there() {
-        let mut link = vec![6_000_000.0; 6];
-        link.extend([900_000.0; 6]);
-        link.extend([6_000_000.0; 10]);
-        let chosen = run(&link);
-        assert!(*chosen.last().unwrap_or(&0) >= 4, "{chosen:?}");
-        let low = chosen[11];
-        let first_up = chosen[12..].iter().position(|&r| r > low).map(|p| p + 12);
-        assert!(first_up.is_some_and(|p| p <= 15), "{chosen:?}");
+        let requests = run(&trace("6000k@0s,900k@40s,6000k@100s"), 60);
+        let low = requests.iter().rev().find(|r| r.0 < 100.0).map_or(0, |r| r.1);
+        let after: Vec<usize> = requests.iter().filter(|r| r.0 >= 100.0).map(|r| r.1).collect();
+        assert!(after.iter().take(4).any(|&r| r > low), "climbs within four decisions: {requests:?}");
+        assert!(after.last().is_some_and(|&r| r >= 4), "{requests:?}");
     }
 
     #[test]
     fn alternating_bandwidth_around_a_rung_does_not_oscillate() {
-        // Bandwidth alternating just around what rung 2 needs: 1.6 and 2.0 Mbps in turn.
-        let link: Vec<f64> = (0..30).map(|i| if i % 2 == 0 { 1_600_000.0 } else { 2_000_000.0 }).collect();
-        let chosen = run(&link);
+        // Bandwidth alternating every 4 s just around what rung 2 needs: 1.6 and 2.0 Mbps.
+        let steps: Vec<String> =
+            (0..60).map(|i| format!("{}k@{}s", if i % 2 == 0 { 1600 } else { 2000 }, i * 4)).collect();
+        let chosen = rungs(&run(&trace(&steps.join(",")), 40));
         let switches = chosen.windows(2).skip(5).filter(|w| w[0] != w[1]).count();
         assert!(switches <= 2, "{chosen:?}");
     }
 
     #[test]
     fn a_deep_buffer_rides_through_a_short_dip() {
-        // 3.5 Mbps with one segment at 1.4 Mbps once the buffer is deep: the buffer pays for
-        // the dip; a rule following one estimate would switch down and back up, paying twice.
-        let mut link = vec![3_500_000.0; 16];
-        link.push(1_400_000.0);
-        link.extend([3_500_000.0; 8]);
-        let chosen = run(&link);
-        let settled = chosen[15];
-        assert!(settled >= 3, "{chosen:?}");
-        assert!(chosen[16..].iter().all(|&r| r == settled), "{chosen:?}");
+        // 3.2 Mbps with a 6 s dip to 1.3 Mbps once the buffer is deep: the buffer pays for the dip; a
+        // rule following one estimate would switch down and back up, paying twice.
+        let requests = run(&trace("3200k@0s,1300k@80s,3200k@86s"), 60);
+        let settled = requests.iter().rev().find(|r| r.0 < 80.0).map_or(0, |r| r.1);
+        assert!(settled >= 3, "{requests:?}");
+        let later = requests.iter().filter(|r| (80.0..160.0).contains(&r.0));
+        assert!(later.clone().count() > 5 && later.clone().all(|r| r.1 == settled), "{requests:?}");
     }
 
     /// A decision on the test ladder with a deep buffer, on rung 4, after eight 20 Mbit/s downloads;
@@ -424,63 +393,25 @@ mod tests {
         [508_000u64, 1_191_000, 2_110_000].iter().map(|&b| Rung { bitrate_bps: b, height: None }).collect()
     }
 
-    /// A closed loop in time over `trace`, shaped like the player's download loop: one download at a
-    /// time, none while the buffer is at its target, playback draining the buffer. Segments weigh
-    /// `fill` × the rung's peak bitrate (real segments stay under the declared peak). Returns
-    /// (request time, rung) per segment.
-    fn run_trace(ladder: &[Rung], trace: &Trace, segment_s: f64, target_s: f64, segments: usize) -> Vec<(f64, usize)> {
-        let (latency, fill) = (0.02, 0.8);
-        let mut estimator = BandwidthEstimator::default();
-        let (mut now, mut buffer, mut playing) = (0.0f64, 0.0f64, false);
-        let mut current = None;
-        let mut last = None;
-        let mut past = Vec::new();
-        let mut requests = Vec::new();
-        for index in 0..segments {
-            if buffer >= target_s {
-                let wait = buffer - target_s + 0.05;
-                now += wait;
-                buffer -= wait;
-            }
-            let input = AbrInput {
-                ladder,
-                estimate_bps: estimator.estimate_bps(now),
-                ttfb_s: estimator.ttfb_s(),
-                buffer_s: buffer,
-                buffer_target_s: target_s,
-                segment_duration_s: segment_s,
-                current,
-                max_rung: ladder.len() - 1,
-                past_throughputs_bps: &past,
-                remaining_s: Some((segments - index - 1) as f64 * segment_s),
-                last_download: last,
-            };
-            let rung = EddyAbr::default().decide(&input);
-            let bytes = (ladder[rung].bitrate_bps as f64 * fill * segment_s / 8.0) as u64;
-            let first_byte = now + latency;
-            let end = first_byte + trace.transfer_time(first_byte, bytes);
-            estimator.add_transfer(TransferSample { request_s: now, first_byte_s: first_byte, end_s: end, bytes });
-            last = Some(LastDownload { download_s: end - now, media_s: segment_s, bytes });
-            past.push(bytes as f64 * 8.0 / (end - now));
-            requests.push((now, rung));
-            if playing {
-                buffer = (buffer - (end - now)).max(0.0);
-            }
-            playing = true;
-            buffer += segment_s;
-            now = end;
-            current = Some(rung);
-        }
-        requests
+    /// The end-to-end adaptation test's setting in the simulator: 1 s segments weighing 80% of the
+    /// rung's peak (real segments stay under the declared peak), a 6 s buffer, 20 ms latency.
+    fn run_small(trace: &Trace, segments: usize) -> Vec<(f64, usize)> {
+        let config = SimConfig {
+            ladder: small_ladder(),
+            segment_duration_s: 1.0,
+            segments,
+            buffer_target_s: 6.0,
+            latency_s: 0.02,
+            segment_fill: 0.8,
+        };
+        simulate(&mut EddyAbr::default(), trace, &config).requests
     }
 
     #[test]
     fn a_download_slower_than_real_time_brings_a_downswitch_on_the_next_decision() {
         // The end-to-end drop test: 1.5× the top peak, then 1.5× the lowest peak from 6 s, with a 6 s
         // buffer and 1 s segments. Each top-rung segment then takes ~2.2 s for 1 s of media.
-        let ladder = small_ladder();
-        let trace = Trace::from_steps("3165k@0s,762k@6s,3165k@14s").unwrap_or_else(|e| panic!("{e}"));
-        let requests = run_trace(&ladder, &trace, 1.0, 6.0, 26);
+        let requests = run_small(&trace("3165k@0s,762k@6s,3165k@14s"), 26);
         let before: Vec<usize> = requests.iter().filter(|(t, _)| *t < 6.0).map(|r| r.1).collect();
         assert_eq!(before.last(), Some(&2), "at the top before the drop: {requests:?}");
         let after: Vec<usize> = requests.iter().filter(|(t, _)| (6.0..14.0).contains(t)).map(|r| r.1).collect();

@@ -1,10 +1,12 @@
 //! Adaptive bitrate decisions. Everything here is pure: the inputs (bandwidth estimate, buffer level,
 //! ladder, history) come in as values, a rung index goes out. No I/O and no clock, so the same code runs
-//! in the real player (`crate::session`) and in the virtual-time simulator (`crate::sim`).
+//! in the real player (`crate::session`) and in the virtual-time simulator (`crate::sim`), both through
+//! the one feedback loop in [`history`].
 
 pub mod baselines;
 pub mod eddy;
 pub mod estimator;
+pub mod history;
 pub mod lookahead;
 
 pub use eddy::EddyAbr;

@@ -4,6 +4,8 @@
 //! counted the way the real player counts them. Traces come from `eddy_shared::netsim::trace`
 //! (seeded families, or Pensieve/Mahimahi files with `--traces DIR`).
 
+pub mod replay;
+
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -11,10 +13,8 @@ use eddy_shared::netsim::{generate, Family, Trace};
 use serde::Serialize;
 
 use crate::abr::baselines::{BbaAbr, BolaAbr, RobustMpcAbr, ThroughputAbr};
-use crate::abr::{
-    AbandonInput, AbrAlgorithm, AbrInput, BandwidthEstimator, EddyAbr, LastDownload, PartialTransfer, Rung,
-    TransferSample,
-};
+use crate::abr::history::{self, AbandonPoint, DecisionPoint, Download, History, Upcoming};
+use crate::abr::{AbrAlgorithm, EddyAbr, PartialTransfer, Rung};
 use crate::qoe;
 
 /// The ladder of the ABR literature (Pensieve, MPC): kbps.
@@ -61,6 +61,9 @@ pub struct SimConfig {
     pub segments: usize,
     pub buffer_target_s: f64,
     pub latency_s: f64,
+    /// Segment size as a fraction of the rung's bitrate × duration (1: segments as heavy as declared;
+    /// real segments stay under a declared peak).
+    pub segment_fill: f64,
 }
 
 impl Default for SimConfig {
@@ -71,6 +74,7 @@ impl Default for SimConfig {
             segments: SEGMENTS,
             buffer_target_s: 30.0,
             latency_s: LATENCY_S,
+            segment_fill: 1.0,
         }
     }
 }
@@ -83,6 +87,8 @@ pub struct SimResult {
     pub startup_s: f64,
     pub played_s: f64,
     pub abandoned: u32,
+    /// (virtual time of the decision, rung chosen) per segment, before any abandonment.
+    pub requests: Vec<(f64, usize)>,
 }
 
 impl SimResult {
@@ -91,20 +97,19 @@ impl SimResult {
     }
 }
 
-/// Runs one session of `algorithm` over `trace` in virtual time.
+/// Runs one session of `algorithm` over `trace` in virtual time, through the player's own feedback
+/// loop ([`crate::abr::history`]).
 pub fn simulate(algorithm: &mut dyn AbrAlgorithm, trace: &Trace, config: &SimConfig) -> SimResult {
-    let mut estimator = BandwidthEstimator::default();
-    let mut past_throughputs = Vec::new();
+    let mut history = History::default();
     let mut t = 0.0f64;
     let mut buffer = 0.0f64;
     let mut playing = false;
     let mut stall_s = 0.0;
     let mut startup_s = 0.0;
     let mut abandoned = 0;
-    let mut current: Option<usize> = None;
-    let mut last_download: Option<LastDownload> = None;
     let mut bitrates = Vec::with_capacity(config.segments);
-    let top = config.ladder.len() - 1;
+    let mut requests = Vec::with_capacity(config.segments);
+    let top = config.ladder.len().saturating_sub(1);
     let seg = config.segment_duration_s;
     // Playback drains the buffer over `dt`; time with an empty buffer is stall time.
     let drain = |buffer: &mut f64, stall: &mut f64, playing: bool, dt: f64| {
@@ -119,67 +124,65 @@ pub fn simulate(algorithm: &mut dyn AbrAlgorithm, trace: &Trace, config: &SimCon
             t += wait;
             drain(&mut buffer, &mut stall_s, playing, wait);
         }
-        let input = AbrInput {
-            ladder: &config.ladder,
-            estimate_bps: estimator.estimate_bps(t),
-            ttfb_s: estimator.ttfb_s(),
+        let at = DecisionPoint {
+            now_s: t,
             buffer_s: buffer,
             buffer_target_s: config.buffer_target_s,
-            segment_duration_s: seg,
-            current,
-            max_rung: top,
-            past_throughputs_bps: &past_throughputs,
-            remaining_s: Some((config.segments - index - 1) as f64 * seg),
-            last_download,
+            upcoming: Upcoming {
+                duration_s: seg,
+                listed_after_s: (config.segments - index - 1) as f64 * seg,
+                ended: true,
+            },
         };
-        let mut rung = algorithm.choose(&input).min(top);
-        let mut may_abandon = playing;
+        let mut rung = history::choose(algorithm, &history.input(&config.ladder, top, &at));
+        requests.push((t, rung));
+        let mut abandoned_this_segment = false;
         loop {
-            let bytes = (config.ladder[rung].bitrate_bps as f64 * seg / 8.0) as u64;
+            let bytes = (config.ladder[rung].bitrate_bps as f64 * config.segment_fill * seg / 8.0) as u64;
             let request = t;
             let first_byte = t + config.latency_s;
             let end = first_byte + trace.transfer_time(first_byte, bytes);
             let mut lower = None;
-            if may_abandon && rung > 0 {
+            if history::may_abandon(rung, playing, abandoned_this_segment) {
                 let mut now = first_byte + ABANDON_CHECK_S;
                 while now < end {
                     let done = (trace.bits_between(first_byte, now) / 8.0) as u64;
-                    estimator.set_in_progress(PartialTransfer {
-                        request_s: request,
-                        first_byte_s: Some(first_byte),
-                        bytes_so_far: done,
-                    });
-                    let abandon = AbandonInput {
-                        ladder: &config.ladder,
+                    let check = AbandonPoint {
+                        now_s: now,
                         rung,
-                        elapsed_s: now - request,
-                        bytes_done: done,
+                        progress: PartialTransfer {
+                            request_s: request,
+                            first_byte_s: Some(first_byte),
+                            bytes_so_far: done,
+                        },
                         bytes_total: bytes,
-                        partial_bps: estimator.partial_bps(now),
-                        ttfb_s: estimator.ttfb_s(),
                         buffer_s: (buffer - (now - request)).max(0.0),
                         segment_duration_s: seg,
                     };
-                    if let Some(to) = algorithm.abandon(&abandon) {
-                        lower = Some((to.min(rung - 1), now));
+                    if let Some(to) = history::abandon(algorithm, &history.abandon_input(&config.ladder, &check)) {
+                        lower = Some((to, now));
                         break;
                     }
                     now += ABANDON_CHECK_S;
                 }
-                estimator.clear_in_progress();
+                history.interrupted();
             }
             if let Some((to, at)) = lower {
                 drain(&mut buffer, &mut stall_s, playing, at - t);
                 t = at;
                 rung = to;
                 abandoned += 1;
-                may_abandon = false;
+                abandoned_this_segment = true;
                 continue;
             }
-            let sample = TransferSample { request_s: request, first_byte_s: first_byte, end_s: end, bytes };
-            estimator.add_transfer(sample);
-            past_throughputs.push(bytes as f64 * 8.0 / (end - request).max(1e-6));
-            last_download = Some(LastDownload { download_s: end - request, media_s: seg, bytes });
+            history.record(&Download {
+                rung,
+                request_s: request,
+                first_byte_s: first_byte,
+                end_s: end,
+                bytes,
+                media_s: seg,
+            });
             drain(&mut buffer, &mut stall_s, playing, end - t);
             t = end;
             break;
@@ -190,9 +193,15 @@ pub fn simulate(algorithm: &mut dyn AbrAlgorithm, trace: &Trace, config: &SimCon
             startup_s = t;
         }
         bitrates.push(config.ladder[rung].bitrate_bps);
-        current = Some(rung);
     }
-    SimResult { bitrates_bps: bitrates, stall_s, startup_s, played_s: config.segments as f64 * seg, abandoned }
+    SimResult {
+        bitrates_bps: bitrates,
+        stall_s,
+        startup_s,
+        played_s: config.segments as f64 * seg,
+        abandoned,
+        requests,
+    }
 }
 
 /// The algorithms compared, ours first.

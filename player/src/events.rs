@@ -1,0 +1,186 @@
+//! The `--events` JSON-lines format: one [`EventRecord`] per line, flushed as it happens, so a reader
+//! can follow a playback live and a recorded session can be replayed through the ABR
+//! (`crate::sim::replay`). This is a public format: fields are added, never renamed or removed. The
+//! README documents it.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::abr::history::{DecisionPoint, Download};
+
+/// One line of the file: the event, when it happened (seconds since the player started, rounded to
+/// the millisecond) and the wall-clock time (Unix milliseconds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    #[serde(flatten)]
+    pub event: Event,
+    pub t_s: f64,
+    pub unix_ms: u64,
+}
+
+/// What happened. Serialised with its kind in the `event` field (`"event": "segment"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// Once, before the first decision: the ladder the ABR chooses from (ascending bitrate, after
+    /// `--max-bitrate`, `--max-height` and `--rendition`).
+    Start { url: String, ladder: Vec<LadderRung>, max_rung: usize },
+    /// An ABR decision for the segment `index`, with everything it was given besides the history
+    /// of downloads (which the `segment` events carry).
+    Decision { index: u64, rung: usize, rendition: usize, estimate_bps: f64, at: DecisionPoint },
+    /// A segment downloaded and pushed into the pipeline.
+    Segment {
+        index: u64,
+        rendition: usize,
+        bitrate_bps: u64,
+        bytes: u64,
+        download_ms: u64,
+        /// A download of this segment at a higher rendition was abandoned first.
+        abandoned: bool,
+        estimate_bps: f64,
+        buffer_s: f64,
+        /// The transfer as the ABR recorded it (seconds since the player started).
+        download: Download,
+    },
+    /// A download abandoned for a lower rendition.
+    Abandon { index: u64, rendition: usize, to_rendition: usize, bytes: u64, buffer_s: f64 },
+    /// Playback started.
+    Playing { startup_ms: u64 },
+    /// The buffer ran dry: playback paused.
+    Stall { played_s: f64 },
+    /// Playback resumed after a stall.
+    Resume { buffer_s: f64, total_stall_ms: u64 },
+    /// Playback ended.
+    End {
+        reason: EndReason,
+        /// What failed, for `reason = "failed"`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        qoe_lin: f64,
+    },
+}
+
+/// A rung of the ladder in the `start` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LadderRung {
+    /// Index of the variant in the master playlist as listed.
+    pub rendition: usize,
+    pub bitrate_bps: u64,
+    pub height: Option<u64>,
+}
+
+/// Why playback ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The stream's last segment played.
+    EndOfStream,
+    /// `--duration` seconds played.
+    DurationReached,
+    /// Ctrl-C.
+    Interrupted,
+    /// The pipeline or the stream failed.
+    Failed,
+}
+
+/// Streams [`EventRecord`]s as JSON lines, flushing each. A write error is logged once and turns
+/// the log off: playback matters more than its log.
+pub struct EventWriter {
+    file: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl EventWriter {
+    pub fn create(path: Option<&Path>) -> std::io::Result<Self> {
+        let file = match path {
+            Some(path) => Some(std::io::BufWriter::new(std::fs::File::create(path)?)),
+            None => None,
+        };
+        Ok(Self { file })
+    }
+
+    pub fn write(&mut self, record: &EventRecord) {
+        if let Some(file) = &mut self.file {
+            let result = serde_json::to_writer(&mut *file, record)
+                .map_err(std::io::Error::other)
+                .and_then(|()| file.write_all(b"\n"))
+                .and_then(|()| file.flush());
+            if let Err(e) = result {
+                tracing::warn!("cannot write the event log: {e}");
+                self.file = None;
+            }
+        }
+    }
+}
+
+/// Reads an `--events` file. An unreadable line is an error naming its line number.
+pub fn read(text: &str) -> Result<Vec<EventRecord>, String> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(number, line)| serde_json::from_str(line).map_err(|e| format!("line {}: {e}", number + 1)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abr::history::Upcoming;
+
+    #[test]
+    fn every_event_reads_back_as_written() {
+        let download =
+            Download { rung: 1, request_s: 0.1, first_byte_s: 0.123_456_789, end_s: 1.5, bytes: 1234, media_s: 2.0 };
+        let at = DecisionPoint {
+            now_s: 1.0 / 3.0,
+            buffer_s: 0.0,
+            buffer_target_s: 30.0,
+            upcoming: Upcoming { duration_s: 2.0, listed_after_s: 10.0, ended: true },
+        };
+        let events = vec![
+            Event::Start {
+                url: "http://h/m.m3u8".into(),
+                ladder: vec![LadderRung { rendition: 2, bitrate_bps: 1, height: None }],
+                max_rung: 0,
+            },
+            Event::Decision { index: 3, rung: 0, rendition: 2, estimate_bps: 5e5, at },
+            Event::Segment {
+                index: 3,
+                rendition: 2,
+                bitrate_bps: 800_000,
+                bytes: 1234,
+                download_ms: 1400,
+                abandoned: false,
+                estimate_bps: 1e6,
+                buffer_s: 2.0,
+                download,
+            },
+            Event::Abandon { index: 4, rendition: 2, to_rendition: 0, bytes: 10, buffer_s: 1.0 },
+            Event::Playing { startup_ms: 10 },
+            Event::Stall { played_s: 3.0 },
+            Event::Resume { buffer_s: 1.0, total_stall_ms: 400 },
+            Event::End { reason: EndReason::Failed, error: Some("decoder".into()), qoe_lin: -1.0 },
+            Event::End { reason: EndReason::EndOfStream, error: None, qoe_lin: 1.0 },
+        ];
+        let text: String = events
+            .iter()
+            .map(|event| {
+                let record = EventRecord { event: event.clone(), t_s: 1.5, unix_ms: 7 };
+                serde_json::to_string(&record).unwrap_or_default() + "\n"
+            })
+            .collect();
+        assert!(text.starts_with("{\"event\":\"start\""), "{text}");
+        assert!(text.contains("\"reason\":\"end_of_stream\""), "{text}");
+        let read = read(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read.into_iter().map(|r| r.event).collect::<Vec<_>>(), events, "times survive exactly");
+    }
+
+    #[test]
+    fn an_unreadable_line_is_named() {
+        let error = read("{\"event\":\"playing\",\"startup_ms\":1,\"t_s\":0,\"unix_ms\":0}\nnot json\n")
+            .err()
+            .unwrap_or_default();
+        assert!(error.starts_with("line 2:"), "{error}");
+    }
+}

@@ -1,0 +1,371 @@
+//! The download loop: one segment at a time, while the buffer is under its target. For each
+//! segment: an ABR decision (through [`crate::abr::history`], the loop the simulator drives too),
+//! the download with its abandonment checks, a lower rendition if it fails, decryption, and the push
+//! into the pipeline. Fetching and playing go through the [`Fetch`] and [`MediaSink`] seams.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use url::Url;
+
+use super::monitor::MONITOR_INTERVAL;
+use super::playlists::{Ladder, Next, Playlists};
+use super::seams::Fetch;
+use super::state::{lock, Playback, Status};
+use super::{PlayError, PlayerConfig};
+use crate::abr::history::{self, AbandonPoint, DecisionPoint, Download, History};
+use crate::abr::{AbrAlgorithm, PartialTransfer};
+use crate::crypto;
+use crate::events::{Event, LadderRung};
+use crate::fetch::{FetchError, Outcome};
+use crate::playlist::{InitSection, Segment};
+use crate::report::SegmentRecord;
+
+/// What the download loop leaves for the report.
+#[derive(Debug, Default)]
+pub(super) struct Downloaded {
+    pub records: Vec<SegmentRecord>,
+    /// All bytes fetched: segments (abandoned ones too), init sections, keys, playlists.
+    pub bytes: u64,
+    pub abandoned: u32,
+}
+
+pub(super) struct Downloader<'a, F: Fetch> {
+    pub config: &'a PlayerConfig,
+    pub fetcher: &'a F,
+    pub ladder: &'a Ladder,
+    pub shared: &'a Arc<Mutex<Playback>>,
+    pub playlists: Playlists,
+    pub abr: Box<dyn AbrAlgorithm + Send>,
+    pub history: History,
+    pub keys: HashMap<Url, Bytes>,
+    /// The init section last pushed (fMP4): pushed again when it changes (rendition switch).
+    pub last_init: Option<InitSection>,
+    pub done: Downloaded,
+}
+
+/// A segment fetched at some rung.
+struct Fetched {
+    segment: Segment,
+    rung: usize,
+    data: Vec<u8>,
+    download: Download,
+    download_ms: u64,
+    /// A download at a higher rung was abandoned first.
+    abandoned: bool,
+}
+
+enum SegmentFetch {
+    Done {
+        data: Vec<u8>,
+        download: Download,
+        download_ms: u64,
+    },
+    Abandoned(usize),
+    /// Playback ended while the segment was downloading.
+    Stopped,
+}
+
+impl<F: Fetch> Downloader<'_, F> {
+    /// Downloads from `sequence` until the stream ends, enough is pushed for `--duration`, or
+    /// playback finishes.
+    pub async fn run(&mut self, mut sequence: u64) -> Result<(), PlayError> {
+        let ladder: Vec<LadderRung> = (self.ladder.variants.iter().zip(&self.ladder.rungs))
+            .map(|(v, r)| LadderRung { rendition: v.index, bitrate_bps: r.bitrate_bps, height: r.height })
+            .collect();
+        let start = Event::Start { url: self.config.url.to_string(), ladder, max_rung: self.ladder.max_rung };
+        lock(self.shared).event(start);
+        loop {
+            if !self.wait_for_room().await {
+                return Ok(());
+            }
+            let current = &self.ladder.variants[self.history.current().unwrap_or(0)];
+            if self.playlists.is_past_end(current, sequence) {
+                break;
+            }
+            let rung = self.decide(sequence);
+            let shared = Arc::clone(self.shared);
+            let stop = move || lock(&shared).finish.is_some();
+            let segment = match self.playlists.next(self.fetcher, &self.ladder.variants[rung], sequence, &stop).await? {
+                None => return Ok(()),
+                Some(Next::End) => break,
+                Some(Next::Skip(to)) => {
+                    tracing::warn!("fell behind the live window: skipping from {sequence} to {to}");
+                    sequence = to;
+                    continue;
+                }
+                Some(Next::Segment(segment)) => *segment,
+            };
+            let previous = self.history.current();
+            let Some(fetched) = self.fetch_at_some_rung(segment, rung, &stop).await? else {
+                return Ok(());
+            };
+            sequence = fetched.segment.sequence + 1;
+            self.push(fetched, previous).await?;
+        }
+        let mut state = lock(self.shared);
+        state.all_pushed = true;
+        if state.play_requested_at.is_none() {
+            return Err(PlayError::NoRendition("the stream has no segment to play".into()));
+        }
+        state.sink.end_of_stream()?;
+        Ok(())
+    }
+
+    /// Bounded look-ahead: waits while the buffer is at its target. False when the loop should
+    /// stop (playback finished, or enough pushed for `--duration`).
+    async fn wait_for_room(&self) -> bool {
+        loop {
+            let (ahead, stop) = {
+                let state = lock(self.shared);
+                (state.buffer_ahead_s(), state.finish.is_some() || state.enough_pushed())
+            };
+            if stop {
+                return false;
+            }
+            if ahead < self.config.buffer_target_s {
+                return true;
+            }
+            tokio::time::sleep(MONITOR_INTERVAL).await;
+        }
+    }
+
+    /// The ABR decision for segment `sequence`, logged as an event.
+    fn decide(&mut self, sequence: u64) -> usize {
+        let ladder = self.ladder;
+        let (buffer_s, now_s) = {
+            let state = lock(self.shared);
+            (state.buffer_ahead_s(), state.now_s())
+        };
+        let current = self.history.current();
+        let upcoming = self.playlists.upcoming(&ladder.variants[current.unwrap_or(0)], sequence);
+        let at = DecisionPoint { now_s, buffer_s, buffer_target_s: self.config.buffer_target_s, upcoming };
+        let input = self.history.input(&ladder.rungs, ladder.max_rung, &at);
+        let rung = history::choose(self.abr.as_mut(), &input);
+        let estimate_bps = input.estimate_bps;
+        if let Some(from) = current.filter(|&c| c != rung) {
+            tracing::info!(
+                "switch at segment {sequence}: rendition {} -> {} (estimate {:.0} kbps, buffer {buffer_s:.1} s)",
+                ladder.variants[from].index,
+                ladder.variants[rung].index,
+                estimate_bps / 1000.0
+            );
+        }
+        let rendition = ladder.variants[rung].index;
+        lock(self.shared).event(Event::Decision { index: sequence, rung, rendition, estimate_bps, at });
+        rung
+    }
+
+    /// Fetches `segment` at `rung`, or lower: after an abandonment, or when a rendition fails.
+    /// `None` when playback ended meanwhile.
+    async fn fetch_at_some_rung(
+        &mut self,
+        mut segment: Segment,
+        mut rung: usize,
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Option<Fetched>, PlayError> {
+        let sequence = segment.sequence;
+        let mut abandoned = false;
+        loop {
+            match self.fetch_segment(&segment, rung, abandoned).await {
+                Ok(SegmentFetch::Done { data, download, download_ms }) => {
+                    return Ok(Some(Fetched { segment, rung, data, download, download_ms, abandoned }))
+                }
+                Ok(SegmentFetch::Stopped) => return Ok(None),
+                Ok(SegmentFetch::Abandoned(lower)) => {
+                    abandoned = true;
+                    rung = lower;
+                }
+                Err(error) if rung > 0 => {
+                    tracing::warn!(
+                        "segment {sequence} failed at rendition {}: {error}; trying a lower one",
+                        self.ladder.variants[rung].index
+                    );
+                    rung -= 1;
+                }
+                Err(error) => return Err(PlayError::Segment { sequence, reason: error.to_string() }),
+            }
+            match self.playlists.next(self.fetcher, &self.ladder.variants[rung], sequence, stop).await? {
+                Some(Next::Segment(lower)) => segment = *lower,
+                _ => return Err(PlayError::Segment { sequence, reason: "missing from the lower rendition".into() }),
+            }
+        }
+    }
+
+    async fn fetch_segment(
+        &mut self,
+        segment: &Segment,
+        rung: usize,
+        abandoned_already: bool,
+    ) -> Result<SegmentFetch, FetchError> {
+        let ladder = self.ladder;
+        let shared = self.shared;
+        let history = &mut self.history;
+        let abr = &mut self.abr;
+        let expected = segment
+            .range
+            .map(|r| r.length)
+            .unwrap_or((ladder.rungs[rung].bitrate_bps as f64 * segment.duration_s / 8.0) as u64);
+        let can_abandon = history::may_abandon(rung, lock(shared).playing_since.is_some(), abandoned_already);
+        let mut lower = None;
+        let mut stopped = false;
+        let outcome = self
+            .fetcher
+            .download(&segment.uri, segment.range, |progress| {
+                let state = lock(shared);
+                // Playback is over (--duration, Ctrl-C, an error): stop downloading now.
+                if state.finish.is_some() {
+                    stopped = true;
+                    return true;
+                }
+                let at = AbandonPoint {
+                    now_s: state.now_s(),
+                    rung,
+                    progress: PartialTransfer {
+                        request_s: state.seconds(progress.requested_at),
+                        first_byte_s: progress.first_byte_at.map(|t| state.seconds(t)),
+                        bytes_so_far: progress.bytes_so_far,
+                    },
+                    bytes_total: progress.expected_bytes.unwrap_or(expected),
+                    buffer_s: state.buffer_ahead_s(),
+                    segment_duration_s: segment.duration_s,
+                };
+                drop(state);
+                let input = history.abandon_input(&ladder.rungs, &at);
+                if can_abandon {
+                    lower = history::abandon(abr.as_mut(), &input);
+                }
+                lower.is_some()
+            })
+            .await;
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                self.history.interrupted();
+                return Err(error);
+            }
+        };
+        match outcome {
+            Outcome::Done(done) => {
+                let download = {
+                    let state = lock(shared);
+                    Download {
+                        rung,
+                        request_s: state.seconds(done.requested_at),
+                        first_byte_s: state.seconds(done.first_byte_at),
+                        end_s: state.seconds(done.finished_at),
+                        bytes: done.body.len() as u64,
+                        media_s: segment.duration_s,
+                    }
+                };
+                self.history.record(&download);
+                self.done.bytes += download.bytes;
+                let download_ms = done.finished_at.saturating_duration_since(done.requested_at).as_millis() as u64;
+                Ok(SegmentFetch::Done { data: done.body.to_vec(), download, download_ms })
+            }
+            Outcome::Abandoned { bytes_so_far } => {
+                self.history.interrupted();
+                self.done.bytes += bytes_so_far;
+                if stopped {
+                    return Ok(SegmentFetch::Stopped);
+                }
+                self.done.abandoned += 1;
+                let to = lower.unwrap_or(0);
+                let (from, to_rendition) = (ladder.variants[rung].index, ladder.variants[to].index);
+                tracing::info!(
+                    "abandoned segment {} at rendition {from} after {bytes_so_far} bytes; refetching at rendition {to_rendition}",
+                    segment.sequence,
+                );
+                let mut state = lock(shared);
+                let buffer_s = state.buffer_ahead_s();
+                state.event(Event::Abandon {
+                    index: segment.sequence,
+                    rendition: from,
+                    to_rendition,
+                    bytes: bytes_so_far,
+                    buffer_s,
+                });
+                Ok(SegmentFetch::Abandoned(to))
+            }
+        }
+    }
+
+    /// Decrypts, pushes the init section when it changed and the segment, and records it.
+    async fn push(&mut self, fetched: Fetched, previous: Option<usize>) -> Result<(), PlayError> {
+        let Fetched { segment, rung, data, download, download_ms, abandoned } = fetched;
+        let data = self.decrypt(&segment, data).await?;
+        let switched = previous.is_some_and(|c| c != rung);
+        let init_changed = segment.init.is_some() && segment.init != self.last_init;
+        if init_changed {
+            if let Some(init) = &segment.init {
+                let init_data = self.fetcher.get(&init.uri, init.range).await?;
+                self.done.bytes += init_data.len() as u64;
+                lock(self.shared).sink.push(init_data.to_vec(), true)?;
+                self.last_init = segment.init.clone();
+            }
+        }
+        let variant = &self.ladder.variants[rung];
+        let record = SegmentRecord {
+            index: segment.sequence,
+            rendition: variant.index,
+            // A media playlist alone declares no bitrate: use the segment's own.
+            bitrate_bps: if variant.bandwidth_bps > 0 {
+                variant.bandwidth_bps
+            } else {
+                (data.len() as f64 * 8.0 / segment.duration_s.max(1e-3)).round() as u64
+            },
+            bytes: data.len() as u64,
+            download_ms,
+            abandoned,
+            duration_s: segment.duration_s,
+        };
+        let mut state = lock(self.shared);
+        state.sink.push(data, (switched || segment.discontinuity) && !init_changed)?;
+        state.pushed_media_s += segment.duration_s;
+        if state.play_requested_at.is_none() {
+            state.sink.play()?;
+            state.play_requested_at = Some(Instant::now());
+        }
+        let estimate_bps = self.history.estimate_bps(state.now_s());
+        state.status = Status {
+            rendition: variant.index,
+            resolution: variant.resolution,
+            bitrate_bps: record.bitrate_bps,
+            estimate_bps,
+        };
+        let buffer_s = state.buffer_ahead_s();
+        state.event(Event::Segment {
+            index: record.index,
+            rendition: record.rendition,
+            bitrate_bps: record.bitrate_bps,
+            bytes: record.bytes,
+            download_ms: record.download_ms,
+            abandoned: record.abandoned,
+            estimate_bps: estimate_bps.round(),
+            buffer_s,
+            download,
+        });
+        drop(state);
+        self.done.records.push(record);
+        Ok(())
+    }
+
+    async fn decrypt(&mut self, segment: &Segment, data: Vec<u8>) -> Result<Vec<u8>, PlayError> {
+        let Some(key) = &segment.key else {
+            return Ok(data);
+        };
+        let key_bytes = match self.keys.get(&key.uri) {
+            Some(bytes) => bytes.clone(),
+            None => {
+                let bytes = self.fetcher.get(&key.uri, None).await?;
+                self.done.bytes += bytes.len() as u64;
+                self.keys.insert(key.uri.clone(), bytes.clone());
+                bytes
+            }
+        };
+        crypto::decrypt_aes128(&key_bytes, &key.iv, &data)
+            .map_err(|e| PlayError::Decrypt { sequence: segment.sequence, reason: e.to_string() })
+    }
+}

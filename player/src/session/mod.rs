@@ -1,0 +1,202 @@
+//! One playback: playlists → ABR decision → fetch → decrypt → push into the pipeline, with a monitor
+//! that measures the buffer, pauses on a stall and prints the status line. The decisions live in
+//! `crate::abr` and `crate::stall`; this module moves bytes and time between them.
+//!
+//! - [`play`] (here) sets a playback up, runs it and assembles its report;
+//! - `playlists`: media playlists per variant, live reloads, the ladder;
+//! - `downloader`: the download loop (one segment at a time);
+//! - `monitor`: the periodic buffer, stall and status-line check;
+//! - `state`: the playback state the two share;
+//! - `seams`: the fetch and pipeline traits the loop is written against.
+
+mod downloader;
+mod monitor;
+mod playlists;
+mod seams;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use thiserror::Error;
+use url::Url;
+
+use crate::abr::history::History;
+use crate::abr::EddyAbr;
+use crate::events::{Event, EventWriter};
+use crate::fetch::{FetchError, Fetcher};
+use crate::pipeline::{Container, Pipeline, PipelineError};
+use crate::playlist::{self, Parsed, PlaylistError, Variant};
+use crate::report::{PlaybackTotals, Report, SegmentRecord, TimelinePoint};
+use crate::stall::{StallTracker, RESUME_THRESHOLD_S};
+use downloader::{Downloaded, Downloader};
+use playlists::{build_ladder, LoadedPlaylist, Playlists};
+use state::{lock, Finish, Playback};
+
+#[derive(Debug, Clone)]
+pub struct PlayerConfig {
+    pub url: Url,
+    /// Fake sinks instead of a window and a sound card.
+    pub headless: bool,
+    pub buffer_target_s: f64,
+    pub max_bitrate_bps: Option<u64>,
+    pub max_height: Option<u64>,
+    /// Pin one variant (index in the master as listed).
+    pub rendition: Option<usize>,
+    pub start_at_s: Option<f64>,
+    pub duration_s: Option<f64>,
+    pub events: Option<PathBuf>,
+    pub quiet: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum PlayError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Playlist(#[from] PlaylistError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error("no playable rendition: {0}")]
+    NoRendition(String),
+    #[error("segment {sequence} could not be fetched at any rendition: {reason}")]
+    Segment { sequence: u64, reason: String },
+    #[error("segment {sequence}: {reason}")]
+    Decrypt { sequence: u64, reason: String },
+    #[error("cannot write {0}")]
+    Output(String),
+}
+
+/// What a playback produced.
+pub struct Played {
+    pub report: Report,
+    pub timeline: Vec<TimelinePoint>,
+}
+
+/// Plays `config.url` to the end (or `--duration`, or Ctrl-C).
+pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
+    let started_at = Instant::now();
+    let fetcher = Fetcher::new()?;
+    let body = fetcher.get(&config.url, None).await?;
+    let mut playlists = Playlists { loaded: HashMap::new() };
+    let variants = match playlist::parse(&body, &config.url)? {
+        Parsed::Master(variants) => variants,
+        Parsed::Media(media) => {
+            playlists.loaded.insert(0, LoadedPlaylist { playlist: media, loaded_at: Instant::now(), unchanged: false });
+            vec![Variant {
+                index: 0,
+                uri: config.url.clone(),
+                bandwidth_bps: 0,
+                average_bandwidth_bps: None,
+                resolution: None,
+            }]
+        }
+    };
+    let ladder = build_ladder(variants, &config)?;
+    // The lowest rung's playlist tells the container and the start position (all rungs align).
+    let first_rung = 0;
+    let first = playlists.load(&fetcher, &ladder.variants[first_rung]).await?.playlist.clone();
+    if first.segments.is_empty() && first.ended {
+        return Err(PlayError::NoRendition(format!(
+            "{}: the playlist has no segment",
+            ladder.variants[first_rung].uri
+        )));
+    }
+    let container = if first.is_fmp4() { Container::Fmp4 } else { Container::MpegTs };
+    let start_sequence = match config.start_at_s {
+        Some(seconds) => first
+            .sequence_at(seconds)
+            .ok_or_else(|| PlayError::NoRendition(format!("--start-at {seconds} is past the end of the stream")))?,
+        None if !first.ended => first.live_start_sequence().unwrap_or(0),
+        None => first.segments.first().map_or(0, |s| s.sequence),
+    };
+    let events = EventWriter::create(config.events.as_deref()).map_err(|e| {
+        PlayError::Output(format!("{}: {e}", config.events.as_deref().unwrap_or(std::path::Path::new("")).display()))
+    })?;
+    let shared = Arc::new(Mutex::new(Playback::new(
+        Box::new(Pipeline::new(container, config.headless)?),
+        started_at,
+        StallTracker::new(RESUME_THRESHOLD_S.min(config.buffer_target_s)),
+        config.duration_s,
+        events,
+    )));
+    let monitor = tokio::spawn(monitor::run(Arc::clone(&shared), config.quiet));
+    let interrupt = {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                lock(&shared).finish(Finish::Interrupted);
+            }
+        })
+    };
+    let mut downloader = Downloader {
+        config: &config,
+        fetcher: &fetcher,
+        ladder: &ladder,
+        shared: &shared,
+        playlists,
+        abr: Box::new(EddyAbr::new()),
+        history: History::default(),
+        keys: HashMap::new(),
+        last_init: None,
+        done: Downloaded { bytes: body.len() as u64, ..Downloaded::default() },
+    };
+    let result = downloader.run(start_sequence).await;
+    if let Err(error) = &result {
+        lock(&shared).finish(Finish::Failed(error.to_string()));
+    }
+    let _ = monitor.await;
+    interrupt.abort();
+    let done = downloader.done;
+    result?;
+    let mut state = lock(&shared);
+    let finish = state.finish.clone().unwrap_or(Finish::EndOfStream);
+    if let Finish::Failed(message) = &finish {
+        return Err(PipelineError::Decode(message.clone()).into());
+    }
+    let report = Report::build(totals(&config, &state, &finish, done));
+    let (reason, error) = finish.reason();
+    state.event(Event::End { reason, error, qoe_lin: report.qoe_lin });
+    state.sink.stop();
+    Ok(Played { report, timeline: std::mem::take(&mut state.timeline) })
+}
+
+/// The report's figures from the finished playback.
+fn totals(config: &PlayerConfig, state: &Playback, finish: &Finish, done: Downloaded) -> PlaybackTotals {
+    let played_s = match finish {
+        Finish::EndOfStream => state.pushed_media_s,
+        _ => state.played_s(),
+    };
+    let startup_ms =
+        state.playing_since.map_or(0, |t| t.saturating_duration_since(state.started_at).as_millis() as u64);
+    PlaybackTotals {
+        url: config.url.to_string(),
+        startup_ms,
+        played_s,
+        stall_count: state.stall.count,
+        stall_s: state.stall.total_at(state.now_s()),
+        bytes: done.bytes,
+        abandoned_downloads: done.abandoned,
+        interrupted: *finish == Finish::Interrupted,
+        segments: played_segments(done.records, played_s),
+    }
+}
+
+/// The segments that (at least partly) played: only they belong to the report.
+fn played_segments(mut records: Vec<SegmentRecord>, played_s: f64) -> Vec<SegmentRecord> {
+    let mut start = 0.0;
+    let played = records
+        .iter()
+        .take_while(|record| {
+            let begins = start;
+            start += record.duration_s;
+            begins < played_s - 1e-3
+        })
+        .count();
+    records.truncate(played);
+    records
+}

@@ -1,0 +1,80 @@
+//! The two seams between the download loop and the world: where bytes come from ([`Fetch`]) and
+//! where media goes ([`MediaSink`]). The real player plugs in [`Fetcher`] (HTTP and files) and
+//! [`Pipeline`] (GStreamer); the tests plug in fakes, so the loop is tested without sockets, a
+//! pipeline or waiting.
+
+use std::future::Future;
+
+use bytes::Bytes;
+use url::Url;
+
+use crate::fetch::{FetchError, Fetcher, Outcome, Progress};
+use crate::pipeline::{Pipeline, PipelineError, PipelineEvent};
+use crate::playlist::Range;
+
+/// Fetches playlists, keys and segments.
+pub trait Fetch {
+    /// The whole body of `url` (or its `range`).
+    fn get(&self, url: &Url, range: Option<Range>) -> impl Future<Output = Result<Bytes, FetchError>>;
+    /// Downloads `url`, calling `abandon` with the progress; stops (without retrying) when it says so.
+    fn download(
+        &self,
+        url: &Url,
+        range: Option<Range>,
+        abandon: impl FnMut(&Progress) -> bool,
+    ) -> impl Future<Output = Result<Outcome, FetchError>>;
+}
+
+impl Fetch for Fetcher {
+    async fn get(&self, url: &Url, range: Option<Range>) -> Result<Bytes, FetchError> {
+        Fetcher::get(self, url, range).await
+    }
+
+    async fn download(
+        &self,
+        url: &Url,
+        range: Option<Range>,
+        abandon: impl FnMut(&Progress) -> bool,
+    ) -> Result<Outcome, FetchError> {
+        Fetcher::download(self, url, range, abandon).await
+    }
+}
+
+/// Plays what is pushed into it.
+pub trait MediaSink: Send {
+    /// Appends media; `discontinuity` after a rendition switch or a discontinuity tag.
+    fn push(&self, data: Vec<u8>, discontinuity: bool) -> Result<(), PipelineError>;
+    fn play(&self) -> Result<(), PipelineError>;
+    fn pause(&self) -> Result<(), PipelineError>;
+    /// Nothing more will be pushed.
+    fn end_of_stream(&self) -> Result<(), PipelineError>;
+    /// Media played so far (the clock's running time), once playing.
+    fn running_time_s(&self) -> Option<f64>;
+    /// What happened since the last call.
+    fn poll(&self) -> Vec<PipelineEvent>;
+    fn stop(&self);
+}
+
+impl MediaSink for Pipeline {
+    fn push(&self, data: Vec<u8>, discontinuity: bool) -> Result<(), PipelineError> {
+        Pipeline::push(self, data, discontinuity)
+    }
+    fn play(&self) -> Result<(), PipelineError> {
+        Pipeline::play(self)
+    }
+    fn pause(&self) -> Result<(), PipelineError> {
+        Pipeline::pause(self)
+    }
+    fn end_of_stream(&self) -> Result<(), PipelineError> {
+        Pipeline::end_of_stream(self)
+    }
+    fn running_time_s(&self) -> Option<f64> {
+        Pipeline::running_time_s(self)
+    }
+    fn poll(&self) -> Vec<PipelineEvent> {
+        Pipeline::poll(self)
+    }
+    fn stop(&self) {
+        Pipeline::stop(self)
+    }
+}

@@ -1,0 +1,142 @@
+//! The playback state the download loop and the monitor share (behind one mutex): what was pushed,
+//! what played, stalls, how playback ends, the status line's figures, the timeline and the event log.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use super::seams::MediaSink;
+use crate::events::{EndReason, Event, EventRecord, EventWriter};
+use crate::report::TimelinePoint;
+use crate::stall::StallTracker;
+
+/// How a playback ends (the first reason wins).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Finish {
+    EndOfStream,
+    DurationReached,
+    Interrupted,
+    Failed(String),
+}
+
+impl Finish {
+    /// The reason as the event log states it, with the error for a failure.
+    pub(super) fn reason(&self) -> (EndReason, Option<String>) {
+        match self {
+            Finish::EndOfStream => (EndReason::EndOfStream, None),
+            Finish::DurationReached => (EndReason::DurationReached, None),
+            Finish::Interrupted => (EndReason::Interrupted, None),
+            Finish::Failed(message) => (EndReason::Failed, Some(message.clone())),
+        }
+    }
+}
+
+/// What the status line shows of the download side.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Status {
+    pub rendition: usize,
+    pub resolution: Option<(u64, u64)>,
+    pub bitrate_bps: u64,
+    pub estimate_bps: f64,
+}
+
+pub(super) struct Playback {
+    pub sink: Box<dyn MediaSink>,
+    pub started_at: Instant,
+    pub play_requested_at: Option<Instant>,
+    pub playing_since: Option<Instant>,
+    /// Media seconds pushed into the pipeline.
+    pub pushed_media_s: f64,
+    pub all_pushed: bool,
+    pub stall: StallTracker,
+    /// Played seconds frozen while the pipeline is paused for a stall.
+    pub frozen_played_s: Option<f64>,
+    pub finish: Option<Finish>,
+    /// `--duration`.
+    pub duration_s: Option<f64>,
+    /// When the monitor first saw everything pushed played (end-of-stream grace).
+    pub all_played_at: Option<Instant>,
+    pub status: Status,
+    pub timeline: Vec<TimelinePoint>,
+    events: EventWriter,
+}
+
+impl Playback {
+    pub fn new(
+        sink: Box<dyn MediaSink>,
+        started_at: Instant,
+        stall: StallTracker,
+        duration_s: Option<f64>,
+        events: EventWriter,
+    ) -> Self {
+        Playback {
+            sink,
+            started_at,
+            play_requested_at: None,
+            playing_since: None,
+            pushed_media_s: 0.0,
+            all_pushed: false,
+            stall,
+            frozen_played_s: None,
+            finish: None,
+            duration_s,
+            all_played_at: None,
+            status: Status::default(),
+            timeline: Vec::new(),
+            events,
+        }
+    }
+
+    /// Seconds since the player started: the clock every ABR time is on.
+    pub fn now_s(&self) -> f64 {
+        self.seconds(Instant::now())
+    }
+
+    /// `t` in seconds since the player started.
+    pub fn seconds(&self, t: Instant) -> f64 {
+        t.saturating_duration_since(self.started_at).as_secs_f64()
+    }
+
+    /// Media played so far, measured on the pipeline clock (running time), frozen during stalls.
+    pub fn played_s(&self) -> f64 {
+        if self.playing_since.is_none() {
+            return 0.0;
+        }
+        if let Some(frozen) = self.frozen_played_s {
+            return frozen;
+        }
+        self.sink.running_time_s().unwrap_or(0.0).min(self.pushed_media_s)
+    }
+
+    pub fn buffer_ahead_s(&self) -> f64 {
+        (self.pushed_media_s - self.played_s()).max(0.0)
+    }
+
+    /// Enough media is pushed for `--duration`: the download loop stops.
+    pub fn enough_pushed(&self) -> bool {
+        self.duration_s.is_some_and(|d| self.pushed_media_s >= d)
+    }
+
+    /// Whether the pipeline holds all the media this playback will play: the stream's last segment,
+    /// or enough for `--duration`. The buffer running out then is the end, not a stall.
+    pub fn nothing_more_to_push(&self) -> bool {
+        self.all_pushed || self.enough_pushed()
+    }
+
+    pub fn event(&mut self, event: Event) {
+        let unix_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let t_s = (self.now_s() * 1000.0).round() / 1000.0;
+        self.events.write(&EventRecord { event, t_s, unix_ms });
+    }
+
+    pub fn finish(&mut self, finish: Finish) {
+        if self.finish.is_none() {
+            self.finish = Some(finish);
+        }
+    }
+}
+
+/// The state, even if a holder panicked: playback state stays meaningful, and the player must end.
+pub(super) fn lock(shared: &Mutex<Playback>) -> MutexGuard<'_, Playback> {
+    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
