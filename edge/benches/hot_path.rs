@@ -15,7 +15,8 @@ use http::{Method, StatusCode};
 use eddy_edge::cache::policy::{judge, CacheRules};
 use eddy_edge::cache::{CacheKey, CachedObject, Storage};
 use eddy_edge::config::{CacheConfig, Eviction};
-use eddy_edge::phases::respond::{self, CacheResult, Outcome};
+use eddy_edge::metrics::CacheResult;
+use eddy_edge::phases::respond::{self, Outcome};
 
 fn segment(size: usize) -> CachedObject {
     let rules = CacheRules::from_config(&CacheConfig::default());

@@ -21,7 +21,7 @@ use http::{Method, StatusCode};
 
 use super::origin_request::{self, Forwarding};
 use super::range::{self, RangeAnswer};
-use super::respond::{self, CacheResult, Outcome, Precondition};
+use super::respond::{self, Outcome, Precondition};
 use super::route::Target;
 use super::Edge;
 use crate::body::{BodyError, EdgeBody};
@@ -31,6 +31,7 @@ use crate::cache::coalesce::{
 use crate::cache::policy::{self, judge_exchange, remove_hop_by_hop, Exchange, Verdict};
 use crate::cache::{CacheKey, CachedObject};
 use crate::config::SetCookie;
+use crate::metrics::CacheResult;
 use crate::origin::{OriginError, OriginRequest};
 
 /// Why the request goes forward, for `Cache-Status: fwd=` (RFC 9211 §2.2).

@@ -38,10 +38,10 @@ use crate::cache::coalesce::Flights;
 use crate::cache::policy::CacheRules;
 use crate::cache::{CacheKey, Storage};
 use crate::config::Config;
-use crate::metrics::{CacheGauges, Metrics};
+use crate::metrics::{CacheGauges, CacheResult, Metrics};
 use crate::origin::OriginSet;
 use crate::ratelimit::RateLimiter;
-use respond::{CacheResult, Outcome};
+use respond::Outcome;
 
 /// Everything the request path shares: configuration, cache, flights, origins, metrics.
 pub struct Edge {

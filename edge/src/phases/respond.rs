@@ -11,31 +11,7 @@ use http::{Method, Response, StatusCode};
 use super::range::{self, RangeAnswer};
 use crate::body::EdgeBody;
 use crate::cache::CachedObject;
-
-/// How the cache took part in a response; shown in `X-Cache` and counted in the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CacheResult {
-    Hit,
-    Miss,
-    Stale,
-    Revalidated,
-    Pass,
-    /// Answered by the edge itself (errors, preflight, refusals).
-    Local,
-}
-
-impl CacheResult {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheResult::Hit => "HIT",
-            CacheResult::Miss => "MISS",
-            CacheResult::Stale => "STALE",
-            CacheResult::Revalidated => "REVALIDATED",
-            CacheResult::Pass => "PASS",
-            CacheResult::Local => "LOCAL",
-        }
-    }
-}
+use crate::metrics::CacheResult;
 
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");

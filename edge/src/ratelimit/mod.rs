@@ -6,7 +6,6 @@
 //!   of (policy, state, time).
 //! - `local`: the in-process store; `redis_store`: the fleet's store (one Lua script per algorithm).
 //! - `headers`: RateLimit-Policy / RateLimit / X-RateLimit-* / Retry-After.
-//! - `top`: the most limited clients, for `eddy-edge stats`.
 //!
 //! `RateLimiter` is the thin shell that ties them together: pick the client's policy, ask the store,
 //! fall back to the local store (fail open, still a per-edge ceiling) or refuse (fail closed) when the
@@ -17,7 +16,6 @@ pub mod config;
 pub mod headers;
 pub mod local;
 pub mod redis_store;
-pub mod top;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,51 +31,9 @@ pub use self::config::{OnStoreError, Rate, RateLimitConfig, StoreSpec};
 use self::headers::Quota;
 use self::local::LocalStore;
 use self::redis_store::RedisStore;
-use crate::metrics::Metrics;
+use crate::metrics::{DecidedBy, LimitResult, Metrics};
 use crate::phases::identify::{ClientId, IdentityRules};
 use crate::phases::respond::Outcome;
-
-/// How a request fared, for the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LimitResult {
-    Allowed,
-    /// Over its limit: 429.
-    Limited,
-    /// The shared store failed and `on_store_error = "closed"`: 503.
-    Unavailable,
-}
-
-impl LimitResult {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LimitResult::Allowed => "allowed",
-            LimitResult::Limited => "limited",
-            LimitResult::Unavailable => "unavailable",
-        }
-    }
-}
-
-/// Which store made a decision, for the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DecidedBy {
-    Local,
-    Redis,
-    /// The local ceiling, because Redis failed (fail open).
-    Fallback,
-    /// No store: a blocked client, or Redis failed with fail closed.
-    Nobody,
-}
-
-impl DecidedBy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DecidedBy::Local => "local",
-            DecidedBy::Redis => "redis",
-            DecidedBy::Fallback => "fallback",
-            DecidedBy::Nobody => "none",
-        }
-    }
-}
 
 /// A policy with its names: `metrics_label` is `default` or the override's id (operator-chosen, so
 /// bounded); `header_name` never names a client.
@@ -209,7 +165,7 @@ impl RateLimiter {
         let named = self.overrides.get(&client.0).unwrap_or(&self.default);
         let policy = &named.policy;
         let Some((decision, by)) = self.decide(&client.0, policy, metrics).await else {
-            metrics.record_rate_limit(LimitResult::Unavailable, &named.metrics_label, DecidedBy::Nobody, client);
+            metrics.record_rate_limit(LimitResult::Unavailable, &named.metrics_label, DecidedBy::Nobody, &client.0);
             return Verdict::Refused(Box::new(unavailable()));
         };
         let quota = Quota::new(named.header_name, policy, &decision);
@@ -217,10 +173,10 @@ impl RateLimiter {
             if by == DecidedBy::Fallback {
                 metrics.record_rate_limit_failed_open();
             }
-            metrics.record_rate_limit(LimitResult::Allowed, &named.metrics_label, by, client);
+            metrics.record_rate_limit(LimitResult::Allowed, &named.metrics_label, by, &client.0);
             Verdict::Allowed(quota)
         } else {
-            metrics.record_rate_limit(LimitResult::Limited, &named.metrics_label, by, client);
+            metrics.record_rate_limit(LimitResult::Limited, &named.metrics_label, by, &client.0);
             Verdict::Refused(Box::new(too_many_requests(&quota)))
         }
     }
