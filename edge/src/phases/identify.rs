@@ -116,6 +116,10 @@ impl ClientId {
         }
         ClientId(format!("ip:{peer_ip}"))
     }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 impl std::fmt::Display for ClientId {

@@ -4,7 +4,8 @@
 //! - `identify`: who is the client? (Computed for every request, refused ones too: the access log
 //!   records it.)
 //! - `route`: is this a request we serve (host, target form, path)? The edge is never an open proxy.
-//! - rate limit (`crate::ratelimit`), before any cache lookup so that hits cannot bypass it.
+//! - `limit`: the rate limit (decided by `crate::ratelimit`), before any cache lookup so that hits
+//!   cannot bypass it.
 //! - `lookup`: the cache lookup and the hit / stale / miss decision.
 //! - `fetch`: a miss or revalidation, coalesced so the origin sees each object once.
 //!   `pass`: methods that are not cached go straight to the origin.
@@ -14,6 +15,7 @@
 
 pub mod fetch;
 pub mod identify;
+pub mod limit;
 pub mod lookup;
 pub mod origin_request;
 pub mod pass;
@@ -41,6 +43,7 @@ use crate::config::Config;
 use crate::metrics::{CacheGauges, CacheResult, Metrics};
 use crate::origin::OriginSet;
 use crate::ratelimit::RateLimiter;
+use identify::{ClientId, IdentityRules};
 use respond::Outcome;
 
 /// Everything the request path shares: configuration, cache, flights, origins, metrics.
@@ -53,6 +56,8 @@ pub struct Edge {
     pub metrics: Metrics,
     pub cors_allow_origin: Option<HeaderValue>,
     pub ratelimit: RateLimiter,
+    /// How clients are identified (`rate_limit.identify`), for the limits and the access log.
+    pub identity: IdentityRules,
     /// `origin.forward_request_headers`, parsed once.
     pub forwarded_request_headers: Vec<HeaderName>,
     /// Test-only fault injection: a fill for exactly this path panics mid-body. Set from the
@@ -118,6 +123,7 @@ impl Edge {
             origins,
             metrics,
             ratelimit: RateLimiter::new(&config.rate_limit),
+            identity: IdentityRules::from_config(&config.rate_limit),
             cors_allow_origin,
             forwarded_request_headers,
             panic_in_fill_path: std::env::var("EDDY_TEST_PANIC_IN_FILL").ok().filter(|p| !p.is_empty()),
@@ -152,7 +158,8 @@ pub async fn handle(
 ) -> Result<Response<LoggedBody>, Infallible> {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
-    let client = edge.ratelimit.identify(&parts.headers, peer);
+    // Also when limiting is off: the access log records who asked.
+    let client = ClientId::of(&edge.identity, &parts.headers, peer);
     let mut outcome = match route::accept(&parts, &edge.config.server_names) {
         Err((status, reason)) => {
             let mut refused = Outcome::local(status, &reason);
@@ -164,9 +171,9 @@ pub async fn handle(
             refused
         }
         // Rate limit before the cache lookup, so that hits cannot bypass it.
-        Ok(target) => match edge.ratelimit.check(&client, &edge.metrics).await {
-            crate::ratelimit::Verdict::Refused(refusal) => *refusal,
-            verdict => {
+        Ok(target) => match limit::admit(&edge, &client).await {
+            Err(refusal) => *refusal,
+            Ok(quota) => {
                 let mut outcome = if parts.method == Method::OPTIONS
                     && parts.headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
                 {
@@ -176,7 +183,9 @@ pub async fn handle(
                 } else {
                     pass::forward(&edge, &parts, body, &target, peer).await
                 };
-                verdict.apply(outcome.response.headers_mut());
+                if let Some(quota) = quota {
+                    quota.apply(outcome.response.headers_mut());
+                }
                 outcome
             }
         },
@@ -221,7 +230,7 @@ struct AccessLog {
     uri: http::Uri,
     status: u16,
     result: CacheResult,
-    client: identify::ClientId,
+    client: ClientId,
     /// Also in the response's X-Request-Id, so that a client's report finds this line.
     request_id: HeaderValue,
     /// What went wrong, when something did (never shown to the client).
