@@ -339,8 +339,8 @@ mod tests {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
         headers.insert(header::ETAG, HeaderValue::from_static("\"v1\""));
         headers.insert(header::LAST_MODIFIED, HeaderValue::from_static("Mon, 01 Jan 2024 00:00:00 GMT"));
-        let verdict = judge(&rules, &request, StatusCode::OK, &headers, "/a", SystemTime::now());
-        CachedObject::from_verdict(StatusCode::OK, headers, Bytes::from_static(body), verdict, Instant::now())
+        let cacheability = judge(&rules, &request, StatusCode::OK, &headers, "/a", SystemTime::now());
+        CachedObject::new(StatusCode::OK, headers, Bytes::from_static(body), cacheability, Instant::now())
     }
 
     fn request(pairs: &[(HeaderName, &str)]) -> HeaderMap {
