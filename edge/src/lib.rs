@@ -6,6 +6,7 @@ pub mod admin;
 pub mod body;
 pub mod cache;
 pub mod config;
+pub mod identity;
 pub mod metrics;
 pub mod origin;
 pub mod phases;

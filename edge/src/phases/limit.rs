@@ -6,9 +6,9 @@
 use http::header::{HeaderValue, CACHE_CONTROL, RETRY_AFTER};
 use http::StatusCode;
 
-use super::identify::ClientId;
 use super::respond::Outcome;
 use super::Edge;
+use crate::identity::ClientId;
 use crate::ratelimit::{Admission, Quota};
 
 /// `Ok` with the quota headers to add to the answer (none when limiting is off), or `Err` with the

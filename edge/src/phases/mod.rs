@@ -1,8 +1,8 @@
-//! The request's path through the edge, one phase per module. `handle` runs them, and its order is the
+//! The request's path through the edge, one module per phase. `handle` runs them, and its order is the
 //! one that counts:
 //!
-//! - `identify`: who is the client? (Computed for every request, refused ones too: the access log
-//!   records it.)
+//! - identify (`crate::identity`): who is the client? (Computed for every request, refused ones too:
+//!   the access log records it.)
 //! - `route`: is this a request we serve (host, target form, path)? The edge is never an open proxy.
 //! - `limit`: the rate limit (decided by `crate::ratelimit`), before any cache lookup so that hits
 //!   cannot bypass it.
@@ -14,7 +14,6 @@
 //! Access logging and metrics wrap the whole path (`handle`).
 
 pub mod fetch;
-pub mod identify;
 pub mod limit;
 pub mod lookup;
 pub mod origin_request;
@@ -40,10 +39,10 @@ use crate::cache::coalesce::Flights;
 use crate::cache::policy::CacheRules;
 use crate::cache::{CacheKey, Storage};
 use crate::config::Config;
+use crate::identity::{ClientId, IdentityRules};
 use crate::metrics::{CacheGauges, CacheResult, Metrics};
 use crate::origin::OriginSet;
 use crate::ratelimit::RateLimiter;
-use identify::{ClientId, IdentityRules};
 use respond::Outcome;
 
 /// Everything the request path shares: configuration, cache, flights, origins, metrics.
