@@ -2,6 +2,7 @@
 //! `phases` (route → identify → rate limit → lookup → fetch/pass → respond), the cache lives in `cache`
 //! (keys, policy, storage, coalescing), origins in `origin`, and the listeners in `server` and `admin`.
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod cache;
@@ -13,4 +14,5 @@ pub mod phases;
 pub mod ratelimit;
 pub mod request_body;
 pub mod server;
+pub mod state;
 pub mod stats_cmd;

@@ -23,7 +23,6 @@ use super::origin_request::{self, Forwarding};
 use super::range::{self, RangeAnswer};
 use super::respond::{self, Outcome, Precondition};
 use super::route::Target;
-use super::Edge;
 use crate::body::{BodyError, EdgeBody};
 use crate::cache::coalesce::{
     vary_matches, FillGuard, Flight, FlightFailure, FlightHead, FlightReader, HeadOutcome, Joined, NotWhole,
@@ -33,6 +32,7 @@ use crate::cache::{CacheKey, CachedObject};
 use crate::config::SetCookie;
 use crate::metrics::CacheResult;
 use crate::origin::{OriginError, OriginRequest};
+use crate::state::Edge;
 
 /// Why the request goes forward, for `Cache-Status: fwd=` (RFC 9211 §2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,9 +7,9 @@ use http::header::{HeaderValue, CACHE_CONTROL, RETRY_AFTER};
 use http::StatusCode;
 
 use super::respond::Outcome;
-use super::Edge;
 use crate::identity::ClientId;
 use crate::ratelimit::{Admission, Quota};
+use crate::state::Edge;
 
 /// `Ok` with the quota headers to add to the answer (none when limiting is off), or `Err` with the
 /// refusal to send instead. The refusal is boxed: it is the rare path, and an `Outcome` is large.
