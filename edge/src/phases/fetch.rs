@@ -313,26 +313,15 @@ async fn answer_from_flight(
                 }
             };
         };
-        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        return Answer::Ready(outcome(match range::answer(&parts.headers, length, etag.as_deref()) {
-            RangeAnswer::Whole => respond::response(head.status, headers, EdgeBody::stream(reader.into_stream())),
-            RangeAnswer::Partial { start, end } => {
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{length}")) {
-                    headers.insert(header::CONTENT_RANGE, v);
-                }
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
-                // Answered as soon as its bytes arrive, while the fill goes on.
-                let body = EdgeBody::stream(byte_range(reader.into_stream(), start, end));
-                respond::response(StatusCode::PARTIAL_CONTENT, headers, body)
-            }
-            RangeAnswer::Unsatisfiable => {
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{length}")) {
-                    headers.insert(header::CONTENT_RANGE, v);
-                }
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
-                respond::response(StatusCode::RANGE_NOT_SATISFIABLE, headers, EdgeBody::empty())
-            }
-        }));
+        let answer = range::answer(&parts.headers, length, etag.as_deref());
+        let status = respond::range_head(head.status, answer, length, &mut headers);
+        let body = match answer {
+            RangeAnswer::Whole => EdgeBody::stream(reader.into_stream()),
+            // Answered as soon as its bytes arrive, while the fill goes on.
+            RangeAnswer::Partial { start, end } => EdgeBody::stream(byte_range(reader.into_stream(), start, end)),
+            RangeAnswer::Unsatisfiable => EdgeBody::empty(),
+        };
+        return Answer::Ready(outcome(respond::response(status, headers, body)));
     }
     Answer::Ready(outcome(respond::response(head.status, headers, EdgeBody::stream(reader.into_stream()))))
 }
