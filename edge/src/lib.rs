@@ -1,6 +1,7 @@
-//! Eddy's edge cache. See ARCHITECTURE.md for the map; in short, a request flows through
-//! `phases` (route → identify → rate limit → lookup → fetch/pass → respond), the cache lives in `cache`
-//! (keys, policy, storage, coalescing), origins in `origin`, and the listeners in `server` and `admin`.
+//! Eddy's edge cache. See ARCHITECTURE.md for the map; in short, a request flows through `phases`
+//! (in the order `phases::handle` runs them), sharing the app state in `state`; the cache lives in
+//! `cache` (keys, policy, storage, coalescing), origins in `origin`, rate-limit decisions in `ratelimit`,
+//! counters in `metrics` (a leaf), and the listeners in `server` and `admin`.
 
 pub mod access_log;
 pub mod admin;
