@@ -1,7 +1,7 @@
 //! Per-client rate limiting: whether one more request of a client may be served. It decides, it does
 //! not build HTTP answers: `check` returns an [`Admission`], and the request path's limit phase
-//! (`phases/limit.rs`) turns it into headers or a refusal. Clients are plain identity strings (see
-//! `phases/identify.rs` for how they are made).
+//! (`phases/limit.rs`) turns it into headers or a refusal. Clients are plain identity strings (made by
+//! `crate::identity`).
 //!
 //! - `config`: the `[rate_limit]` keys and their checks.
 //! - `algorithm`: token bucket, fixed window, sliding log, sliding window counter, as pure functions
