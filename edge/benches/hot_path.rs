@@ -15,7 +15,8 @@ use http::{Method, StatusCode};
 use eddy_edge::cache::policy::{judge, CacheRules};
 use eddy_edge::cache::{CacheKey, CachedObject, Storage};
 use eddy_edge::config::{CacheConfig, Eviction};
-use eddy_edge::phases::respond::{self, CacheResult, Outcome};
+use eddy_edge::metrics::CacheResult;
+use eddy_edge::phases::respond::{self, Outcome};
 
 fn segment(size: usize) -> CachedObject {
     let rules = CacheRules::from_config(&CacheConfig::default());
@@ -27,8 +28,8 @@ fn segment(size: usize) -> CachedObject {
     headers.insert(header::ETAG, HeaderValue::from_static("\"5f2a9c0e41\""));
     headers.insert(header::LAST_MODIFIED, HeaderValue::from_static("Mon, 01 Jan 2024 00:00:00 GMT"));
     headers.insert(header::DATE, HeaderValue::from_static("Mon, 01 Jan 2024 00:00:00 GMT"));
-    let verdict = judge(&rules, &request, StatusCode::OK, &headers, "/v/720p/seg_00042.ts", SystemTime::now());
-    CachedObject::from_verdict(StatusCode::OK, headers, Bytes::from(vec![7u8; size]), verdict, Instant::now())
+    let cacheability = judge(&rules, &request, StatusCode::OK, &headers, "/v/720p/seg_00042.ts", SystemTime::now());
+    CachedObject::new(StatusCode::OK, headers, Bytes::from(vec![7u8; size]), cacheability, Instant::now())
 }
 
 fn cache_key(c: &mut Criterion) {

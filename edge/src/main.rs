@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use eddy_edge::config::{Config, Overrides};
-use eddy_edge::phases::Edge;
+use eddy_edge::state::Edge;
 use eddy_edge::{server, stats_cmd};
 use eddy_shared::size::parse_size;
 

@@ -1,5 +1,11 @@
 //! Counters for `/metrics` (Prometheus text) and `/stats` (JSON). Counting is lock-free atomics on the
 //! request path; gauges of the cache are read from it when scraped.
+//!
+//! A leaf: it imports nothing from the rest of the crate, so that every part of the request path can
+//! count without an import cycle. The label types (`CacheResult`, `LimitResult`, `DecidedBy`) live here
+//! for that reason, and clients are plain strings.
+
+mod top;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,14 +18,78 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
-use crate::phases::identify::ClientId;
-use crate::phases::respond::CacheResult;
-use crate::ratelimit::top::TopClients;
-use crate::ratelimit::{DecidedBy, LimitResult};
+use self::top::TopClients;
 
 /// How many of the most limited clients are remembered (and `TOP_LIMITED_SHOWN` of them shown).
 const TOP_LIMITED_TRACKED: usize = 256;
 const TOP_LIMITED_SHOWN: usize = 10;
+
+/// How the cache took part in a response; shown in `X-Cache` and counted in the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CacheResult {
+    Hit,
+    Miss,
+    Stale,
+    Revalidated,
+    Pass,
+    /// Answered by the edge itself (errors, preflight, refusals).
+    Local,
+}
+
+impl CacheResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "HIT",
+            CacheResult::Miss => "MISS",
+            CacheResult::Stale => "STALE",
+            CacheResult::Revalidated => "REVALIDATED",
+            CacheResult::Pass => "PASS",
+            CacheResult::Local => "LOCAL",
+        }
+    }
+}
+
+/// How a request fared, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitResult {
+    Allowed,
+    /// Over its limit: 429.
+    Limited,
+    /// The shared store failed and `on_store_error = "closed"`: 503.
+    Unavailable,
+}
+
+impl LimitResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitResult::Allowed => "allowed",
+            LimitResult::Limited => "limited",
+            LimitResult::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Which store made a decision, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DecidedBy {
+    Local,
+    Redis,
+    /// The local ceiling, because Redis failed (fail open).
+    Fallback,
+    /// No store: a blocked client, or Redis failed with fail closed.
+    Nobody,
+}
+
+impl DecidedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecidedBy::Local => "local",
+            DecidedBy::Redis => "redis",
+            DecidedBy::Fallback => "fallback",
+            DecidedBy::Nobody => "none",
+        }
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -279,7 +349,8 @@ impl Metrics {
         self.rl_enabled.store(u64::from(enabled), Ordering::Relaxed);
     }
 
-    pub fn record_rate_limit(&self, result: LimitResult, policy: &Arc<String>, store: DecidedBy, client: &ClientId) {
+    /// One decision about `client` (an identity such as `ip:203.0.113.9`; only refused ones are kept).
+    pub fn record_rate_limit(&self, result: LimitResult, policy: &Arc<String>, store: DecidedBy, client: &str) {
         let labels = RateLimitLabels { result: result.as_str(), policy: policy.clone(), store: store.as_str() };
         self.rl_decisions.get_or_create(&labels).inc();
         let total = match result {
@@ -289,7 +360,7 @@ impl Metrics {
         };
         total.fetch_add(1, Ordering::Relaxed);
         if result == LimitResult::Limited {
-            self.top_limited.lock().unwrap_or_else(|p| p.into_inner()).record(&client.0);
+            self.top_limited.lock().unwrap_or_else(|p| p.into_inner()).record(client);
         }
     }
 

@@ -47,7 +47,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::phases::{self, Edge};
+use crate::phases;
+use crate::state::Edge;
 
 /// Largest request head accepted; larger gets 431 from hyper (RFC 6585 §5).
 const MAX_REQUEST_HEAD: usize = 64 * 1024;

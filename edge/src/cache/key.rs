@@ -205,6 +205,9 @@ mod tests {
     }
 
     proptest::proptest! {
+        // Fixed case count, and no regression files: CI's tree may be read-only.
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, failure_persistence: None, ..Default::default() })]
+
         /// No two (host, path, query) triples share a key unless they name the same thing.
         #[test]
         fn keys_are_injective_over_arbitrary_triples(
@@ -235,13 +238,15 @@ mod tests {
             proptest::prop_assert_eq!(k1 == k2, normalised(&h1, &p1, &q1) == normalised(&h2, &p2, &q2));
         }
 
-        /// Two requests whose varied header values differ in any byte get different variants.
+        /// Two requests whose varied header values differ in any byte get different variants. List syntax
+        /// (commas, blanks around members) is left out: `vary_value` normalises it away on purpose.
         #[test]
         fn variant_keys_tell_every_header_value_apart(
             a in proptest::collection::vec(0x20u8..=0xff, 0..8), b in proptest::collection::vec(0x20u8..=0xff, 0..8),
         ) {
-            let a: Vec<u8> = a.into_iter().filter(|&c| c != 0x7f).collect();
-            let b: Vec<u8> = b.into_iter().filter(|&c| c != 0x7f).collect();
+            let member = |c: &u8| !matches!(c, 0x7f | b',' | b' ');
+            let a: Vec<u8> = a.into_iter().filter(member).collect();
+            let b: Vec<u8> = b.into_iter().filter(member).collect();
             let names = vec![HeaderName::from_static("x-user")];
             let headers = |v: &[u8]| {
                 let mut map = HeaderMap::new();

@@ -127,9 +127,10 @@ pub enum LifetimeSource {
     None,
 }
 
-/// The verdict on a response from the origin.
+/// What a shared cache may do with a response from the origin: whether it may be stored, how long it
+/// stays fresh, how long it may be served stale, and which request headers it Varies on.
 #[derive(Debug, Clone)]
-pub struct Verdict {
+pub struct Cacheability {
     pub storable: bool,
     /// The freshness lifetime (RFC 9111 §4.2.1).
     pub lifetime: Duration,
@@ -159,7 +160,7 @@ pub fn judge(
     headers: &HeaderMap,
     path: &str,
     now: SystemTime,
-) -> Verdict {
+) -> Cacheability {
     judge_exchange(rules, request, status, headers, path, Exchange::at(now))
 }
 
@@ -172,7 +173,7 @@ pub fn judge_exchange(
     headers: &HeaderMap,
     path: &str,
     exchange: Exchange,
-) -> Verdict {
+) -> Cacheability {
     // RFC 9213 §2.2: a valid targeted field replaces Cache-Control and Expires for this cache.
     let targeted = directives::targeted(headers, &rules.targeted_fields);
     let is_targeted = targeted.is_some();
@@ -251,7 +252,7 @@ pub fn judge_exchange(
         && (!cc.no_cache || has_validator);
 
     let forbids_stale = cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some() || cc.no_cache;
-    Verdict {
+    Cacheability {
         storable,
         lifetime,
         initial_age,
@@ -329,11 +330,12 @@ pub enum Lifecycle {
 }
 
 impl CachedObject {
-    pub fn from_verdict(
+    /// The object to store for a response that arrived `now`, with the timings `judge` gave it.
+    pub fn new(
         status: StatusCode,
         mut headers: HeaderMap,
         body: Bytes,
-        verdict: Verdict,
+        cacheability: Cacheability,
         now: Instant,
     ) -> Self {
         headers.remove(header::AGE);
@@ -342,11 +344,11 @@ impl CachedObject {
             headers,
             body,
             stored_at: now,
-            initial_age: verdict.initial_age,
-            lifetime: verdict.lifetime,
-            stale_while_revalidate: verdict.stale_while_revalidate,
-            stale_if_error: verdict.stale_if_error,
-            forbids_stale: verdict.forbids_stale,
+            initial_age: cacheability.initial_age,
+            lifetime: cacheability.lifetime,
+            stale_while_revalidate: cacheability.stale_while_revalidate,
+            stale_if_error: cacheability.stale_if_error,
+            forbids_stale: cacheability.forbids_stale,
         }
     }
 
@@ -444,8 +446,8 @@ impl CachedObject {
             headers.append(name.clone(), value.clone());
         }
         remove_hop_by_hop(&mut headers);
-        let verdict = judge_exchange(rules, request, self.status, &headers, path, exchange);
-        Some(CachedObject::from_verdict(self.status, headers, self.body.clone(), verdict, now))
+        let cacheability = judge_exchange(rules, request, self.status, &headers, path, exchange);
+        Some(CachedObject::new(self.status, headers, self.body.clone(), cacheability, now))
     }
 }
 
@@ -502,7 +504,7 @@ mod tests {
         map
     }
 
-    fn judge_now(status: u16, pairs: &[(&str, &str)], path: &str) -> Verdict {
+    fn judge_now(status: u16, pairs: &[(&str, &str)], path: &str) -> Cacheability {
         judge(
             &rules(),
             &request(&[]),
@@ -779,8 +781,8 @@ mod tests {
 
     fn object(fresh: u64, swr: u64, sie: u64) -> (CachedObject, Instant) {
         let now = Instant::now();
-        let verdict = judge_now(200, &[("cache-control", "max-age=1")], "/a.ts");
-        let mut object = CachedObject::from_verdict(StatusCode::OK, HeaderMap::new(), Bytes::new(), verdict, now);
+        let cacheability = judge_now(200, &[("cache-control", "max-age=1")], "/a.ts");
+        let mut object = CachedObject::new(StatusCode::OK, HeaderMap::new(), Bytes::new(), cacheability, now);
         object.lifetime = Duration::from_secs(fresh);
         object.initial_age = Duration::ZERO;
         object.stale_while_revalidate = Duration::from_secs(swr);
@@ -809,12 +811,12 @@ mod tests {
         let rules = rules();
         let req = request(&[]);
         let stored_headers = headers(&[("cache-control", "max-age=1"), ("etag", "\"v1\""), ("x-old", "1")]);
-        let verdict = judge(&rules, &req, StatusCode::OK, &stored_headers, "/a.ts", SystemTime::now());
-        let object = CachedObject::from_verdict(
+        let cacheability = judge(&rules, &req, StatusCode::OK, &stored_headers, "/a.ts", SystemTime::now());
+        let object = CachedObject::new(
             StatusCode::OK,
             stored_headers,
             Bytes::from_static(b"body"),
-            verdict,
+            cacheability,
             Instant::now(),
         );
         let not_modified = headers(&[("cache-control", "max-age=30"), ("etag", "\"v1\"")]);
@@ -850,7 +852,7 @@ mod tests {
         assert_eq!(delta_seconds("1e3"), None);
         let v = judge_now(200, &[("cache-control", "max-age=60, stale-if-error=18446744073709551615")], "/a.ts");
         assert_eq!(v.stale_if_error, MAX_DELTA);
-        let object = CachedObject::from_verdict(StatusCode::OK, HeaderMap::new(), Bytes::new(), v, Instant::now());
+        let object = CachedObject::new(StatusCode::OK, HeaderMap::new(), Bytes::new(), v, Instant::now());
         assert!(object.keep_for() >= MAX_DELTA);
 
         let v = judge_now(
@@ -862,7 +864,7 @@ mod tests {
             "/a.ts",
         );
         let now = Instant::now();
-        let mut object = CachedObject::from_verdict(StatusCode::OK, HeaderMap::new(), Bytes::new(), v, now);
+        let mut object = CachedObject::new(StatusCode::OK, HeaderMap::new(), Bytes::new(), v, now);
         object.initial_age = Duration::MAX;
         assert_eq!(object.age(now + Duration::from_secs(5)), Duration::MAX);
         let _ = object.lifecycle(now + Duration::from_secs(5));
@@ -919,13 +921,13 @@ stale-while-revalidate|stale-if-error|immutable|x)(=(0|1|60|2147483648|184467440
                     map.append(HeaderName::from_bytes(n.as_bytes()).expect("name"), value);
                 }
             }
-            let verdict = judge(&rules(), &request(&[]), StatusCode::OK, &map, "/a.ts", SystemTime::now());
-            proptest::prop_assert!(verdict.fresh_for <= MAX_DELTA);
-            proptest::prop_assert!(verdict.initial_age <= MAX_DELTA);
-            proptest::prop_assert!(verdict.stale_if_error <= MAX_DELTA && verdict.stale_while_revalidate <= MAX_DELTA);
-            proptest::prop_assert!(verdict.vary.windows(2).all(|w| w[0].as_str() < w[1].as_str()));
+            let cacheability = judge(&rules(), &request(&[]), StatusCode::OK, &map, "/a.ts", SystemTime::now());
+            proptest::prop_assert!(cacheability.fresh_for <= MAX_DELTA);
+            proptest::prop_assert!(cacheability.initial_age <= MAX_DELTA);
+            proptest::prop_assert!(cacheability.stale_if_error <= MAX_DELTA && cacheability.stale_while_revalidate <= MAX_DELTA);
+            proptest::prop_assert!(cacheability.vary.windows(2).all(|w| w[0].as_str() < w[1].as_str()));
             let now = Instant::now();
-            let object = CachedObject::from_verdict(StatusCode::OK, map, Bytes::new(), verdict, now);
+            let object = CachedObject::new(StatusCode::OK, map, Bytes::new(), cacheability, now);
             let then = now.checked_add(Duration::from_secs(later % (1 << 40))).unwrap_or(now);
             let _ = object.lifecycle(then);
             let _ = object.usable_on_error(then);

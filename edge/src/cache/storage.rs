@@ -178,8 +178,8 @@ mod tests {
         let request = http::Request::get("http://h/a").body(()).expect("request").into_parts().0;
         let mut headers = HeaderMap::new();
         headers.insert("cache-control", "max-age=60".parse().expect("static"));
-        let verdict = judge(&rules, &request, StatusCode::OK, &headers, "/a", SystemTime::now());
-        Arc::new(CachedObject::from_verdict(StatusCode::OK, headers, Bytes::from_static(body), verdict, Instant::now()))
+        let cacheability = judge(&rules, &request, StatusCode::OK, &headers, "/a", SystemTime::now());
+        Arc::new(CachedObject::new(StatusCode::OK, headers, Bytes::from_static(body), cacheability, Instant::now()))
     }
 
     #[tokio::test]

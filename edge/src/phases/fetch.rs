@@ -21,17 +21,18 @@ use http::{Method, StatusCode};
 
 use super::origin_request::{self, Forwarding};
 use super::range::{self, RangeAnswer};
-use super::respond::{self, CacheResult, Outcome, Precondition};
+use super::respond::{self, Outcome, Precondition};
 use super::route::Target;
-use super::Edge;
 use crate::body::{BodyError, EdgeBody};
 use crate::cache::coalesce::{
     vary_matches, FillGuard, Flight, FlightFailure, FlightHead, FlightReader, HeadOutcome, Joined, NotWhole,
 };
-use crate::cache::policy::{self, judge_exchange, remove_hop_by_hop, Exchange, Verdict};
+use crate::cache::policy::{self, judge_exchange, remove_hop_by_hop, Cacheability, Exchange};
 use crate::cache::{CacheKey, CachedObject};
 use crate::config::SetCookie;
+use crate::metrics::CacheResult;
 use crate::origin::{OriginError, OriginRequest};
+use crate::state::Edge;
 
 /// Why the request goes forward, for `Cache-Status: fwd=` (RFC 9211 §2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,26 +313,15 @@ async fn answer_from_flight(
                 }
             };
         };
-        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        return Answer::Ready(outcome(match range::answer(&parts.headers, length, etag.as_deref()) {
-            RangeAnswer::Whole => respond::response(head.status, headers, EdgeBody::stream(reader.into_stream())),
-            RangeAnswer::Partial { start, end } => {
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{length}")) {
-                    headers.insert(header::CONTENT_RANGE, v);
-                }
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
-                // Answered as soon as its bytes arrive, while the fill goes on.
-                let body = EdgeBody::stream(byte_range(reader.into_stream(), start, end));
-                respond::response(StatusCode::PARTIAL_CONTENT, headers, body)
-            }
-            RangeAnswer::Unsatisfiable => {
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{length}")) {
-                    headers.insert(header::CONTENT_RANGE, v);
-                }
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
-                respond::response(StatusCode::RANGE_NOT_SATISFIABLE, headers, EdgeBody::empty())
-            }
-        }));
+        let answer = range::answer(&parts.headers, length, etag.as_deref());
+        let status = respond::range_head(head.status, answer, length, &mut headers);
+        let body = match answer {
+            RangeAnswer::Whole => EdgeBody::stream(reader.into_stream()),
+            // Answered as soon as its bytes arrive, while the fill goes on.
+            RangeAnswer::Partial { start, end } => EdgeBody::stream(byte_range(reader.into_stream(), start, end)),
+            RangeAnswer::Unsatisfiable => EdgeBody::empty(),
+        };
+        return Answer::Ready(outcome(respond::response(status, headers, body)));
     }
     Answer::Ready(outcome(respond::response(head.status, headers, EdgeBody::stream(reader.into_stream()))))
 }
@@ -416,10 +406,10 @@ async fn store(
     status: StatusCode,
     headers: &HeaderMap,
     body: Bytes,
-    verdict: &Verdict,
+    cacheability: &Cacheability,
 ) {
-    let object = CachedObject::from_verdict(status, headers.clone(), body, verdict.clone(), Instant::now());
-    edge.storage.insert(&fill.key, &fill.policy_request.headers, &verdict.vary, Arc::new(object)).await;
+    let object = CachedObject::new(status, headers.clone(), body, cacheability.clone(), Instant::now());
+    edge.storage.insert(&fill.key, &fill.policy_request.headers, &cacheability.vary, Arc::new(object)).await;
 }
 
 /// Sends the fill's request; on failure, ends the flight and returns `None`.
@@ -478,12 +468,13 @@ async fn run_flight(edge: Arc<Edge>, mut guard: FillGuard, mut fill: FillRequest
 
     let mut headers = response.headers;
     remove_hop_by_hop(&mut headers);
-    let verdict = judge_exchange(&edge.rules, &fill.policy_request, response.status, &headers, &fill.path, exchange);
+    let cacheability =
+        judge_exchange(&edge.rules, &fill.policy_request, response.status, &headers, &fill.path, exchange);
     // Every answer carries current_age (RFC 9111 §4.2.3), the origin's Age included.
-    headers.insert(header::AGE, HeaderValue::from(verdict.initial_age.as_secs()));
+    headers.insert(header::AGE, HeaderValue::from(cacheability.initial_age.as_secs()));
     // With `cache.set_cookie = "strip"`, the cookie goes to the leader alone.
     let mut leader_only = HeaderMap::new();
-    if verdict.sets_cookie && edge.rules.set_cookie == SetCookie::Strip {
+    if cacheability.sets_cookie && edge.rules.set_cookie == SetCookie::Strip {
         for value in headers.get_all(header::SET_COOKIE) {
             leader_only.append(header::SET_COOKIE, value.clone());
         }
@@ -491,14 +482,14 @@ async fn run_flight(edge: Arc<Edge>, mut guard: FillGuard, mut fill: FillRequest
     }
     let declared_length = content_length(&headers);
     let max_object = edge.rules.max_object_size;
-    let mut storable = verdict.storable && !fill.never_store && declared_length.is_none_or(|n| n <= max_object);
+    let mut storable = cacheability.storable && !fill.never_store && declared_length.is_none_or(|n| n <= max_object);
     let mut stored = false;
     // A 204 has no body (RFC 9110 §15.3.5), whatever its headers say.
     let body_less = declared_length == Some(0) || response.status == StatusCode::NO_CONTENT;
     if storable && body_less {
         // An empty body is whole already, and a client may see the end of it (Content-Length: 0, or a
         // 204) as soon as the head is out: store first, so that its next request finds the object.
-        store(&edge, &fill, response.status, &headers, Bytes::new(), &verdict).await;
+        store(&edge, &fill, response.status, &headers, Bytes::new(), &cacheability).await;
         guard.unregister();
         stored = true;
     }
@@ -506,10 +497,10 @@ async fn run_flight(edge: Arc<Edge>, mut guard: FillGuard, mut fill: FillRequest
         status: response.status,
         headers: headers.clone(),
         leader_only,
-        shareable: verdict.storable,
-        vary: verdict.vary.clone(),
+        shareable: cacheability.storable,
+        vary: cacheability.vary.clone(),
         storable,
-        fresh_for: verdict.fresh_for,
+        fresh_for: cacheability.fresh_for,
     });
     if !storable {
         // Those already waiting share the stream; later requests fetch their own rather than wait
@@ -564,7 +555,7 @@ async fn run_flight(edge: Arc<Edge>, mut guard: FillGuard, mut fill: FillRequest
                         let mut whole = BytesMut::with_capacity(so_far.len() + chunk.len());
                         whole.extend_from_slice(&so_far);
                         whole.extend_from_slice(&chunk);
-                        store(&edge, &fill, response.status, &headers, whole.freeze(), &verdict).await;
+                        store(&edge, &fill, response.status, &headers, whole.freeze(), &cacheability).await;
                         // From now on requests find the object in the cache rather than joining this flight.
                         guard.unregister();
                         stored = true;
@@ -594,7 +585,7 @@ async fn run_flight(edge: Arc<Edge>, mut guard: FillGuard, mut fill: FillRequest
     if storable && !stored {
         // Without a Content-Length the client only sees the end once `finish` says so: store first.
         if let Some(whole) = flight.collect() {
-            store(&edge, &fill, response.status, &headers, whole, &verdict).await;
+            store(&edge, &fill, response.status, &headers, whole, &cacheability).await;
         }
     }
     flight.finish();

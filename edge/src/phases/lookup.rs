@@ -9,11 +9,12 @@ use std::time::Instant;
 use http::request::Parts;
 
 use super::fetch;
-use super::respond::{self, CacheResult, Outcome};
+use super::respond::{self, Outcome};
 use super::route::Target;
-use super::Edge;
 use crate::cache::storage::Found;
 use crate::cache::Lifecycle;
+use crate::metrics::CacheResult;
+use crate::state::Edge;
 
 pub async fn serve(edge: &Arc<Edge>, parts: &Parts, target: &Target, peer: SocketAddr) -> Outcome {
     let key = edge.cache_key(&target.host, &target.path, target.query.as_deref());

@@ -12,13 +12,14 @@ use http::{header, HeaderMap, Method};
 use hyper::body::Incoming;
 
 use super::origin_request::{self, Forwarding};
-use super::respond::{self, CacheResult, Outcome};
+use super::respond::{self, Outcome};
 use super::route::Target;
-use super::Edge;
 use crate::body::{BodyError, EdgeBody};
 use crate::cache::policy::remove_hop_by_hop;
+use crate::metrics::CacheResult;
 use crate::origin::OriginRequest;
 use crate::request_body::read_to_bytes;
+use crate::state::Edge;
 
 /// Request bodies forwarded to the origin are buffered up to this size.
 const MAX_FORWARDED_BODY: usize = 16 << 20;

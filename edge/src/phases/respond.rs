@@ -11,31 +11,7 @@ use http::{Method, Response, StatusCode};
 use super::range::{self, RangeAnswer};
 use crate::body::EdgeBody;
 use crate::cache::CachedObject;
-
-/// How the cache took part in a response; shown in `X-Cache` and counted in the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CacheResult {
-    Hit,
-    Miss,
-    Stale,
-    Revalidated,
-    Pass,
-    /// Answered by the edge itself (errors, preflight, refusals).
-    Local,
-}
-
-impl CacheResult {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheResult::Hit => "HIT",
-            CacheResult::Miss => "MISS",
-            CacheResult::Stale => "STALE",
-            CacheResult::Revalidated => "REVALIDATED",
-            CacheResult::Pass => "PASS",
-            CacheResult::Local => "LOCAL",
-        }
-    }
-}
+use crate::metrics::CacheResult;
 
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
@@ -115,9 +91,9 @@ pub fn from_object(object: &CachedObject, method: &Method, request: &HeaderMap, 
     whole_or_range(object.status, headers, object.body.clone(), request, method)
 }
 
-/// The one answer built from a whole body in hand: 206 or 416 for a single byte range of a 200 (RFC 9110
-/// §14), the whole body otherwise; Content-Length set to what is sent; no body for HEAD. Used for hits
-/// and for ranges cut from a body fetched whole.
+/// The answer built from a whole body in hand: 206 or 416 for a single byte range of a 200 (RFC 9110
+/// §14), the whole body otherwise; no body for HEAD. Used for hits and for ranges cut from a body fetched
+/// whole.
 pub fn whole_or_range(
     status: StatusCode,
     mut headers: HeaderMap,
@@ -132,33 +108,46 @@ pub fn whole_or_range(
     } else {
         RangeAnswer::Whole
     };
+    let status = range_head(status, answer, length, &mut headers);
+    let body = match answer {
+        RangeAnswer::Whole => body,
+        RangeAnswer::Partial { start, end } => body.slice(start as usize..=end as usize),
+        RangeAnswer::Unsatisfiable => Bytes::new(),
+    };
+    let body = if *method == Method::HEAD { EdgeBody::empty() } else { EdgeBody::full(body) };
+    response(status, headers, body)
+}
+
+/// The head of an answer of `status` with a body of `length` bytes, for the part of it `answer` names:
+/// Accept-Ranges, the Content-Length of what is sent and, for 206 and 416, Content-Range (RFC 9110 §14).
+/// Returns the status to send. The one place 206 and 416 are built, whether the body is in hand or
+/// still streaming from the origin; the caller sends the bytes `answer` names.
+pub fn range_head(status: StatusCode, answer: RangeAnswer, length: u64, headers: &mut HeaderMap) -> StatusCode {
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    let (status, body) = match answer {
+    match answer {
         RangeAnswer::Whole => {
-            // The origin's Content-Length usually is the stored length already: keep it (no allocation).
+            // The origin's Content-Length usually is the length already: keep it (no allocation).
             let stored_length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
             if stored_length != Some(length) {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
             }
-            (status, body)
+            status
         }
         RangeAnswer::Partial { start, end } => {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
             if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{length}")) {
                 headers.insert(header::CONTENT_RANGE, v);
             }
-            (StatusCode::PARTIAL_CONTENT, body.slice(start as usize..=end as usize))
+            StatusCode::PARTIAL_CONTENT
         }
         RangeAnswer::Unsatisfiable => {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{length}")) {
                 headers.insert(header::CONTENT_RANGE, v);
             }
-            (StatusCode::RANGE_NOT_SATISFIABLE, Bytes::new())
+            StatusCode::RANGE_NOT_SATISFIABLE
         }
-    };
-    let body = if *method == Method::HEAD { EdgeBody::empty() } else { EdgeBody::full(body) };
-    response(status, headers, body)
+    }
 }
 
 /// What the client's preconditions (RFC 9110 §13) make of an answer the cache could give.
@@ -363,8 +352,8 @@ mod tests {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
         headers.insert(header::ETAG, HeaderValue::from_static("\"v1\""));
         headers.insert(header::LAST_MODIFIED, HeaderValue::from_static("Mon, 01 Jan 2024 00:00:00 GMT"));
-        let verdict = judge(&rules, &request, StatusCode::OK, &headers, "/a", SystemTime::now());
-        CachedObject::from_verdict(StatusCode::OK, headers, Bytes::from_static(body), verdict, Instant::now())
+        let cacheability = judge(&rules, &request, StatusCode::OK, &headers, "/a", SystemTime::now());
+        CachedObject::new(StatusCode::OK, headers, Bytes::from_static(body), cacheability, Instant::now())
     }
 
     fn request(pairs: &[(HeaderName, &str)]) -> HeaderMap {

@@ -1,83 +1,35 @@
-//! Per-client rate limiting, on the request path after `identify` and `route` and before the cache lookup (so
-//! that cache hits cannot bypass it; the admin listener is never limited).
+//! Per-client rate limiting: whether one more request of a client may be served. It decides, it does
+//! not build HTTP answers: `check` returns an [`Admission`], and the request path's limit phase
+//! (`phases/limit.rs`) turns it into headers or a refusal. Clients are plain identity strings (made by
+//! `crate::identity`).
 //!
 //! - `config`: the `[rate_limit]` keys and their checks.
 //! - `algorithm`: token bucket, fixed window, sliding log, sliding window counter, as pure functions
 //!   of (policy, state, time).
 //! - `local`: the in-process store; `redis_store`: the fleet's store (one Lua script per algorithm).
 //! - `headers`: RateLimit-Policy / RateLimit / X-RateLimit-* / Retry-After.
-//! - `top`: the most limited clients, for `eddy-edge stats`.
 //!
 //! `RateLimiter` is the thin shell that ties them together: pick the client's policy, ask the store,
 //! fall back to the local store (fail open, still a per-edge ceiling) or refuse (fail closed) when the
-//! shared store fails, count everything, and turn the decision into headers or an answer.
+//! shared store fails, and count everything.
 
 pub mod algorithm;
 pub mod config;
 pub mod headers;
 pub mod local;
 pub mod redis_store;
-pub mod top;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{HeaderMap, HeaderValue, CACHE_CONTROL, RETRY_AFTER};
-use http::StatusCode;
-
 pub use self::algorithm::{Algorithm, Decision, Policy};
 pub use self::config::{OnStoreError, Rate, RateLimitConfig, StoreSpec};
-use self::headers::Quota;
+pub use self::headers::Quota;
 use self::local::LocalStore;
 use self::redis_store::RedisStore;
-use crate::metrics::Metrics;
-use crate::phases::identify::{ClientId, IdentityRules};
-use crate::phases::respond::Outcome;
-
-/// How a request fared, for the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LimitResult {
-    Allowed,
-    /// Over its limit: 429.
-    Limited,
-    /// The shared store failed and `on_store_error = "closed"`: 503.
-    Unavailable,
-}
-
-impl LimitResult {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LimitResult::Allowed => "allowed",
-            LimitResult::Limited => "limited",
-            LimitResult::Unavailable => "unavailable",
-        }
-    }
-}
-
-/// Which store made a decision, for the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DecidedBy {
-    Local,
-    Redis,
-    /// The local ceiling, because Redis failed (fail open).
-    Fallback,
-    /// No store: a blocked client, or Redis failed with fail closed.
-    Nobody,
-}
-
-impl DecidedBy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DecidedBy::Local => "local",
-            DecidedBy::Redis => "redis",
-            DecidedBy::Fallback => "fallback",
-            DecidedBy::Nobody => "none",
-        }
-    }
-}
+use crate::metrics::{DecidedBy, LimitResult, Metrics};
 
 /// A policy with its names: `metrics_label` is `default` or the override's id (operator-chosen, so
 /// bounded); `header_name` never names a client.
@@ -96,28 +48,25 @@ fn policy_of(algorithm: Algorithm, rate: Rate, burst: Option<u64>) -> Policy {
     }
 }
 
-/// What the request path does after the check.
-pub enum Verdict {
+/// What the limiter decided about one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
     /// Rate limiting is off.
     Unlimited,
     /// Serve it, and tell the client its quota.
     Allowed(Quota),
-    /// Answer this instead (429 or 503), already carrying its headers.
-    Refused(Box<Outcome>),
+    /// Over its limit: refuse it, telling the client its quota and when to retry.
+    Limited(Quota),
+    /// The shared store failed and `on_store_error = "closed"`: refuse it for now.
+    Unavailable { retry_after_secs: u64 },
 }
 
-impl Verdict {
-    /// Adds the quota headers to a response that is being served.
-    pub fn apply(&self, headers: &mut HeaderMap) {
-        if let Verdict::Allowed(quota) = self {
-            quota.apply(headers);
-        }
-    }
-}
+/// When a client refused because the store failed may retry: the store is skipped only briefly after a
+/// failure, so the next try may find it answering.
+const STORE_FAILED_RETRY_AFTER_SECS: u64 = 1;
 
 pub struct RateLimiter {
     enabled: bool,
-    rules: IdentityRules,
     default: NamedPolicy,
     overrides: HashMap<String, NamedPolicy>,
     /// The store when `store = "local"`; otherwise the per-edge ceiling while Redis fails.
@@ -180,7 +129,6 @@ impl RateLimiter {
         }
         RateLimiter {
             enabled: config.enabled,
-            rules: IdentityRules::from_config(config),
             default,
             overrides,
             local: LocalStore::with_capacity(config.local_max_clients),
@@ -196,21 +144,17 @@ impl RateLimiter {
         self.enabled
     }
 
-    /// The request's identity (also when limiting is off: it is logged either way).
-    pub fn identify(&self, headers: &HeaderMap, peer: SocketAddr) -> ClientId {
-        ClientId::of(&self.rules, headers, peer)
-    }
-
-    /// Decides one request of `client`, counting the decision in `metrics`.
-    pub async fn check(&self, client: &ClientId, metrics: &Metrics) -> Verdict {
+    /// Decides one request of `client` (an identity such as `ip:203.0.113.9`), counting the decision in
+    /// `metrics`.
+    pub async fn check(&self, client: &str, metrics: &Metrics) -> Admission {
         if !self.enabled {
-            return Verdict::Unlimited;
+            return Admission::Unlimited;
         }
-        let named = self.overrides.get(&client.0).unwrap_or(&self.default);
+        let named = self.overrides.get(client).unwrap_or(&self.default);
         let policy = &named.policy;
-        let Some((decision, by)) = self.decide(&client.0, policy, metrics).await else {
+        let Some((decision, by)) = self.decide(client, policy, metrics).await else {
             metrics.record_rate_limit(LimitResult::Unavailable, &named.metrics_label, DecidedBy::Nobody, client);
-            return Verdict::Refused(Box::new(unavailable()));
+            return Admission::Unavailable { retry_after_secs: STORE_FAILED_RETRY_AFTER_SECS };
         };
         let quota = Quota::new(named.header_name, policy, &decision);
         if decision.allowed {
@@ -218,10 +162,10 @@ impl RateLimiter {
                 metrics.record_rate_limit_failed_open();
             }
             metrics.record_rate_limit(LimitResult::Allowed, &named.metrics_label, by, client);
-            Verdict::Allowed(quota)
+            Admission::Allowed(quota)
         } else {
             metrics.record_rate_limit(LimitResult::Limited, &named.metrics_label, by, client);
-            Verdict::Refused(Box::new(too_many_requests(&quota)))
+            Admission::Limited(quota)
         }
     }
 
@@ -276,33 +220,9 @@ impl RateLimiter {
     }
 }
 
-fn no_store(outcome: &mut Outcome) {
-    outcome.response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-}
-
-/// 429 with the quota headers and Retry-After.
-fn too_many_requests(quota: &Quota) -> Outcome {
-    let retry = quota.retry_after_secs.unwrap_or(1);
-    let mut outcome = Outcome::local(StatusCode::TOO_MANY_REQUESTS, &format!("too many requests: retry in {retry} s"));
-    outcome.cache_status = "fwd=request; detail=rate-limited".into();
-    quota.apply(outcome.response.headers_mut());
-    no_store(&mut outcome);
-    outcome
-}
-
-/// 503 when the shared store is down and the operator chose to fail closed.
-fn unavailable() -> Outcome {
-    let mut outcome = Outcome::local(StatusCode::SERVICE_UNAVAILABLE, "rate limiter unavailable: retry in 1 s");
-    outcome.cache_status = "fwd=request; detail=rate-limiter-unavailable".into();
-    outcome.response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
-    no_store(&mut outcome);
-    outcome
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::header::HeaderName;
 
     fn limiter(toml_text: &str) -> RateLimiter {
         let config: crate::config::Config =
@@ -315,7 +235,7 @@ mod tests {
     }
 
     #[test]
-    fn local_limits_answer_429_with_headers_and_overrides_apply() {
+    fn local_limits_refuse_with_the_quota_and_overrides_apply() {
         let limiter = limiter(
             r#"
             [rate_limit]
@@ -332,36 +252,25 @@ mod tests {
             "#,
         );
         let metrics = Metrics::new();
-        let peer: SocketAddr = "203.0.113.9:1234".parse().expect("addr");
         let rt = runtime();
-        let anon = limiter.identify(&HeaderMap::new(), peer);
-        let statuses: Vec<Option<StatusCode>> = (0..3)
-            .map(|_| match rt.block_on(limiter.check(&anon, &metrics)) {
-                Verdict::Allowed(_) => None,
-                Verdict::Refused(o) => Some(o.response.status()),
-                Verdict::Unlimited => Some(StatusCode::OK),
-            })
-            .collect();
-        assert_eq!(statuses, vec![None, None, Some(StatusCode::TOO_MANY_REQUESTS)]);
-        let Verdict::Refused(refused) = rt.block_on(limiter.check(&anon, &metrics)) else { panic!("limited") };
-        let h = refused.response.headers();
-        assert!(h.contains_key(RETRY_AFTER));
-        assert_eq!(h["x-ratelimit-limit"], "2");
-        assert_eq!(h["x-ratelimit-remaining"], "0");
+        let anon = "ip:203.0.113.9";
+        let limited: Vec<bool> =
+            (0..3).map(|_| matches!(rt.block_on(limiter.check(anon, &metrics)), Admission::Limited(_))).collect();
+        assert_eq!(limited, vec![false, false, true]);
+        let Admission::Limited(quota) = rt.block_on(limiter.check(anon, &metrics)) else { panic!("limited") };
+        assert!(quota.retry_after_secs.is_some());
+        assert_eq!((quota.policy, quota.quota, quota.remaining), ("default", 2, 0));
 
-        let mut headers = HeaderMap::new();
-        headers.insert(HeaderName::from_static("x-api-key"), HeaderValue::from_static("partner"));
-        let partner = limiter.identify(&headers, peer);
-        let allowed = (0..5).filter(|_| matches!(rt.block_on(limiter.check(&partner, &metrics)), Verdict::Allowed(_)));
+        let partner = "api-key:partner";
+        let allowed = (0..5).filter(|_| matches!(rt.block_on(limiter.check(partner, &metrics)), Admission::Allowed(_)));
         assert_eq!(allowed.count(), 3);
 
-        let blocked = limiter.identify(&HeaderMap::new(), "192.0.2.7:1".parse().expect("addr"));
-        assert!(matches!(rt.block_on(limiter.check(&blocked, &metrics)), Verdict::Refused(_)));
+        assert!(matches!(rt.block_on(limiter.check("ip:192.0.2.7", &metrics)), Admission::Limited(_)));
 
         let stats = metrics.rate_limit_stats();
         assert_eq!(stats.allowed, 5);
         assert_eq!(stats.limited, 5, "2 anonymous, 2 partner, 1 blocked");
-        let anon_limited = stats.top_limited.iter().find(|c| c.client == "ip:203.0.113.9").map(|c| c.limited);
+        let anon_limited = stats.top_limited.iter().find(|c| c.client == anon).map(|c| c.limited);
         assert_eq!(anon_limited, Some(2));
         assert_eq!(stats.top_limited.len(), 3);
     }
@@ -377,12 +286,12 @@ mod tests {
             store = "redis://127.0.0.1:1"
         "#;
         let rt = runtime();
-        let client = ClientId("ip:198.51.100.1".into());
+        let client = "ip:198.51.100.1";
 
         let open = limiter(&format!("{base}on_store_error = \"open\"\n"));
         let metrics = Metrics::new();
         let results: Vec<bool> =
-            (0..4).map(|_| matches!(rt.block_on(open.check(&client, &metrics)), Verdict::Allowed(_))).collect();
+            (0..4).map(|_| matches!(rt.block_on(open.check(client, &metrics)), Admission::Allowed(_))).collect();
         assert_eq!(results, vec![true, true, false, false], "fail open still holds the per-edge ceiling");
         let stats = metrics.rate_limit_stats();
         assert_eq!(stats.failed_open, 2);
@@ -390,9 +299,8 @@ mod tests {
 
         let closed = limiter(&format!("{base}on_store_error = \"closed\"\n"));
         let metrics = Metrics::new();
-        let Verdict::Refused(outcome) = rt.block_on(closed.check(&client, &metrics)) else { panic!("refused") };
-        assert_eq!(outcome.response.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(outcome.response.headers()[RETRY_AFTER], "1");
+        let admission = rt.block_on(closed.check(client, &metrics));
+        assert_eq!(admission, Admission::Unavailable { retry_after_secs: 1 });
         assert_eq!(metrics.rate_limit_stats().unavailable, 1);
     }
 
@@ -400,7 +308,6 @@ mod tests {
     fn disabled_limits_nothing() {
         let limiter = limiter("");
         let rt = runtime();
-        let client = ClientId("ip:1.2.3.4".into());
-        assert!(matches!(rt.block_on(limiter.check(&client, &Metrics::new())), Verdict::Unlimited));
+        assert_eq!(rt.block_on(limiter.check("ip:1.2.3.4", &Metrics::new())), Admission::Unlimited);
     }
 }

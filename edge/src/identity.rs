@@ -1,4 +1,6 @@
-//! Who is asking. The identity keys rate limits and appears in the access log.
+//! Who is asking. The identity keys rate limits and appears in the access log. Pure (headers and peer
+//! in, identity out), and outside `phases` so that the app state and the access log can hold it without
+//! importing the request path.
 //!
 //! Rules come from `rate_limit.identify`, tried in order; the first that yields an identity wins:
 //! - `x-api-key` → `api-key:<value>`;
@@ -115,6 +117,10 @@ impl ClientId {
             }
         }
         ClientId(format!("ip:{peer_ip}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 

@@ -1,0 +1,125 @@
+//! The app state: everything the request path and the admin listener share, built once from the
+//! configuration.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::{HeaderName, HeaderValue};
+
+use crate::cache::coalesce::Flights;
+use crate::cache::policy::CacheRules;
+use crate::cache::{CacheKey, Storage};
+use crate::config::Config;
+use crate::identity::IdentityRules;
+use crate::metrics::{CacheGauges, Metrics};
+use crate::origin::OriginSet;
+use crate::ratelimit::RateLimiter;
+
+/// Everything the request path shares: configuration, cache, flights, origins, metrics.
+pub struct Edge {
+    pub config: Config,
+    pub rules: CacheRules,
+    pub storage: Storage,
+    pub flights: Flights,
+    pub origins: OriginSet,
+    pub metrics: Metrics,
+    pub cors_allow_origin: Option<HeaderValue>,
+    pub ratelimit: RateLimiter,
+    /// How clients are identified (`rate_limit.identify`), for the limits and the access log.
+    pub identity: IdentityRules,
+    /// `origin.forward_request_headers`, parsed once.
+    pub forwarded_request_headers: Vec<HeaderName>,
+    /// Test-only fault injection: a fill for exactly this path panics mid-body. Set from the
+    /// `EDDY_TEST_PANIC_IN_FILL` environment variable, which nothing but the tests sets; it proves that
+    /// a fill that fails in any way releases its flight.
+    pub panic_in_fill_path: Option<String>,
+    request_ids: RequestIds,
+}
+
+/// Request ids: a per-process random prefix and a counter, so that ids from a fleet's edges do not
+/// collide in shared logs.
+struct RequestIds {
+    prefix: u32,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState is seeded from the OS's randomness: enough to tell processes apart.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        RequestIds { prefix: hasher.finish() as u32, next: AtomicU64::new(1) }
+    }
+
+    fn next(&self) -> HeaderValue {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut text = [0u8; 24];
+        let len = {
+            use std::io::Write;
+            let mut cursor = std::io::Cursor::new(&mut text[..]);
+            let _ = write!(cursor, "{:08x}{:012x}", self.prefix, n & 0xffff_ffff_ffff);
+            cursor.position() as usize
+        };
+        HeaderValue::from_bytes(&text[..len]).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    }
+}
+
+/// The response header that carries the request id (the access-log line repeats it).
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+impl Edge {
+    pub fn new(config: Config) -> Result<Edge, crate::origin::OriginError> {
+        let origins = OriginSet::new(&config.origins, &config.origin)?;
+        let storage = Storage::new(config.cache.size.0, config.cache.eviction);
+        let cors_allow_origin = if config.headers.cors_allow_origin.is_empty() {
+            None
+        } else {
+            HeaderValue::from_str(&config.headers.cors_allow_origin).ok()
+        };
+        let metrics = Metrics::new();
+        metrics.set_rate_limit_enabled(config.rate_limit.enabled);
+        // Names were checked when the config was validated.
+        let forwarded_request_headers = config
+            .origin
+            .forward_request_headers
+            .iter()
+            .filter_map(|name| HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).ok())
+            .collect();
+        Ok(Edge {
+            rules: CacheRules::from_config(&config.cache),
+            storage,
+            flights: Flights::new(config.cache.fill_memory.0),
+            origins,
+            metrics,
+            ratelimit: RateLimiter::new(&config.rate_limit),
+            identity: IdentityRules::from_config(&config.rate_limit),
+            cors_allow_origin,
+            forwarded_request_headers,
+            panic_in_fill_path: std::env::var("EDDY_TEST_PANIC_IN_FILL").ok().filter(|p| !p.is_empty()),
+            request_ids: RequestIds::new(),
+            config,
+        })
+    }
+
+    /// The primary cache key of a request for `host`, `path` and `query`: the one place keys are built
+    /// from requests (lookups, invalidations, purges), so that they always agree.
+    pub fn cache_key(&self, host: &str, path: &str, query: Option<&str>) -> CacheKey {
+        CacheKey::primary(host, path, query, &self.config.cache.ignore_query_params)
+    }
+
+    /// A new request id, for `X-Request-Id` and the access-log line.
+    pub fn next_request_id(&self) -> HeaderValue {
+        self.request_ids.next()
+    }
+
+    pub fn gauges(&self) -> CacheGauges {
+        CacheGauges {
+            entries: self.storage.entry_count(),
+            bytes: self.storage.weighted_bytes(),
+            capacity: self.config.cache.size.0,
+            evictions: self.storage.evictions(),
+            in_flight: self.flights.in_flight() as u64,
+            origin_retries: self.origins.retried_requests(),
+        }
+    }
+}
