@@ -1,6 +1,18 @@
-//! Well-known ABR algorithms, implemented from their published descriptions (see
-//! `shared/reference/abr.md`) so the evaluation can compare Eddy's rule against them in the same
-//! harness. They are not used for playback.
+//! Well-known ABR algorithms, implemented from their published descriptions so the evaluation can
+//! compare Eddy's rule against them in the same harness. They are not used for playback.
+//!
+//! # Sources
+//! - [`ThroughputAbr`]: hls.js, `src/controller/abr-controller.ts` (level choice with a factor to stay
+//!   or go down and a smaller one to go up; abandonment in `_abandonRulesCheck`) and the defaults in
+//!   `src/config.ts` (`abrBandWidthFactor` 0.95, `abrBandWidthUpFactor` 0.7).
+//! - [`BbaAbr`]: T.-Y. Huang, R. Johari, N. McKeown, M. Trunnell, M. Watson, "A Buffer-Based Approach
+//!   to Rate Adaptation: Evidence from a Large Video Streaming Service", ACM SIGCOMM 2014.
+//! - [`BolaAbr`]: K. Spiteri, R. Urgaonkar, R. K. Sitaraman, "BOLA: Near-Optimal Bitrate Adaptation
+//!   for Online Videos", IEEE INFOCOM 2016 (extended in IEEE/ACM Transactions on Networking, 2020);
+//!   the parameter choice and the throughput-based first segment follow dash.js,
+//!   `src/streaming/rules/abr/BolaRule.js`.
+//! - [`RobustMpcAbr`]: X. Yin, A. Jindal, V. Sekar, B. Sinopoli, "A Control-Theoretic Approach for
+//!   Dynamic Adaptive Video Streaming over HTTP", ACM SIGCOMM 2015.
 
 use super::{AbandonInput, AbrAlgorithm, AbrInput};
 

@@ -1,7 +1,7 @@
 //! Eddy's ABR rule: plan the next segments against the spread of recent throughputs, never plan a
 //! stall, and abandon a download that would outlast the buffer.
 //!
-//! # Rules and why (facts from `shared/reference/abr.md`)
+//! # Rules and why (sources at the end)
 //! 1. **Start**: before any download has been measured, the rung is the highest one under
 //!    [`START_SAFETY`] × the estimate (the estimator's default is 500 kbps, so the start is
 //!    conservative); one finished segment replaces the default with a measurement, and the next
@@ -37,6 +37,18 @@
 //!
 //! The constants were chosen with `eddy-play evaluate` (virtual time, 60 generated traces per family,
 //! the literature's 6-rung ladder, 4 s segments) and checked on two other sets of seeds.
+//!
+//! # Sources
+//! - QoE_lin and its 4.3 stall weight: H. Mao, R. Netravali, M. Alizadeh, "Neural Adaptive Video
+//!   Streaming with Pensieve", ACM SIGCOMM 2017. MPC: X. Yin, A. Jindal, V. Sekar, B. Sinopoli, "A
+//!   Control-Theoretic Approach for Dynamic Adaptive Video Streaming over HTTP", ACM SIGCOMM 2015.
+//! - hls.js, `src/controller/abr-controller.ts`, `_abandonRulesCheck`: the emergency downswitch and the
+//!   abandonment rule (abort at once when finishing would take more than 2× the lower level's fetch).
+//! - dash.js, `src/streaming/controllers/AbrController.js` (`_updateDynamicAbrStrategy`: BOLA from the
+//!   default buffer time, 18 s, back to the throughput rule under half of it);
+//!   `src/streaming/rules/abr/InsufficientBufferRule.js`; `src/streaming/rules/abr/AbandonRequestsRule.js`;
+//!   their defaults (`bufferTimeDefault`, `throughputSafetyFactor` 0.7, `abandonDurationMultiplier` 1.8)
+//!   in `src/core/Settings.js`.
 
 use super::lookahead::{best_first_rung, PlanInput};
 use super::{AbandonInput, AbrAlgorithm, AbrInput};

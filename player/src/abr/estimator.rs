@@ -1,7 +1,7 @@
 //! Bandwidth estimation from the segment transfers themselves. Pure: every sample carries its own
 //! timestamps (seconds on any monotonic scale), so the estimator is tested and simulated without a clock.
 //!
-//! # Method (why each piece is there; facts from `shared/reference/abr.md`)
+//! # Method (why each piece is there; sources below)
 //! - Two time-weighted EWMAs of transfer throughput, a fast one (half-life [`FAST_HALF_LIFE_S`] = 3 s)
 //!   and a slow one (half-life [`SLOW_HALF_LIFE_S`] = 9 s), as hls.js does; each sample weighs its
 //!   transfer duration in seconds, so a long transfer says more than a short one. The estimate is the
@@ -19,6 +19,16 @@
 //!   before the segment finishes (needed for abandonment and the next decision).
 //! - Before any sample, the estimate is [`DEFAULT_ESTIMATE_BPS`] (500 kbps, hls.js' default): a
 //!   conservative start that ramps up after the first segment.
+//!
+//! # Sources
+//! - hls.js, `src/utils/ewma-bandwidth-estimator.ts`: two EWMAs, each sample weighted by its transfer
+//!   seconds, the estimate the smaller of the two, and a separate time-to-first-byte EWMA;
+//!   `src/config.ts`: the half-lives (`abrEwmaFastVoD` 3 s, `abrEwmaSlowVoD` 9 s) and the default
+//!   estimate (`abrEwmaDefaultEstimate`, 500 kbps); `src/controller/abr-controller.ts`: the first-byte
+//!   time taken out of each throughput sample.
+//! - Samples from a cache: dash.js, `src/streaming/models/ThroughputModel.js` (`_isCachedResponse`,
+//!   thresholds `cacheLoadThresholds` in `src/core/Settings.js`); Shaka Player,
+//!   `lib/abr/simple_abr_manager.js` (`cacheLoadThreshold`).
 
 /// Half-life of the fast average, in seconds of transfer time (hls.js: 3 s).
 pub const FAST_HALF_LIFE_S: f64 = 3.0;
