@@ -397,7 +397,7 @@ impl Config {
             let key = format!("origin.forward_request_headers[{i}]");
             let parsed = http::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| invalid(origin, &key, format!("'{name}' is not a header name")))?;
-            if crate::phases::origin_request::never_forwarded(&parsed) {
+            if crate::forwarding::never_forwarded(&parsed) {
                 return Err(invalid(
                     origin,
                     &key,

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod body;
 pub mod cache;
 pub mod config;
+pub mod forwarding;
 pub mod identity;
 pub mod metrics;
 pub mod origin;
@@ -71,5 +72,54 @@ mod boundaries {
             ["crate::phases", "crate::state", "crate::access_log", "crate::identity", "crate::server", "crate::admin"];
         let found = naming(&files, &request_path);
         assert!(found.is_empty(), "ratelimit imports the request path:\n{}", found.join("\n"));
+    }
+
+    /// The crate's top-level modules and the ones each imports (outside tests and comments).
+    fn module_graph() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+        let mut graph = std::collections::BTreeMap::new();
+        let mut stack = vec![src()];
+        while let Some(dir) = stack.pop() {
+            for path in std::fs::read_dir(&dir).into_iter().flatten().filter_map(|e| e.ok()).map(|e| e.path()) {
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|x| x != "rs") {
+                    continue;
+                }
+                let relative = path.strip_prefix(src()).unwrap_or(&path);
+                let Some(first) = relative.components().next() else { continue };
+                let module = first.as_os_str().to_string_lossy().trim_end_matches(".rs").to_string();
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                let imports: &mut std::collections::BTreeSet<String> = graph.entry(module.clone()).or_default();
+                for line in code.lines().map(str::trim).filter(|l| !l.starts_with("//")) {
+                    for (_, rest) in line.match_indices("crate::").map(|(i, _)| ((), &line[i + 7..])) {
+                        let name: String = rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+                        if !name.is_empty() && name != module {
+                            imports.insert(name);
+                        }
+                    }
+                }
+            }
+        }
+        graph
+    }
+
+    #[test]
+    fn the_modules_import_each_other_in_one_direction_only() {
+        let graph = module_graph();
+        assert!(graph.len() >= 10, "the graph reads the real sources: {graph:?}");
+        // A cycle exists exactly when some module reaches itself.
+        for start in graph.keys() {
+            let mut seen = std::collections::BTreeSet::new();
+            let mut stack: Vec<&String> = graph[start].iter().collect();
+            while let Some(next) = stack.pop() {
+                assert!(next != start, "{start} reaches itself through its imports: {graph:#?}");
+                if seen.insert(next.clone()) {
+                    stack.extend(graph.get(next).into_iter().flatten());
+                }
+            }
+        }
     }
 }

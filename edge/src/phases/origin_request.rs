@@ -19,27 +19,11 @@ use std::net::SocketAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::forwarding::never_forwarded;
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-
-/// Headers no client value of which ever reaches an origin.
-pub fn never_forwarded(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        // Framing: set by the client library that writes the request.
-        "content-length" | "transfer-encoding" | "expect"
-        // Hop-by-hop (RFC 9110 §7.6.1) and their legacy forms.
-        | "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer" | "upgrade"
-        | "proxy-authorization" | "proxy-authenticate"
-        // The origin's own host is used.
-        | "host"
-        // Set by the edge itself, or URL overrides some frameworks honour.
-        | "forwarded" | "via" | "x-real-ip" | "x-original-url" | "x-rewrite-url"
-        | "x-forwarded-for" | "x-forwarded-host" | "x-forwarded-proto" | "x-forwarded-port"
-        | "x-forwarded-prefix" | "x-forwarded-server" | "x-forwarded-scheme" | "x-host"
-    )
-}
 
 /// Names the client's `Connection` header lists: hop-by-hop for this connection only.
 fn connection_listed(client: &HeaderMap) -> Vec<HeaderName> {
