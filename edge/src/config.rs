@@ -226,6 +226,39 @@ pub struct AdminConfig {
     pub purge_token: Option<String>,
 }
 
+/// HLS-aware prefetch (`[prefetch]`): after serving segment N of a media playlist it has seen, the
+/// edge fills N+1..N+`segments` in the background through the same coalesced fill as a client miss.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrefetchConfig {
+    /// Segments after the one served to fetch ahead; 0 turns prefetch off (and live refreshes with it).
+    pub segments: usize,
+    /// Prefetch fills (segments and live playlist refreshes) under way at once; more are skipped.
+    pub max_concurrent: usize,
+    /// A prefetch whose Content-Length or streamed size goes over this is abandoned and stores nothing.
+    pub max_object_size: ByteSize,
+    /// Memory for what the edge remembers of playlists (each segment's next segments, the live
+    /// playlists being watched); the least recently used is forgotten beyond it.
+    pub memory: ByteSize,
+    /// Refresh a watched live playlist just before its freshness runs out, so viewers get hits.
+    pub refresh_live_playlists: bool,
+}
+
+/// The most `prefetch.segments` may be: more fetches ahead a player may never ask for.
+pub const MAX_PREFETCH_SEGMENTS: usize = 3;
+
+impl Default for PrefetchConfig {
+    fn default() -> Self {
+        PrefetchConfig {
+            segments: 1,
+            max_concurrent: 16,
+            max_object_size: ByteSize(16 << 20),
+            memory: ByteSize(8 << 20),
+            refresh_live_playlists: true,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -259,6 +292,7 @@ pub struct Config {
     pub headers: HeadersConfig,
     pub admin: AdminConfig,
     pub rate_limit: RateLimitConfig,
+    pub prefetch: PrefetchConfig,
 }
 
 impl Default for Config {
@@ -280,6 +314,7 @@ impl Default for Config {
             headers: HeadersConfig::default(),
             admin: AdminConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            prefetch: PrefetchConfig::default(),
         }
     }
 }
@@ -428,6 +463,26 @@ impl Config {
                 return Err(invalid(origin, "admin.purge_token", "must not be empty (leave it out to disable purge)"));
             }
         }
+        if self.prefetch.segments > MAX_PREFETCH_SEGMENTS {
+            return Err(invalid(
+                origin,
+                "prefetch.segments",
+                format!("at most {MAX_PREFETCH_SEGMENTS} (0 turns prefetch off)"),
+            ));
+        }
+        if !(1..=1024).contains(&self.prefetch.max_concurrent) {
+            return Err(invalid(origin, "prefetch.max_concurrent", "must be between 1 and 1024"));
+        }
+        if self.prefetch.max_object_size.0 == 0 || self.prefetch.max_object_size.0 > self.cache.max_object_size.0 {
+            return Err(invalid(
+                origin,
+                "prefetch.max_object_size",
+                "must be greater than 0 and at most cache.max_object_size",
+            ));
+        }
+        if !(64 << 10..=1 << 30).contains(&self.prefetch.memory.0) {
+            return Err(invalid(origin, "prefetch.memory", "must be between 64KiB and 1GiB"));
+        }
         self.rate_limit.validate().map_err(|(key, reason)| invalid(origin, &format!("rate_limit.{key}"), reason))?;
         Ok(())
     }
@@ -507,6 +562,30 @@ mod tests {
         assert_eq!(parse("send_timeout = \"5s\"").expect("valid").send_timeout, HumanDuration(Duration::from_secs(5)));
         let err = parse("send_timeout = \"0s\"").unwrap_err().to_string();
         assert!(err.contains("edge.toml") && err.contains("send_timeout") && err.contains("greater than 0"), "{err}");
+    }
+
+    #[test]
+    fn prefetch_defaults_to_one_segment_and_is_validated() {
+        let config = parse("").expect("valid");
+        assert_eq!(config.prefetch.segments, 1);
+        assert!(config.prefetch.refresh_live_playlists);
+        let config = parse("[prefetch]\nsegments = 0\nrefresh_live_playlists = false\n").expect("off is valid");
+        assert_eq!(config.prefetch.segments, 0);
+        for (text, key) in [
+            ("[prefetch]\nsegments = 4\n", "prefetch.segments"),
+            ("[prefetch]\nmax_concurrent = 0\n", "prefetch.max_concurrent"),
+            ("[prefetch]\nmax_object_size = 0\n", "prefetch.max_object_size"),
+            (
+                "[cache]\nmax_object_size = \"1MiB\"\n[prefetch]\nmax_object_size = \"2MiB\"\n",
+                "prefetch.max_object_size",
+            ),
+            ("[prefetch]\nmemory = \"1kB\"\n", "prefetch.memory"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains("edge.toml") && err.contains(key), "{text}: {err}");
+        }
+        let err = parse("[prefetch]\nsegmets = 1\n").unwrap_err().to_string();
+        assert!(err.contains("segmets"), "{err}");
     }
 
     #[test]

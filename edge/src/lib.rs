@@ -13,6 +13,7 @@ pub mod identity;
 pub mod metrics;
 pub mod origin;
 pub mod phases;
+pub mod prefetch;
 pub mod ratelimit;
 pub mod request_body;
 pub mod server;
