@@ -106,6 +106,40 @@ pub struct RateLimitLabels {
     pub store: &'static str,
 }
 
+/// What became of a prefetch (segments ahead of a viewer, or a watched live playlist refreshed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefetchEvent {
+    /// A background fill started; `kind` is `segment` or `playlist`.
+    Started { kind: &'static str },
+    /// No fill started; `reason` is a fixed word (`cached`, `in_flight`, `busy`, …).
+    Skipped { reason: &'static str },
+    /// The object was fetched and stored: `bytes` of body.
+    Completed { kind: &'static str, bytes: u64 },
+    /// The fill failed or stored nothing (origin error, not storable, over the byte cap).
+    Failed { kind: &'static str },
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PrefetchLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PrefetchSkipLabels {
+    pub reason: &'static str,
+}
+
+/// Prefetch's share of `/stats`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct PrefetchStats {
+    pub started: u64,
+    pub skipped: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub bytes: u64,
+}
+
 /// A client and how many of its requests were refused.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct LimitedClient {
@@ -159,6 +193,8 @@ pub struct Stats {
     pub origin_retries: u64,
     #[serde(default)]
     pub rate_limit: RateLimitStats,
+    #[serde(default)]
+    pub prefetch: PrefetchStats,
 }
 
 #[derive(Default)]
@@ -179,6 +215,11 @@ struct Totals {
     rl_unavailable: AtomicU64,
     rl_failed_open: AtomicU64,
     rl_store_errors: AtomicU64,
+    prefetch_started: AtomicU64,
+    prefetch_skipped: AtomicU64,
+    prefetch_completed: AtomicU64,
+    prefetch_failed: AtomicU64,
+    prefetch_bytes: AtomicU64,
 }
 
 pub struct Metrics {
@@ -204,6 +245,11 @@ pub struct Metrics {
     top_limited: Mutex<TopClients>,
     open_connections: Gauge,
     refused_connections: Counter,
+    prefetch_started: Family<PrefetchLabels, Counter>,
+    prefetch_skipped: Family<PrefetchSkipLabels, Counter>,
+    prefetch_completed: Family<PrefetchLabels, Counter>,
+    prefetch_failed: Family<PrefetchLabels, Counter>,
+    prefetch_bytes: Counter,
 }
 
 /// Cache gauges read at scrape time.
@@ -318,6 +364,28 @@ impl Metrics {
             "Client connections answered 503 and closed because max_connections were open",
             refused_connections.clone(),
         );
+        let prefetch_started = Family::<PrefetchLabels, Counter>::default();
+        registry.register(
+            "prefetch_started",
+            "Background prefetch fills started, by kind (segment, playlist)",
+            prefetch_started.clone(),
+        );
+        let prefetch_skipped = Family::<PrefetchSkipLabels, Counter>::default();
+        registry.register(
+            "prefetch_skipped",
+            "Prefetches not started, by reason (cached, in_flight, busy, not_watched)",
+            prefetch_skipped.clone(),
+        );
+        let prefetch_completed = Family::<PrefetchLabels, Counter>::default();
+        registry.register("prefetch_completed", "Prefetch fills stored, by kind", prefetch_completed.clone());
+        let prefetch_failed = Family::<PrefetchLabels, Counter>::default();
+        registry.register(
+            "prefetch_failed",
+            "Prefetch fills that stored nothing (origin error, not storable, over prefetch.max_object_size)",
+            prefetch_failed.clone(),
+        );
+        let prefetch_bytes = Counter::default();
+        registry.register("prefetch_bytes", "Body bytes stored by prefetch fills", prefetch_bytes.clone());
         Metrics {
             totals: Totals::default(),
             registry,
@@ -341,6 +409,35 @@ impl Metrics {
             top_limited: Mutex::new(TopClients::new(TOP_LIMITED_TRACKED)),
             open_connections,
             refused_connections,
+            prefetch_started,
+            prefetch_skipped,
+            prefetch_completed,
+            prefetch_failed,
+            prefetch_bytes,
+        }
+    }
+
+    pub fn record_prefetch(&self, event: PrefetchEvent) {
+        let t = &self.totals;
+        match event {
+            PrefetchEvent::Started { kind } => {
+                self.prefetch_started.get_or_create(&PrefetchLabels { kind }).inc();
+                t.prefetch_started.fetch_add(1, Ordering::Relaxed);
+            }
+            PrefetchEvent::Skipped { reason } => {
+                self.prefetch_skipped.get_or_create(&PrefetchSkipLabels { reason }).inc();
+                t.prefetch_skipped.fetch_add(1, Ordering::Relaxed);
+            }
+            PrefetchEvent::Completed { kind, bytes } => {
+                self.prefetch_completed.get_or_create(&PrefetchLabels { kind }).inc();
+                self.prefetch_bytes.inc_by(bytes);
+                t.prefetch_completed.fetch_add(1, Ordering::Relaxed);
+                t.prefetch_bytes.fetch_add(bytes, Ordering::Relaxed);
+            }
+            PrefetchEvent::Failed { kind } => {
+                self.prefetch_failed.get_or_create(&PrefetchLabels { kind }).inc();
+                t.prefetch_failed.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -475,6 +572,13 @@ impl Metrics {
             in_flight: cache.in_flight,
             origin_retries: cache.origin_retries,
             rate_limit: self.rate_limit_stats(),
+            prefetch: PrefetchStats {
+                started: get(&t.prefetch_started),
+                skipped: get(&t.prefetch_skipped),
+                completed: get(&t.prefetch_completed),
+                failed: get(&t.prefetch_failed),
+                bytes: get(&t.prefetch_bytes),
+            },
         }
     }
 

@@ -24,13 +24,22 @@
 //! and its path must pass `origin::path::check`, the check every client request passes (no dot
 //! segment, raw or encoded; no NUL). The target is then a cache key like any client's.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::cache::CacheKey;
+use crate::cache::{CacheKey, CachedObject};
+use crate::config::PrefetchConfig;
 use crate::origin::path;
+
+/// Media playlists remembered at once (which stored copy was read, live or not, when last served).
+const PLAYLISTS_REMEMBERED: u64 = 4096;
+/// Live playlists refreshed in the background at once; each refresh also takes a prefetch slot.
+const LIVE_PLAYLISTS_REFRESHED: u64 = 256;
 
 /// One media segment of a playlist, as written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,6 +238,99 @@ impl SegmentMemory {
     pub fn weighted_bytes(&self) -> u64 {
         self.next.run_pending_tasks();
         self.next.weighted_size()
+    }
+}
+
+/// A media playlist the edge has served, and what it learned from it.
+pub struct PlaylistSeen {
+    /// The stored copy it was read from: a hit on the same copy is not read again. (A `Weak` keeps no
+    /// body alive, and keeps its address from being reused while this entry exists.)
+    pub learned_from: Weak<CachedObject>,
+    pub host: String,
+    pub path_and_query: String,
+    pub live: bool,
+    pub target_duration: Option<Duration>,
+    /// The viewer whose request led to the reading: a live refresh forwards as if for it.
+    pub peer: SocketAddr,
+    /// When it was last served, in milliseconds since `Prefetcher::epoch`.
+    last_served_ms: AtomicU64,
+}
+
+impl PlaylistSeen {
+    pub fn touch(&self, epoch: Instant, now: Instant) {
+        let ms = u64::try_from(now.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX);
+        self.last_served_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    pub fn since_served(&self, epoch: Instant, now: Instant) -> Duration {
+        let last = epoch + Duration::from_millis(self.last_served_ms.load(Ordering::Relaxed));
+        now.saturating_duration_since(last)
+    }
+}
+
+/// Prefetch's share of the app state: what it remembers (all bounded) and its concurrency slots.
+pub struct Prefetcher {
+    pub segments: usize,
+    pub refresh_live: bool,
+    pub max_object_size: u64,
+    pub next: SegmentMemory,
+    pub playlists: Cache<CacheKey, Arc<PlaylistSeen>>,
+    /// One token per live playlist being refreshed; its task stops when its token is no longer here.
+    pub refreshers: Cache<CacheKey, Arc<()>>,
+    slots: Arc<Semaphore>,
+    epoch: Instant,
+}
+
+impl Prefetcher {
+    pub fn new(config: &PrefetchConfig) -> Self {
+        Prefetcher {
+            segments: config.segments,
+            refresh_live: config.refresh_live_playlists,
+            max_object_size: config.max_object_size.0,
+            next: SegmentMemory::new(config.memory.0),
+            playlists: Cache::new(PLAYLISTS_REMEMBERED),
+            refreshers: Cache::new(LIVE_PLAYLISTS_REFRESHED),
+            slots: Arc::new(Semaphore::new(config.max_concurrent)),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Is any part of prefetch on?
+    pub fn on(&self) -> bool {
+        self.segments > 0 || self.refresh_live
+    }
+
+    /// A concurrency slot, released when the permit is dropped; `None` when all are taken.
+    pub fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+
+    pub fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
+    /// Remembers a playlist read from `object` at `now`.
+    pub fn seen(
+        &self,
+        key: CacheKey,
+        object: &Arc<CachedObject>,
+        target: (&str, &str),
+        playlist: &MediaPlaylist,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> Arc<PlaylistSeen> {
+        let seen = Arc::new(PlaylistSeen {
+            learned_from: Arc::downgrade(object),
+            host: target.0.to_string(),
+            path_and_query: target.1.to_string(),
+            live: playlist.live,
+            target_duration: playlist.target_duration,
+            peer,
+            last_served_ms: AtomicU64::new(0),
+        });
+        seen.touch(self.epoch, now);
+        self.playlists.insert(key, seen.clone());
+        seen
     }
 }
 

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::identity::IdentityRules;
 use crate::metrics::{CacheGauges, Metrics};
 use crate::origin::OriginSet;
+use crate::prefetch::Prefetcher;
 use crate::ratelimit::RateLimiter;
 
 /// Everything the request path shares: configuration, cache, flights, origins, metrics.
@@ -32,6 +33,8 @@ pub struct Edge {
     /// `EDDY_TEST_PANIC_IN_FILL` environment variable, which nothing but the tests sets; it proves that
     /// a fill that fails in any way releases its flight.
     pub panic_in_fill_path: Option<String>,
+    /// HLS-aware prefetch: what it remembers of playlists, and its concurrency slots.
+    pub prefetch: Prefetcher,
     request_ids: RequestIds,
 }
 
@@ -97,6 +100,7 @@ impl Edge {
             forwarded_request_headers,
             panic_in_fill_path: std::env::var("EDDY_TEST_PANIC_IN_FILL").ok().filter(|p| !p.is_empty()),
             request_ids: RequestIds::new(),
+            prefetch: Prefetcher::new(&config.prefetch),
             config,
         })
     }

@@ -86,7 +86,13 @@ struct FillRequest {
     policy_request: Parts,
     origin_request: OriginRequest,
     path: String,
+    /// The Host it is for (prefetch reads the playlists it stores on this host's behalf).
+    host: String,
+    /// The client whose request started it (for the forwarding headers of a live refresh).
+    peer: SocketAddr,
     stale: Option<Arc<CachedObject>>,
+    /// The largest body this fill stores (`cache.max_object_size`, or prefetch's own cap).
+    max_object: u64,
     /// Never store what this fill brings (a forwarded range).
     never_store: bool,
     /// Test-only fault injection: panic inside the fill (see `Edge::panic_in_fill_path`).
@@ -131,7 +137,10 @@ fn fill_request(
             body: Bytes::new(),
         },
         path: target.path.clone(),
+        host: target.host.clone(),
+        peer,
         stale,
+        max_object: edge.rules.max_object_size,
         never_store: forward_range,
         panic_mid_body: edge.panic_in_fill_path.as_deref() == Some(target.path.as_str()),
     }
@@ -192,12 +201,29 @@ pub fn revalidate_in_background(
     stale: Arc<CachedObject>,
     peer: SocketAddr,
 ) {
+    let _ = fill_in_background(edge, key, parts, target, Some(stale), peer, u64::MAX);
+}
+
+/// Starts a detached fill of `key`, unless a flight for it is under way already: the very fill a
+/// client's miss runs (the same flight registry, so later requests join it; the same origin choice;
+/// the same storing rules), for work no client waits on: stale-while-revalidate and prefetch.
+/// `max_object` lowers the size it may store (a larger body is abandoned once nobody reads it).
+/// Returns the flight and its task when this call started one.
+pub fn fill_in_background(
+    edge: &Arc<Edge>,
+    key: CacheKey,
+    parts: &Parts,
+    target: &Target,
+    stale: Option<Arc<CachedObject>>,
+    peer: SocketAddr,
+    max_object: u64,
+) -> Option<(Arc<Flight>, tokio::task::JoinHandle<()>)> {
     // The reader is dropped at once: no client waits for this body, which is kept only to be stored.
-    let Joined { guard, .. } = edge.flights.join(&key, &parts.headers);
-    if let Some(guard) = guard {
-        let fill = fill_request(edge, parts, target, key, Some(stale), peer, false);
-        tokio::spawn(run_flight(edge.clone(), guard, fill));
-    }
+    let Joined { flight, guard, .. } = edge.flights.join(&key, &parts.headers);
+    let guard = guard?;
+    let mut fill = fill_request(edge, parts, target, key, stale, peer, false);
+    fill.max_object = fill.max_object.min(max_object);
+    Some((flight, tokio::spawn(run_flight(edge.clone(), guard, fill))))
 }
 
 /// Waits for the flight's head and builds this request's answer.
@@ -401,15 +427,19 @@ fn stale_or_error(
 }
 
 async fn store(
-    edge: &Edge,
+    edge: &Arc<Edge>,
     fill: &FillRequest,
     status: StatusCode,
     headers: &HeaderMap,
     body: Bytes,
     cacheability: &Cacheability,
 ) {
-    let object = CachedObject::new(status, headers.clone(), body, cacheability.clone(), Instant::now());
-    edge.storage.insert(&fill.key, &fill.policy_request.headers, &cacheability.vary, Arc::new(object)).await;
+    let object = Arc::new(CachedObject::new(status, headers.clone(), body, cacheability.clone(), Instant::now()));
+    edge.storage.insert(&fill.key, &fill.policy_request.headers, &cacheability.vary, object.clone()).await;
+    if status == StatusCode::OK {
+        // A media playlist tells prefetch which segment follows which.
+        super::prefetch::stored(edge, &fill.key, (&fill.host, &fill.origin_request.path_and_query), &object, fill.peer);
+    }
 }
 
 /// Sends the fill's request; on failure, ends the flight and returns `None`.
@@ -481,7 +511,7 @@ async fn run_flight(edge: Arc<Edge>, mut guard: FillGuard, mut fill: FillRequest
         headers.remove(header::SET_COOKIE);
     }
     let declared_length = content_length(&headers);
-    let max_object = edge.rules.max_object_size;
+    let max_object = fill.max_object;
     let mut storable = cacheability.storable && !fill.never_store && declared_length.is_none_or(|n| n <= max_object);
     let mut stored = false;
     // A 204 has no body (RFC 9110 §15.3.5), whatever its headers say.

@@ -1,6 +1,7 @@
 //! The cache lookup. A fresh object is a hit; a stale one within stale-while-revalidate is
 //! served while one background refresh runs; otherwise the request goes on to `fetch` (a miss, or a
-//! revalidation of the stale copy, which may still be served if the origin fails).
+//! revalidation of the stale copy, which may still be served if the origin fails). Whatever the answer,
+//! `prefetch::served` sees it last (a playlist read, or the next segments started).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,22 +10,40 @@ use std::time::Instant;
 use http::request::Parts;
 
 use super::fetch;
+use super::prefetch;
 use super::respond::{self, Outcome};
 use super::route::Target;
 use crate::cache::storage::Found;
-use crate::cache::Lifecycle;
+use crate::cache::{CacheKey, CachedObject, Lifecycle};
 use crate::metrics::CacheResult;
 use crate::state::Edge;
 
 pub async fn serve(edge: &Arc<Edge>, parts: &Parts, target: &Target, peer: SocketAddr) -> Outcome {
     let key = edge.cache_key(&target.host, &target.path, target.query.as_deref());
+    let (outcome, object) = answer(edge, key.clone(), parts, target, peer).await;
+    prefetch::served(edge, &key, target, parts, &outcome, object.as_ref(), peer);
+    outcome
+}
+
+/// The answer, and the stored object it came from (for a hit or a stale copy served).
+async fn answer(
+    edge: &Arc<Edge>,
+    key: CacheKey,
+    parts: &Parts,
+    target: &Target,
+    peer: SocketAddr,
+) -> (Outcome, Option<Arc<CachedObject>>) {
     let object = match edge.storage.lookup(&key, &parts.headers).await {
         Found::Object(object) => object,
-        Found::Miss => return fetch::fetch(edge, key, parts, target, None, peer, fetch::Forward::UriMiss).await,
-        Found::VaryMiss => return fetch::fetch(edge, key, parts, target, None, peer, fetch::Forward::VaryMiss).await,
+        Found::Miss => {
+            return (fetch::fetch(edge, key, parts, target, None, peer, fetch::Forward::UriMiss).await, None)
+        }
+        Found::VaryMiss => {
+            return (fetch::fetch(edge, key, parts, target, None, peer, fetch::Forward::VaryMiss).await, None)
+        }
     };
     let now = Instant::now();
-    match object.lifecycle(now) {
+    let outcome = match object.lifecycle(now) {
         Lifecycle::Fresh { ttl } => Outcome::served(
             respond::from_object(&object, &parts.method, &parts.headers, now),
             CacheResult::Hit,
@@ -41,7 +60,8 @@ pub async fn serve(edge: &Arc<Edge>, parts: &Parts, target: &Target, peer: Socke
             )
         }
         Lifecycle::Stale { .. } => {
-            fetch::fetch(edge, key, parts, target, Some(object), peer, fetch::Forward::Stale).await
+            return (fetch::fetch(edge, key, parts, target, Some(object), peer, fetch::Forward::Stale).await, None)
         }
-    }
+    };
+    (outcome, Some(object))
 }

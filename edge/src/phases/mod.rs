@@ -10,6 +10,8 @@
 //! - `fetch`: a miss or revalidation, coalesced so the origin sees each object once.
 //!   `pass`: methods that are not cached go straight to the origin.
 //! - `respond`: the response and the headers every response carries.
+//! - `prefetch`: after a GET is answered, HLS-aware prefetch (a playlist is read, the next segments
+//!   are filled in the background); never changes the answer.
 //!
 //! Access logging (`crate::access_log`) and metrics wrap the whole path (`handle`).
 
@@ -18,6 +20,7 @@ pub mod limit;
 pub mod lookup;
 pub mod origin_request;
 pub mod pass;
+pub mod prefetch;
 pub mod range;
 pub mod respond;
 pub mod route;

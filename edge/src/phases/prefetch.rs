@@ -1,0 +1,287 @@
+//! HLS-aware prefetch on the request path (the decisions are in `crate::prefetch`):
+//!
+//! - When a media playlist is stored (`stored`, called by the fill) or served from the cache
+//!   (`served`), the edge reads it once per stored copy and remembers which segment follows which.
+//! - When it serves a remembered segment (a 200 to a GET, hit or miss), it fills the next
+//!   `prefetch.segments` in the background, unless they are cached or a flight for them is under way.
+//! - A watched live playlist (RFC 8216 §6.2.2) is refreshed just before its freshness runs out, until
+//!   nobody has asked for it for about two target durations.
+//!
+//! Invariant: **a prefetch is a miss that no client waits on.** It goes through
+//! `fetch::fill_in_background`, the fill a client's miss runs: the same flight registry (a client asking
+//! meanwhile joins it, so the origin sees each object once), the same choice of origin, the same
+//! storing rules, and the headers a client with no special headers would cause (no Vary'd header: it
+//! fills the variant such a client gets). Its only differences: a smaller size cap, above which it is
+//! abandoned once no client reads it, and a concurrency bound (`prefetch.max_concurrent`; over it, a
+//! prefetch is skipped and counted). Slots are released by the permit's drop, whatever ends the fill.
+//!
+//! Prefetch fills are not client requests: they have no access-log line (the access log is one line
+//! per client request). They are counted in the `prefetch_*` metrics and logged at debug level under
+//! the `prefetch` target, failures included; a failure never touches any client's response.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap};
+use http::request::Parts;
+use http::{Method, StatusCode};
+
+use super::fetch;
+use super::respond::Outcome;
+use super::route::Target;
+use crate::cache::{CacheKey, CachedObject, Lifecycle};
+use crate::metrics::PrefetchEvent;
+use crate::prefetch::{self as decide, PlaylistSeen};
+use crate::state::Edge;
+
+const SEGMENT: &str = "segment";
+const PLAYLIST: &str = "playlist";
+
+/// A 200 was stored by a fill: if it is a media playlist, remember what it says.
+pub fn stored(
+    edge: &Arc<Edge>,
+    key: &CacheKey,
+    (host, path_and_query): (&str, &str),
+    object: &Arc<CachedObject>,
+    peer: SocketAddr,
+) {
+    if !edge.prefetch.on() {
+        return;
+    }
+    let path = path_and_query.split('?').next().unwrap_or(path_and_query);
+    if decide::may_be_playlist(path, content_type(&object.headers)) {
+        learn(edge, key, (host, path_and_query), object, peer);
+    }
+}
+
+/// A GET was answered. A 200 for a playlist marks it watched (and reads a cached copy not read yet);
+/// a 200 for a remembered segment starts the prefetch of the ones after it.
+pub fn served(
+    edge: &Arc<Edge>,
+    key: &CacheKey,
+    target: &Target,
+    parts: &Parts,
+    outcome: &Outcome,
+    object: Option<&Arc<CachedObject>>,
+    peer: SocketAddr,
+) {
+    if !edge.prefetch.on() || parts.method != Method::GET || outcome.response.status() != StatusCode::OK {
+        return;
+    }
+    if decide::may_be_playlist(&target.path, content_type(outcome.response.headers())) {
+        let now = Instant::now();
+        let seen = edge.prefetch.playlists.get(key);
+        if let Some(seen) = &seen {
+            seen.touch(edge.prefetch.epoch(), now);
+        }
+        let read_already = |o: &Arc<CachedObject>| {
+            seen.as_ref().is_some_and(|s| std::ptr::eq(s.learned_from.as_ptr(), Arc::as_ptr(o)))
+        };
+        // A miss is read when the fill stores it; a hit only when this copy was never read (the memory
+        // forgot it, or another edge process stored it before a restart… the cache outlives nothing).
+        if let Some(object) = object.filter(|o| !read_already(o)) {
+            learn(edge, key, (&target.host, &target.path_and_query()), object, peer);
+        }
+        return;
+    }
+    if edge.prefetch.segments == 0 {
+        return;
+    }
+    let Some(next) = edge.prefetch.next.next_after(key) else { return };
+    let (edge, host) = (edge.clone(), target.host.clone());
+    tokio::spawn(async move {
+        for target in next.iter() {
+            prefetch_segment(&edge, &host, target, peer).await;
+        }
+    });
+}
+
+fn content_type(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
+}
+
+/// Reads a stored media playlist: remembers each segment's successors, and starts a live refresher.
+fn learn(
+    edge: &Arc<Edge>,
+    key: &CacheKey,
+    (host, path_and_query): (&str, &str),
+    object: &Arc<CachedObject>,
+    peer: SocketAddr,
+) {
+    let Some(playlist) = decide::parse_media(&object.body) else { return };
+    let prefetch = &edge.prefetch;
+    if prefetch.segments > 0 {
+        for (segment, next) in decide::next_segments(host, path_and_query, &playlist, prefetch.segments) {
+            let segment_key = edge.cache_key(host, &segment.path, segment.query.as_deref());
+            prefetch.next.remember(segment_key, next);
+        }
+    }
+    let seen = prefetch.seen(key.clone(), object, (host, path_and_query), &playlist, peer, Instant::now());
+    if playlist.live && prefetch.refresh_live {
+        let token = Arc::new(());
+        let entry = prefetch.refreshers.entry(key.clone()).or_insert_with(|| token.clone());
+        if entry.is_fresh() {
+            let refresher = Refresher { edge: edge.clone(), key: key.clone(), token };
+            tokio::spawn(refresher.run(seen));
+        }
+    }
+}
+
+/// Fills one segment ahead of the viewer, if it is neither cached nor being fetched.
+async fn prefetch_segment(edge: &Arc<Edge>, host: &str, next: &decide::Target, peer: SocketAddr) {
+    let key = edge.cache_key(host, &next.path, next.query.as_deref());
+    let stale = match edge.storage.get(&key, &HeaderMap::new()).await {
+        Some(object) if matches!(object.lifecycle(Instant::now()), Lifecycle::Fresh { .. }) => {
+            return skip(edge, "cached");
+        }
+        other => other,
+    };
+    let Some(slot) = edge.prefetch.slot() else { return skip(edge, "busy") };
+    let target = Target { host: host.to_string(), path: next.path.clone(), query: next.query.clone() };
+    let Some(parts) = request_parts(&target) else { return skip(edge, "invalid") };
+    let Some((flight, task)) = fetch::fill_in_background(
+        edge,
+        key.clone(),
+        &parts,
+        &target,
+        stale.clone(),
+        peer,
+        edge.prefetch.max_object_size,
+    ) else {
+        return skip(edge, "in_flight");
+    };
+    edge.metrics.record_prefetch(PrefetchEvent::Started { kind: SEGMENT });
+    tracing::debug!(target: "prefetch", path = %target.path_and_query(), "prefetch started");
+    let edge = edge.clone();
+    tokio::spawn(async move {
+        // The slot is held until the fill has ended, however it ends (the permit's drop frees it).
+        let _slot = slot;
+        let _ = task.await;
+        settle(&edge, SEGMENT, &key, &target, &flight, stale.as_ref()).await;
+    });
+}
+
+/// Counts and logs how a prefetch fill ended: stored (a new copy in the cache), or not.
+async fn settle(
+    edge: &Edge,
+    kind: &'static str,
+    key: &CacheKey,
+    target: &Target,
+    flight: &crate::cache::coalesce::Flight,
+    before: Option<&Arc<CachedObject>>,
+) {
+    let now_cached = edge.storage.get(key, &HeaderMap::new()).await;
+    match now_cached.filter(|o| before.is_none_or(|b| !Arc::ptr_eq(o, b))) {
+        Some(object) if object.status == StatusCode::OK => {
+            let bytes = object.body.len() as u64;
+            edge.metrics.record_prefetch(PrefetchEvent::Completed { kind, bytes });
+            tracing::debug!(target: "prefetch", kind, path = %target.path_and_query(), bytes, "prefetch stored");
+        }
+        other => {
+            let why = match (other, flight.head().await) {
+                (Some(object), _) => format!("origin answered {}", object.status.as_u16()),
+                (None, crate::cache::coalesce::HeadOutcome::Failed(failure)) => failure.message,
+                (None, crate::cache::coalesce::HeadOutcome::Head(head)) => {
+                    format!("origin answered {}; nothing stored (not storable, too large or cut off)", head.status)
+                }
+                (None, crate::cache::coalesce::HeadOutcome::Refreshed(_)) => "refreshed, not replaced".to_string(),
+            };
+            edge.metrics.record_prefetch(PrefetchEvent::Failed { kind });
+            tracing::debug!(target: "prefetch", kind, path = %target.path_and_query(), why, "prefetch failed");
+        }
+    }
+}
+
+fn skip(edge: &Edge, reason: &'static str) {
+    edge.metrics.record_prefetch(PrefetchEvent::Skipped { reason });
+}
+
+/// The request a client with no special headers would send for `target`: a GET, no header at all
+/// (the fill adds the edge's own forwarding headers).
+fn request_parts(target: &Target) -> Option<Parts> {
+    let request = http::Request::builder().method(Method::GET).uri(target.path_and_query()).body(()).ok()?;
+    Some(request.into_parts().0)
+}
+
+/// Refreshes one live playlist while it is watched. Its token in `Prefetcher::refreshers` says it is
+/// the one refresher of that playlist; the token leaves with this value's drop, on every way out.
+struct Refresher {
+    edge: Arc<Edge>,
+    key: CacheKey,
+    token: Arc<()>,
+}
+
+impl Drop for Refresher {
+    fn drop(&mut self) {
+        let refreshers = &self.edge.prefetch.refreshers;
+        if refreshers.get(&self.key).is_some_and(|t| Arc::ptr_eq(&t, &self.token)) {
+            refreshers.invalidate(&self.key);
+        }
+    }
+}
+
+impl Refresher {
+    fn mine(&self) -> bool {
+        self.edge.prefetch.refreshers.get(&self.key).is_some_and(|t| Arc::ptr_eq(&t, &self.token))
+    }
+
+    async fn run(self, mut seen: Arc<PlaylistSeen>) {
+        let edge = self.edge.clone();
+        let epoch = edge.prefetch.epoch();
+        let headers = HeaderMap::new();
+        loop {
+            // Evicted from the bounded set, or the playlist ended (EXT-X-ENDLIST): stop.
+            if !self.mine() || !seen.live {
+                return;
+            }
+            let Some(object) = edge.storage.get(&self.key, &headers).await else { return };
+            let ttl = match object.lifecycle(Instant::now()) {
+                Lifecycle::Fresh { ttl } => ttl,
+                _ => Duration::ZERO,
+            };
+            let delay = decide::refresh_delay(object.lifetime, ttl, seen.target_duration);
+            // Never a busy loop, even when the copy is already stale and the last refresh failed.
+            tokio::time::sleep(delay.max(Duration::from_millis(100))).await;
+            if !decide::still_watched(seen.since_served(epoch, Instant::now()), object.lifetime, seen.target_duration) {
+                skip(&edge, "not_watched");
+                return;
+            }
+            if let Some(latest) = edge.prefetch.playlists.get(&self.key) {
+                seen = latest;
+            }
+            // A client's miss may have stored a newer copy meanwhile: then wait for that one's end.
+            let current = edge.storage.get(&self.key, &headers).await;
+            if current.as_ref().is_some_and(|c| !Arc::ptr_eq(c, &object)) {
+                continue;
+            }
+            self.refresh(&seen, object).await;
+        }
+    }
+
+    async fn refresh(&self, seen: &PlaylistSeen, object: Arc<CachedObject>) {
+        let edge = &self.edge;
+        let Some(_slot) = edge.prefetch.slot() else { return skip(edge, "busy") };
+        let (path, query) = match seen.path_and_query.split_once('?') {
+            Some((p, q)) => (p.to_string(), Some(q.to_string())),
+            None => (seen.path_and_query.clone(), None),
+        };
+        let target = Target { host: seen.host.clone(), path, query };
+        let Some(parts) = request_parts(&target) else { return skip(edge, "invalid") };
+        // The stored copy goes along for its validators: an unchanged playlist costs a 304.
+        let Some((flight, task)) = fetch::fill_in_background(
+            edge,
+            self.key.clone(),
+            &parts,
+            &target,
+            Some(object.clone()),
+            seen.peer,
+            edge.prefetch.max_object_size,
+        ) else {
+            return skip(edge, "in_flight");
+        };
+        edge.metrics.record_prefetch(PrefetchEvent::Started { kind: PLAYLIST });
+        let _ = task.await;
+        settle(edge, PLAYLIST, &self.key, &target, &flight, Some(&object)).await;
+    }
+}
