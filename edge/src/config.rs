@@ -235,7 +235,8 @@ pub struct PrefetchConfig {
     pub segments: usize,
     /// Prefetch fills (segments and live playlist refreshes) under way at once; more are skipped.
     pub max_concurrent: usize,
-    /// A prefetch whose Content-Length or streamed size goes over this is abandoned and stores nothing.
+    /// A prefetch whose Content-Length or streamed size goes over this (or `cache.max_object_size`) is
+    /// abandoned and stores nothing.
     pub max_object_size: ByteSize,
     /// Memory for what the edge remembers of playlists (each segment's next segments, the live
     /// playlists being watched); the least recently used is forgotten beyond it.
@@ -473,12 +474,10 @@ impl Config {
         if !(1..=1024).contains(&self.prefetch.max_concurrent) {
             return Err(invalid(origin, "prefetch.max_concurrent", "must be between 1 and 1024"));
         }
-        if self.prefetch.max_object_size.0 == 0 || self.prefetch.max_object_size.0 > self.cache.max_object_size.0 {
-            return Err(invalid(
-                origin,
-                "prefetch.max_object_size",
-                "must be greater than 0 and at most cache.max_object_size",
-            ));
+        // Above cache.max_object_size it changes nothing (nothing larger is stored): not an error, so
+        // that lowering the cache's limit alone stays a valid config.
+        if self.prefetch.max_object_size.0 == 0 {
+            return Err(invalid(origin, "prefetch.max_object_size", "must be greater than 0"));
         }
         if !(64 << 10..=1 << 30).contains(&self.prefetch.memory.0) {
             return Err(invalid(origin, "prefetch.memory", "must be between 64KiB and 1GiB"));
@@ -575,15 +574,12 @@ mod tests {
             ("[prefetch]\nsegments = 4\n", "prefetch.segments"),
             ("[prefetch]\nmax_concurrent = 0\n", "prefetch.max_concurrent"),
             ("[prefetch]\nmax_object_size = 0\n", "prefetch.max_object_size"),
-            (
-                "[cache]\nmax_object_size = \"1MiB\"\n[prefetch]\nmax_object_size = \"2MiB\"\n",
-                "prefetch.max_object_size",
-            ),
             ("[prefetch]\nmemory = \"1kB\"\n", "prefetch.memory"),
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains("edge.toml") && err.contains(key), "{text}: {err}");
         }
+        assert!(parse("[cache]\nmax_object_size = \"100kB\"\n").is_ok(), "the prefetch cap follows the cache's");
         let err = parse("[prefetch]\nsegmets = 1\n").unwrap_err().to_string();
         assert!(err.contains("segmets"), "{err}");
     }
