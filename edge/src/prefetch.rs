@@ -309,7 +309,9 @@ impl Prefetcher {
         self.epoch
     }
 
-    /// Remembers a playlist read from `object` at `now`.
+    /// Remembers a playlist read from `object` at `now`. Reading a copy is not watching it: when the
+    /// playlist was known already, its last-served time carries over (otherwise each refresh would keep
+    /// its own playlist watched for ever); a playlist seen for the first time was just served.
     pub fn seen(
         &self,
         key: CacheKey,
@@ -328,7 +330,10 @@ impl Prefetcher {
             peer,
             last_served_ms: AtomicU64::new(0),
         });
-        seen.touch(self.epoch, now);
+        match self.playlists.get(&key) {
+            Some(known) => seen.last_served_ms.store(known.last_served_ms.load(Ordering::Relaxed), Ordering::Relaxed),
+            None => seen.touch(self.epoch, now),
+        }
         self.playlists.insert(key, seen.clone());
         seen
     }
