@@ -194,3 +194,147 @@ fn a_cold_viewer_gets_hits_through_a_slow_origin_and_the_origin_sees_each_segmen
         assert!(on.from_origin.contains(path), "{path} was served but never fetched");
     }
 }
+
+mod against_a_scripted_origin {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    use eddy_tests::{start_edge, Edge};
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    fn client() -> reqwest::Client {
+        reqwest::Client::builder().no_proxy().build().expect("client")
+    }
+
+    fn config_file(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().expect("temp config");
+        file.write_all(text.as_bytes()).expect("write config");
+        file
+    }
+
+    async fn get(url: &str) -> (String, reqwest::StatusCode) {
+        let response = client().get(url).send().await.expect("get");
+        let cache = response.headers().get("x-cache").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let status = response.status();
+        response.bytes().await.expect("body");
+        (cache, status)
+    }
+
+    async fn prefetch_stats(edge: &Edge) -> serde_json::Value {
+        let body = client().get(edge.admin_url("/stats")).send().await.expect("stats").bytes().await.expect("body");
+        serde_json::from_slice::<serde_json::Value>(&body).expect("stats json")["prefetch"].clone()
+    }
+
+    async fn metrics(edge: &Edge) -> String {
+        client().get(edge.admin_url("/metrics")).send().await.expect("metrics").text().await.expect("text")
+    }
+
+    /// Waits for `condition` on the edge's prefetch stats, up to `timeout`.
+    async fn until(edge: &Edge, timeout: Duration, condition: impl Fn(&serde_json::Value) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if condition(&prefetch_stats(edge).await) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    async fn paths(server: &MockServer) -> Vec<String> {
+        server.received_requests().await.unwrap_or_default().iter().map(|r| r.url.path().to_string()).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_hostile_playlist_never_sends_the_edge_to_another_host_or_out_of_its_paths() {
+        let elsewhere = MockServer::start().await;
+        Mock::given(method("GET")).respond_with(ResponseTemplate::new(200)).mount(&elsewhere).await;
+        let origin = MockServer::start().await;
+        let elsewhere_host = elsewhere.address().to_string();
+        let playlist = format!(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\ns0.ts\n#EXTINF:1,\nhttp://{elsewhere_host}/s1.ts\n\
+             #EXTINF:1,\n..%2f..%2fsecret.ts\n#EXTINF:1,\ns3.ts\n#EXT-X-ENDLIST\n"
+        );
+        Mock::given(path("/v/index.m3u8"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .insert_header("content-type", "application/vnd.apple.mpegurl")
+                    .set_body_string(playlist),
+            )
+            .mount(&origin)
+            .await;
+        Mock::given(path("/v/s0.ts"))
+            .respond_with(ResponseTemplate::new(200).set_body_bytes(vec![0u8; 1000]))
+            .mount(&origin)
+            .await;
+        Mock::given(path("/v/s3.ts"))
+            .respond_with(ResponseTemplate::new(200).set_body_bytes(vec![3u8; 1000]))
+            .mount(&origin)
+            .await;
+        let config = config_file("[prefetch]\nsegments = 3\n");
+        let edge =
+            start_edge(&["--config", config.path().to_str().expect("utf8"), "--origin", &origin.uri()]).expect("edge");
+        // The edge is reached under the origin's own host:port, so an absolute URI to it would count
+        // as the same host; `elsewhere` differs in port only, the nearest a playlist can come.
+        assert_eq!(get(&edge.url("/v/index.m3u8")).await.1, 200);
+        assert_eq!(get(&edge.url("/v/s0.ts")).await.1, 200);
+        // The one legitimate successor (s3) is the positive control: the prefetch did run.
+        assert!(
+            until(&edge, Duration::from_secs(10), |p| p["completed"] == 1).await,
+            "{}",
+            prefetch_stats(&edge).await
+        );
+        assert_eq!(get(&edge.url("/v/s3.ts")).await.0, "HIT");
+        assert_eq!(paths(&elsewhere).await, Vec::<String>::new(), "a playlist sent the edge to another host");
+        assert_eq!(paths(&origin).await, ["/v/index.m3u8", "/v/s0.ts", "/v/s3.ts"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_watched_live_playlist_is_refreshed_before_it_expires_and_left_once_unwatched() {
+        let origin = MockServer::start().await;
+        // Live (no EXT-X-ENDLIST), 1 s target duration, fresh for 2 s.
+        Mock::given(path("/live/index.m3u8"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .insert_header("content-type", "application/vnd.apple.mpegurl")
+                    .insert_header("cache-control", "max-age=2")
+                    .set_body_string("#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\na.ts\n#EXTINF:1,\nb.ts\n"),
+            )
+            .mount(&origin)
+            .await;
+        let config = config_file("[prefetch]\nsegments = 1\n");
+        let edge =
+            start_edge(&["--config", config.path().to_str().expect("utf8"), "--origin", &origin.uri()]).expect("edge");
+        let url = edge.url("/live/index.m3u8");
+        assert_eq!(get(&url).await.0, "MISS");
+        // A viewer reloading twice per target duration for 7 s: the pacing of the workload, not a wait
+        // for the edge.
+        let watched = Instant::now();
+        let mut answers = Vec::new();
+        while watched.elapsed() < Duration::from_secs(7) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            answers.push(get(&url).await.0);
+        }
+        let hits = answers.iter().filter(|a| *a == "HIT").count();
+        // Without the refresher, a reload every 0.5 s of a 2 s copy misses about one time in four.
+        assert!(hits * 10 >= answers.len() * 9, "answers while watched: {answers:?}");
+        let refreshed = paths(&origin).await.len() - 1;
+        // One refresh about every 1.75 s (a quarter of the target duration before the 2 s run out).
+        assert!((3..=6).contains(&refreshed), "{refreshed} refreshes in 7 s: {answers:?}");
+        // Nobody reloads it now: the refresher notices within two freshness lifetimes and stops.
+        let stopped = Instant::now();
+        let mut text = String::new();
+        while stopped.elapsed() < Duration::from_secs(15) {
+            text = metrics(&edge).await;
+            if text.contains("eddy_edge_prefetch_skipped_total{reason=\"not_watched\"} 1") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(text.contains("eddy_edge_prefetch_skipped_total{reason=\"not_watched\"} 1"), "{text}");
+        let after = paths(&origin).await.len();
+        assert!(after - 1 <= refreshed + 3, "refreshes went on unwatched: {after}");
+        assert!(text.contains("eddy_edge_prefetch_completed_total{kind=\"playlist\"}"), "{text}");
+    }
+}
