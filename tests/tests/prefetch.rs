@@ -291,6 +291,38 @@ mod against_a_scripted_origin {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn a_prefetch_over_its_byte_cap_is_abandoned_and_stores_nothing() {
+        let origin = MockServer::start().await;
+        Mock::given(path("/v/index.m3u8"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .insert_header("content-type", "application/vnd.apple.mpegurl")
+                    .set_body_string("#EXTM3U\n#EXTINF:1,\ns0.ts\n#EXTINF:1,\nbig.ts\n#EXT-X-ENDLIST\n"),
+            )
+            .mount(&origin)
+            .await;
+        Mock::given(path("/v/s0.ts"))
+            .respond_with(ResponseTemplate::new(200).set_body_bytes(vec![0u8; 1000]))
+            .mount(&origin)
+            .await;
+        Mock::given(path("/v/big.ts"))
+            .respond_with(ResponseTemplate::new(200).set_body_bytes(vec![1u8; 200_000]))
+            .mount(&origin)
+            .await;
+        let config = config_file("[prefetch]\nmax_object_size = \"50kB\"\n");
+        let edge =
+            start_edge(&["--config", config.path().to_str().expect("utf8"), "--origin", &origin.uri()]).expect("edge");
+        get(&edge.url("/v/index.m3u8")).await;
+        get(&edge.url("/v/s0.ts")).await;
+        assert!(until(&edge, Duration::from_secs(10), |p| p["failed"] == 1).await, "{}", prefetch_stats(&edge).await);
+        assert_eq!(prefetch_stats(&edge).await["completed"], 0);
+        // Nothing was stored: the viewer's own request is a miss, and gets the whole object.
+        let response = client().get(edge.url("/v/big.ts")).send().await.expect("get");
+        assert_eq!(response.headers()["x-cache"], "MISS");
+        assert_eq!(response.bytes().await.expect("body").len(), 200_000);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn a_watched_live_playlist_is_refreshed_before_it_expires_and_left_once_unwatched() {
         let origin = MockServer::start().await;
         // Live (no EXT-X-ENDLIST), 1 s target duration, fresh for 2 s.
