@@ -117,6 +117,8 @@ pub enum PrefetchEvent {
     Completed { kind: &'static str, bytes: u64 },
     /// The fill failed or stored nothing (origin error, not storable, over the byte cap).
     Failed { kind: &'static str },
+    /// A stored copy of a media playlist was read.
+    PlaylistRead,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -138,6 +140,7 @@ pub struct PrefetchStats {
     pub completed: u64,
     pub failed: u64,
     pub bytes: u64,
+    pub playlists_read: u64,
 }
 
 /// A client and how many of its requests were refused.
@@ -220,6 +223,7 @@ struct Totals {
     prefetch_completed: AtomicU64,
     prefetch_failed: AtomicU64,
     prefetch_bytes: AtomicU64,
+    playlists_read: AtomicU64,
 }
 
 pub struct Metrics {
@@ -250,6 +254,7 @@ pub struct Metrics {
     prefetch_completed: Family<PrefetchLabels, Counter>,
     prefetch_failed: Family<PrefetchLabels, Counter>,
     prefetch_bytes: Counter,
+    playlists_read: Counter,
 }
 
 /// Cache gauges read at scrape time.
@@ -386,6 +391,12 @@ impl Metrics {
         );
         let prefetch_bytes = Counter::default();
         registry.register("prefetch_bytes", "Body bytes stored by prefetch fills", prefetch_bytes.clone());
+        let playlists_read = Counter::default();
+        registry.register(
+            "prefetch_playlists_read",
+            "Stored copies of media playlists read for prefetch",
+            playlists_read.clone(),
+        );
         Metrics {
             totals: Totals::default(),
             registry,
@@ -414,6 +425,7 @@ impl Metrics {
             prefetch_completed,
             prefetch_failed,
             prefetch_bytes,
+            playlists_read,
         }
     }
 
@@ -437,6 +449,10 @@ impl Metrics {
             PrefetchEvent::Failed { kind } => {
                 self.prefetch_failed.get_or_create(&PrefetchLabels { kind }).inc();
                 t.prefetch_failed.fetch_add(1, Ordering::Relaxed);
+            }
+            PrefetchEvent::PlaylistRead => {
+                self.playlists_read.inc();
+                t.playlists_read.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -578,6 +594,7 @@ impl Metrics {
                 completed: get(&t.prefetch_completed),
                 failed: get(&t.prefetch_failed),
                 bytes: get(&t.prefetch_bytes),
+                playlists_read: get(&t.playlists_read),
             },
         }
     }

@@ -1,5 +1,6 @@
-//! HLS-aware prefetch, the parts that decide (no I/O, no clock of their own): reading a media playlist,
-//! working out which segment follows which, and remembering that within a memory bound. The request
+//! HLS-aware prefetch, the parts that decide (pure functions: no I/O, time passed in) and the state
+//! they keep, every part of it bounded: reading a media playlist, working out which segment follows
+//! which, when to refresh a live playlist, and remembering all that within a memory bound. The request
 //! path's side (when to start a prefetch, the fill itself, live refreshes) is `phases/prefetch.rs`.
 //!
 //! The edge reads playlists as text only (it never looks inside media), with just the tags that say

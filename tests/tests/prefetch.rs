@@ -275,9 +275,11 @@ mod against_a_scripted_origin {
         let config = config_file("[prefetch]\nsegments = 3\n");
         let edge =
             start_edge(&["--config", config.path().to_str().expect("utf8"), "--origin", &origin.uri()]).expect("edge");
-        // The edge is reached under the origin's own host:port, so an absolute URI to it would count
-        // as the same host; `elsewhere` differs in port only, the nearest a playlist can come.
+        // `elsewhere` is on the same address as the edge, another port: the nearest a playlist can come
+        // to the viewer's Host without being it.
         assert_eq!(get(&edge.url("/v/index.m3u8")).await.1, 200);
+        // The edge reads the playlist in the background.
+        assert!(until(&edge, Duration::from_secs(10), |p| p["playlists_read"] == 1).await);
         assert_eq!(get(&edge.url("/v/s0.ts")).await.1, 200);
         // The one legitimate successor (s3) is the positive control: the prefetch did run.
         assert!(
@@ -313,6 +315,7 @@ mod against_a_scripted_origin {
         let edge =
             start_edge(&["--config", config.path().to_str().expect("utf8"), "--origin", &origin.uri()]).expect("edge");
         get(&edge.url("/v/index.m3u8")).await;
+        assert!(until(&edge, Duration::from_secs(10), |p| p["playlists_read"] == 1).await);
         get(&edge.url("/v/s0.ts")).await;
         assert!(until(&edge, Duration::from_secs(10), |p| p["failed"] == 1).await, "{}", prefetch_stats(&edge).await);
         assert_eq!(prefetch_stats(&edge).await["completed"], 0);

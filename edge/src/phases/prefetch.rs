@@ -51,7 +51,7 @@ pub fn stored(
     }
     let path = path_and_query.split('?').next().unwrap_or(path_and_query);
     if decide::may_be_playlist(path, content_type(&object.headers)) {
-        learn(edge, key, (host, path_and_query), object, peer);
+        learn_in_background(edge, key, (host, path_and_query), object, peer);
     }
 }
 
@@ -81,7 +81,7 @@ pub fn served(
         // A miss is read when the fill stores it; a hit only when this copy was never read (the memory
         // forgot it, or another edge process stored it before a restart… the cache outlives nothing).
         if let Some(object) = object.filter(|o| !read_already(o)) {
-            learn(edge, key, (&target.host, &target.path_and_query()), object, peer);
+            learn_in_background(edge, key, (&target.host, &target.path_and_query()), object, peer);
         }
         return;
     }
@@ -101,6 +101,20 @@ fn content_type(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
 }
 
+/// Reads a playlist off the client's path: a long VOD playlist takes a few milliseconds to read, and
+/// a fill stores before it hands out the last bytes.
+fn learn_in_background(
+    edge: &Arc<Edge>,
+    key: &CacheKey,
+    (host, path_and_query): (&str, &str),
+    object: &Arc<CachedObject>,
+    peer: SocketAddr,
+) {
+    let (edge, key, object) = (edge.clone(), key.clone(), object.clone());
+    let (host, path_and_query) = (host.to_string(), path_and_query.to_string());
+    tokio::spawn(async move { learn(&edge, &key, (&host, &path_and_query), &object, peer) });
+}
+
 /// Reads a stored media playlist: remembers each segment's successors, and starts a live refresher.
 fn learn(
     edge: &Arc<Edge>,
@@ -118,6 +132,8 @@ fn learn(
         }
     }
     let seen = prefetch.seen(key.clone(), object, (host, path_and_query), &playlist, peer, Instant::now());
+    // Counted once the successors are known: tests wait for it.
+    edge.metrics.record_prefetch(PrefetchEvent::PlaylistRead);
     if playlist.live && prefetch.refresh_live {
         let token = Arc::new(());
         let entry = prefetch.refreshers.entry(key.clone()).or_insert_with(|| token.clone());
