@@ -179,6 +179,9 @@ pub struct OriginConfig {
     /// (and many load balancers) close idle connections, so that the edge rarely writes a request on a
     /// connection the origin is closing.
     pub idle_timeout: HumanDuration,
+    /// Extra root CA certificates (PEM) trusted for HTTPS origins, besides the system's: for origins
+    /// whose certificate comes from a private CA.
+    pub ca_file: Option<PathBuf>,
     /// Whether a directory origin serves paths with a component that starts with `.` (`/.env`).
     pub serve_dotfiles: bool,
     /// Request headers copied from the client onto a cacheable fill (lower-case names). Everything
@@ -200,6 +203,7 @@ impl Default for OriginConfig {
             failure_backoff: HumanDuration(Duration::from_secs(10)),
             max_idle_connections: 256,
             idle_timeout: HumanDuration(Duration::from_secs(3)),
+            ca_file: None,
             serve_dotfiles: false,
             forward_request_headers: DEFAULT_FORWARDED_REQUEST_HEADERS.iter().map(|s| s.to_string()).collect(),
         }
@@ -226,11 +230,22 @@ pub struct AdminConfig {
     pub purge_token: Option<String>,
 }
 
+/// The viewers' TLS listener's certificate chain (leaf first) and private key, both PEM. Reread on
+/// SIGHUP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// Address of the HTTPS listener for viewers (HTTP/1.1 and HTTP/2 over TLS); none when unset.
+    pub listen_tls: Option<SocketAddr>,
     /// Runtime worker threads; 0 means one per core.
     pub workers: usize,
     /// Origins in failover order: http(s) URLs or directories.
@@ -254,6 +269,8 @@ pub struct Config {
     /// (the client stopped reading) is closed (nginx `send_timeout`). Slow readers that keep taking
     /// bytes are not cut.
     pub send_timeout: HumanDuration,
+    /// Certificate and key of `listen_tls`; required with it.
+    pub tls: Option<TlsConfig>,
     pub cache: CacheConfig,
     pub origin: OriginConfig,
     pub headers: HeadersConfig,
@@ -266,6 +283,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            listen_tls: None,
             workers: 0,
             origins: Vec::new(),
             server_names: Vec::new(),
@@ -275,6 +293,7 @@ impl Default for Config {
             body_read_timeout: HumanDuration(Duration::from_secs(10)),
             keepalive_timeout: HumanDuration(Duration::from_secs(60)),
             send_timeout: HumanDuration(Duration::from_secs(60)),
+            tls: None,
             cache: CacheConfig::default(),
             origin: OriginConfig::default(),
             headers: HeadersConfig::default(),
@@ -418,6 +437,7 @@ impl Config {
                 return Err(invalid(origin, key, "must be greater than 0"));
             }
         }
+        self.validate_tls(origin)?;
         if !self.headers.cors_allow_origin.is_empty()
             && http::HeaderValue::from_str(&self.headers.cors_allow_origin).is_err()
         {
@@ -429,6 +449,31 @@ impl Config {
             }
         }
         self.rate_limit.validate().map_err(|(key, reason)| invalid(origin, &format!("rate_limit.{key}"), reason))?;
+        Ok(())
+    }
+
+    /// The TLS keys: `listen_tls` and `[tls]` go together, and the certificate files (and
+    /// `origin.ca_file`) are read and checked now, so that a bad file fails `check-config` and a reload
+    /// rather than the first handshake.
+    fn validate_tls(&self, origin: &str) -> Result<(), ConfigError> {
+        match (&self.listen_tls, &self.tls) {
+            (Some(_), None) => {
+                return Err(invalid(origin, "tls", "listen_tls is set: give [tls] cert and key (PEM files)"));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(origin, "listen_tls", "[tls] is set but listen_tls is not: set both or neither"));
+            }
+            (Some(_), Some(tls)) => {
+                crate::tls::load_certified_key(&tls.cert, &tls.key).map_err(|e| {
+                    let key = if e.file == tls.key { "tls.key" } else { "tls.cert" };
+                    invalid(origin, key, e)
+                })?;
+            }
+            (None, None) => {}
+        }
+        if let Some(ca_file) = &self.origin.ca_file {
+            crate::tls::read_certificates(ca_file).map_err(|e| invalid(origin, "origin.ca_file", e))?;
+        }
         Ok(())
     }
 
@@ -507,6 +552,25 @@ mod tests {
         assert_eq!(parse("send_timeout = \"5s\"").expect("valid").send_timeout, HumanDuration(Duration::from_secs(5)));
         let err = parse("send_timeout = \"0s\"").unwrap_err().to_string();
         assert!(err.contains("edge.toml") && err.contains("send_timeout") && err.contains("greater than 0"), "{err}");
+    }
+
+    #[test]
+    fn tls_keys_go_together_and_their_files_are_checked() {
+        let err = parse("listen_tls = \"127.0.0.1:8443\"").unwrap_err().to_string();
+        assert!(err.contains("edge.toml") && err.contains("`tls`") && err.contains("cert and key"), "{err}");
+        let err = parse("[tls]\ncert = \"a.pem\"\nkey = \"b.pem\"\n").unwrap_err().to_string();
+        assert!(err.contains("`listen_tls`"), "{err}");
+        let err = parse("listen_tls = \"127.0.0.1:8443\"\n[tls]\ncert = \"/nonexistent/edge.crt\"\nkey = \"/nonexistent/edge.key\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`tls.cert`") && err.contains("/nonexistent/edge.crt") && err.contains("cannot read"),
+            "{err}"
+        );
+        let err = parse("listen_tls = \"127.0.0.1:8443\"\n[tls]\ncert = \"a.pem\"\n").unwrap_err().to_string();
+        assert!(err.contains("key"), "{err}");
+        let err = parse("[origin]\nca_file = \"/nonexistent/ca.pem\"\n").unwrap_err().to_string();
+        assert!(err.contains("`origin.ca_file`") && err.contains("/nonexistent/ca.pem"), "{err}");
     }
 
     #[test]
