@@ -204,6 +204,18 @@ pub struct Metrics {
     top_limited: Mutex<TopClients>,
     open_connections: Gauge,
     refused_connections: Counter,
+    reloads: Family<ResultLabel, Counter>,
+    tls_handshake_failures: Family<ReasonLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
 }
 
 /// Cache gauges read at scrape time.
@@ -318,6 +330,19 @@ impl Metrics {
             "Client connections answered 503 and closed because max_connections were open",
             refused_connections.clone(),
         );
+        let reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "reloads",
+            "Reloads on SIGHUP, by result (ok, failed: the old settings stay)",
+            reloads.clone(),
+        );
+        let tls_handshake_failures = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes on the viewers' listener that failed (error) or did not finish within \
+             header_read_timeout (timeout)",
+            tls_handshake_failures.clone(),
+        );
         Metrics {
             totals: Totals::default(),
             registry,
@@ -341,6 +366,8 @@ impl Metrics {
             top_limited: Mutex::new(TopClients::new(TOP_LIMITED_TRACKED)),
             open_connections,
             refused_connections,
+            reloads,
+            tls_handshake_failures,
         }
     }
 
@@ -442,6 +469,18 @@ impl Metrics {
 
     pub fn record_refused_connection(&self) {
         self.refused_connections.inc();
+    }
+
+    /// A reload on SIGHUP ended: `ok`, or failed with the old settings kept.
+    pub fn record_reload(&self, ok: bool) {
+        self.reloads.get_or_create(&ResultLabel { result: if ok { "ok" } else { "failed" } }).inc();
+    }
+
+    /// A TLS handshake failed: `timeout` (not finished within header_read_timeout) or `error`.
+    pub fn record_tls_handshake_failure(&self, timed_out: bool) {
+        self.tls_handshake_failures
+            .get_or_create(&ReasonLabel { reason: if timed_out { "timeout" } else { "error" } })
+            .inc();
     }
 
     pub fn record_coalesced(&self) {
