@@ -465,7 +465,10 @@ impl Config {
             }
             (Some(_), Some(tls)) => {
                 crate::tls::load_certified_key(&tls.cert, &tls.key).map_err(|e| {
-                    let key = if e.file == tls.key { "tls.key" } else { "tls.cert" };
+                    let key = match e.role {
+                        crate::tls::Role::Certificate => "tls.cert",
+                        crate::tls::Role::Key => "tls.key",
+                    };
                     invalid(origin, key, e)
                 })?;
             }

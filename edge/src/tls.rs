@@ -31,12 +31,21 @@ pub const ALPN_HTTP11: &[u8] = b"http/1.1";
 #[derive(Debug, Error)]
 #[error("{}: {reason}", file.display())]
 pub struct TlsError {
+    /// Which of the files it is about (the same path may be given for both).
+    pub role: Role,
     pub file: PathBuf,
     pub reason: String,
 }
 
-fn error(file: &Path, reason: impl std::fmt::Display) -> TlsError {
-    TlsError { file: file.to_path_buf(), reason: reason.to_string() }
+/// What a file was read as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Certificate,
+    Key,
+}
+
+fn error(role: Role, file: &Path, reason: impl std::fmt::Display) -> TlsError {
+    TlsError { role, file: file.to_path_buf(), reason: reason.to_string() }
 }
 
 /// The crypto provider every TLS object of the edge uses: rustls' `ring` backend, chosen explicitly so
@@ -45,18 +54,18 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn read(file: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(file).map_err(|e| error(file, format!("cannot read: {e}")))
+fn read(role: Role, file: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(file).map_err(|e| error(role, file, format!("cannot read: {e}")))
 }
 
 /// The certificates of a PEM file, in order; an error when there is none or one is not PEM.
 pub fn read_certificates(file: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read(file)?;
+    let pem = read(Role::Certificate, file)?;
     let certificates = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| error(file, format!("not a valid PEM file: {e}")))?;
+        .map_err(|e| error(Role::Certificate, file, format!("not a valid PEM file: {e}")))?;
     if certificates.is_empty() {
-        return Err(error(file, "no certificate in PEM (expected -----BEGIN CERTIFICATE-----)"));
+        return Err(error(Role::Certificate, file, "no certificate in PEM (expected -----BEGIN CERTIFICATE-----)"));
     }
     Ok(certificates)
 }
@@ -64,22 +73,22 @@ pub fn read_certificates(file: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
 /// Reads and checks a certificate chain (`cert`, leaf first) and its private key (`key`).
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let chain = read_certificates(cert)?;
-    let key_pem = read(key)?;
+    let key_pem = read(Role::Key, key)?;
     let private_key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| error(key, format!("no private key in PEM (PKCS#8, PKCS#1 or SEC1): {e}")))?;
+        .map_err(|e| error(Role::Key, key, format!("no private key in PEM (PKCS#8, PKCS#1 or SEC1): {e}")))?;
     let signing_key = provider()
         .key_provider
         .load_private_key(private_key)
-        .map_err(|e| error(key, format!("unsupported private key: {e}")))?;
+        .map_err(|e| error(Role::Key, key, format!("unsupported private key: {e}")))?;
     let certified = CertifiedKey::new(chain, signing_key);
     match certified.keys_match() {
         Ok(()) => Ok(certified),
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
-            Err(error(key, format!("key does not match the certificate in {}", cert.display())))
+            Err(error(Role::Key, key, format!("key does not match the certificate in {}", cert.display())))
         }
         // The provider cannot tell this key's public half: the handshake itself will tell.
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(certified),
-        Err(e) => Err(error(cert, format!("not a usable certificate: {e}"))),
+        Err(e) => Err(error(Role::Certificate, cert, format!("not a usable certificate: {e}"))),
     }
 }
 
