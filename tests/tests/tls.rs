@@ -499,3 +499,76 @@ fn tls_config_errors_name_the_file_the_key_and_the_reason() {
     assert!(!ok);
     assert!(stderr.contains("`origin.ca_file`") && stderr.contains("no certificate in PEM"), "{stderr}");
 }
+
+/// An HTTPS page can play through the edge: a packaged HLS ladder, served from a directory origin over
+/// the TLS listener, comes back whole over h2 (master playlist, media playlist, every segment) with the
+/// HLS Content-Types and the CORS header a page on another origin needs; and `eddy-play` itself plays
+/// it over HTTPS with the test CA trusted (OpenSSL's `SSL_CERT_FILE`, which its HTTP client honours).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_hls_stream_plays_through_the_edge_over_https() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let content = work.path().join("hls");
+    let status = Command::new(bin_path("eddy-package"))
+        .args(["--test-pattern", "4s", "--ladder", "240p:300k", "--segment-duration", "1", "--out"])
+        .arg(&content)
+        .stdout(Stdio::null())
+        .status()
+        .expect("eddy-package runs");
+    assert!(status.success(), "packaging the test content failed");
+
+    let ca = Ca::new();
+    let leaf = ca.issue("edge-one", 1, "edge");
+    let config = config_file(&tls_config(&leaf));
+    let edge = start(&config, &content.display().to_string(), None);
+    let tls = edge.tls_addr().expect("TLS listener");
+
+    let mut client = Connection::tls(tls, &ca.roots(), &[b"h2", b"http/1.1"]).await;
+    let playlist_type = "application/vnd.apple.mpegurl";
+    let (status, version, headers, master) = client.get("/master.m3u8").await;
+    assert_eq!((status, version), (StatusCode::OK, Version::HTTP_2));
+    assert_eq!(header(&headers, "content-type"), playlist_type);
+    assert_eq!(header(&headers, "access-control-allow-origin"), "*", "a page on another origin may read it");
+    let uris = |text: &Bytes| -> Vec<String> {
+        String::from_utf8_lossy(text)
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_string)
+            .collect()
+    };
+    let media = uris(&master).first().cloned().expect("a variant in the master playlist");
+    let media_path = format!("/{media}");
+    let (status, _, headers, playlist) = client.get(&media_path).await;
+    assert_eq!((status, header(&headers, "content-type")), (StatusCode::OK, playlist_type));
+    let base = media_path.rsplit_once('/').map(|(dir, _)| dir.to_string()).unwrap_or_default();
+    let segments = uris(&playlist);
+    assert!(segments.len() >= 4, "{segments:?}");
+    for segment in &segments {
+        let (status, _, headers, body) = client.get(&format!("{base}/{segment}")).await;
+        assert_eq!(status, StatusCode::OK, "{segment}");
+        assert_eq!(header(&headers, "content-type"), "video/mp2t", "{segment}");
+        assert_eq!(header(&headers, "access-control-allow-origin"), "*");
+        assert!(!body.is_empty());
+    }
+
+    let report = work.path().join("report.json");
+    let mut player = Command::new(bin_path("eddy-play"))
+        .arg(format!("https://{tls}/master.m3u8"))
+        .args(["--headless", "--quiet", "--rendition", "0", "--duration", "2", "--report"])
+        .arg(&report)
+        .env("SSL_CERT_FILE", &ca.pem_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("eddy-play starts");
+    let status = eddy_tests::wait_with_timeout(&mut player, Duration::from_secs(60)).expect("eddy-play finishes");
+    let mut stderr = String::new();
+    if let Some(mut pipe) = player.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+    }
+    assert!(status.success(), "eddy-play over https: {stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("the player's report")).expect("report JSON");
+    let played = report["played_s"].as_f64().unwrap_or(0.0);
+    assert!(played >= 1.9, "played {played} s over https: {report}");
+}
