@@ -395,6 +395,35 @@ async fn an_unfinished_handshake_is_cut_after_header_read_timeout_and_frees_its_
     assert_eq!(next.get("/seg.ts").await.0, StatusCode::OK, "the freed slot serves the next client");
 }
 
+/// Graceful shutdown covers the TLS listener: on SIGTERM an idle h2 connection over TLS is closed (a
+/// GOAWAY) and a handshake in progress is dropped, so neither holds the edge for its `shutdown_grace`.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_closes_idle_tls_connections_and_unfinished_handshakes_at_once() {
+    let ca = Ca::new();
+    let leaf = ca.issue("edge-one", 1, "edge");
+    let origin = cacheable_origin("/seg.ts", "SEGMENT").await;
+    let config = config_file(&format!(
+        "shutdown_grace = \"60s\"\nheader_read_timeout = \"60s\"\nkeepalive_timeout = \"60s\"\n{}",
+        tls_config(&leaf)
+    ));
+    let mut edge = start(&config, &origin.uri(), None);
+    let tls = edge.tls_addr().expect("TLS listener");
+
+    let mut idle = Connection::tls(tls, &ca.roots(), &[b"h2"]).await;
+    assert_eq!(idle.get("/seg.ts").await.0, StatusCode::OK);
+    let mut stalled = TcpStream::connect(tls).await.expect("connect");
+    stalled.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await.expect("partial ClientHello");
+    wait_for_metric(&edge, "eddy_edge_open_connections 2").await;
+
+    let stopping = Instant::now();
+    let status = edge.process.terminate(Duration::from_secs(30)).expect("the edge exits");
+    assert!(status.success(), "{status:?}");
+    assert!(stopping.elapsed() < Duration::from_secs(20), "shutdown waited {:?}", stopping.elapsed());
+    let mut buffer = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut buffer)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the handshake in progress was closed: {read:?}");
+}
+
 /// A small HTTPS origin with a certificate from `ca`: every GET gets a cacheable `FROM-TLS-ORIGIN`.
 async fn tls_origin(ca: &Ca) -> SocketAddr {
     let leaf = ca.issue("origin", 7, "origin");
