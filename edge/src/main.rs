@@ -121,6 +121,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let edge = Arc::new(Edge::new(config)?);
     let (public, admin) = server::bind(&edge).await?;
+    // The fleet is joined once this edge's own address is known (it may find itself by it).
+    let listen = public.local_addr()?;
+    edge.upstream.join_fleet(listen).map_err(anyhow::Error::msg)?;
+    {
+        let edge = edge.clone();
+        tokio::spawn(async move { edge.upstream.watch_peers_file(listen).await });
+    }
     let ready = server::ready_line(public.local_addr()?, admin.local_addr()?);
     tracing::info!(origins = ?edge.origins.names(), cache_bytes = edge.config.cache.size.0, "{ready}");
     println!("{ready}");
