@@ -639,6 +639,34 @@ mod tests {
     }
 
     #[test]
+    fn a_fleet_needs_its_members_listed_once_and_a_secret() {
+        let fleet = |extra: &str| {
+            parse(&format!(
+                "[cluster]\npeers = [\"http://127.0.0.1:8080\", {{ url = \"http://127.0.0.1:8081\", weight = 2, admin = \"http://127.0.0.1:9091\" }}]\n{extra}"
+            ))
+        };
+        let config = fleet("secret = \"0123456789abcdef\"\nlocal_copy = \"never\"\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.cluster.peers[1].weight(), 2.0);
+        assert_eq!(config.cluster.local_copy, LocalCopy::Never);
+        for (extra, key, reason) in [
+            ("", "cluster.secret", "at least 16"),
+            ("secret = \"short\"\n", "cluster.secret", "at least 16"),
+            ("secret = \"0123456789abcdef\"\nself = \"http://127.0.0.1:9\"\n", "cluster.self", "not one of"),
+            ("secret = \"0123456789abcdef\"\npeers_file = \"/etc/eddy/peers\"\n", "cluster.peers_file", "not both"),
+        ] {
+            let err = fleet(extra).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(key) && err.contains(reason), "{extra:?}: {err}");
+        }
+        let err = parse("[cluster]\nsecret = \"0123456789abcdef\"\npeers = [\"http://a:1\", \"http://a:1/\"]\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("cluster.peers[1]") && err.contains("twice"), "{err}");
+        let err = parse("[origin]\nshield = \"shield.example\"\n").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("origin.shield"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_refused_with_file_and_key() {
         let err = parse("[cache]\nsize = \"1GiB\"\nsizee = 3\n").unwrap_err().to_string();
         assert!(err.contains("edge.toml"), "{err}");

@@ -58,6 +58,10 @@ enum Command {
         /// Refresh every SECS seconds.
         #[arg(long, value_name = "SECS")]
         watch: Option<u64>,
+        /// Every fleet member's figures and the fleet's totals (members are reached through the admin
+        /// URLs the fleet's list gives).
+        #[arg(long)]
+        fleet: bool,
     },
     /// Validate a config file and exit.
     CheckConfig { file: PathBuf },
@@ -93,9 +97,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Stats { admin, json, watch } => {
+        Command::Stats { admin, json, watch, fleet } => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(stats_cmd::run(&admin, json, watch))
+            runtime.block_on(stats_cmd::run(&admin, json, watch, fleet))
         }
         Command::Serve { config, listen, admin_listen, origins, cache_size, workers } => {
             let base = match &config {

@@ -188,6 +188,9 @@ pub struct Stats {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FleetMember {
     pub url: String,
+    /// Its admin listener, when the fleet's list gives it.
+    #[serde(default)]
+    pub admin: Option<String>,
     /// This edge itself.
     pub this_edge: bool,
     /// Skipped after a failure until its back-off ends.

@@ -102,13 +102,7 @@ impl Upstream {
 
     /// The fleet for `/stats`.
     pub fn fleet_members(&self) -> Vec<FleetMember> {
-        self.cluster().map_or_else(Vec::new, |cluster| {
-            cluster
-                .members()
-                .into_iter()
-                .map(|(url, this_edge, resting)| FleetMember { url, this_edge, resting })
-                .collect()
-        })
+        self.cluster().map_or_else(Vec::new, |cluster| cluster.members())
     }
 
     fn set_cluster(&self, cluster: Option<Arc<Cluster>>) {

@@ -190,6 +190,21 @@ async fn a_fleet_asks_the_origin_once_per_object_and_holds_one_copy() {
         peer_fills += fills;
     }
     assert_eq!(peer_fills as usize, 2 * OBJECTS);
+
+    // What an operator watches: `eddy-edge stats --fleet` from any member.
+    let output = std::process::Command::new(eddy_tests::bin_path("eddy-edge"))
+        .args(["stats", "--fleet", "--admin", &format!("http://{}", edges[0].admin)])
+        .output()
+        .expect("eddy-edge stats runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text} {}", String::from_utf8_lossy(&output.stderr));
+    for edge in &edges {
+        assert!(text.lines().any(|l| l.starts_with(&format!("http://{} ", edge.addr))), "a row per member: {text}");
+    }
+    let total: Vec<&str> = text.lines().last().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(total.first(), Some(&"fleet"), "{text}");
+    assert_eq!(total.get(1), Some(&"600"), "every request counted once, at the edge the viewer used: {text}");
+    assert_eq!(total.get(3), Some(&"200"), "the fleet's origin requests: {text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -257,4 +272,52 @@ async fn behind_a_shield_the_origin_sees_one_request_per_object_however_many_edg
     let more: Vec<(usize, usize)> = (OBJECTS / 2..OBJECTS).map(|o| (o % 2, o)).collect();
     assert_eq!(run(&edge_refs, more).await, 0, "no request failed without the shield");
     assert_eq!(origin_requests(&origin).await, OBJECTS);
+}
+
+/// The fleet's marker is a secret: a viewer who sends `eddy-peer` without it is a viewer (limited,
+/// and sent on to the key's owner like anyone else), and neither fleet header ever reaches the origin.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_viewer_cannot_pass_as_a_peer_and_the_fleet_headers_stay_in_the_fleet() {
+    let origin = origin().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let peers = dir.path().join("peers.txt");
+    std::fs::write(&peers, "").expect("peers file");
+    let config = config_file(&format!(
+        "[cluster]\npeers_file = {:?}\nsecret = {SECRET:?}\n[rate_limit]\nenabled = true\nalgorithm = \"fixed_window\"\nrate = \"3/min\"\n",
+        peers.display().to_string()
+    ));
+    let edges: Vec<Edge> = (0..2)
+        .map(|_| {
+            start_edge(&["--config", config.path().to_str().expect("utf8"), "--origin", &origin.uri()]).expect("edge")
+        })
+        .collect();
+    let all: Vec<&Edge> = edges.iter().collect();
+    write_peers(&peers, &all);
+    wait_for_fleet(&all, 2).await;
+
+    let client = client();
+    let get = |value: &'static str, object: usize| {
+        let client = client.clone();
+        let url = edges[0].url(&format!("/obj/{object}"));
+        async move {
+            let mut request = client.get(&url).header("host", HOST).header("eddy-hops", "9");
+            if !value.is_empty() {
+                request = request.header("eddy-peer", value);
+            }
+            request.send().await.expect("response").status().as_u16()
+        }
+    };
+    let forged: Vec<u16> = futures::future::join_all((0..4).map(|o| get("not-the-fleet-secret", o))).await;
+    let mut sorted = forged.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, [200, 200, 200, 429], "a forged marker is limited like any viewer: {forged:?}");
+    // With the secret, the same edge takes it as a member's request: not limited again.
+    for object in 10..14 {
+        assert_eq!(get(SECRET, object).await, 200);
+    }
+    for request in origin.received_requests().await.unwrap_or_default() {
+        for name in ["eddy-peer", "eddy-hops"] {
+            assert!(!request.headers.contains_key(name), "{name} reached the origin: {:?}", request.headers);
+        }
+    }
 }

@@ -25,6 +25,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::cache::CacheKey;
 use crate::config::{ClusterConfig, LocalCopy, OriginConfig, PeerSpec};
+use crate::metrics::FleetMember;
 use crate::origin::http::{HttpClients, HttpOrigin};
 use crate::origin::{OriginError, OriginRequest, OriginResponse};
 use ring::Ring;
@@ -35,6 +36,8 @@ pub static PEER_HEADER: HeaderName = HeaderName::from_static("eddy-peer");
 /// One member as this edge sees it.
 struct Member {
     url: String,
+    /// Its admin listener, when the fleet's list gives it (`stats --fleet` reads it).
+    admin: Option<String>,
     /// `None` for this edge itself.
     origin: Option<HttpOrigin>,
     /// Milliseconds since `Cluster::epoch` until which the member rests (0: healthy).
@@ -90,7 +93,8 @@ impl Cluster {
             let url = canonical_url(peer.url());
             let origin =
                 if index == self_index { None } else { Some(HttpOrigin::new(&url, clients.clone(), &peer_config)?) };
-            nodes.push(Member { url, origin, down_until_ms: AtomicU64::new(0) });
+            let admin = peer.admin().map(str::to_string);
+            nodes.push(Member { url, admin, origin, down_until_ms: AtomicU64::new(0) });
         }
         let ring = Ring::new(nodes.iter().zip(members).map(|(m, p)| (m.url.as_str(), p.weight())));
         Ok(Cluster {
@@ -196,13 +200,18 @@ impl Cluster {
         }
     }
 
-    /// Each member's URL, whether it is this edge, and whether it rests now (for the admin stats).
-    pub fn members(&self) -> Vec<(String, bool, bool)> {
+    /// Each member as `/stats` shows it.
+    pub fn members(&self) -> Vec<FleetMember> {
         let now = self.now_ms();
         self.members
             .iter()
             .enumerate()
-            .map(|(i, m)| (m.url.clone(), i == self.self_index, m.down_until_ms.load(Ordering::Relaxed) > now))
+            .map(|(i, m)| FleetMember {
+                url: m.url.clone(),
+                admin: m.admin.clone(),
+                this_edge: i == self.self_index,
+                resting: m.down_until_ms.load(Ordering::Relaxed) > now,
+            })
             .collect()
     }
 
