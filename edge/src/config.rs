@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use http::HeaderValue;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use thiserror::Error;
@@ -187,6 +188,22 @@ pub struct OriginConfig {
     /// Request headers copied from the client onto a cacheable fill (lower-case names). Everything
     /// else stays at the edge: unkeyed headers such as X-Forwarded-Host must not shape a shared object.
     pub forward_request_headers: Vec<String>,
+    /// A shield edge (itself an `eddy-edge`) that this edge's misses go to before the origins: the
+    /// origins then see one request per object for the whole tier. Unreachable, it is skipped like a
+    /// failed origin and the edge goes direct.
+    pub shield: Option<String>,
+}
+
+/// An http(s) URL with a host and nothing after the path, or why not.
+fn validate_http_url(text: &str) -> Result<(), String> {
+    let url = url::Url::parse(text).map_err(|e| format!("'{text}': {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(format!("'{text}': an http or https URL with a host is needed"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("'{text}': no query or fragment"));
+    }
+    Ok(())
 }
 
 /// The client headers a cacheable fill carries by default: content negotiation (which Vary may name),
@@ -206,6 +223,7 @@ impl Default for OriginConfig {
             ca_file: None,
             serve_dotfiles: false,
             forward_request_headers: DEFAULT_FORWARDED_REQUEST_HEADERS.iter().map(|s| s.to_string()).collect(),
+            shield: None,
         }
     }
 }
@@ -222,6 +240,94 @@ impl Default for HeadersConfig {
         HeadersConfig { cors_allow_origin: "*".into() }
     }
 }
+
+/// Whether an edge keeps its own copy of an object it got from the object's owner in the fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LocalCopy {
+    /// From the second request for it at this edge within `cluster.hot_window`: popular objects are
+    /// served near their viewers, the long tail is held once in the fleet.
+    #[default]
+    Hot,
+    Always,
+    Never,
+}
+
+/// One fleet member: a URL, or a table with a weight and its admin listener (for `stats --fleet`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum PeerSpec {
+    Url(String),
+    Node {
+        url: String,
+        #[serde(default = "default_weight")]
+        weight: f64,
+        #[serde(default)]
+        admin: Option<String>,
+    },
+}
+
+fn default_weight() -> f64 {
+    1.0
+}
+
+impl PeerSpec {
+    pub fn url(&self) -> &str {
+        match self {
+            PeerSpec::Url(url) | PeerSpec::Node { url, .. } => url,
+        }
+    }
+
+    pub fn weight(&self) -> f64 {
+        match self {
+            PeerSpec::Url(_) => 1.0,
+            PeerSpec::Node { weight, .. } => *weight,
+        }
+    }
+
+    pub fn admin(&self) -> Option<&str> {
+        match self {
+            PeerSpec::Url(_) => None,
+            PeerSpec::Node { admin, .. } => admin.as_deref(),
+        }
+    }
+}
+
+/// `[cluster]`: the fleet this edge belongs to. Without `peers`, the edge stands alone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This edge's own URL, exactly as it appears in `peers`.
+    #[serde(rename = "self")]
+    pub self_url: Option<String>,
+    /// Every member, this edge included, in any order (every member must list the same set).
+    pub peers: Vec<PeerSpec>,
+    /// Instead of `peers`: a file listing the members, one per line (`URL [weight=N] [admin=URL]`),
+    /// reread whenever it changes.
+    pub peers_file: Option<PathBuf>,
+    /// Shared by the fleet: requests between members carry it, which is how a member knows a request
+    /// comes from a peer (never forwarded to another peer, not rate-limited again).
+    pub secret: Option<String>,
+    pub local_copy: LocalCopy,
+    /// With `local_copy = "hot"`: how long a request is remembered when counting to two.
+    pub hot_window: HumanDuration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            self_url: None,
+            peers: Vec::new(),
+            peers_file: None,
+            secret: None,
+            local_copy: LocalCopy::Hot,
+            hot_window: HumanDuration(Duration::from_secs(600)),
+        }
+    }
+}
+
+/// A fleet secret shorter than this is refused: it is all that keeps clients from passing as peers.
+pub const MIN_CLUSTER_SECRET_LEN: usize = 16;
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -276,6 +382,7 @@ pub struct Config {
     pub headers: HeadersConfig,
     pub admin: AdminConfig,
     pub rate_limit: RateLimitConfig,
+    pub cluster: ClusterConfig,
 }
 
 impl Default for Config {
@@ -299,6 +406,7 @@ impl Default for Config {
             headers: HeadersConfig::default(),
             admin: AdminConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -449,6 +557,57 @@ impl Config {
             }
         }
         self.rate_limit.validate().map_err(|(key, reason)| invalid(origin, &format!("rate_limit.{key}"), reason))?;
+        if let Some(shield) = &self.origin.shield {
+            validate_http_url(shield).map_err(|reason| invalid(origin, "origin.shield", reason))?;
+        }
+        self.validate_cluster(origin)
+    }
+
+    fn validate_cluster(&self, origin: &str) -> Result<(), ConfigError> {
+        let cluster = &self.cluster;
+        if cluster.peers.is_empty() && cluster.peers_file.is_none() {
+            if cluster.self_url.is_some() {
+                return Err(invalid(origin, "cluster.peers", "`self` is set but no peers are listed"));
+            }
+            return Ok(());
+        }
+        if !cluster.peers.is_empty() && cluster.peers_file.is_some() {
+            return Err(invalid(origin, "cluster.peers_file", "give `peers` or `peers_file`, not both"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, peer) in cluster.peers.iter().enumerate() {
+            let key = format!("cluster.peers[{i}]");
+            validate_http_url(peer.url()).map_err(|reason| invalid(origin, &key, reason))?;
+            if !(peer.weight().is_finite() && peer.weight() > 0.0) {
+                return Err(invalid(origin, &format!("{key}.weight"), "must be a positive number"));
+            }
+            if let Some(admin) = peer.admin() {
+                validate_http_url(admin).map_err(|reason| invalid(origin, &format!("{key}.admin"), reason))?;
+            }
+            if !seen.insert(peer.url().trim_end_matches('/')) {
+                return Err(invalid(origin, &key, format!("'{}' is listed twice", peer.url())));
+            }
+        }
+        if let Some(self_url) = &cluster.self_url {
+            if !cluster.peers.is_empty() && !seen.contains(self_url.trim_end_matches('/')) {
+                return Err(invalid(origin, "cluster.self", format!("'{self_url}' is not one of cluster.peers")));
+            }
+        }
+        match &cluster.secret {
+            Some(secret) if secret.len() >= MIN_CLUSTER_SECRET_LEN && HeaderValue::from_str(secret).is_ok() => {}
+            _ => {
+                return Err(invalid(
+                    origin,
+                    "cluster.secret",
+                    format!(
+                        "required with peers: at least {MIN_CLUSTER_SECRET_LEN} printable characters, the same on every member"
+                    ),
+                ))
+            }
+        }
+        if cluster.hot_window.0.is_zero() {
+            return Err(invalid(origin, "cluster.hot_window", "must be greater than 0"));
+        }
         Ok(())
     }
 
@@ -525,6 +684,34 @@ mod tests {
         assert_eq!(config.cache.negative_ttl, HumanDuration(Duration::from_secs(5)));
         assert_eq!(config.cache.ttl_rules.len(), 1);
         assert_eq!(config.origins.len(), 2);
+    }
+
+    #[test]
+    fn a_fleet_needs_its_members_listed_once_and_a_secret() {
+        let fleet = |extra: &str| {
+            parse(&format!(
+                "[cluster]\npeers = [\"http://127.0.0.1:8080\", {{ url = \"http://127.0.0.1:8081\", weight = 2, admin = \"http://127.0.0.1:9091\" }}]\n{extra}"
+            ))
+        };
+        let config = fleet("secret = \"0123456789abcdef\"\nlocal_copy = \"never\"\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.cluster.peers[1].weight(), 2.0);
+        assert_eq!(config.cluster.local_copy, LocalCopy::Never);
+        for (extra, key, reason) in [
+            ("", "cluster.secret", "at least 16"),
+            ("secret = \"short\"\n", "cluster.secret", "at least 16"),
+            ("secret = \"0123456789abcdef\"\nself = \"http://127.0.0.1:9\"\n", "cluster.self", "not one of"),
+            ("secret = \"0123456789abcdef\"\npeers_file = \"/etc/eddy/peers\"\n", "cluster.peers_file", "not both"),
+        ] {
+            let err = fleet(extra).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(key) && err.contains(reason), "{extra:?}: {err}");
+        }
+        let err = parse("[cluster]\nsecret = \"0123456789abcdef\"\npeers = [\"http://a:1\", \"http://a:1/\"]\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("cluster.peers[1]") && err.contains("twice"), "{err}");
+        let err = parse("[origin]\nshield = \"shield.example\"\n").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("origin.shield"), "{err}");
     }
 
     #[test]

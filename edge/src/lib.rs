@@ -8,6 +8,7 @@ pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod forwarding;
 pub mod identity;
@@ -21,6 +22,7 @@ pub mod server;
 pub mod state;
 pub mod stats_cmd;
 pub mod tls;
+pub mod upstream;
 
 /// The module boundaries ARCHITECTURE.md states, read from the sources, so that a `use` that breaks one
 /// fails here rather than waiting for a reviewer to notice.

@@ -59,6 +59,10 @@ enum Command {
         /// Refresh every SECS seconds.
         #[arg(long, value_name = "SECS")]
         watch: Option<u64>,
+        /// Every fleet member's figures and the fleet's totals (members are reached through the admin
+        /// URLs the fleet's list gives).
+        #[arg(long)]
+        fleet: bool,
     },
     /// Validate a config file and exit.
     CheckConfig { file: PathBuf },
@@ -94,9 +98,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Stats { admin, json, watch } => {
+        Command::Stats { admin, json, watch, fleet } => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(stats_cmd::run(&admin, json, watch))
+            runtime.block_on(stats_cmd::run(&admin, json, watch, fleet))
         }
         Command::Serve { config, listen, admin_listen, origins, cache_size, workers } => {
             let base = match &config {
@@ -122,6 +126,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let edge = Arc::new(Edge::new(config)?);
     let (public, admin) = server::bind(&edge).await?;
+    // The fleet is joined once this edge's own address is known (it may find itself by it).
+    let listen = public.local_addr()?;
+    edge.upstream.join_fleet(listen).map_err(anyhow::Error::msg)?;
+    {
+        let edge = edge.clone();
+        tokio::spawn(async move { edge.upstream.watch_peers_file(listen).await });
+    }
     let certs = match &edge.config.tls {
         Some(files) if edge.config.listen_tls.is_some() => {
             Some(Arc::new(tls::CertStore::load(&files.cert, &files.key)?))
