@@ -12,8 +12,9 @@
 set -euo pipefail
 
 packages=(
-  # Build: a C toolchain for linking (and openssl-sys's build script), pkg-config, and the headers of
-  # the system libraries the -sys crates link (GStreamer core, app and pbutils, OpenSSL).
+  # Build: a C toolchain for linking (and openssl-sys's build script, and ring's C and assembly for
+  # rustls), pkg-config, and the headers of the system libraries the -sys crates link (GStreamer core,
+  # app and pbutils, OpenSSL).
   gcc libc6-dev pkg-config libssl-dev ca-certificates
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
   # GStreamer plugins. base: decodebin, videoconvert, audiotestsrc, appsrc... good: mp4mux, aacparse,

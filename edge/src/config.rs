@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use http::HeaderValue;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use thiserror::Error;
@@ -179,11 +180,30 @@ pub struct OriginConfig {
     /// (and many load balancers) close idle connections, so that the edge rarely writes a request on a
     /// connection the origin is closing.
     pub idle_timeout: HumanDuration,
+    /// Extra root CA certificates (PEM) trusted for HTTPS origins, besides the system's: for origins
+    /// whose certificate comes from a private CA.
+    pub ca_file: Option<PathBuf>,
     /// Whether a directory origin serves paths with a component that starts with `.` (`/.env`).
     pub serve_dotfiles: bool,
     /// Request headers copied from the client onto a cacheable fill (lower-case names). Everything
     /// else stays at the edge: unkeyed headers such as X-Forwarded-Host must not shape a shared object.
     pub forward_request_headers: Vec<String>,
+    /// A shield edge (itself an `eddy-edge`) that this edge's misses go to before the origins: the
+    /// origins then see one request per object for the whole tier. Unreachable, it is skipped like a
+    /// failed origin and the edge goes direct.
+    pub shield: Option<String>,
+}
+
+/// An http(s) URL with a host and nothing after the path, or why not.
+fn validate_http_url(text: &str) -> Result<(), String> {
+    let url = url::Url::parse(text).map_err(|e| format!("'{text}': {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(format!("'{text}': an http or https URL with a host is needed"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("'{text}': no query or fragment"));
+    }
+    Ok(())
 }
 
 /// The client headers a cacheable fill carries by default: content negotiation (which Vary may name),
@@ -200,8 +220,10 @@ impl Default for OriginConfig {
             failure_backoff: HumanDuration(Duration::from_secs(10)),
             max_idle_connections: 256,
             idle_timeout: HumanDuration(Duration::from_secs(3)),
+            ca_file: None,
             serve_dotfiles: false,
             forward_request_headers: DEFAULT_FORWARDED_REQUEST_HEADERS.iter().map(|s| s.to_string()).collect(),
+            shield: None,
         }
     }
 }
@@ -219,6 +241,94 @@ impl Default for HeadersConfig {
     }
 }
 
+/// Whether an edge keeps its own copy of an object it got from the object's owner in the fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LocalCopy {
+    /// From the second request for it at this edge within `cluster.hot_window`: popular objects are
+    /// served near their viewers, the long tail is held once in the fleet.
+    #[default]
+    Hot,
+    Always,
+    Never,
+}
+
+/// One fleet member: a URL, or a table with a weight and its admin listener (for `stats --fleet`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum PeerSpec {
+    Url(String),
+    Node {
+        url: String,
+        #[serde(default = "default_weight")]
+        weight: f64,
+        #[serde(default)]
+        admin: Option<String>,
+    },
+}
+
+fn default_weight() -> f64 {
+    1.0
+}
+
+impl PeerSpec {
+    pub fn url(&self) -> &str {
+        match self {
+            PeerSpec::Url(url) | PeerSpec::Node { url, .. } => url,
+        }
+    }
+
+    pub fn weight(&self) -> f64 {
+        match self {
+            PeerSpec::Url(_) => 1.0,
+            PeerSpec::Node { weight, .. } => *weight,
+        }
+    }
+
+    pub fn admin(&self) -> Option<&str> {
+        match self {
+            PeerSpec::Url(_) => None,
+            PeerSpec::Node { admin, .. } => admin.as_deref(),
+        }
+    }
+}
+
+/// `[cluster]`: the fleet this edge belongs to. Without `peers`, the edge stands alone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This edge's own URL, exactly as it appears in `peers`.
+    #[serde(rename = "self")]
+    pub self_url: Option<String>,
+    /// Every member, this edge included, in any order (every member must list the same set).
+    pub peers: Vec<PeerSpec>,
+    /// Instead of `peers`: a file listing the members, one per line (`URL [weight=N] [admin=URL]`),
+    /// reread whenever it changes.
+    pub peers_file: Option<PathBuf>,
+    /// Shared by the fleet: requests between members carry it, which is how a member knows a request
+    /// comes from a peer (never forwarded to another peer, not rate-limited again).
+    pub secret: Option<String>,
+    pub local_copy: LocalCopy,
+    /// With `local_copy = "hot"`: how long a request is remembered when counting to two.
+    pub hot_window: HumanDuration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            self_url: None,
+            peers: Vec::new(),
+            peers_file: None,
+            secret: None,
+            local_copy: LocalCopy::Hot,
+            hot_window: HumanDuration(Duration::from_secs(600)),
+        }
+    }
+}
+
+/// A fleet secret shorter than this is refused: it is all that keeps clients from passing as peers.
+pub const MIN_CLUSTER_SECRET_LEN: usize = 16;
+
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
@@ -231,7 +341,8 @@ pub struct AdminConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PrefetchConfig {
-    /// Segments after the one served to fetch ahead; 0 turns prefetch off (and live refreshes with it).
+    /// Segments after the one served to fetch ahead; 0 turns segment prefetch off (live refreshes have
+    /// their own switch).
     pub segments: usize,
     /// Prefetch fills (segments and live playlist refreshes) under way at once; more are skipped.
     pub max_concurrent: usize,
@@ -260,11 +371,22 @@ impl Default for PrefetchConfig {
     }
 }
 
+/// The viewers' TLS listener's certificate chain (leaf first) and private key, both PEM. Reread on
+/// SIGHUP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// Address of the HTTPS listener for viewers (HTTP/1.1 and HTTP/2 over TLS); none when unset.
+    pub listen_tls: Option<SocketAddr>,
     /// Runtime worker threads; 0 means one per core.
     pub workers: usize,
     /// Origins in failover order: http(s) URLs or directories.
@@ -288,12 +410,15 @@ pub struct Config {
     /// (the client stopped reading) is closed (nginx `send_timeout`). Slow readers that keep taking
     /// bytes are not cut.
     pub send_timeout: HumanDuration,
+    /// Certificate and key of `listen_tls`; required with it.
+    pub tls: Option<TlsConfig>,
     pub cache: CacheConfig,
     pub origin: OriginConfig,
     pub headers: HeadersConfig,
     pub admin: AdminConfig,
     pub rate_limit: RateLimitConfig,
     pub prefetch: PrefetchConfig,
+    pub cluster: ClusterConfig,
 }
 
 impl Default for Config {
@@ -301,6 +426,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            listen_tls: None,
             workers: 0,
             origins: Vec::new(),
             server_names: Vec::new(),
@@ -310,12 +436,14 @@ impl Default for Config {
             body_read_timeout: HumanDuration(Duration::from_secs(10)),
             keepalive_timeout: HumanDuration(Duration::from_secs(60)),
             send_timeout: HumanDuration(Duration::from_secs(60)),
+            tls: None,
             cache: CacheConfig::default(),
             origin: OriginConfig::default(),
             headers: HeadersConfig::default(),
             admin: AdminConfig::default(),
             rate_limit: RateLimitConfig::default(),
             prefetch: PrefetchConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -454,6 +582,7 @@ impl Config {
                 return Err(invalid(origin, key, "must be greater than 0"));
             }
         }
+        self.validate_tls(origin)?;
         if !self.headers.cors_allow_origin.is_empty()
             && http::HeaderValue::from_str(&self.headers.cors_allow_origin).is_err()
         {
@@ -483,6 +612,85 @@ impl Config {
             return Err(invalid(origin, "prefetch.memory", "must be between 64KiB and 1GiB"));
         }
         self.rate_limit.validate().map_err(|(key, reason)| invalid(origin, &format!("rate_limit.{key}"), reason))?;
+        if let Some(shield) = &self.origin.shield {
+            validate_http_url(shield).map_err(|reason| invalid(origin, "origin.shield", reason))?;
+        }
+        self.validate_cluster(origin)
+    }
+
+    fn validate_cluster(&self, origin: &str) -> Result<(), ConfigError> {
+        let cluster = &self.cluster;
+        if cluster.peers.is_empty() && cluster.peers_file.is_none() {
+            if cluster.self_url.is_some() {
+                return Err(invalid(origin, "cluster.peers", "`self` is set but no peers are listed"));
+            }
+            return Ok(());
+        }
+        if !cluster.peers.is_empty() && cluster.peers_file.is_some() {
+            return Err(invalid(origin, "cluster.peers_file", "give `peers` or `peers_file`, not both"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, peer) in cluster.peers.iter().enumerate() {
+            let key = format!("cluster.peers[{i}]");
+            validate_http_url(peer.url()).map_err(|reason| invalid(origin, &key, reason))?;
+            if !(peer.weight().is_finite() && peer.weight() > 0.0) {
+                return Err(invalid(origin, &format!("{key}.weight"), "must be a positive number"));
+            }
+            if let Some(admin) = peer.admin() {
+                validate_http_url(admin).map_err(|reason| invalid(origin, &format!("{key}.admin"), reason))?;
+            }
+            if !seen.insert(peer.url().trim_end_matches('/')) {
+                return Err(invalid(origin, &key, format!("'{}' is listed twice", peer.url())));
+            }
+        }
+        if let Some(self_url) = &cluster.self_url {
+            if !cluster.peers.is_empty() && !seen.contains(self_url.trim_end_matches('/')) {
+                return Err(invalid(origin, "cluster.self", format!("'{self_url}' is not one of cluster.peers")));
+            }
+        }
+        match &cluster.secret {
+            Some(secret) if secret.len() >= MIN_CLUSTER_SECRET_LEN && HeaderValue::from_str(secret).is_ok() => {}
+            _ => {
+                return Err(invalid(
+                    origin,
+                    "cluster.secret",
+                    format!(
+                        "required with peers: at least {MIN_CLUSTER_SECRET_LEN} printable characters, the same on every member"
+                    ),
+                ))
+            }
+        }
+        if cluster.hot_window.0.is_zero() {
+            return Err(invalid(origin, "cluster.hot_window", "must be greater than 0"));
+        }
+        Ok(())
+    }
+
+    /// The TLS keys: `listen_tls` and `[tls]` go together, and the certificate files (and
+    /// `origin.ca_file`) are read and checked now, so that a bad file fails `check-config` and a reload
+    /// rather than the first handshake.
+    fn validate_tls(&self, origin: &str) -> Result<(), ConfigError> {
+        match (&self.listen_tls, &self.tls) {
+            (Some(_), None) => {
+                return Err(invalid(origin, "tls", "listen_tls is set: give [tls] cert and key (PEM files)"));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(origin, "listen_tls", "[tls] is set but listen_tls is not: set both or neither"));
+            }
+            (Some(_), Some(tls)) => {
+                crate::tls::load_certified_key(&tls.cert, &tls.key).map_err(|e| {
+                    let key = match e.role {
+                        crate::tls::Role::Certificate => "tls.cert",
+                        crate::tls::Role::Key => "tls.key",
+                    };
+                    invalid(origin, key, e)
+                })?;
+            }
+            (None, None) => {}
+        }
+        if let Some(ca_file) = &self.origin.ca_file {
+            crate::tls::read_certificates(ca_file).map_err(|e| invalid(origin, "origin.ca_file", e))?;
+        }
         Ok(())
     }
 
@@ -534,6 +742,34 @@ mod tests {
     }
 
     #[test]
+    fn a_fleet_needs_its_members_listed_once_and_a_secret() {
+        let fleet = |extra: &str| {
+            parse(&format!(
+                "[cluster]\npeers = [\"http://127.0.0.1:8080\", {{ url = \"http://127.0.0.1:8081\", weight = 2, admin = \"http://127.0.0.1:9091\" }}]\n{extra}"
+            ))
+        };
+        let config = fleet("secret = \"0123456789abcdef\"\nlocal_copy = \"never\"\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.cluster.peers[1].weight(), 2.0);
+        assert_eq!(config.cluster.local_copy, LocalCopy::Never);
+        for (extra, key, reason) in [
+            ("", "cluster.secret", "at least 16"),
+            ("secret = \"short\"\n", "cluster.secret", "at least 16"),
+            ("secret = \"0123456789abcdef\"\nself = \"http://127.0.0.1:9\"\n", "cluster.self", "not one of"),
+            ("secret = \"0123456789abcdef\"\npeers_file = \"/etc/eddy/peers\"\n", "cluster.peers_file", "not both"),
+        ] {
+            let err = fleet(extra).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(key) && err.contains(reason), "{extra:?}: {err}");
+        }
+        let err = parse("[cluster]\nsecret = \"0123456789abcdef\"\npeers = [\"http://a:1\", \"http://a:1/\"]\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("cluster.peers[1]") && err.contains("twice"), "{err}");
+        let err = parse("[origin]\nshield = \"shield.example\"\n").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("origin.shield"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_refused_with_file_and_key() {
         let err = parse("[cache]\nsize = \"1GiB\"\nsizee = 3\n").unwrap_err().to_string();
         assert!(err.contains("edge.toml"), "{err}");
@@ -582,6 +818,25 @@ mod tests {
         assert!(parse("[cache]\nmax_object_size = \"100kB\"\n").is_ok(), "the prefetch cap follows the cache's");
         let err = parse("[prefetch]\nsegmets = 1\n").unwrap_err().to_string();
         assert!(err.contains("segmets"), "{err}");
+    }
+
+    #[test]
+    fn tls_keys_go_together_and_their_files_are_checked() {
+        let err = parse("listen_tls = \"127.0.0.1:8443\"").unwrap_err().to_string();
+        assert!(err.contains("edge.toml") && err.contains("`tls`") && err.contains("cert and key"), "{err}");
+        let err = parse("[tls]\ncert = \"a.pem\"\nkey = \"b.pem\"\n").unwrap_err().to_string();
+        assert!(err.contains("`listen_tls`"), "{err}");
+        let err = parse("listen_tls = \"127.0.0.1:8443\"\n[tls]\ncert = \"/nonexistent/edge.crt\"\nkey = \"/nonexistent/edge.key\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`tls.cert`") && err.contains("/nonexistent/edge.crt") && err.contains("cannot read"),
+            "{err}"
+        );
+        let err = parse("listen_tls = \"127.0.0.1:8443\"\n[tls]\ncert = \"a.pem\"\n").unwrap_err().to_string();
+        assert!(err.contains("key"), "{err}");
+        let err = parse("[origin]\nca_file = \"/nonexistent/ca.pem\"\n").unwrap_err().to_string();
+        assert!(err.contains("`origin.ca_file`") && err.contains("/nonexistent/ca.pem"), "{err}");
     }
 
     #[test]

@@ -19,5 +19,7 @@ pub fn never_forwarded(name: &HeaderName) -> bool {
         | "forwarded" | "via" | "x-real-ip" | "x-original-url" | "x-rewrite-url"
         | "x-forwarded-for" | "x-forwarded-host" | "x-forwarded-proto" | "x-forwarded-port"
         | "x-forwarded-prefix" | "x-forwarded-server" | "x-forwarded-scheme" | "x-host"
+        // The fleet's own: its secret and hop count go only where the edge puts them.
+        | "eddy-peer" | "eddy-hops"
     )
 }

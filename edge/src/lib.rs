@@ -1,12 +1,14 @@
 //! Eddy's edge cache. See ARCHITECTURE.md for the map; in short, a request flows through `phases`
 //! (in the order `phases::handle` runs them), sharing the app state in `state`; the cache lives in
 //! `cache` (keys, policy, storage, coalescing), origins in `origin`, rate-limit decisions in `ratelimit`,
-//! counters in `metrics` (a leaf), and the listeners in `server` and `admin`.
+//! counters in `metrics` (a leaf), the listeners in `server` and `admin`, viewers' TLS in `tls`, and what
+//! SIGHUP does in `reload`.
 
 pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod forwarding;
 pub mod identity;
@@ -15,10 +17,13 @@ pub mod origin;
 pub mod phases;
 pub mod prefetch;
 pub mod ratelimit;
+pub mod reload;
 pub mod request_body;
 pub mod server;
 pub mod state;
 pub mod stats_cmd;
+pub mod tls;
+pub mod upstream;
 
 /// The module boundaries ARCHITECTURE.md states, read from the sources, so that a `use` that breaks one
 /// fails here rather than waiting for a reviewer to notice.

@@ -9,8 +9,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use eddy_edge::config::{Config, Overrides};
+use eddy_edge::reload::Reloader;
 use eddy_edge::state::Edge;
-use eddy_edge::{server, stats_cmd};
+use eddy_edge::{server, stats_cmd, tls};
 use eddy_shared::size::parse_size;
 
 #[derive(Parser)]
@@ -58,6 +59,10 @@ enum Command {
         /// Refresh every SECS seconds.
         #[arg(long, value_name = "SECS")]
         watch: Option<u64>,
+        /// Every fleet member's figures and the fleet's totals (members are reached through the admin
+        /// URLs the fleet's list gives).
+        #[arg(long)]
+        fleet: bool,
     },
     /// Validate a config file and exit.
     CheckConfig { file: PathBuf },
@@ -93,9 +98,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Stats { admin, json, watch } => {
+        Command::Stats { admin, json, watch, fleet } => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(stats_cmd::run(&admin, json, watch))
+            runtime.block_on(stats_cmd::run(&admin, json, watch, fleet))
         }
         Command::Serve { config, listen, admin_listen, origins, cache_size, workers } => {
             let base = match &config {
@@ -121,8 +126,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let edge = Arc::new(Edge::new(config)?);
     let (public, admin) = server::bind(&edge).await?;
+    // The fleet is joined once this edge's own address is known (it may find itself by it).
+    let listen = public.local_addr()?;
+    edge.upstream.join_fleet(listen).map_err(anyhow::Error::msg)?;
+    {
+        let edge = edge.clone();
+        tokio::spawn(async move { edge.upstream.watch_peers_file(listen).await });
+    }
+    let certs = match &edge.config.tls {
+        Some(files) if edge.config.listen_tls.is_some() => {
+            Some(Arc::new(tls::CertStore::load(&files.cert, &files.key)?))
+        }
+        _ => None,
+    };
+    let tls_listener = match &certs {
+        Some(certs) => server::bind_tls(&edge, certs.clone()).await?,
+        None => None,
+    };
+    // Before the ready line: whoever sends SIGHUP after it gets a reload, never the signal's default exit.
+    let reloads = Reloader::new(edge.clone(), certs).on_sighup().context("listening for SIGHUP")?;
+    if let Some(tls_listener) = &tls_listener {
+        let ready = server::tls_ready_line(tls_listener.listener.local_addr()?);
+        tracing::info!("{ready}");
+        println!("{ready}");
+    }
     let ready = server::ready_line(public.local_addr()?, admin.local_addr()?);
     tracing::info!(origins = ?edge.origins.names(), cache_bytes = edge.config.cache.size.0, "{ready}");
     println!("{ready}");
-    server::run(edge, public, admin, server::shutdown_signal()).await
+    // Reloads run beside the server; the task ends with the runtime.
+    tokio::spawn(reloads);
+    server::run(edge, public, admin, tls_listener, server::shutdown_signal()).await
 }

@@ -97,6 +97,13 @@ pub struct RequestLabels {
     pub cache: &'static str,
 }
 
+/// A fill sent to another edge: `upstream` is `peer` or `shield`, `result` `ok` or `error` (no answer).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FleetFillLabels {
+    pub upstream: &'static str,
+    pub result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RateLimitLabels {
     pub result: &'static str,
@@ -198,6 +205,35 @@ pub struct Stats {
     pub rate_limit: RateLimitStats,
     #[serde(default)]
     pub prefetch: PrefetchStats,
+    /// Fills answered by the key's owner in the fleet (`peer_fill_errors`: members that did not answer).
+    #[serde(default)]
+    pub peer_fills: u64,
+    #[serde(default)]
+    pub peer_fill_errors: u64,
+    /// Fills answered by the shield (`shield_fill_errors`: the shield did not answer).
+    #[serde(default)]
+    pub shield_fills: u64,
+    #[serde(default)]
+    pub shield_fill_errors: u64,
+    /// Requests from other fleet members (or edges behind this shield) answered here.
+    #[serde(default)]
+    pub fleet_requests: u64,
+    /// The fleet as this edge sees it now (empty when it stands alone).
+    #[serde(default)]
+    pub fleet_members: Vec<FleetMember>,
+}
+
+/// A fleet member in `/stats`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FleetMember {
+    pub url: String,
+    /// Its admin listener, when the fleet's list gives it.
+    #[serde(default)]
+    pub admin: Option<String>,
+    /// This edge itself.
+    pub this_edge: bool,
+    /// Skipped after a failure until its back-off ends.
+    pub resting: bool,
 }
 
 #[derive(Default)]
@@ -224,6 +260,11 @@ struct Totals {
     prefetch_failed: AtomicU64,
     prefetch_bytes: AtomicU64,
     playlists_read: AtomicU64,
+    peer_fills: AtomicU64,
+    peer_fill_errors: AtomicU64,
+    shield_fills: AtomicU64,
+    shield_fill_errors: AtomicU64,
+    fleet_requests: AtomicU64,
 }
 
 pub struct Metrics {
@@ -255,6 +296,21 @@ pub struct Metrics {
     prefetch_failed: Family<PrefetchLabels, Counter>,
     prefetch_bytes: Counter,
     playlists_read: Counter,
+    fleet_fills: Family<FleetFillLabels, Counter>,
+    fleet_fill_latency: Histogram,
+    fleet_requests: Counter,
+    reloads: Family<ResultLabel, Counter>,
+    tls_handshake_failures: Family<ReasonLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
 }
 
 /// Cache gauges read at scrape time.
@@ -397,6 +453,37 @@ impl Metrics {
             "Stored copies of media playlists read for prefetch",
             playlists_read.clone(),
         );
+        let fleet_fills = Family::<FleetFillLabels, Counter>::default();
+        registry.register(
+            "fleet_fills",
+            "Fills sent to another edge, by upstream (peer: the key's owner; shield) and result",
+            fleet_fills.clone(),
+        );
+        let fleet_fill_latency = Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
+        registry.register(
+            "fleet_fill_first_byte_seconds",
+            "Time from sending a fill to a peer or the shield to its response head",
+            fleet_fill_latency.clone(),
+        );
+        let fleet_requests = Counter::default();
+        registry.register(
+            "fleet_requests",
+            "Requests from fleet members (or edges behind this shield) answered here",
+            fleet_requests.clone(),
+        );
+        let reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "reloads",
+            "Reloads on SIGHUP, by result (ok, failed: the old settings stay)",
+            reloads.clone(),
+        );
+        let tls_handshake_failures = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes on the viewers' listener that failed (error) or did not finish within \
+             header_read_timeout (timeout)",
+            tls_handshake_failures.clone(),
+        );
         Metrics {
             totals: Totals::default(),
             registry,
@@ -420,6 +507,11 @@ impl Metrics {
             top_limited: Mutex::new(TopClients::new(TOP_LIMITED_TRACKED)),
             open_connections,
             refused_connections,
+            fleet_fills,
+            fleet_fill_latency,
+            fleet_requests,
+            reloads,
+            tls_handshake_failures,
             prefetch_started,
             prefetch_skipped,
             prefetch_completed,
@@ -557,6 +649,46 @@ impl Metrics {
         self.refused_connections.inc();
     }
 
+    fn record_fleet_fill(&self, upstream: &'static str, first_byte_seconds: f64, failed: bool) {
+        let result = if failed { "error" } else { "ok" };
+        self.fleet_fills.get_or_create(&FleetFillLabels { upstream, result }).inc();
+        if !failed {
+            self.fleet_fill_latency.observe(first_byte_seconds);
+        }
+    }
+
+    /// A fill sent to the key's owner; `failed` when the member did not answer.
+    pub fn record_peer_fill(&self, first_byte_seconds: f64, failed: bool) {
+        self.record_fleet_fill("peer", first_byte_seconds, failed);
+        let total = if failed { &self.totals.peer_fill_errors } else { &self.totals.peer_fills };
+        total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A fill sent to the shield; `failed` when it did not answer.
+    pub fn record_shield_fill(&self, first_byte_seconds: f64, failed: bool) {
+        self.record_fleet_fill("shield", first_byte_seconds, failed);
+        let total = if failed { &self.totals.shield_fill_errors } else { &self.totals.shield_fills };
+        total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request from another fleet member was answered here.
+    pub fn record_fleet_request(&self) {
+        self.fleet_requests.inc();
+        self.totals.fleet_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A reload on SIGHUP ended: `ok`, or failed with the old settings kept.
+    pub fn record_reload(&self, ok: bool) {
+        self.reloads.get_or_create(&ResultLabel { result: if ok { "ok" } else { "failed" } }).inc();
+    }
+
+    /// A TLS handshake failed: `timeout` (not finished within header_read_timeout) or `error`.
+    pub fn record_tls_handshake_failure(&self, timed_out: bool) {
+        self.tls_handshake_failures
+            .get_or_create(&ReasonLabel { reason: if timed_out { "timeout" } else { "error" } })
+            .inc();
+    }
+
     pub fn record_coalesced(&self) {
         self.coalesced.inc();
         self.totals.coalesced.fetch_add(1, Ordering::Relaxed);
@@ -588,6 +720,12 @@ impl Metrics {
             in_flight: cache.in_flight,
             origin_retries: cache.origin_retries,
             rate_limit: self.rate_limit_stats(),
+            peer_fills: get(&t.peer_fills),
+            peer_fill_errors: get(&t.peer_fill_errors),
+            shield_fills: get(&t.shield_fills),
+            shield_fill_errors: get(&t.shield_fill_errors),
+            fleet_requests: get(&t.fleet_requests),
+            fleet_members: Vec::new(),
             prefetch: PrefetchStats {
                 started: get(&t.prefetch_started),
                 skipped: get(&t.prefetch_skipped),

@@ -23,6 +23,15 @@
 //!   is closed between one and two `send_timeout`s into its stall. It watches the socket, so it covers
 //!   HTTP/1.1 and HTTP/2 alike.
 //! - **`body_read_timeout`** is applied where bodies are read (`request_body.rs`).
+//!
+//! The TLS listener (`listen_tls`, see `tls.rs`) serves the same request path with the same protections:
+//! its connections share the `max_connections` permits and the watchdog (which watches the TCP socket
+//! under TLS, so `send_timeout` sees ciphertext the client does not take). The TLS handshake counts as
+//! part of the first request head: handshake and head together must arrive within
+//! `header_read_timeout` of accept, so a client that never finishes its ClientHello frees its slot like
+//! a slowloris head. Over the limit, a TLS connection is closed at once, without a handshake: a 503
+//! would cost a handshake per refusal, which is what a flood would want. ALPN decides the protocol (RFC
+//! 7301, RFC 9113 §3.3): `h2` gets HTTP/2 only, anything else HTTP/1.1 only.
 
 use std::convert::Infallible;
 use std::io;
@@ -49,6 +58,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::phases;
 use crate::state::Edge;
+use crate::tls;
 
 /// Largest request head accepted; larger gets 431 from hyper (RFC 6585 §5).
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
@@ -89,10 +99,123 @@ pub async fn bind(edge: &Edge) -> anyhow::Result<(TcpListener, TcpListener)> {
     Ok((public, admin))
 }
 
+/// The viewers' TLS listener, bound, and the configuration of its handshakes.
+pub struct TlsListener {
+    pub listener: TcpListener,
+    pub config: Arc<rustls::ServerConfig>,
+}
+
+/// Binds `listen_tls` when it is set. The caller prints its own ready line (`tls_ready_line`).
+pub async fn bind_tls(edge: &Edge, certs: Arc<tls::CertStore>) -> anyhow::Result<Option<TlsListener>> {
+    let Some(address) = edge.config.listen_tls else { return Ok(None) };
+    let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address} (tls)"))?;
+    let config = tls::server_config(certs).context("building the TLS configuration")?;
+    Ok(Some(TlsListener { listener, config }))
+}
+
+/// What every public connection (plain or TLS) is served with.
+struct Public {
+    edge: Arc<Edge>,
+    /// Plain connections: HTTP/1.1, or HTTP/2 with prior knowledge (h2c), told apart by the preface.
+    auto: auto::Builder<TokioExecutor>,
+    /// TLS connections whose ALPN chose `h2`...
+    h2_only: auto::Builder<TokioExecutor>,
+    /// ...and the others (`http/1.1`, or no ALPN at all).
+    h1_only: auto::Builder<TokioExecutor>,
+    timeouts: Timeouts,
+    connections: Arc<Semaphore>,
+    careful_refusals: Arc<Semaphore>,
+    refusal: Bytes,
+    stopping: CancellationToken,
+}
+
+impl Public {
+    /// Takes a connection from either listener: gives it a slot under `max_connections` (or refuses it)
+    /// and serves it on a task of its own.
+    fn accept(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr, tls: Option<&tokio_rustls::TlsAcceptor>) {
+        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+            self.edge.metrics.record_refused_connection();
+            match tls {
+                None => refuse(stream, peer, &self.refusal, &self.careful_refusals),
+                // Closed without a handshake (see the module docs).
+                Some(_) => tracing::debug!(%peer, "refusing a TLS connection: max_connections are open"),
+            }
+            return;
+        };
+        let slot = ConnectionSlot::new(permit, self.edge.clone());
+        let _ = stream.set_nodelay(true);
+        let state = Arc::new(ConnState::new());
+        let io = WatchedIo { inner: stream, state: state.clone() };
+        let public = self.clone();
+        let tls = tls.cloned();
+        tokio::spawn(async move {
+            // The slot lives as long as this task: it is released however the connection ends.
+            let _slot = slot;
+            let Some(acceptor) = tls else {
+                public.serve(TokioIo::new(io), &public.auto, state, peer, false).await;
+                return;
+            };
+            // The head clock runs from accept, through the handshake (see the module docs).
+            let deadline = state.opened + public.timeouts.header_read;
+            let handshake = tokio::select! {
+                handshake = tokio::time::timeout_at(deadline, acceptor.accept(io)) => handshake,
+                () = public.stopping.cancelled() => return,
+            };
+            let stream = match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    public.edge.metrics.record_tls_handshake_failure(false);
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    public.edge.metrics.record_tls_handshake_failure(true);
+                    tracing::debug!(%peer, "closing a connection: no TLS handshake within header_read_timeout");
+                    return;
+                }
+            };
+            let builder = match stream.get_ref().1.alpn_protocol() {
+                Some(tls::ALPN_H2) => &public.h2_only,
+                _ => &public.h1_only,
+            };
+            public.serve(TokioIo::new(stream), builder, state, peer, true).await;
+        });
+    }
+
+    /// Serves HTTP on an accepted (and, for TLS, handshaken) connection until it ends.
+    async fn serve<I>(
+        &self,
+        io: TokioIo<I>,
+        builder: &auto::Builder<TokioExecutor>,
+        state: Arc<ConnState>,
+        peer: SocketAddr,
+        over_tls: bool,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let service_edge = self.edge.clone();
+        let service_state = state.clone();
+        let service = service_fn(move |request: Request<Incoming>| {
+            let request_guard = service_state.begin_request(request.version());
+            let edge = service_edge.clone();
+            async move {
+                let handling = phases::handle(edge, request, peer);
+                let response =
+                    if over_tls { phases::origin_request::over_tls(handling).await? } else { handling.await? };
+                Ok::<_, Infallible>(response.map(|body| GuardedBody { inner: body, _request: request_guard }))
+            }
+        });
+        let connection = builder.serve_connection(io, service);
+        serve_connection(connection, |c| c.graceful_shutdown(), state, self.timeouts, self.stopping.clone(), peer)
+            .await;
+    }
+}
+
 pub async fn run(
     edge: Arc<Edge>,
     public: TcpListener,
     admin: TcpListener,
+    tls: Option<TlsListener>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -120,51 +243,35 @@ pub async fn run(
     let max_connections = edge.config.max_connections.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize);
     warn_if_fd_limit_is_low(max_connections);
     let connections = Arc::new(Semaphore::new(max_connections));
-    let careful_refusals = Arc::new(Semaphore::new(MAX_CAREFUL_REFUSALS));
-    let refusal = Bytes::from(over_capacity_response());
     let stopping = CancellationToken::new();
+    let serving = Arc::new(Public {
+        edge: edge.clone(),
+        h2_only: builder.clone().http2_only(),
+        h1_only: builder.clone().http1_only(),
+        auto: builder,
+        timeouts,
+        connections: connections.clone(),
+        careful_refusals: Arc::new(Semaphore::new(MAX_CAREFUL_REFUSALS)),
+        refusal: Bytes::from(over_capacity_response()),
+        stopping: stopping.clone(),
+    });
+    let (tls_listener, tls_acceptor) = match tls {
+        Some(TlsListener { listener, config }) => (Some(listener), Some(tokio_rustls::TlsAcceptor::from(config))),
+        None => (None, None),
+    };
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = public.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(error) => {
-                        // Out of file descriptors and the like: keep serving the connections we have.
-                        tracing::warn!(%error, "accept failed");
-                        if !is_connection_error(&error) {
-                            tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                        }
-                        continue;
-                    }
-                };
-                let Ok(permit) = connections.clone().try_acquire_owned() else {
-                    edge.metrics.record_refused_connection();
-                    refuse(stream, peer, &refusal, &careful_refusals);
-                    continue;
-                };
-                let slot = ConnectionSlot::new(permit, edge.clone());
-                let _ = stream.set_nodelay(true);
-                let state = Arc::new(ConnState::new());
-                let io = TokioIo::new(WatchedIo { inner: stream, state: state.clone() });
-                let service_edge = edge.clone();
-                let service_state = state.clone();
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let request_guard = service_state.begin_request(request.version());
-                    let edge = service_edge.clone();
-                    async move {
-                        let response = phases::handle(edge, request, peer).await?;
-                        Ok::<_, Infallible>(response.map(|body| GuardedBody { inner: body, _request: request_guard }))
-                    }
-                });
-                let connection = builder.serve_connection(io, service).into_owned();
-                let stopping = stopping.clone();
-                tokio::spawn(async move {
-                    // The slot lives as long as this task: it is released however the connection ends.
-                    let _slot = slot;
-                    serve_connection(connection, |c| c.graceful_shutdown(), state, timeouts, stopping, peer).await;
-                });
+                if let Some((stream, peer)) = accepted_or_back_off(accepted).await {
+                    serving.accept(stream, peer, None);
+                }
+            }
+            accepted = accept_some(tls_listener.as_ref()) => {
+                if let Some((stream, peer)) = accepted_or_back_off(accepted).await {
+                    serving.accept(stream, peer, tls_acceptor.as_ref());
+                }
             }
             accepted = admin.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
@@ -180,6 +287,7 @@ pub async fn run(
         }
     }
     drop(public);
+    drop(tls_listener);
     drop(admin);
     let grace = edge.config.shutdown_grace.0;
     tracing::info!(?grace, "shutting down: no new connections; waiting for in-flight responses");
@@ -190,6 +298,30 @@ pub async fn run(
         tracing::warn!("grace period over; closing remaining connections");
     }
     Ok(())
+}
+
+/// The connection an accept gave, or `None` after a failed accept (which waits a little first when the
+/// failure is not about one connection: out of file descriptors and the like; the connections already
+/// open are still served).
+async fn accepted_or_back_off(accepted: io::Result<(TcpStream, SocketAddr)>) -> Option<(TcpStream, SocketAddr)> {
+    match accepted {
+        Ok(pair) => Some(pair),
+        Err(error) => {
+            tracing::warn!(%error, "accept failed");
+            if !is_connection_error(&error) {
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
+            None
+        }
+    }
+}
+
+/// Accepts on `listener`, or never when there is none.
+async fn accept_some(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Drives one public connection until it ends, the watchdog closes it, or the edge shuts down.
@@ -788,6 +920,12 @@ pub async fn shutdown_signal() {
 
 pub fn ready_line(public: SocketAddr, admin: SocketAddr) -> String {
     format!("eddy-edge listening on {public} admin on {admin}")
+}
+
+/// The TLS listener's line, printed just before [`ready_line`] (which stays the last line printed at
+/// start, so that whoever waits for it finds every listener bound).
+pub fn tls_ready_line(tls: SocketAddr) -> String {
+    format!("eddy-edge listening (tls) on {tls}")
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use crate::metrics::{CacheGauges, Metrics};
 use crate::origin::OriginSet;
 use crate::prefetch::Prefetcher;
 use crate::ratelimit::RateLimiter;
+use crate::upstream::Upstream;
 
 /// Everything the request path shares: configuration, cache, flights, origins, metrics.
 pub struct Edge {
@@ -22,6 +23,8 @@ pub struct Edge {
     pub storage: Storage,
     pub flights: Flights,
     pub origins: OriginSet,
+    /// Where fills go: the key's owner in the fleet, the shield, or `origins`.
+    pub upstream: Upstream,
     pub metrics: Metrics,
     pub cors_allow_origin: Option<HeaderValue>,
     pub ratelimit: RateLimiter,
@@ -73,6 +76,7 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 impl Edge {
     pub fn new(config: Config) -> Result<Edge, crate::origin::OriginError> {
         let origins = OriginSet::new(&config.origins, &config.origin)?;
+        let upstream = Upstream::new(&config)?;
         let storage = Storage::new(config.cache.size.0, config.cache.eviction);
         let cors_allow_origin = if config.headers.cors_allow_origin.is_empty() {
             None
@@ -93,6 +97,7 @@ impl Edge {
             storage,
             flights: Flights::new(config.cache.fill_memory.0),
             origins,
+            upstream,
             metrics,
             ratelimit: RateLimiter::new(&config.rate_limit),
             identity: IdentityRules::from_config(&config.rate_limit),

@@ -3,7 +3,8 @@
 //!
 //! Every Eddy server binary prints exactly one line on stdout when it is ready to serve:
 //! `<binary> listening on <ip:port>` (the edge adds ` admin on <ip:port>`). Tests wait for that line
-//! instead of sleeping.
+//! instead of sleeping. Lines printed before it are kept: the edge's TLS listener announces itself
+//! just before it (`eddy-edge listening (tls) on <ip:port>`).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -34,6 +35,8 @@ pub struct Running {
     pub stdout_rest: mpsc::Receiver<String>,
     /// The ready line itself.
     pub ready_line: String,
+    /// The lines printed on stdout before the ready line.
+    pub before_ready: Vec<String>,
 }
 
 impl Running {
@@ -84,13 +87,14 @@ pub fn spawn_until_ready(mut command: Command, ready_marker: &str, timeout: Dura
         }
     });
     let deadline = std::time::Instant::now() + timeout;
+    let mut before_ready = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) if line.contains(ready_marker) => {
-                return Ok(Running { child, stdout_rest: rx, ready_line: line });
+                return Ok(Running { child, stdout_rest: rx, ready_line: line, before_ready });
             }
-            Ok(_) => continue,
+            Ok(line) => before_ready.push(line),
             Err(_) => {
                 let _ = child.kill();
                 let status = child.wait().ok();
@@ -137,6 +141,17 @@ impl Edge {
     }
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{}", self.admin, path)
+    }
+    /// The TLS listener's address (`listen_tls`), from the line the edge prints before its ready line.
+    pub fn tls_addr(&self) -> Result<SocketAddr> {
+        let marker = "eddy-edge listening (tls) on ";
+        let line = self
+            .process
+            .before_ready
+            .iter()
+            .find(|line| line.contains(marker))
+            .ok_or_else(|| anyhow!("the edge printed no '{marker}' line before its ready line"))?;
+        addr_after(line, marker)
     }
 }
 

@@ -49,7 +49,21 @@ impl HttpClients {
 }
 
 fn build_client(config: &OriginConfig, max_idle: usize) -> Result<reqwest::Client, OriginError> {
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder();
+    if let Some(ca_file) = &config.ca_file {
+        // A private CA's roots, trusted besides the system's (the config checked the file at load).
+        let pem = std::fs::read(ca_file).map_err(|e| OriginError::Invalid {
+            origin: "origin.ca_file".into(),
+            reason: format!("{}: {e}", ca_file.display()),
+        })?;
+        for certificate in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| OriginError::Invalid {
+            origin: "origin.ca_file".into(),
+            reason: format!("{}: {e}", ca_file.display()),
+        })? {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder
         .connect_timeout(config.connect_timeout.0)
         // With 0, hyper-util's pool is disabled: every request gets a connection of its own.
         .pool_max_idle_per_host(max_idle)

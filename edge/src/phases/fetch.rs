@@ -33,6 +33,7 @@ use crate::config::SetCookie;
 use crate::metrics::CacheResult;
 use crate::origin::{OriginError, OriginRequest};
 use crate::state::Edge;
+use crate::upstream::{Arrival, Source};
 
 /// Why the request goes forward, for `Cache-Status: fwd=` (RFC 9211 §2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,8 +87,6 @@ struct FillRequest {
     policy_request: Parts,
     origin_request: OriginRequest,
     path: String,
-    /// The Host it is for (prefetch reads the playlists it stores on this host's behalf).
-    host: String,
     /// The client whose request started it (for the forwarding headers of a live refresh).
     peer: SocketAddr,
     stale: Option<Arc<CachedObject>>,
@@ -95,6 +94,11 @@ struct FillRequest {
     max_object: u64,
     /// Never store what this fill brings (a forwarded range).
     never_store: bool,
+    /// The Host the client asked for (a peer keys the object by it too; prefetch reads the playlists
+    /// it stores on this host's behalf).
+    host: String,
+    /// How the request reached this edge (a fleet member's request is never sent to another).
+    arrival: Arrival,
     /// Test-only fault injection: panic inside the fill (see `Edge::panic_in_fill_path`).
     panic_mid_body: bool,
 }
@@ -137,11 +141,12 @@ fn fill_request(
             body: Bytes::new(),
         },
         path: target.path.clone(),
-        host: target.host.clone(),
         peer,
         stale,
         max_object: edge.rules.max_object_size,
         never_store: forward_range,
+        host: target.host.clone(),
+        arrival: edge.upstream.arrival(&parts.headers),
         panic_mid_body: edge.panic_in_fill_path.as_deref() == Some(target.path.as_str()),
     }
 }
@@ -442,13 +447,15 @@ async fn store(
     }
 }
 
-/// Sends the fill's request; on failure, ends the flight and returns `None`.
-async fn send(edge: &Edge, flight: &Flight, fill: &FillRequest) -> Option<crate::origin::OriginResponse> {
-    let started = Instant::now();
-    let sent = edge.origins.send(&fill.origin_request).await;
-    edge.metrics.record_origin_request(started.elapsed().as_secs_f64(), sent.is_err());
+/// Sends the fill's request upstream (the key's owner, the shield or the origins); on failure, ends
+/// the flight and returns `None`.
+async fn send(edge: &Edge, flight: &Flight, fill: &FillRequest) -> Option<(crate::origin::OriginResponse, Source)> {
+    let sent = edge
+        .upstream
+        .send(&edge.origins, &edge.metrics, &fill.key, &fill.origin_request, &fill.host, fill.arrival)
+        .await;
     match sent {
-        Ok(response) => Some(response),
+        Ok(answer) => Some(answer),
         Err(error) => {
             flight.fail(FlightFailure { message: error.to_string(), timed_out: error.is_timeout() });
             None
@@ -462,7 +469,7 @@ async fn run_flight(edge: Arc<Edge>, mut guard: FillGuard, mut fill: FillRequest
     let flight = guard.flight().clone();
     let started = Instant::now();
     let request_time = SystemTime::now();
-    let Some(mut response) = send(&edge, &flight, &fill).await else { return };
+    let Some((mut response, mut source)) = send(&edge, &flight, &fill).await else { return };
     let mut exchange = Exchange { request_time, response_time: SystemTime::now() };
     if response.status == StatusCode::NOT_MODIFIED {
         let refreshed = fill.stale.as_ref().and_then(|stale| {
@@ -487,7 +494,8 @@ async fn run_flight(edge: Arc<Edge>, mut guard: FillGuard, mut fill: FillRequest
             fill.origin_request.headers.remove(name);
         }
         let request_time = SystemTime::now();
-        let Some(again) = send(&edge, &flight, &fill).await else { return };
+        let Some((again, again_source)) = send(&edge, &flight, &fill).await else { return };
+        source = again_source;
         exchange = Exchange { request_time, response_time: SystemTime::now() };
         if again.status == StatusCode::NOT_MODIFIED {
             flight.fail(FlightFailure::new("origin answered 304 to an unconditional request"));
@@ -509,6 +517,12 @@ async fn run_flight(edge: Arc<Edge>, mut guard: FillGuard, mut fill: FillRequest
             leader_only.append(header::SET_COOKIE, value.clone());
         }
         headers.remove(header::SET_COOKIE);
+    }
+    // What the key's owner sent is held once in the fleet; a copy here only as `cluster.local_copy` says.
+    if let (Source::Peer(_), Some(cluster)) = (source, edge.upstream.cluster()) {
+        if !cluster.keep_local_copy(&fill.key) {
+            fill.never_store = true;
+        }
     }
     let declared_length = content_length(&headers);
     let max_object = fill.max_object;

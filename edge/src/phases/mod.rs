@@ -48,6 +48,10 @@ pub async fn handle(
     let (parts, body) = request.into_parts();
     // Also when limiting is off: the access log records who asked.
     let client = ClientId::of(&edge.identity, &parts.headers, peer);
+    let arrival = edge.upstream.arrival(&parts.headers);
+    if arrival.from_fleet {
+        edge.metrics.record_fleet_request();
+    }
     let mut outcome = match route::accept(&parts, &edge.config.server_names) {
         Err((status, reason)) => {
             let mut refused = Outcome::local(status, &reason);
@@ -59,7 +63,8 @@ pub async fn handle(
             refused
         }
         // Rate limit before the cache lookup, so that hits cannot bypass it.
-        Ok(target) => match limit::admit(&edge, &client).await {
+        // A fleet member's request was limited at the edge its viewer used.
+        Ok(target) => match if arrival.from_fleet { Ok(None) } else { limit::admit(&edge, &client).await } {
             Err(refusal) => *refusal,
             Ok(quota) => {
                 let mut outcome = if parts.method == Method::OPTIONS

@@ -36,6 +36,20 @@ fn connection_listed(client: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
+tokio::task_local! {
+    /// Whether the request being served came over TLS. Set by the listener around the request's whole
+    /// path ([`over_tls`]), and read where the forwarding headers are built, so that the scheme reaches
+    /// `X-Forwarded-Proto` without every phase passing it along. Origin requests that start outside a
+    /// request (none today) count as plain HTTP.
+    static CLIENT_OVER_TLS: bool;
+}
+
+/// Runs `future` (one request's path through the edge) as a request that came over TLS: its origin
+/// requests say `X-Forwarded-Proto: https`.
+pub async fn over_tls<F: std::future::Future>(future: F) -> F::Output {
+    CLIENT_OVER_TLS.scope(true, future).await
+}
+
 /// What the edge knows about the request it forwards, for the forwarding headers it sets.
 pub struct Forwarding<'a> {
     /// The client's address.
@@ -54,7 +68,8 @@ impl Forwarding<'_> {
                 headers.insert(X_FORWARDED_HOST, host);
             }
         }
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        let over_tls = CLIENT_OVER_TLS.try_with(|tls| *tls).unwrap_or(false);
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if over_tls { "https" } else { "http" }));
         headers.insert(header::VIA, HeaderValue::from_static("1.1 eddy"));
     }
 }
@@ -142,6 +157,15 @@ mod tests {
         assert_eq!(headers["via"], "1.1 eddy");
         assert_eq!(headers["accept-encoding"], "gzip");
         assert_eq!(headers["user-agent"], "player/1");
+    }
+
+    #[tokio::test]
+    async fn a_request_over_tls_says_https_to_the_origin() {
+        let plain = for_fill(&client(&[]), &allowed(), &[], &forwarding());
+        assert_eq!(plain["x-forwarded-proto"], "http");
+        let tls = over_tls(async { for_pass(&client(&[("x-forwarded-proto", "http")]), &forwarding()) }).await;
+        assert_eq!(tls["x-forwarded-proto"], "https");
+        assert_eq!(tls.get_all("x-forwarded-proto").iter().count(), 1);
     }
 
     #[test]
