@@ -78,8 +78,8 @@ pub fn served(
         let read_already = |o: &Arc<CachedObject>| {
             seen.as_ref().is_some_and(|s| std::ptr::eq(s.learned_from.as_ptr(), Arc::as_ptr(o)))
         };
-        // A miss is read when the fill stores it; a hit only when this copy was never read (the memory
-        // forgot it, or another edge process stored it before a restart… the cache outlives nothing).
+        // A miss is read when the fill stores it; a hit only when this copy was never read (the bounded
+        // memory forgot it, or it was stored while prefetch could not read it).
         if let Some(object) = object.filter(|o| !read_already(o)) {
             learn_in_background(edge, key, (&target.host, &target.path_and_query()), object, peer);
         }
