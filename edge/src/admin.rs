@@ -22,7 +22,7 @@ pub async fn handle(edge: Arc<Edge>, request: Request<Incoming>) -> Result<Respo
         (&Method::GET, "/stats") => {
             edge.storage.settle().await;
             let mut stats = edge.metrics.stats(&edge.gauges());
-            stats.fleet_members = edge.upstream.fleet_members();
+            stats.fleet_members = edge.settings().upstream.fleet_members();
             match serde_json::to_string_pretty(&stats) {
                 Ok(json) => text(StatusCode::OK, "application/json", json),
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e.to_string()),

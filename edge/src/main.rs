@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use eddy_edge::config::{Config, Overrides};
-use eddy_edge::reload::Reloader;
+use eddy_edge::reload::{ConfigSource, Reloader};
 use eddy_edge::state::Edge;
 use eddy_edge::{server, stats_cmd, tls};
 use eddy_shared::size::parse_size;
@@ -107,7 +107,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(path) => Config::load(path)?,
                 None => Config::default(),
             };
-            let config = base.with_overrides(Overrides { listen, admin_listen, origins, cache_size, workers })?;
+            let overrides = Overrides { listen, admin_listen, origins, cache_size, workers };
+            let source = ConfigSource { path: config.clone(), overrides: overrides.clone() };
+            let config = base.with_overrides(overrides)?;
             if config.origins.is_empty() {
                 anyhow::bail!("no origin configured: pass --origin URL_OR_DIR or set `origins` in the config file");
             }
@@ -118,20 +120,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tokio::runtime::Builder::new_multi_thread().worker_threads(config.worker_threads()).enable_all().build()
             }
             .context("starting the runtime")?;
-            runtime.block_on(serve(config))
+            runtime.block_on(serve(config, source))
         }
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     let edge = Arc::new(Edge::new(config)?);
     let (public, admin) = server::bind(&edge).await?;
     // The fleet is joined once this edge's own address is known (it may find itself by it).
     let listen = public.local_addr()?;
-    edge.upstream.join_fleet(listen).map_err(anyhow::Error::msg)?;
+    edge.settings().upstream.join_fleet(listen).map_err(anyhow::Error::msg)?;
     {
+        // The settings in force are asked each time: a reload brings its own peers file.
         let edge = edge.clone();
-        tokio::spawn(async move { edge.upstream.watch_peers_file(listen).await });
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(eddy_edge::upstream::PEERS_FILE_POLL).await;
+                edge.settings().upstream.poll_peers_file(listen);
+            }
+        });
     }
     let certs = match &edge.config.tls {
         Some(files) if edge.config.listen_tls.is_some() => {
@@ -144,14 +152,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     // Before the ready line: whoever sends SIGHUP after it gets a reload, never the signal's default exit.
-    let reloads = Reloader::new(edge.clone(), certs).on_sighup().context("listening for SIGHUP")?;
+    let reloads = Reloader::new(edge.clone(), source, listen, certs).on_sighup().context("listening for SIGHUP")?;
     if let Some(tls_listener) = &tls_listener {
         let ready = server::tls_ready_line(tls_listener.listener.local_addr()?);
         tracing::info!("{ready}");
         println!("{ready}");
     }
     let ready = server::ready_line(public.local_addr()?, admin.local_addr()?);
-    tracing::info!(origins = ?edge.origins.names(), cache_bytes = edge.config.cache.size.0, "{ready}");
+    tracing::info!(origins = ?edge.settings().origins.names(), cache_bytes = edge.config.cache.size.0, "{ready}");
     println!("{ready}");
     // Reloads run beside the server; the task ends with the runtime.
     tokio::spawn(reloads);

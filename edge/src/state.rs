@@ -2,6 +2,9 @@
 //! configuration.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use http::{HeaderName, HeaderValue};
 
@@ -18,20 +21,14 @@ use crate::upstream::Upstream;
 
 /// Everything the request path shares: configuration, cache, flights, origins, metrics.
 pub struct Edge {
+    /// The configuration the edge started with: listeners, connection limits and timeouts, the cache's
+    /// size and keys, prefetch. A reload does not change these (they need a restart).
     pub config: Config,
-    pub rules: CacheRules,
+    /// What a reload (SIGHUP) replaces: see [`Settings`].
+    settings: ArcSwap<Settings>,
     pub storage: Storage,
     pub flights: Flights,
-    pub origins: OriginSet,
-    /// Where fills go: the key's owner in the fleet, the shield, or `origins`.
-    pub upstream: Upstream,
     pub metrics: Metrics,
-    pub cors_allow_origin: Option<HeaderValue>,
-    pub ratelimit: RateLimiter,
-    /// How clients are identified (`rate_limit.identify`), for the limits and the access log.
-    pub identity: IdentityRules,
-    /// `origin.forward_request_headers`, parsed once.
-    pub forwarded_request_headers: Vec<HeaderName>,
     /// Test-only fault injection: a fill for exactly this path panics mid-body. Set from the
     /// `EDDY_TEST_PANIC_IN_FILL` environment variable, which nothing but the tests sets; it proves that
     /// a fill that fails in any way releases its flight.
@@ -39,6 +36,56 @@ pub struct Edge {
     /// HLS-aware prefetch: what it remembers of playlists, and its concurrency slots.
     pub prefetch: Prefetcher,
     request_ids: RequestIds,
+}
+
+/// Everything a reload replaces at once: TTL rules and cache policy, origins, the fleet and shield,
+/// rate limits and client identity, forwarded headers, CORS. A request (and a fill) takes one
+/// `Arc<Settings>` and keeps it to its end, so a reload never changes the rules half-way through a
+/// request: requests in flight finish under the settings they started with.
+pub struct Settings {
+    /// The configuration these settings were built from (the reloaded file, with the command line's
+    /// overrides applied again).
+    pub config: Config,
+    pub rules: CacheRules,
+    pub origins: OriginSet,
+    /// Where fills go: the key's owner in the fleet, the shield, or `origins`.
+    pub upstream: Upstream,
+    pub ratelimit: RateLimiter,
+    /// How clients are identified (`rate_limit.identify`), for the limits and the access log.
+    pub identity: IdentityRules,
+    /// `origin.forward_request_headers`, parsed once.
+    pub forwarded_request_headers: Vec<HeaderName>,
+    pub cors_allow_origin: Option<HeaderValue>,
+}
+
+impl Settings {
+    /// Builds every reloadable part from a validated configuration. Makes no connection.
+    pub fn new(config: Config) -> Result<Settings, crate::origin::OriginError> {
+        let origins = OriginSet::new(&config.origins, &config.origin)?;
+        let upstream = Upstream::new(&config)?;
+        let cors_allow_origin = if config.headers.cors_allow_origin.is_empty() {
+            None
+        } else {
+            HeaderValue::from_str(&config.headers.cors_allow_origin).ok()
+        };
+        // Names were checked when the config was validated.
+        let forwarded_request_headers = config
+            .origin
+            .forward_request_headers
+            .iter()
+            .filter_map(|name| HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).ok())
+            .collect();
+        Ok(Settings {
+            rules: CacheRules::from_config(&config.cache),
+            origins,
+            upstream,
+            ratelimit: RateLimiter::new(&config.rate_limit),
+            identity: IdentityRules::from_config(&config.rate_limit),
+            forwarded_request_headers,
+            cors_allow_origin,
+            config,
+        })
+    }
 }
 
 /// Request ids: a per-process random prefix and a counter, so that ids from a fleet's edges do not
@@ -75,39 +122,30 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 impl Edge {
     pub fn new(config: Config) -> Result<Edge, crate::origin::OriginError> {
-        let origins = OriginSet::new(&config.origins, &config.origin)?;
-        let upstream = Upstream::new(&config)?;
-        let storage = Storage::new(config.cache.size.0, config.cache.eviction);
-        let cors_allow_origin = if config.headers.cors_allow_origin.is_empty() {
-            None
-        } else {
-            HeaderValue::from_str(&config.headers.cors_allow_origin).ok()
-        };
+        let settings = Settings::new(config.clone())?;
         let metrics = Metrics::new();
         metrics.set_rate_limit_enabled(config.rate_limit.enabled);
-        // Names were checked when the config was validated.
-        let forwarded_request_headers = config
-            .origin
-            .forward_request_headers
-            .iter()
-            .filter_map(|name| HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).ok())
-            .collect();
         Ok(Edge {
-            rules: CacheRules::from_config(&config.cache),
-            storage,
+            settings: ArcSwap::from_pointee(settings),
+            storage: Storage::new(config.cache.size.0, config.cache.eviction),
             flights: Flights::new(config.cache.fill_memory.0),
-            origins,
-            upstream,
             metrics,
-            ratelimit: RateLimiter::new(&config.rate_limit),
-            identity: IdentityRules::from_config(&config.rate_limit),
-            cors_allow_origin,
-            forwarded_request_headers,
             panic_in_fill_path: std::env::var("EDDY_TEST_PANIC_IN_FILL").ok().filter(|p| !p.is_empty()),
             request_ids: RequestIds::new(),
             prefetch: Prefetcher::new(&config.prefetch),
             config,
         })
+    }
+
+    /// The settings in force now. Take them once per request and keep them.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    /// Puts new settings in force for requests that start from now on.
+    pub fn replace_settings(&self, settings: Settings) {
+        self.metrics.set_rate_limit_enabled(settings.config.rate_limit.enabled);
+        self.settings.store(Arc::new(settings));
     }
 
     /// The primary cache key of a request for `host`, `path` and `query`: the one place keys are built
@@ -128,7 +166,7 @@ impl Edge {
             capacity: self.config.cache.size.0,
             evictions: self.storage.evictions(),
             in_flight: self.flights.in_flight() as u64,
-            origin_retries: self.origins.retried_requests(),
+            origin_retries: self.settings().origins.retried_requests(),
         }
     }
 }

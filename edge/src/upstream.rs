@@ -15,7 +15,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -62,13 +62,15 @@ pub struct Upstream {
     cluster: RwLock<Option<Arc<Cluster>>>,
     cluster_config: ClusterConfig,
     origin_config: OriginConfig,
+    /// The peers file's (modification time, length) when last read: `Some(None)` when it was missing.
+    peers_file_seen: Mutex<Option<Option<(std::time::SystemTime, u64)>>>,
     shield: Option<Shield>,
     backoff: Duration,
     epoch: Instant,
 }
 
 /// How often `cluster.peers_file` is checked for a change.
-const PEERS_FILE_POLL: Duration = Duration::from_secs(1);
+pub const PEERS_FILE_POLL: Duration = Duration::from_secs(1);
 
 impl Upstream {
     pub fn new(config: &Config) -> Result<Upstream, OriginError> {
@@ -89,6 +91,7 @@ impl Upstream {
             cluster: RwLock::new(None),
             cluster_config: config.cluster.clone(),
             origin_config: config.origin.clone(),
+            peers_file_seen: Mutex::new(None),
             shield,
             backoff: config.origin.failure_backoff.0,
             epoch: Instant::now(),
@@ -112,11 +115,12 @@ impl Upstream {
         }
     }
 
-    /// Joins the fleet of `cluster.peers` once the public listener is bound at `listen` (this edge is
-    /// found by `cluster.self`, or by that address). With a peers file, the watcher joins instead.
+    /// Joins the fleet of `cluster.peers` (or of `cluster.peers_file`, read now) once the public
+    /// listener is bound at `listen`: this edge is found by `cluster.self`, or by that address.
     pub fn join_fleet(&self, listen: SocketAddr) -> Result<(), String> {
         let config = &self.cluster_config;
         if config.peers.is_empty() {
+            self.poll_peers_file(listen);
             return Ok(());
         }
         let cluster = self.build(&config.peers, listen)?;
@@ -136,33 +140,32 @@ impl Upstream {
         Cluster::new(members, index, config, &self.origin_config).map_err(|e| e.to_string())
     }
 
-    /// Rereads `cluster.peers_file` whenever it changes, for ever (spawn it). A file that cannot be
-    /// read or parsed, or that leaves this edge out, is logged and the fleet stays as it was.
-    pub async fn watch_peers_file(&self, listen: SocketAddr) {
-        let Some(path) = self.cluster_config.peers_file.clone() else { return };
-        let mut last_seen: Option<(std::time::SystemTime, u64)> = None;
-        loop {
-            let stamp = std::fs::metadata(&path).ok().map(|m| (m.modified().unwrap_or(std::time::UNIX_EPOCH), m.len()));
-            if stamp != last_seen {
-                last_seen = stamp;
-                let loaded = std::fs::read_to_string(&path)
-                    .map_err(|e| e.to_string())
-                    .and_then(|text| parse_peers_file(&text))
-                    .and_then(
-                        |members| if members.is_empty() { Ok(None) } else { self.build(&members, listen).map(Some) },
-                    );
-                match loaded {
-                    Ok(cluster) => {
-                        let members = cluster.as_ref().map_or(0, |c| c.len());
-                        tracing::info!(file = %path.display(), members, "fleet membership read");
-                        self.set_cluster(cluster.map(Arc::new));
-                    }
-                    Err(error) => {
-                        tracing::error!(file = %path.display(), %error, "peers file refused; the fleet stays as it was");
-                    }
-                }
+    /// Rereads `cluster.peers_file` if it changed since the last look (call it every
+    /// [`PEERS_FILE_POLL`]). A file that cannot be read or parsed, or that leaves this edge out, is
+    /// logged and the fleet stays as it was.
+    pub fn poll_peers_file(&self, listen: SocketAddr) {
+        let Some(path) = &self.cluster_config.peers_file else { return };
+        let stamp = std::fs::metadata(path).ok().map(|m| (m.modified().unwrap_or(std::time::UNIX_EPOCH), m.len()));
+        {
+            let mut last = self.peers_file_seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if *last == Some(stamp) {
+                return;
             }
-            tokio::time::sleep(PEERS_FILE_POLL).await;
+            *last = Some(stamp);
+        }
+        let loaded = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| parse_peers_file(&text))
+            .and_then(|members| if members.is_empty() { Ok(None) } else { self.build(&members, listen).map(Some) });
+        match loaded {
+            Ok(cluster) => {
+                let members = cluster.as_ref().map_or(0, |c| c.len());
+                tracing::info!(file = %path.display(), members, "fleet membership read");
+                self.set_cluster(cluster.map(Arc::new));
+            }
+            Err(error) => {
+                tracing::error!(file = %path.display(), %error, "peers file refused; the fleet stays as it was");
+            }
         }
     }
 

@@ -32,7 +32,7 @@ use crate::cache::{CacheKey, CachedObject};
 use crate::config::SetCookie;
 use crate::metrics::CacheResult;
 use crate::origin::{OriginError, OriginRequest};
-use crate::state::Edge;
+use crate::state::{Edge, Settings};
 use crate::upstream::{Arrival, Source};
 
 /// Why the request goes forward, for `Cache-Status: fwd=` (RFC 9211 §2.2).
@@ -101,6 +101,8 @@ struct FillRequest {
     arrival: Arrival,
     /// Test-only fault injection: panic inside the fill (see `Edge::panic_in_fill_path`).
     panic_mid_body: bool,
+    /// The settings in force when the fill started: it ends under them, whatever a reload does.
+    settings: Arc<Settings>,
 }
 
 fn fill_request(
@@ -112,10 +114,11 @@ fn fill_request(
     peer: SocketAddr,
     forward_range: bool,
 ) -> FillRequest {
+    let settings = edge.settings();
     let stored_vary = stale.as_ref().map(|s| policy::vary_names(&s.headers)).unwrap_or_default();
     let forwarding = Forwarding { peer, host: &target.host };
     let mut headers =
-        origin_request::for_fill(&parts.headers, &edge.forwarded_request_headers, &stored_vary, &forwarding);
+        origin_request::for_fill(&parts.headers, &settings.forwarded_request_headers, &stored_vary, &forwarding);
     if forward_range {
         for name in [header::RANGE, header::IF_RANGE] {
             if let Some(value) = parts.headers.get(&name) {
@@ -143,11 +146,12 @@ fn fill_request(
         path: target.path.clone(),
         peer,
         stale,
-        max_object: edge.rules.max_object_size,
+        max_object: settings.rules.max_object_size,
         never_store: forward_range,
         host: target.host.clone(),
-        arrival: edge.upstream.arrival(&parts.headers),
+        arrival: settings.upstream.arrival(&parts.headers),
         panic_mid_body: edge.panic_in_fill_path.as_deref() == Some(target.path.as_str()),
+        settings,
     }
 }
 
@@ -450,9 +454,10 @@ async fn store(
 /// Sends the fill's request upstream (the key's owner, the shield or the origins); on failure, ends
 /// the flight and returns `None`.
 async fn send(edge: &Edge, flight: &Flight, fill: &FillRequest) -> Option<(crate::origin::OriginResponse, Source)> {
-    let sent = edge
+    let settings = &fill.settings;
+    let sent = settings
         .upstream
-        .send(&edge.origins, &edge.metrics, &fill.key, &fill.origin_request, &fill.host, fill.arrival)
+        .send(&settings.origins, &edge.metrics, &fill.key, &fill.origin_request, &fill.host, fill.arrival)
         .await;
     match sent {
         Ok(answer) => Some(answer),
@@ -473,7 +478,14 @@ async fn run_flight(edge: Arc<Edge>, mut guard: FillGuard, mut fill: FillRequest
     let mut exchange = Exchange { request_time, response_time: SystemTime::now() };
     if response.status == StatusCode::NOT_MODIFIED {
         let refreshed = fill.stale.as_ref().and_then(|stale| {
-            stale.refreshed(&edge.rules, &fill.policy_request, &response.headers, &fill.path, exchange, Instant::now())
+            stale.refreshed(
+                &fill.settings.rules,
+                &fill.policy_request,
+                &response.headers,
+                &fill.path,
+                exchange,
+                Instant::now(),
+            )
         });
         if let Some(object) = refreshed {
             let object = Arc::new(object);
@@ -507,19 +519,19 @@ async fn run_flight(edge: Arc<Edge>, mut guard: FillGuard, mut fill: FillRequest
     let mut headers = response.headers;
     remove_hop_by_hop(&mut headers);
     let cacheability =
-        judge_exchange(&edge.rules, &fill.policy_request, response.status, &headers, &fill.path, exchange);
+        judge_exchange(&fill.settings.rules, &fill.policy_request, response.status, &headers, &fill.path, exchange);
     // Every answer carries current_age (RFC 9111 §4.2.3), the origin's Age included.
     headers.insert(header::AGE, HeaderValue::from(cacheability.initial_age.as_secs()));
     // With `cache.set_cookie = "strip"`, the cookie goes to the leader alone.
     let mut leader_only = HeaderMap::new();
-    if cacheability.sets_cookie && edge.rules.set_cookie == SetCookie::Strip {
+    if cacheability.sets_cookie && fill.settings.rules.set_cookie == SetCookie::Strip {
         for value in headers.get_all(header::SET_COOKIE) {
             leader_only.append(header::SET_COOKIE, value.clone());
         }
         headers.remove(header::SET_COOKIE);
     }
     // What the key's owner sent is held once in the fleet; a copy here only as `cluster.local_copy` says.
-    if let (Source::Peer(_), Some(cluster)) = (source, edge.upstream.cluster()) {
+    if let (Source::Peer(_), Some(cluster)) = (source, fill.settings.upstream.cluster()) {
         if !cluster.keep_local_copy(&fill.key) {
             fill.never_store = true;
         }
@@ -554,7 +566,8 @@ async fn run_flight(edge: Arc<Edge>, mut guard: FillGuard, mut fill: FillRequest
 
     // The origin's time is bounded, not the clients': waiting for readers of a body that is not
     // stored (backpressure) does not count against total_timeout.
-    let mut budget = edge.origins.total_timeout().saturating_sub(started.elapsed());
+    let total_timeout = fill.settings.origins.total_timeout();
+    let mut budget = total_timeout.saturating_sub(started.elapsed());
     let mut body = response.body;
     let mut received: u64 = 0;
     loop {
@@ -565,7 +578,7 @@ async fn run_flight(edge: Arc<Edge>, mut guard: FillGuard, mut fill: FillRequest
             Err(_) => {
                 edge.metrics.record_origin_error();
                 flight.fail(FlightFailure {
-                    message: format!("origin body not complete within {:?}", edge.origins.total_timeout()),
+                    message: format!("origin body not complete within {total_timeout:?}"),
                     timed_out: true,
                 });
                 return;

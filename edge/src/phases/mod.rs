@@ -47,12 +47,14 @@ pub async fn handle(
     let started = Instant::now();
     let (parts, body) = request.into_parts();
     // Also when limiting is off: the access log records who asked.
-    let client = ClientId::of(&edge.identity, &parts.headers, peer);
-    let arrival = edge.upstream.arrival(&parts.headers);
+    // One view of the reloadable settings for the whole request.
+    let settings = edge.settings();
+    let client = ClientId::of(&settings.identity, &parts.headers, peer);
+    let arrival = settings.upstream.arrival(&parts.headers);
     if arrival.from_fleet {
         edge.metrics.record_fleet_request();
     }
-    let mut outcome = match route::accept(&parts, &edge.config.server_names) {
+    let mut outcome = match route::accept(&parts, &settings.config.server_names) {
         Err((status, reason)) => {
             let mut refused = Outcome::local(status, &reason);
             if parts.version <= http::Version::HTTP_11 {
@@ -70,7 +72,7 @@ pub async fn handle(
                 let mut outcome = if parts.method == Method::OPTIONS
                     && parts.headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
                 {
-                    respond::preflight(&parts.headers, edge.cors_allow_origin.as_ref())
+                    respond::preflight(&parts.headers, settings.cors_allow_origin.as_ref())
                 } else if parts.method == Method::GET || parts.method == Method::HEAD {
                     lookup::serve(&edge, &parts, &target, peer).await
                 } else {
@@ -83,7 +85,7 @@ pub async fn handle(
             }
         },
     };
-    respond::finish_headers(&mut outcome, edge.cors_allow_origin.as_ref());
+    respond::finish_headers(&mut outcome, settings.cors_allow_origin.as_ref());
     let request_id = edge.next_request_id();
     outcome.response.headers_mut().insert(X_REQUEST_ID.clone(), request_id.clone());
     let status = outcome.response.status().as_u16();

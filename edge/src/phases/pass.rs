@@ -38,7 +38,7 @@ pub async fn forward(edge: &Arc<Edge>, parts: &Parts, body: Incoming, target: &T
         body,
     };
     let started = std::time::Instant::now();
-    let sent = edge.origins.send(&request).await;
+    let sent = edge.settings().origins.send(&request).await;
     edge.metrics.record_origin_request(started.elapsed().as_secs_f64(), sent.is_err());
     match sent {
         Ok(response) => {

@@ -87,7 +87,7 @@ pub fn served(
     }
     // A fleet member's request is a fill for its own viewer, and that member prefetches for them:
     // prefetching here too would fetch each next segment twice over the fleet.
-    if edge.prefetch.segments == 0 || edge.upstream.arrival(&parts.headers).from_fleet {
+    if edge.prefetch.segments == 0 || edge.settings().upstream.arrival(&parts.headers).from_fleet {
         return;
     }
     let Some(next) = edge.prefetch.next.next_after(key) else { return };
