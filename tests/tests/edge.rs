@@ -797,3 +797,26 @@ async fn one_access_log_line_per_request() {
     assert!(lines[1].contains("cache=\"HIT\""), "{}", lines[1]);
     assert!(lines[3].contains("status=404"), "{}", lines[3]);
 }
+
+/// Two viewers miss the same object at once, many times over. A request whose lookup missed just
+/// before the other's fill stored the object, and which joins the flights just after that fill left,
+/// must find the object rather than ask the origin again (the re-check in `phases/fetch.rs`).
+#[tokio::test(flavor = "multi_thread")]
+async fn simultaneous_misses_cost_one_origin_request_even_when_a_fill_ends_between_lookup_and_join() {
+    use wiremock::matchers::path_regex;
+    let origin = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path_regex(r"^/race/\d+$"))
+        .respond_with(ResponseTemplate::new(200).insert_header("cache-control", "max-age=3600").set_body_string("x"))
+        .mount(&origin)
+        .await;
+    let edge = start_edge(&["--origin", &origin.uri()]).expect("edge");
+    let c = client();
+    const PAIRS: usize = 400;
+    for i in 0..PAIRS {
+        let url = edge.url(&format!("/race/{i}"));
+        let (a, b) = tokio::join!(fill(&c, &url), fill(&c, &url));
+        let ((), ()) = (a, b);
+    }
+    assert_eq!(origin_hits(&origin).await, PAIRS, "one origin request per object");
+}

@@ -28,7 +28,8 @@ use crate::cache::coalesce::{
     vary_matches, FillGuard, Flight, FlightFailure, FlightHead, FlightReader, HeadOutcome, Joined, NotWhole,
 };
 use crate::cache::policy::{self, judge_exchange, remove_hop_by_hop, Cacheability, Exchange};
-use crate::cache::{CacheKey, CachedObject};
+use crate::cache::storage::Found;
+use crate::cache::{CacheKey, CachedObject, Lifecycle};
 use crate::config::SetCookie;
 use crate::metrics::CacheResult;
 use crate::origin::{OriginError, OriginRequest};
@@ -177,6 +178,18 @@ pub async fn fetch(
         };
         let Joined { flight, reader, guard } = joined;
         let leader = guard.is_some();
+        if let (Some(_), Plan::Join(_), None) = (&guard, &plan, &stale) {
+            // Between this request's lookup and its joining the flights, the flight before it may
+            // have stored the object and left: look once more before asking upstream, so that this
+            // race never costs a second origin request. Anyone who joined meanwhile gets the object.
+            if let Found::Object(object) = edge.storage.lookup(&key, &parts.headers).await {
+                let now = Instant::now();
+                if let Lifecycle::Fresh { ttl } = object.lifecycle(now) {
+                    flight.refreshed(object.clone());
+                    return Outcome::hit(&object, parts, now, ttl);
+                }
+            }
+        }
         if let Some(guard) = guard {
             let fill = fill_request(edge, parts, target, key.clone(), stale.clone(), peer, plan == Plan::ForwardRange);
             tokio::spawn(run_flight(edge.clone(), guard, fill));

@@ -44,12 +44,7 @@ async fn answer(
     };
     let now = Instant::now();
     let outcome = match object.lifecycle(now) {
-        Lifecycle::Fresh { ttl } => Outcome::served(
-            respond::from_object(&object, &parts.method, &parts.headers, now),
-            CacheResult::Hit,
-            format!("hit; ttl={}", ttl.as_secs()),
-            true,
-        ),
+        Lifecycle::Fresh { ttl } => Outcome::hit(&object, parts, now, ttl),
         Lifecycle::StaleRevalidateInBackground { stale_for } => {
             fetch::revalidate_in_background(edge, key, parts, target, object.clone(), peer);
             Outcome::served(

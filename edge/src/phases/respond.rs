@@ -74,6 +74,16 @@ impl Outcome {
     ) -> Outcome {
         Outcome { response, result, cache_status: cache_status.into(), from_cache, coalesced: false, detail: None }
     }
+
+    /// A hit: `object` is fresh for `ttl` more.
+    pub fn hit(object: &CachedObject, parts: &http::request::Parts, now: Instant, ttl: Duration) -> Outcome {
+        Outcome::served(
+            from_object(object, &parts.method, &parts.headers, now),
+            CacheResult::Hit,
+            format!("hit; ttl={}", ttl.as_secs()),
+            true,
+        )
+    }
 }
 
 /// Answers a GET/HEAD from a stored object: 304 for a matching conditional request, 206/416 for a
