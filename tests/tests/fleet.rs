@@ -300,7 +300,12 @@ async fn a_viewer_cannot_pass_as_a_peer_and_the_fleet_headers_stay_in_the_fleet(
         let client = client.clone();
         let url = edges[0].url(&format!("/obj/{object}"));
         async move {
-            let mut request = client.get(&url).header("host", HOST).header("eddy-hops", "9");
+            let mut request = client
+                .get(&url)
+                .header("host", HOST)
+                .header("eddy-hops", "9")
+                .header("x-forwarded-for", "203.0.113.7")
+                .header("x-forwarded-proto", "https");
             if !value.is_empty() {
                 request = request.header("eddy-peer", value);
             }
@@ -319,5 +324,11 @@ async fn a_viewer_cannot_pass_as_a_peer_and_the_fleet_headers_stay_in_the_fleet(
         for name in ["eddy-peer", "eddy-hops"] {
             assert!(!request.headers.contains_key(name), "{name} reached the origin: {:?}", request.headers);
         }
+        // What a member forwards for its viewer is believed; what a viewer claims is not.
+        let object: usize = request.url.path().trim_start_matches("/obj/").parse().unwrap_or(0);
+        let header = |name: &str| request.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let (viewer, proto) = if object >= 10 { ("203.0.113.7", "https") } else { ("127.0.0.1", "http") };
+        assert_eq!(header("x-forwarded-for"), viewer, "{}", request.url);
+        assert_eq!(header("x-forwarded-proto"), proto, "{}", request.url);
     }
 }

@@ -19,7 +19,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, StatusCode};
 
-use super::origin_request::{self, Forwarding};
+use super::origin_request::{self, FleetForwarded, Forwarding};
 use super::range::{self, RangeAnswer};
 use super::respond::{self, Outcome, Precondition};
 use super::route::Target;
@@ -117,7 +117,9 @@ fn fill_request(
 ) -> FillRequest {
     let settings = edge.settings();
     let stored_vary = stale.as_ref().map(|s| policy::vary_names(&s.headers)).unwrap_or_default();
-    let forwarding = Forwarding { peer, host: &target.host };
+    let arrival = settings.upstream.arrival(&parts.headers);
+    let from_fleet = arrival.from_fleet.then(|| FleetForwarded::from_member(&parts.headers));
+    let forwarding = Forwarding { peer, host: &target.host, from_fleet };
     let mut headers =
         origin_request::for_fill(&parts.headers, &settings.forwarded_request_headers, &stored_vary, &forwarding);
     if forward_range {
@@ -150,7 +152,7 @@ fn fill_request(
         max_object: settings.rules.max_object_size,
         never_store: forward_range,
         host: target.host.clone(),
-        arrival: settings.upstream.arrival(&parts.headers),
+        arrival,
         panic_mid_body: edge.panic_in_fill_path.as_deref() == Some(target.path.as_str()),
         settings,
     }

@@ -56,19 +56,47 @@ pub struct Forwarding<'a> {
     pub peer: SocketAddr,
     /// The validated Host (or :authority) the client asked for.
     pub host: &'a str,
+    /// For a request from a fleet member (it carried the fleet's secret): the viewer's address and
+    /// scheme as that member forwarded them, believed because only a member sends the secret.
+    pub from_fleet: Option<FleetForwarded>,
+}
+
+/// The forwarding headers a fleet member set for its viewer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetForwarded {
+    pub viewer: Option<HeaderValue>,
+    pub over_tls: bool,
+}
+
+impl FleetForwarded {
+    /// Reads what a member forwarded (call only for a request that carried the fleet's secret).
+    pub fn from_member(headers: &HeaderMap) -> FleetForwarded {
+        FleetForwarded {
+            viewer: headers.get(&X_FORWARDED_FOR).cloned(),
+            over_tls: headers.get(&X_FORWARDED_PROTO).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")),
+        }
+    }
 }
 
 impl Forwarding<'_> {
     fn apply(&self, headers: &mut HeaderMap) {
-        if let Ok(peer) = HeaderValue::from_str(&self.peer.ip().to_string()) {
-            headers.insert(X_FORWARDED_FOR, peer);
+        match self.from_fleet.as_ref().and_then(|fleet| fleet.viewer.clone()) {
+            Some(viewer) => {
+                headers.insert(X_FORWARDED_FOR, viewer);
+            }
+            None => {
+                if let Ok(peer) = HeaderValue::from_str(&self.peer.ip().to_string()) {
+                    headers.insert(X_FORWARDED_FOR, peer);
+                }
+            }
         }
         if let Ok(host) = HeaderValue::from_str(self.host) {
             if !self.host.is_empty() {
                 headers.insert(X_FORWARDED_HOST, host);
             }
         }
-        let over_tls = CLIENT_OVER_TLS.try_with(|tls| *tls).unwrap_or(false);
+        let over_tls = CLIENT_OVER_TLS.try_with(|tls| *tls).unwrap_or(false)
+            || self.from_fleet.as_ref().is_some_and(|fleet| fleet.over_tls);
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if over_tls { "https" } else { "http" }));
         headers.insert(header::VIA, HeaderValue::from_static("1.1 eddy"));
     }
@@ -118,7 +146,7 @@ mod tests {
     }
 
     fn forwarding() -> Forwarding<'static> {
-        Forwarding { peer: "192.0.2.9:5555".parse().expect("addr"), host: "cdn.example" }
+        Forwarding { peer: "192.0.2.9:5555".parse().expect("addr"), host: "cdn.example", from_fleet: None }
     }
 
     fn allowed() -> Vec<HeaderName> {

@@ -34,7 +34,7 @@ pub async fn forward(edge: &Arc<Edge>, parts: &Parts, body: Incoming, target: &T
     let request = OriginRequest {
         method: parts.method.clone(),
         path_and_query: target.path_and_query(),
-        headers: origin_request::for_pass(&parts.headers, &Forwarding { peer, host: &target.host }),
+        headers: origin_request::for_pass(&parts.headers, &Forwarding { peer, host: &target.host, from_fleet: None }),
         body,
     };
     let started = std::time::Instant::now();
