@@ -15,7 +15,9 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -59,7 +61,8 @@ struct Shield {
 pub struct Upstream {
     /// The fleet as last read (from `cluster.peers`, or `cluster.peers_file` when it changes). `None`
     /// while the edge stands alone.
-    cluster: RwLock<Option<Arc<Cluster>>>,
+    /// Read on every request (is it a member's?): lock-free, so the hit path takes no lock of ours.
+    cluster: ArcSwapOption<Cluster>,
     cluster_config: ClusterConfig,
     origin_config: OriginConfig,
     /// The peers file's (modification time, length) when last read: `Some(None)` when it was missing.
@@ -88,7 +91,7 @@ impl Upstream {
             None => None,
         };
         Ok(Upstream {
-            cluster: RwLock::new(None),
+            cluster: ArcSwapOption::empty(),
             cluster_config: config.cluster.clone(),
             origin_config: config.origin.clone(),
             peers_file_seen: Mutex::new(None),
@@ -100,7 +103,7 @@ impl Upstream {
 
     /// The fleet now, if any.
     pub fn cluster(&self) -> Option<Arc<Cluster>> {
-        self.cluster.read().map(|c| c.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+        self.cluster.load_full()
     }
 
     /// The fleet for `/stats`.
@@ -109,10 +112,7 @@ impl Upstream {
     }
 
     fn set_cluster(&self, cluster: Option<Arc<Cluster>>) {
-        match self.cluster.write() {
-            Ok(mut slot) => *slot = cluster,
-            Err(poisoned) => *poisoned.into_inner() = cluster,
-        }
+        self.cluster.store(cluster);
     }
 
     /// Joins the fleet of `cluster.peers` (or of `cluster.peers_file`, read now) once the public
@@ -171,7 +171,9 @@ impl Upstream {
 
     /// How `headers` arrived: with the fleet's secret or not, and after how many hops.
     pub fn arrival(&self, headers: &HeaderMap) -> Arrival {
-        let from_fleet = self.cluster().is_some_and(|c| c.is_peer_request(headers));
+        // Most requests carry no marker: skip even the fleet's lookup for them.
+        let from_fleet = headers.contains_key(&crate::cluster::PEER_HEADER)
+            && self.cluster.load().as_ref().is_some_and(|c| c.is_peer_request(headers));
         // The hop count of a stranger means nothing (and must not let it skip the peers).
         let hops = if from_fleet {
             headers

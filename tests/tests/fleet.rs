@@ -332,3 +332,36 @@ async fn a_viewer_cannot_pass_as_a_peer_and_the_fleet_headers_stay_in_the_fleet(
         assert_eq!(header("x-forwarded-proto"), proto, "{}", request.url);
     }
 }
+
+/// A member that is up but broken (it answers 503 to everything) must not answer errors for its share
+/// of the keys: it is rested like a failing origin, and its keys go to the next member.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_that_answers_errors_is_passed_over() {
+    let origin = origin().await;
+    let broken = MockServer::start().await;
+    Mock::given(method("GET")).respond_with(ResponseTemplate::new(503)).mount(&broken).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let peers = dir.path().join("peers.txt");
+    std::fs::write(&peers, "").expect("peers file");
+    let config =
+        config_file(&format!("[cluster]\npeers_file = {:?}\nsecret = {SECRET:?}\n", peers.display().to_string()));
+    let edges: Vec<Edge> = (0..2)
+        .map(|_| {
+            start_edge(&["--config", config.path().to_str().expect("utf8"), "--origin", &origin.uri()]).expect("edge")
+        })
+        .collect();
+    let text: String = edges.iter().map(|e| format!("http://{}\n", e.addr)).collect::<String>() + &broken.uri() + "\n";
+    let temporary = peers.with_extension("tmp");
+    std::fs::write(&temporary, text).expect("peers");
+    std::fs::rename(&temporary, &peers).expect("peers in place");
+    let all: Vec<&Edge> = edges.iter().collect();
+    wait_for_fleet(&all, 3).await;
+
+    let requests: Vec<(usize, usize)> = (0..OBJECTS).map(|o| (o % 2, o)).collect();
+    assert_eq!(run(&all, requests).await, 0, "no viewer sees the broken member's errors");
+    assert!(!broken.received_requests().await.unwrap_or_default().is_empty(), "the broken member owned some keys");
+    let resting = stats(&edges[0]).await["fleet_members"]
+        .as_array()
+        .map_or(0, |m| m.iter().filter(|m| m["resting"] == true).count());
+    assert_eq!(resting, 1, "the broken member rests");
+}

@@ -6,7 +6,7 @@
 //! - A request from a peer carries the fleet's secret in [`PEER_HEADER`]. Such a request is never
 //!   sent on to another peer (no loops, whatever the members believe about ownership) and is not
 //!   rate-limited again (its client was, at the first edge).
-//! - A member that cannot be reached (connect error, timeout) rests for `origin.failure_backoff`;
+//! - A member that cannot be reached, times out or answers 5xx rests for `origin.failure_backoff`;
 //!   meanwhile its keys go to the next member in each key's own order. After the rest, the next miss
 //!   that ranks it first tries it again: that request is the probe, and a member that answers is back.
 //! - Whether a non-owner keeps a copy of what the owner gave it is `cluster.local_copy`.
@@ -158,8 +158,9 @@ impl Cluster {
     }
 
     /// Sends a fill to member `index` on behalf of a client of `host`. A member that cannot be
-    /// reached or times out rests; any HTTP answer (a 5xx included: the owner relays its origin's)
-    /// proves it alive.
+    /// reached, times out or answers 5xx rests, as a failing origin does: a member that is up but
+    /// broken must not answer errors for its share of the keys. (When the origin itself fails, this
+    /// costs one more request to it, from the next member in line.)
     pub async fn send(&self, index: usize, request: &OriginRequest, host: &str) -> Result<OriginResponse, OriginError> {
         let Some(member) = self.members.get(index) else { return Err(OriginError::NoOrigin) };
         let Some(origin) = &member.origin else { return Err(OriginError::NoOrigin) };
@@ -169,15 +170,22 @@ impl Cluster {
             request.headers.insert(http::header::HOST, host);
         }
         self.mark(&mut request.headers);
+        let rest = || {
+            let until = self.now_ms().saturating_add(self.backoff.as_millis() as u64).max(1);
+            member.down_until_ms.store(until, Ordering::Relaxed);
+        };
         match origin.send(&request).await {
+            Ok(response) if response.status.is_server_error() => {
+                rest();
+                Err(OriginError::Failed { origin: member.url.clone(), reason: format!("answered {}", response.status) })
+            }
             Ok(response) => {
                 member.down_until_ms.store(0, Ordering::Relaxed);
                 Ok(response)
             }
             Err(error @ OriginError::Refused { .. }) => Err(error),
             Err(error) => {
-                let until = self.now_ms().saturating_add(self.backoff.as_millis() as u64).max(1);
-                member.down_until_ms.store(until, Ordering::Relaxed);
+                rest();
                 Err(error)
             }
         }

@@ -9,12 +9,12 @@ use http::StatusCode;
 use super::respond::Outcome;
 use crate::identity::ClientId;
 use crate::ratelimit::{Admission, Quota};
-use crate::state::Edge;
+use crate::state::{Edge, Settings};
 
 /// `Ok` with the quota headers to add to the answer (none when limiting is off), or `Err` with the
 /// refusal to send instead. The refusal is boxed: it is the rare path, and an `Outcome` is large.
-pub async fn admit(edge: &Edge, client: &ClientId) -> Result<Option<Quota>, Box<Outcome>> {
-    match edge.settings().ratelimit.check(client.as_str(), &edge.metrics).await {
+pub async fn admit(edge: &Edge, settings: &Settings, client: &ClientId) -> Result<Option<Quota>, Box<Outcome>> {
+    match settings.ratelimit.check(client.as_str(), &edge.metrics).await {
         Admission::Unlimited => Ok(None),
         Admission::Allowed(quota) => Ok(Some(quota)),
         Admission::Limited(quota) => Err(Box::new(too_many_requests(&quota))),

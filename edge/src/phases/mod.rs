@@ -66,7 +66,7 @@ pub async fn handle(
         }
         // Rate limit before the cache lookup, so that hits cannot bypass it.
         // A fleet member's request was limited at the edge its viewer used.
-        Ok(target) => match if arrival.from_fleet { Ok(None) } else { limit::admit(&edge, &client).await } {
+        Ok(target) => match if arrival.from_fleet { Ok(None) } else { limit::admit(&edge, &settings, &client).await } {
             Err(refusal) => *refusal,
             Ok(quota) => {
                 let mut outcome = if parts.method == Method::OPTIONS
