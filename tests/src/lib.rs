@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+pub mod origin;
+
 /// Path of a binary built from this workspace (`eddy-edge`, `eddy-play`, ...), in the same target
 /// directory as the running test. The README's test command builds the binaries before the tests.
 pub fn bin_path(name: &str) -> PathBuf {
