@@ -405,3 +405,59 @@ async fn an_abandoned_upload_expires_and_its_chunks_are_deleted() -> Result<()> 
     assert!(late.status().is_client_error(), "a chunk for an expired upload is refused: {}", late.status());
     Ok(())
 }
+
+/// The `sh` blocks of a Markdown file, in order.
+fn shell_blocks(markdown: &str) -> String {
+    let mut script = String::new();
+    let mut inside = false;
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            inside = !inside && line.trim() == "```sh";
+            continue;
+        }
+        if inside {
+            script.push_str(line);
+            script.push('\n');
+        }
+    }
+    script
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_curl_examples_in_the_api_doc_run() -> Result<()> {
+    let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/origin-api.md");
+    let script = shell_blocks(&std::fs::read_to_string(&doc)?);
+    ensure!(script.contains("curl"), "the doc has its examples");
+    let setup = setup("")?;
+    make_clip(&setup.work.path().join("clip.mp4"), 4)?;
+    std::fs::create_dir_all(&setup.data)?;
+    // The doc's origin runs on built-in defaults, with only --data.
+    std::fs::write(&setup.config, "")?;
+    let origin = Origin::start(&setup.data, &setup.config)?;
+    let bin_dir = bin_path("eddy-origin").parent().context("bin dir")?.to_path_buf();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -euo pipefail\n{script}"))
+        .current_dir(setup.work.path())
+        .env("PATH", path)
+        .env("ORIGIN", origin.url(""))
+        .env("DATA", &setup.data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let status = wait_with_timeout(&mut child, Duration::from_secs(180))?;
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stdout.take() {
+        std::io::Read::read_to_string(&mut pipe, &mut stdout)?;
+    }
+    if let Some(mut pipe) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut pipe, &mut stderr)?;
+    }
+    ensure!(status.success(), "the doc's examples failed ({status}):\n{stdout}\n{stderr}");
+    ensure!(stdout.contains("is ready"), "the video became ready: {stdout}");
+    ensure!(stdout.contains("#EXTM3U"), "bob fetched the master playlist with the playback URL: {stdout}");
+    Ok(())
+}
