@@ -343,6 +343,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid_and_says_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/origin.toml");
+        let example = Config::load(&path, Overrides::default()).unwrap();
+        let defaults = Config::defaults(Overrides::default()).unwrap();
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let error = parse("[uploads]\nchunk = 3\n").unwrap_err().to_string();
         assert!(error.contains("chunk"), "{error}");
