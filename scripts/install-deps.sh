@@ -28,6 +28,8 @@ packages=(
   ffmpeg openssl redis-server redis-tools procps python3
   # Benchmarks (bench/): nginx and wrk, plus curl and awk; git names the commit a soak run measured.
   nginx wrk curl mawk git
+  # The origin's API examples (docs/origin-api.md), which a test runs as written: curl and jq.
+  jq
 )
 
 if [ "${1:-}" = "--list" ]; then
