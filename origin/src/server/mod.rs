@@ -25,11 +25,15 @@ const JSON_BODY_LIMIT: usize = 64 * 1024;
 
 pub fn router(origin: Shared) -> Router {
     let chunk_limit = usize::try_from(origin.config.chunk_size).unwrap_or(usize::MAX).saturating_add(1);
+    // `complete` lists every chunk's ETag (64 hex characters, quotes and a comma): room for the
+    // largest upload allowed.
+    let most_chunks = crate::chunks::chunk_count(origin.config.max_size, origin.config.chunk_size);
+    let complete_limit = usize::try_from(most_chunks.saturating_mul(72)).unwrap_or(usize::MAX).saturating_add(JSON_BODY_LIMIT);
     Router::new()
         .route("/v1/uploads", post(uploads::create))
         .route("/v1/uploads/{id}", get(uploads::show))
         .route("/v1/uploads/{id}/chunks/{index}", put(uploads::put_chunk).layer(DefaultBodyLimit::max(chunk_limit)))
-        .route("/v1/uploads/{id}/complete", post(uploads::complete))
+        .route("/v1/uploads/{id}/complete", post(uploads::complete).layer(DefaultBodyLimit::max(complete_limit)))
         .route("/v1/videos", get(videos::list))
         .route("/v1/videos/{id}", get(videos::show).patch(videos::update))
         .route("/v1/videos/{id}/shares", post(videos::add_share))
