@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole story on built-in defaults: package a test pattern into an HLS ladder (once), serve it
 # through eddy-edge, squeeze it through a link that drops and recovers (eddy-netsim), and play it with
-# eddy-play, which steps down and back up. Ends with the player's QoE summary and the edge's hit ratio.
+# eddy-play, which steps down and back up; then the player's QoE summary and the edge's hit ratio.
+# Last, the origin: upload a clip with eddy-upload to eddy-origin, which packages it, and play it
+# through an edge that checks the origin's signed playback URLs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -69,5 +71,34 @@ echo "== A second viewer, straight from the edge (now warm) =="
 
 echo "== Edge figures =="
 "$bin/eddy-edge" stats --admin "http://$admin_addr"
+
+echo
+echo "== The origin: upload a 20 s clip, let it be packaged, play it through an edge that checks tokens =="
+clip=$out/clip-20s.mp4
+if [ ! -f "$clip" ]; then
+  ffmpeg -v error -f lavfi -i testsrc2=size=640x360:rate=25 -f lavfi -i sine=frequency=440 -t 20 \
+    -c:v libx264 -preset veryfast -pix_fmt yuv420p -c:a aac -shortest "$clip"
+fi
+# A fresh origin each run: metadata in SQLite and objects in a folder, both under --data.
+rm -rf "$out/origin-data"
+start_server "$out/origin.log" "$bin/eddy-origin" serve --data "$out/origin-data" --listen 127.0.0.1:0
+origin_addr=$server_addr
+token=$("$bin/eddy-origin" user add demo --data "$out/origin-data" 2>/dev/null)
+# The edge checks the origin's playback tokens with the key the origin made in its data folder.
+cat >"$out/edge-signed.toml" <<EOF_EDGE
+[auth]
+signed_urls = { key_file = "$out/origin-data/playback.key", param = "token", prefixes = ["/videos/"] }
+EOF_EDGE
+start_server "$out/edge-signed.log" "$bin/eddy-edge" serve --config "$out/edge-signed.toml" \
+  --origin "http://$origin_addr" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0
+signed_edge_addr=$server_addr
+"$bin/eddy-upload" "$clip" --origin "http://$origin_addr" --token "$token" --wait | tee "$out/upload.txt"
+video=$(sed -n 's/^video: //p' "$out/upload.txt")
+# The origin names itself in playback URLs unless `playback_url` is set; viewers go through the edge.
+playback=$(sed -n 's/^playback: //p' "$out/upload.txt" | sed "s#http://$origin_addr#http://$signed_edge_addr#")
+echo "   without a token the edge answers $(curl -s -o /dev/null -w '%{http_code}' "http://$signed_edge_addr/videos/$video/master.m3u8")"
+echo "   playing $playback"
+"$bin/eddy-play" "$playback" --headless --quiet --duration 10 --report "$out/report-origin.json" >/dev/null
+echo "   played $(grep -o '"played_s":[0-9.]*' "$out/report-origin.json" | cut -d: -f2) s with $(grep -o '"stall_count":[0-9]*' "$out/report-origin.json" | cut -d: -f2) stalls"
 echo
 echo "Report: $out/report.json   Timeline: $out/timeline.svg   Link log: $out/netsim.jsonl"
