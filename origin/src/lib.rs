@@ -3,9 +3,11 @@
 //!
 //! Pure rules (`chunks`: how a file is cut and how chunk URLs are signed; `tokens`: API tokens;
 //! `config`) apart from the I/O: `meta` (SQLite or PostgreSQL), `objects` (a folder or S3), `server`
-//! (the HTTP API), `jobs` (packaging workers and the janitor), `service` (start-up).
+//! (the HTTP API), `jobs` (packaging workers and the janitor), `service` (start-up), and `client` (the
+//! logic of `eddy-upload`).
 pub mod api;
 pub mod chunks;
+pub mod client;
 pub mod config;
 pub mod jobs;
 pub mod meta;
