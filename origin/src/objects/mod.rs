@@ -53,6 +53,8 @@
 //! an origin keeps its key, or starts again with an empty store.
 
 mod at_rest;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
