@@ -26,6 +26,9 @@ packages=(
   # Tests: ffmpeg/ffprobe (keyframe checks, fallback content), openssl (decrypting segments), Redis for
   # the shared rate-limit store, procps (kill, pgrep), python3 (the benchmark's unit tests).
   ffmpeg openssl redis-server redis-tools procps python3
+  # python3's venv module, which Debian ships apart: scripts/moto.sh makes a virtualenv for moto, the
+  # S3-compatible server of the object store tests.
+  python3-venv
   # Benchmarks (bench/): nginx and wrk, plus curl and awk; git names the commit a soak run measured.
   nginx wrk curl mawk git
   # The origin's API examples (docs/origin-api.md), which a test runs as written: curl and jq.

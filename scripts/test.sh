@@ -13,6 +13,13 @@ cargo build --workspace --bins
 # First, whether install-deps.sh installs everything the code and scripts use: fails naming the
 # GStreamer element or command and the Debian package missing from its list (tests/tests/deps.rs).
 cargo test -p eddy-tests --test deps
+# The origin's object store tests run against a real S3-compatible server, moto, which moto.sh installs
+# in a virtualenv on first use; without it those tests say they were skipped.
+if moto_server=$(bash scripts/moto.sh); then
+  export EDDY_TEST_MOTO_SERVER="$moto_server"
+else
+  echo "warning: scripts/moto.sh could not install moto: the S3 object store tests will be skipped" >&2
+fi
 cargo test --workspace
 # The benchmark's own logic (percentiles, workload model, Belady) is tested too.
 python3 -m unittest bench/test_tools.py
