@@ -396,8 +396,7 @@ async fn a_newer_database_is_refused(meta: &Meta) {
 
 const SKIPPED: &str = "skipped: EDDY_TEST_POSTGRES_URL is not set; scripts/test.sh starts a throwaway PostgreSQL";
 
-/// A PostgreSQL schema of one test's own, dropped at the end (left behind if the test panics, which a
-/// throwaway server does not mind).
+/// A PostgreSQL schema of one test's own, dropped at the end.
 struct PgSchema {
     admin: AnyPool,
     name: String,
@@ -453,14 +452,21 @@ macro_rules! on_every_backend {
             )*
         }
         mod postgres {
+            use std::panic::AssertUnwindSafe;
+
+            use futures::FutureExt;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     let Some((schema, url)) = super::PgSchema::create().await else { return };
                     let meta = super::Meta::connect(&url).await.unwrap();
                     assert_eq!(meta.backend(), "postgres");
-                    super::$test(&meta).await;
+                    // The schema is dropped whether the test passed or not, then its panic goes on.
+                    let outcome = AssertUnwindSafe(super::$test(&meta)).catch_unwind().await;
                     schema.drop(meta).await;
+                    if let Err(panic) = outcome {
+                        std::panic::resume_unwind(panic);
+                    }
                 }
             )*
         }
@@ -533,16 +539,27 @@ async fn a_sqlite_file_keeps_its_data_and_schema_across_connects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_starting_origins_migrate_once_and_accept_postgresql_urls() {
     let Some((schema, url)) = PgSchema::create().await else { return };
-    // Two origins starting at once against an empty schema: the migration lock serialises them.
-    let other = url.replacen("postgres://", "postgresql://", 1);
-    let (first, second) = tokio::join!(Meta::connect(&url), Meta::connect(&other));
-    let (first, second) = (first.unwrap(), second.unwrap());
+    // Origins starting at once against an empty schema: the migration lock serialises them, where
+    // concurrent CREATE TABLEs would collide in PostgreSQL's catalogue.
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let url = if i % 2 == 0 { url.clone() } else { url.replacen("postgres://", "postgresql://", 1) };
+            tokio::spawn(async move { Meta::connect(&url).await })
+        })
+        .collect();
+    let mut origins = Vec::new();
+    for task in tasks {
+        origins.push(task.await.unwrap().unwrap());
+    }
+    let first = origins.remove(0);
     let alice = user(&first, "alice").await;
-    assert_eq!(second.user_by_id(&alice.id).await.unwrap(), Some(alice));
+    for other in origins {
+        assert_eq!(other.user_by_id(&alice.id).await.unwrap(), Some(alice.clone()));
+        other.pool.close().await;
+    }
     let versions: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations").fetch_one(&first.pool).await.unwrap();
     assert_eq!(versions, migrations::MIGRATIONS.len() as i64);
-    second.pool.close().await;
     schema.drop(first).await;
 }
 
