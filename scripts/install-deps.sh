@@ -24,8 +24,10 @@ packages=(
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-x gstreamer1.0-tools
   # Tests: ffmpeg/ffprobe (keyframe checks, fallback content), openssl (decrypting segments), Redis for
-  # the shared rate-limit store, procps (kill, pgrep), python3 (the benchmark's unit tests).
-  ffmpeg openssl redis-server redis-tools procps python3
+  # the shared rate-limit store, procps (kill, pgrep), python3 (the benchmark's unit tests), PostgreSQL
+  # (scripts/postgres.sh runs a throwaway server for the origin's metadata store; runuser, which it
+  # needs as root, is in util-linux, Essential).
+  ffmpeg openssl redis-server redis-tools procps python3 postgresql
   # python3's venv module, which Debian ships apart: scripts/moto.sh makes a virtualenv for moto, the
   # S3-compatible server of the object store tests.
   python3-venv

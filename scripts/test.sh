@@ -20,6 +20,15 @@ if moto_server=$(bash scripts/moto.sh); then
 else
   echo "warning: scripts/moto.sh could not install moto: the S3 object store tests will be skipped" >&2
 fi
+# A throwaway PostgreSQL for the origin's metadata store tests (origin/src/meta), which run on SQLite
+# always and on PostgreSQL when EDDY_TEST_POSTGRES_URL is set.
+pg_dir=$(mktemp -d)
+trap 'bash scripts/postgres.sh stop "$pg_dir"; rm -rf "$pg_dir"' EXIT
+if pg_url=$(bash scripts/postgres.sh start "$pg_dir"); then
+  export EDDY_TEST_POSTGRES_URL=$pg_url
+else
+  echo "warning: scripts/postgres.sh could not start PostgreSQL: the metadata store's PostgreSQL tests will skip" >&2
+fi
 cargo test --workspace
 # The benchmark's own logic (percentiles, workload model, Belady) is tested too.
 python3 -m unittest bench/test_tools.py

@@ -74,6 +74,8 @@ const SYS_CRATES: &[(&str, Option<&str>)] = &[
     ("web-sys", None),
     ("windows-sys", None),
     ("linux-raw-sys", None),
+    // sqlx's "sqlite" feature builds SQLite from source ("bundled"): gcc, nothing from pkg-config.
+    ("libsqlite3-sys", None),
 ];
 
 fn repo_root() -> PathBuf {
