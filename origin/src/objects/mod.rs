@@ -568,11 +568,15 @@ impl Objects {
         }
         // Every upload runs to its end, failed or not: one still running could otherwise land after
         // the cleanup below.
-        let results: Vec<Result<()>> = stream::iter(&planned)
-            .map(|(path, key)| async move {
-                let bytes =
-                    tokio::fs::read(path).await.map_err(|source| ObjectsError::File { path: path.clone(), source })?;
-                self.put(key, Bytes::from(bytes)).await
+        // Owned items and a cloned handle: a stream of futures borrowing from here is not Send for
+        // every lifetime, which a caller inside tokio::spawn needs (rust-lang/rust#102211).
+        let results: Vec<Result<()>> = stream::iter(planned.clone())
+            .map(|(path, key)| {
+                let objects = self.clone();
+                async move {
+                    let bytes = tokio::fs::read(&path).await.map_err(|source| ObjectsError::File { path, source })?;
+                    objects.put(&key, Bytes::from(bytes)).await
+                }
             })
             .buffer_unordered(PUT_DIR_PARALLEL)
             .collect()
