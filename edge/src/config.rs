@@ -944,7 +944,10 @@ mod tests {
         assert!(err.contains("at least 32"), "{err}");
         std::fs::remove_file(&key).expect("remove key");
         let err = with("").unwrap_err().to_string();
-        assert!(err.contains("auth.signed_urls.key_file") && err.contains("playback.key") && err.contains("cannot read"), "{err}");
+        assert!(
+            err.contains("auth.signed_urls.key_file") && err.contains("playback.key") && err.contains("cannot read"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -153,13 +153,7 @@ fn learn(
 /// `token`), and only one that opens the segment now: the origin then sees what a viewer's own miss
 /// would send, and never a request it would refuse (whose answer, a 404 say, could be stored under
 /// the key every authorised viewer shares).
-async fn prefetch_segment(
-    edge: &Arc<Edge>,
-    host: &str,
-    next: &decide::Target,
-    token: Option<&str>,
-    peer: SocketAddr,
-) {
+async fn prefetch_segment(edge: &Arc<Edge>, host: &str, next: &decide::Target, token: Option<&str>, peer: SocketAddr) {
     let key = edge.cache_key(host, &next.path, next.query.as_deref());
     let Some(query) = authorised_query(edge, &next.path, next.query.as_deref(), token) else {
         return skip(edge, "unauthorised");
@@ -229,7 +223,12 @@ async fn settle(
 /// The query a prefetch of `path` sends: `query` as the playlist gave it where no signed URL is needed;
 /// where one is, the URI's own token, or else `viewer_token` added, provided it opens `path` now.
 /// `None` when no token opens it.
-fn authorised_query(edge: &Edge, path: &str, query: Option<&str>, viewer_token: Option<&str>) -> Option<Option<String>> {
+fn authorised_query(
+    edge: &Edge,
+    path: &str,
+    query: Option<&str>,
+    viewer_token: Option<&str>,
+) -> Option<Option<String>> {
     let settings = edge.settings();
     let Some(auth) = settings.signed_urls.as_ref().filter(|auth| auth.protects(path)) else {
         return Some(query.map(str::to_string));
