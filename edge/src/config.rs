@@ -371,6 +371,38 @@ impl Default for PrefetchConfig {
     }
 }
 
+/// `[auth]`: what viewers must present.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Signed playback URLs (`eddy_shared::signed_url`); off when unset.
+    pub signed_urls: Option<SignedUrlsConfig>,
+}
+
+/// `auth.signed_urls`: requests under `prefixes` need a valid, unexpired token in the query parameter
+/// `param`, signed with the key in `key_file`. The key file is read when the config is checked, and
+/// again on every reload (SIGHUP), which is how a key is rotated.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SignedUrlsConfig {
+    /// The HMAC key (at least 32 bytes once surrounding whitespace is trimmed), shared with the origin.
+    pub key_file: PathBuf,
+    #[serde(default = "default_token_param")]
+    pub param: String,
+    /// Path prefixes that need a token, matched on the decoded path, case-insensitively, with repeated
+    /// slashes as one, so that no spelling of a protected path gets around them. `["/"]`: everything.
+    #[serde(default = "default_protected_prefixes")]
+    pub prefixes: Vec<String>,
+}
+
+fn default_token_param() -> String {
+    eddy_shared::signed_url::DEFAULT_PARAM.to_string()
+}
+
+fn default_protected_prefixes() -> Vec<String> {
+    vec!["/".to_string()]
+}
+
 /// The viewers' TLS listener's certificate chain (leaf first) and private key, both PEM. Reread on
 /// SIGHUP.
 #[derive(Debug, Clone, Deserialize)]
@@ -419,6 +451,7 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     pub prefetch: PrefetchConfig,
     pub cluster: ClusterConfig,
+    pub auth: AuthConfig,
 }
 
 impl Default for Config {
@@ -444,6 +477,7 @@ impl Default for Config {
             rate_limit: RateLimitConfig::default(),
             prefetch: PrefetchConfig::default(),
             cluster: ClusterConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -615,7 +649,42 @@ impl Config {
         if let Some(shield) = &self.origin.shield {
             validate_http_url(shield).map_err(|reason| invalid(origin, "origin.shield", reason))?;
         }
+        self.validate_auth(origin)?;
         self.validate_cluster(origin)
+    }
+
+    /// `[auth]`: the key file is read and checked now, so that a missing or short key fails
+    /// `check-config` and a reload rather than every viewer's request.
+    fn validate_auth(&self, origin: &str) -> Result<(), ConfigError> {
+        let Some(signed) = &self.auth.signed_urls else { return Ok(()) };
+        eddy_shared::signed_url::SigningKey::load(&signed.key_file)
+            .map_err(|e| invalid(origin, "auth.signed_urls.key_file", e))?;
+        // Unreserved characters only (RFC 3986 §2.3): the name then appears in queries exactly as
+        // written, and is found by comparing bytes.
+        let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+        if signed.param.is_empty() || signed.param.len() > 64 || !signed.param.bytes().all(unreserved) {
+            return Err(invalid(
+                origin,
+                "auth.signed_urls.param",
+                format!("'{}' must be 1 to 64 letters, digits, '-', '.', '_' or '~'", signed.param),
+            ));
+        }
+        if signed.prefixes.is_empty() {
+            return Err(invalid(origin, "auth.signed_urls.prefixes", "list at least one (\"/\" protects everything)"));
+        }
+        for (i, prefix) in signed.prefixes.iter().enumerate() {
+            let plain = prefix.starts_with('/')
+                && !prefix.contains(['%', '?', '#', '\\', '\0'])
+                && !prefix.split('/').any(|segment| segment == "." || segment == "..");
+            if !plain {
+                return Err(invalid(
+                    origin,
+                    &format!("auth.signed_urls.prefixes[{i}]"),
+                    format!("'{prefix}' must be a path starting with '/', without dot segments, '%', '?', '#' or '\\'"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_cluster(&self, origin: &str) -> Result<(), ConfigError> {
@@ -837,6 +906,48 @@ mod tests {
         assert!(err.contains("key"), "{err}");
         let err = parse("[origin]\nca_file = \"/nonexistent/ca.pem\"\n").unwrap_err().to_string();
         assert!(err.contains("`origin.ca_file`") && err.contains("/nonexistent/ca.pem"), "{err}");
+    }
+
+    #[test]
+    fn signed_urls_read_their_key_at_load_and_name_what_is_wrong() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key = dir.path().join("playback.key");
+        std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").expect("write key");
+        let with = |table: &str| parse(&format!("[auth]\nsigned_urls = {{ key_file = {:?}{table} }}\n", key));
+        let config = with("").expect("valid");
+        let signed = config.auth.signed_urls.expect("signed_urls");
+        assert_eq!((signed.param.as_str(), signed.prefixes), ("token", vec!["/".to_string()]));
+        let config = with(", param = \"t\", prefixes = [\"/videos/\", \"/live/\"]").expect("valid");
+        assert_eq!(config.auth.signed_urls.expect("signed_urls").prefixes, ["/videos/", "/live/"]);
+        assert!(parse("").expect("valid").auth.signed_urls.is_none(), "off by default");
+
+        for (table, key_name, reason) in [
+            (", param = \"\"", "auth.signed_urls.param", "1 to 64"),
+            (", param = \"a b\"", "auth.signed_urls.param", "1 to 64"),
+            (", prefixes = []", "auth.signed_urls.prefixes", "at least one"),
+            (", prefixes = [\"videos/\"]", "auth.signed_urls.prefixes[0]", "starting with '/'"),
+            (", prefixes = [\"/\", \"/a/../b/\"]", "auth.signed_urls.prefixes[1]", "dot segments"),
+            (", prefixes = [\"/%76ideos/\"]", "auth.signed_urls.prefixes[0]", "'%'"),
+        ] {
+            let err = with(table).unwrap_err().to_string();
+            assert!(err.contains("edge.toml") && err.contains(key_name) && err.contains(reason), "{table}: {err}");
+        }
+        let err = with(", prams = 1").unwrap_err().to_string();
+        assert!(err.contains("prams"), "{err}");
+
+        std::fs::write(&key, "too short\n").expect("write key");
+        let err = with("").unwrap_err().to_string();
+        assert!(
+            err.contains("edge.toml") && err.contains("auth.signed_urls.key_file") && err.contains("playback.key"),
+            "{err}"
+        );
+        assert!(err.contains("at least 32"), "{err}");
+        std::fs::remove_file(&key).expect("remove key");
+        let err = with("").unwrap_err().to_string();
+        assert!(
+            err.contains("auth.signed_urls.key_file") && err.contains("playback.key") && err.contains("cannot read"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod ratelimit;
 pub mod reload;
 pub mod request_body;
 pub mod server;
+pub mod signed_urls;
 pub mod state;
 pub mod stats_cmd;
 pub mod tls;

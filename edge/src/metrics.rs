@@ -301,6 +301,7 @@ pub struct Metrics {
     fleet_requests: Counter,
     reloads: Family<ResultLabel, Counter>,
     tls_handshake_failures: Family<ReasonLabel, Counter>,
+    auth_refused: Family<ReasonLabel, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -484,6 +485,13 @@ impl Metrics {
              header_read_timeout (timeout)",
             tls_handshake_failures.clone(),
         );
+        let auth_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "auth_refused",
+            "Requests answered 403 for want of a valid signed URL, by reason (missing, repeated, malformed, \
+             bad_signature, expired, out_of_scope)",
+            auth_refused.clone(),
+        );
         Metrics {
             totals: Totals::default(),
             registry,
@@ -512,6 +520,7 @@ impl Metrics {
             fleet_requests,
             reloads,
             tls_handshake_failures,
+            auth_refused,
             prefetch_started,
             prefetch_skipped,
             prefetch_completed,
@@ -687,6 +696,11 @@ impl Metrics {
         self.tls_handshake_failures
             .get_or_create(&ReasonLabel { reason: if timed_out { "timeout" } else { "error" } })
             .inc();
+    }
+
+    /// A request refused for want of a valid signed URL; `reason` is a fixed word.
+    pub fn record_auth_refused(&self, reason: &'static str) {
+        self.auth_refused.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     pub fn record_coalesced(&self) {

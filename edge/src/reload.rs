@@ -3,8 +3,9 @@
 //! them in force together or not at all.
 //!
 //! - What changes: TTL rules and the rest of the cache policy, origins and their settings, the fleet
-//!   (`[cluster]`) and the shield, rate limits and client identity, forwarded headers, CORS, and the
-//!   TLS certificate (reread from the files the edge started with).
+//!   (`[cluster]`) and the shield, rate limits and client identity, forwarded headers, CORS, signed
+//!   URLs (`[auth]`, its key file reread: how a key is rotated), and the TLS certificate (reread from
+//!   the files the edge started with).
 //! - What needs a restart (a reload says which of these it was asked to change, and leaves them):
 //!   listen addresses, workers, connection limits and timeouts, the cache's size, eviction and
 //!   ignored query parameters, `[prefetch]`, and the paths of the TLS files.

@@ -17,6 +17,7 @@ use crate::metrics::{CacheGauges, Metrics};
 use crate::origin::OriginSet;
 use crate::prefetch::Prefetcher;
 use crate::ratelimit::RateLimiter;
+use crate::signed_urls::SignedUrls;
 use crate::upstream::Upstream;
 
 /// Everything the request path shares: configuration, cache, flights, origins, metrics.
@@ -56,11 +57,25 @@ pub struct Settings {
     /// `origin.forward_request_headers`, parsed once.
     pub forwarded_request_headers: Vec<HeaderName>,
     pub cors_allow_origin: Option<HeaderValue>,
+    /// `[auth] signed_urls`, with its key read from the key file when these settings were built (so a
+    /// reload rotates the key).
+    pub signed_urls: Option<SignedUrls>,
+}
+
+/// Why settings could not be built from a configuration that passed its checks.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error(transparent)]
+    Origin(#[from] crate::origin::OriginError),
+    /// The key file changed between the check and the read, or cannot be read any more.
+    #[error("auth.signed_urls.key_file: {0}")]
+    SigningKey(#[from] eddy_shared::signed_url::SignedUrlError),
 }
 
 impl Settings {
-    /// Builds every reloadable part from a validated configuration. Makes no connection.
-    pub fn new(config: Config) -> Result<Settings, crate::origin::OriginError> {
+    /// Builds every reloadable part from a validated configuration. Makes no connection; reads the
+    /// signing key file, if any.
+    pub fn new(config: Config) -> Result<Settings, SettingsError> {
         let origins = OriginSet::new(&config.origins, &config.origin)?;
         let upstream = Upstream::new(&config)?;
         let cors_allow_origin = if config.headers.cors_allow_origin.is_empty() {
@@ -75,6 +90,7 @@ impl Settings {
             .iter()
             .filter_map(|name| HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).ok())
             .collect();
+        let signed_urls = config.auth.signed_urls.as_ref().map(SignedUrls::load).transpose()?;
         Ok(Settings {
             rules: CacheRules::from_config(&config.cache),
             origins,
@@ -83,6 +99,7 @@ impl Settings {
             identity: IdentityRules::from_config(&config.rate_limit),
             forwarded_request_headers,
             cors_allow_origin,
+            signed_urls,
             config,
         })
     }
@@ -121,7 +138,7 @@ impl RequestIds {
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 impl Edge {
-    pub fn new(config: Config) -> Result<Edge, crate::origin::OriginError> {
+    pub fn new(config: Config) -> Result<Edge, SettingsError> {
         let settings = Settings::new(config.clone())?;
         let metrics = Metrics::new();
         metrics.set_rate_limit_enabled(config.rate_limit.enabled);
@@ -149,9 +166,13 @@ impl Edge {
     }
 
     /// The primary cache key of a request for `host`, `path` and `query`: the one place keys are built
-    /// from requests (lookups, invalidations, purges), so that they always agree.
+    /// from requests (lookups, invalidations, purges, prefetches), so that they always agree. Under a
+    /// prefix that needs a signed URL, the token is left out: every authorised viewer shares one copy
+    /// (the `auth` phase has refused every viewer's request without a valid token by then).
     pub fn cache_key(&self, host: &str, path: &str, query: Option<&str>) -> CacheKey {
-        CacheKey::primary(host, path, query, &self.config.cache.ignore_query_params)
+        let settings = self.settings.load();
+        let unkeyed = settings.signed_urls.as_ref().and_then(|auth| auth.unkeyed_param(path, query));
+        CacheKey::primary_without(host, path, query, &self.config.cache.ignore_query_params, unkeyed)
     }
 
     /// A new request id, for `X-Request-Id` and the access-log line.

@@ -128,6 +128,12 @@ pub enum Parsed {
 /// Resolves a playlist URI against the playlist's own URL (RFC 8216 §4.1: relative URIs are relative
 /// to the playlist). The result is absolute and fetchable: http(s), or `file` only from a playlist that
 /// is itself a local file, so that a remote playlist cannot make the player read local files.
+///
+/// A relative reference without a query of its own that stays on the playlist's host takes the
+/// playlist's query. RFC 3986 §5.2.2 drops the base's query when the reference has a path, but a
+/// signed playback URL (`master.m3u8?token=…`) authorises everything under its folder only when every
+/// request carries the token: `v0/index.m3u8`, its segments and its key then carry it too. A URI to
+/// another host never gets it (the token is for this one).
 fn resolve(base: &Url, uri: &str) -> Result<Url, PlaylistError> {
     let bad = |reason: String| PlaylistError::BadUri { url: base.to_string(), uri: uri.to_string(), reason };
     let text = uri.trim();
@@ -135,13 +141,32 @@ fn resolve(base: &Url, uri: &str) -> Result<Url, PlaylistError> {
         // An empty reference would resolve to the playlist itself.
         return Err(bad("empty URI".into()));
     }
-    let url = base.join(text).map_err(|e| bad(e.to_string()))?;
+    let mut url = base.join(text).map_err(|e| bad(e.to_string()))?;
+    if url.query().is_none() && !has_scheme(text) && same_origin(base, &url) {
+        if let Some(query) = base.query() {
+            url.set_query(Some(query));
+        }
+    }
     match url.scheme() {
         "http" | "https" if url.host().is_some() => Ok(url),
         "file" if base.scheme() == "file" => Ok(url),
         "file" => Err(bad("a remote playlist may not name a local file".into())),
         scheme => Err(bad(format!("scheme '{scheme}' cannot be fetched"))),
     }
+}
+
+/// Whether a URI reference starts with a scheme (RFC 3986 §3.1: `ALPHA *( ALPHA / DIGIT / "+" / "-" /
+/// "." )` then `:`), making it absolute rather than a relative reference (§4.2).
+fn has_scheme(reference: &str) -> bool {
+    let Some((scheme, _)) = reference.split_once(':') else { return false };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+/// Same scheme, host and port (RFC 6454 §4's origin of a URI).
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme() && a.host() == b.host() && a.port_or_known_default() == b.port_or_known_default()
 }
 
 /// Parses a playlist fetched from `base`.
@@ -461,6 +486,59 @@ mod tests {
         assert!(media.is_fmp4());
         assert_eq!(media.segment(8).map(|s| s.sequence), Some(8));
         assert_eq!(media.sequence_at(3.0), Some(8));
+    }
+
+    fn signed_base() -> Url {
+        Url::parse("http://edge.test/videos/x/master.m3u8?token=T").unwrap_or_else(|_| unreachable!())
+    }
+
+    /// A signed URL's token reaches every playlist, segment, init section and key below it.
+    #[test]
+    fn relative_uris_without_a_query_inherit_the_playlists_query() {
+        let master = b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=800000\nv0/index.m3u8\n#EXT-X-STREAM-INF:BANDWIDTH=300000\nv1/index.m3u8?own=1\n";
+        let Ok(Parsed::Master(variants)) = parse(master, &signed_base()) else { panic!("master expected") };
+        assert_eq!(variants[0].uri.as_str(), "http://edge.test/videos/x/v0/index.m3u8?token=T");
+        assert_eq!(variants[1].uri.as_str(), "http://edge.test/videos/x/v1/index.m3u8?own=1", "its own query wins");
+
+        let media = b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MAP:URI=\"init.mp4\"\n#EXT-X-KEY:METHOD=AES-128,URI=\"../enc.key\"\n#EXTINF:2.0,\nseg1.m4s\n#EXTINF:2.0,\n/videos/x/v0/seg2.m4s\n#EXTINF:2.0,\nseg3.m4s?\n#EXT-X-ENDLIST\n";
+        let Ok(Parsed::Media(media)) = parse(media, &variants[0].uri) else { panic!("media expected") };
+        let segment = &media.segments[0];
+        assert_eq!(segment.uri.as_str(), "http://edge.test/videos/x/v0/seg1.m4s?token=T");
+        assert_eq!(segment.key.as_ref().map(|k| k.uri.as_str()), Some("http://edge.test/videos/x/enc.key?token=T"));
+        assert_eq!(
+            segment.init.as_ref().map(|i| i.uri.as_str()),
+            Some("http://edge.test/videos/x/v0/init.mp4?token=T")
+        );
+        assert_eq!(media.segments[1].uri.as_str(), "http://edge.test/videos/x/v0/seg2.m4s?token=T", "absolute path");
+        assert_eq!(
+            media.segments[2].uri.as_str(),
+            "http://edge.test/videos/x/v0/seg3.m4s?",
+            "an empty query is its own"
+        );
+    }
+
+    #[test]
+    fn absolute_uris_and_other_hosts_never_get_the_playlists_query() {
+        for (uri, want) in [
+            ("http://cdn.test/a.ts", "http://cdn.test/a.ts"),
+            ("//cdn.test/a.ts", "http://cdn.test/a.ts"),
+            ("http://edge.test/videos/x/a.ts", "http://edge.test/videos/x/a.ts"),
+            ("https://edge.test/videos/x/a.ts", "https://edge.test/videos/x/a.ts"),
+            ("//edge.test:8080/a.ts", "http://edge.test:8080/a.ts"),
+        ] {
+            assert_eq!(resolve(&signed_base(), uri).map(|u| u.to_string()).ok().as_deref(), Some(want), "{uri}");
+        }
+        // A network-path reference to the same origin is relative (RFC 3986 §4.2) and stays on this host.
+        assert_eq!(
+            resolve(&signed_base(), "//edge.test/videos/x/a.ts").map(|u| u.to_string()).ok().as_deref(),
+            Some("http://edge.test/videos/x/a.ts?token=T")
+        );
+        // Without a query on the playlist, nothing changes.
+        assert_eq!(
+            resolve(&base(), "a.ts").map(|u| u.to_string()).ok().as_deref(),
+            Some("http://example.test/live/a.ts")
+        );
+        assert!(has_scheme("HTTP+x.y-z:rest") && !has_scheme("a/b:c") && !has_scheme(":x") && !has_scheme("1a:x"));
     }
 
     #[test]
@@ -1106,6 +1184,10 @@ mod tests {
                     prop_assert!(fetchable(&base, &url) && !url.cannot_be_a_base(), "{uri:?} -> {url}");
                     // An empty reference is the playlist itself (RFC 3986 §5.2): never a resource of it.
                     prop_assert!(!uri.trim().is_empty(), "{uri:?} -> {url}");
+                    // The playlist's query (a signed URL's token) goes to no other host than its own.
+                    if let (Some(query), false) = (base.query(), same_origin(&base, &url)) {
+                        prop_assert!(url.query() != Some(query) || uri.contains(query), "{uri:?} -> {url}");
+                    }
                 }
                 Err(e) => prop_assert!(e.to_string().contains(base.as_str())),
             }

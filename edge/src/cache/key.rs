@@ -40,6 +40,18 @@ impl CacheKey {
     /// dropped (the remaining ones keep their order; a query left empty counts as none); otherwise the
     /// query is kept exactly as sent, since that is what the origin receives.
     pub fn primary(host: &str, path: &str, query: Option<&str>, ignored_params: &[String]) -> CacheKey {
+        CacheKey::primary_without(host, path, query, ignored_params, None)
+    }
+
+    /// [`CacheKey::primary`], leaving out the parameter `also_ignored` too (a verified signed-URL
+    /// token, which differs per viewer for the same object).
+    pub fn primary_without(
+        host: &str,
+        path: &str,
+        query: Option<&str>,
+        ignored_params: &[String],
+        also_ignored: Option<&str>,
+    ) -> CacheKey {
         thread_local! {
             // Reused per thread: the key is built here and copied once into its final allocation.
             static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
@@ -47,26 +59,34 @@ impl CacheKey {
         SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
             Ok(mut key) => {
                 key.clear();
-                Self::write_primary(&mut key, host, path, query, ignored_params);
+                Self::write_primary(&mut key, host, path, query, ignored_params, also_ignored);
                 CacheKey(Arc::from(key.as_str()))
             }
             Err(_) => {
                 let mut key = String::new();
-                Self::write_primary(&mut key, host, path, query, ignored_params);
+                Self::write_primary(&mut key, host, path, query, ignored_params, also_ignored);
                 CacheKey(key.into())
             }
         })
     }
 
-    fn write_primary(key: &mut String, host: &str, path: &str, query: Option<&str>, ignored_params: &[String]) {
+    fn write_primary(
+        key: &mut String,
+        host: &str,
+        path: &str,
+        query: Option<&str>,
+        ignored_params: &[String],
+        also_ignored: Option<&str>,
+    ) {
         let host = host.strip_suffix(":80").unwrap_or(host);
         key.reserve(host.len() + path.len() + query.map_or(0, str::len) + 3);
         push_escaped(key, host.as_bytes(), true);
         key.push(PART);
         push_escaped(key, path.as_bytes(), false);
         let Some(query) = query else { return };
-        let ignores_some = !ignored_params.is_empty()
-            && query.split('&').any(|pair| ignored_params.iter().any(|ignored| ignored == param_name(pair)));
+        let ignored = |name: &str| also_ignored == Some(name) || ignored_params.iter().any(|i| i == name);
+        let ignores_some =
+            (!ignored_params.is_empty() || also_ignored.is_some()) && query.split('&').any(|p| ignored(param_name(p)));
         if !ignores_some {
             key.push(PART);
             key.push('?');
@@ -75,7 +95,7 @@ impl CacheKey {
         }
         let mut first = true;
         for pair in query.split('&') {
-            if ignored_params.iter().any(|ignored| ignored == param_name(pair)) {
+            if ignored(param_name(pair)) {
                 continue;
             }
             if first {
@@ -179,6 +199,19 @@ mod tests {
         assert_eq!(a.as_str(), "h /seg.ts ?q=1");
         let none = CacheKey::primary("h", "/seg.ts", Some("token=abc"), &ignored);
         assert_eq!(none, CacheKey::primary("h", "/seg.ts", None, &ignored));
+    }
+
+    #[test]
+    fn a_signed_url_token_is_left_out_alongside_the_operators_parameters() {
+        let sid = vec!["sid".to_string()];
+        let a = CacheKey::primary_without("h", "/v/seg.ts", Some("token=A&q=1&sid=1"), &sid, Some("token"));
+        let b = CacheKey::primary_without("h", "/v/seg.ts", Some("q=1&token=B"), &sid, Some("token"));
+        assert_eq!(a, b);
+        assert_eq!(a.as_str(), "h /v/seg.ts ?q=1");
+        let alone = CacheKey::primary_without("h", "/v/seg.ts", Some("token=A"), &[], Some("token"));
+        assert_eq!(alone, CacheKey::primary("h", "/v/seg.ts", None, &[]));
+        // Without it, the token is an ordinary parameter.
+        assert_ne!(CacheKey::primary("h", "/v/seg.ts", Some("token=A"), &[]), alone);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! - `route`: is this a request we serve (host, target form, path)? The edge is never an open proxy.
 //! - `limit`: the rate limit (decided by `crate::ratelimit`), before any cache lookup so that hits
 //!   cannot bypass it.
+//! - `auth`: signed playback URLs (`[auth] signed_urls`): under a protected prefix, a request without
+//!   a valid token for its path gets 403 and never reaches the cache or an origin.
 //! - `lookup`: the cache lookup and the hit / stale / miss decision.
 //! - `fetch`: a miss or revalidation, coalesced so the origin sees each object once.
 //!   `pass`: methods that are not cached go straight to the origin.
@@ -15,6 +17,7 @@
 //!
 //! Access logging (`crate::access_log`) and metrics wrap the whole path (`handle`).
 
+pub mod auth;
 pub mod fetch;
 pub mod limit;
 pub mod lookup;
@@ -69,7 +72,9 @@ pub async fn handle(
         Ok(target) => match if arrival.from_fleet { Ok(None) } else { limit::admit(&edge, &settings, &client).await } {
             Err(refusal) => *refusal,
             Ok(quota) => {
-                let mut outcome = if parts.method == Method::OPTIONS
+                let mut outcome = if let Err(refusal) = auth::admit(&edge, &settings, &target, arrival.from_fleet) {
+                    *refusal
+                } else if parts.method == Method::OPTIONS
                     && parts.headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
                 {
                     respond::preflight(&parts.headers, settings.cors_allow_origin.as_ref())
@@ -97,7 +102,13 @@ pub async fn handle(
     let entry = access_log::Entry {
         method: parts.method,
         // The Uri is reference-counted inside: cloning it is cheaper than formatting a String per request.
-        uri: parts.uri.clone(),
+        // A signed URL's token is a credential: the line gets it without its signature.
+        uri: settings
+            .signed_urls
+            .as_ref()
+            .and_then(|auth| auth.redact(parts.uri.query()?))
+            .and_then(|query| format!("{}?{query}", parts.uri.path()).parse().ok())
+            .unwrap_or_else(|| parts.uri.clone()),
         status,
         result: outcome.result,
         client,

@@ -91,10 +91,12 @@ pub fn served(
         return;
     }
     let Some(next) = edge.prefetch.next.next_after(key) else { return };
-    let (edge, host) = (edge.clone(), target.host.clone());
+    // The viewer's signed-URL token (checked by the `auth` phase), for the segments that need one.
+    let token = edge.settings().signed_urls.as_ref().and_then(|auth| auth.token(target.query.as_deref()).ok());
+    let (edge, host, token) = (edge.clone(), target.host.clone(), token.map(str::to_string));
     tokio::spawn(async move {
         for target in next.iter() {
-            prefetch_segment(&edge, &host, target, peer).await;
+            prefetch_segment(&edge, &host, target, token.as_deref(), peer).await;
         }
     });
 }
@@ -146,9 +148,16 @@ fn learn(
     }
 }
 
-/// Fills one segment ahead of the viewer, if it is neither cached nor being fetched.
-async fn prefetch_segment(edge: &Arc<Edge>, host: &str, next: &decide::Target, peer: SocketAddr) {
+/// Fills one segment ahead of the viewer, if it is neither cached nor being fetched. Under a prefix
+/// that needs a signed URL, the fill carries a token (the segment URI's own, or else the viewer's
+/// `token`), and only one that opens the segment now: the origin then sees what a viewer's own miss
+/// would send, and never a request it would refuse (whose answer, a 404 say, could be stored under
+/// the key every authorised viewer shares).
+async fn prefetch_segment(edge: &Arc<Edge>, host: &str, next: &decide::Target, token: Option<&str>, peer: SocketAddr) {
     let key = edge.cache_key(host, &next.path, next.query.as_deref());
+    let Some(query) = authorised_query(edge, &next.path, next.query.as_deref(), token) else {
+        return skip(edge, "unauthorised");
+    };
     let stale = match edge.storage.get(&key, &HeaderMap::new()).await {
         Some(object) if matches!(object.lifecycle(Instant::now()), Lifecycle::Fresh { .. }) => {
             return skip(edge, "cached");
@@ -156,7 +165,7 @@ async fn prefetch_segment(edge: &Arc<Edge>, host: &str, next: &decide::Target, p
         other => other,
     };
     let Some(slot) = edge.prefetch.slot() else { return skip(edge, "busy") };
-    let target = Target { host: host.to_string(), path: next.path.clone(), query: next.query.clone() };
+    let target = Target { host: host.to_string(), path: next.path.clone(), query };
     let Some(parts) = request_parts(&target) else { return skip(edge, "invalid") };
     let Some((flight, task)) = fetch::fill_in_background(
         edge,
@@ -170,7 +179,7 @@ async fn prefetch_segment(edge: &Arc<Edge>, host: &str, next: &decide::Target, p
         return skip(edge, "in_flight");
     };
     edge.metrics.record_prefetch(PrefetchEvent::Started { kind: SEGMENT });
-    tracing::debug!(target: "prefetch", path = %target.path_and_query(), "prefetch started");
+    tracing::debug!(target: "prefetch", path = %logged(edge, &target), "prefetch started");
     let edge = edge.clone();
     tokio::spawn(async move {
         // The slot is held until the fill has ended, however it ends (the permit's drop frees it).
@@ -194,7 +203,7 @@ async fn settle(
         Some(object) if object.status == StatusCode::OK => {
             let bytes = object.body.len() as u64;
             edge.metrics.record_prefetch(PrefetchEvent::Completed { kind, bytes });
-            tracing::debug!(target: "prefetch", kind, path = %target.path_and_query(), bytes, "prefetch stored");
+            tracing::debug!(target: "prefetch", kind, path = %logged(edge, target), bytes, "prefetch stored");
         }
         other => {
             let why = match (other, flight.head().await) {
@@ -206,9 +215,44 @@ async fn settle(
                 (None, crate::cache::coalesce::HeadOutcome::Refreshed(_)) => "refreshed, not replaced".to_string(),
             };
             edge.metrics.record_prefetch(PrefetchEvent::Failed { kind });
-            tracing::debug!(target: "prefetch", kind, path = %target.path_and_query(), why, "prefetch failed");
+            tracing::debug!(target: "prefetch", kind, path = %logged(edge, target), why, "prefetch failed");
         }
     }
+}
+
+/// The query a prefetch of `path` sends: `query` as the playlist gave it where no signed URL is needed;
+/// where one is, the URI's own token, or else `viewer_token` added, provided it opens `path` now.
+/// `None` when no token opens it.
+fn authorised_query(
+    edge: &Edge,
+    path: &str,
+    query: Option<&str>,
+    viewer_token: Option<&str>,
+) -> Option<Option<String>> {
+    let settings = edge.settings();
+    let Some(auth) = settings.signed_urls.as_ref().filter(|auth| auth.protects(path)) else {
+        return Some(query.map(str::to_string));
+    };
+    let now = super::auth::now_unix();
+    match auth.token(query) {
+        Ok(_) => auth.check(path, query, now).is_ok().then(|| query.map(str::to_string)),
+        Err(crate::signed_urls::Refusal::Missing) => {
+            let token = viewer_token?;
+            let pair = format!("{}={token}", auth.param());
+            let query = Some(match query {
+                Some(query) if !query.is_empty() => format!("{query}&{pair}"),
+                _ => pair,
+            });
+            auth.check(path, query.as_deref(), now).is_ok().then_some(query)
+        }
+        Err(_) => None,
+    }
+}
+
+/// The target's path and query for a log line: a signed URL's token without its signature.
+fn logged(edge: &Edge, target: &Target) -> String {
+    let redacted = edge.settings().signed_urls.as_ref().and_then(|auth| auth.redact(target.query.as_deref()?));
+    redacted.map_or_else(|| target.path_and_query(), |query| format!("{}?{query}", target.path))
 }
 
 fn skip(edge: &Edge, reason: &'static str) {
@@ -273,19 +317,35 @@ impl Refresher {
             if current.as_ref().is_some_and(|c| !Arc::ptr_eq(c, &object)) {
                 continue;
             }
-            self.refresh(&seen, object).await;
+            if !self.refresh(&seen, object).await {
+                return;
+            }
         }
     }
 
-    async fn refresh(&self, seen: &PlaylistSeen, object: Arc<CachedObject>) {
+    /// One refresh; `false` when refreshing must stop (no token opens the playlist any more).
+    async fn refresh(&self, seen: &PlaylistSeen, object: Arc<CachedObject>) -> bool {
         let edge = &self.edge;
-        let Some(_slot) = edge.prefetch.slot() else { return skip(edge, "busy") };
+        let Some(_slot) = edge.prefetch.slot() else {
+            skip(edge, "busy");
+            return true;
+        };
         let (path, query) = match seen.path_and_query.split_once('?') {
             Some((p, q)) => (p.to_string(), Some(q.to_string())),
             None => (seen.path_and_query.clone(), None),
         };
+        // The token of the viewer whose request the playlist was read from: once it no longer opens
+        // the playlist, refreshing stops (the next viewer's miss refills it with their token, and
+        // reading that copy starts a refresher with it).
+        let Some(query) = authorised_query(edge, &path, query.as_deref(), None) else {
+            skip(edge, "unauthorised");
+            return false;
+        };
         let target = Target { host: seen.host.clone(), path, query };
-        let Some(parts) = request_parts(&target) else { return skip(edge, "invalid") };
+        let Some(parts) = request_parts(&target) else {
+            skip(edge, "invalid");
+            return true;
+        };
         // The stored copy goes along for its validators: an unchanged playlist costs a 304.
         let Some((flight, task)) = fetch::fill_in_background(
             edge,
@@ -296,10 +356,12 @@ impl Refresher {
             seen.peer,
             edge.prefetch.max_object_size,
         ) else {
-            return skip(edge, "in_flight");
+            skip(edge, "in_flight");
+            return true;
         };
         edge.metrics.record_prefetch(PrefetchEvent::Started { kind: PLAYLIST });
         let _ = task.await;
         settle(edge, PLAYLIST, &self.key, &target, &flight, Some(&object)).await;
+        true
     }
 }
