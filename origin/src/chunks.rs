@@ -68,7 +68,9 @@ pub fn verify_presigned(
     for pair in query.unwrap_or("").split('&') {
         match pair.split_once('=') {
             Some(("expires", value)) if expires.is_none() => expires = value.parse::<u64>().ok(),
-            Some(("signature", value)) if signature.is_none() && value.len() == 64 => signature = hex::decode(value).ok(),
+            Some(("signature", value)) if signature.is_none() && value.len() == 64 => {
+                signature = hex::decode(value).ok()
+            }
             _ => {}
         }
     }

@@ -234,7 +234,8 @@ fn http_base(origin: &str, key: &str, text: &str) -> Result<String, ConfigError>
 impl ConfigFile {
     pub fn settle(self, origin: &str, overrides: Overrides) -> Result<Config, ConfigError> {
         let listen_text = overrides.listen.unwrap_or(self.listen);
-        let listen: SocketAddr = listen_text.parse().map_err(|e| invalid(origin, "listen", format!("{listen_text:?}: {e}")))?;
+        let listen: SocketAddr =
+            listen_text.parse().map_err(|e| invalid(origin, "listen", format!("{listen_text:?}: {e}")))?;
         let data = overrides.data.unwrap_or(self.data);
         if data.as_os_str().is_empty() {
             return Err(invalid(origin, "data", "must name a folder"));
@@ -245,7 +246,11 @@ impl ConfigFile {
         let metadata_url = match self.metadata.url {
             Some(url) => {
                 if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                    return Err(invalid(origin, "metadata.url", "must start with sqlite:, postgres:// or postgresql://"));
+                    return Err(invalid(
+                        origin,
+                        "metadata.url",
+                        "must start with sqlite:, postgres:// or postgresql://",
+                    ));
                 }
                 url
             }
@@ -267,7 +272,11 @@ impl ConfigFile {
 
         let chunk_size = size(origin, "uploads.chunk_size", &self.uploads.chunk_size)?;
         if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
-            return Err(invalid(origin, "uploads.chunk_size", format!("must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes")));
+            return Err(invalid(
+                origin,
+                "uploads.chunk_size",
+                format!("must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes"),
+            ));
         }
         let max_size = size(origin, "uploads.max_size", &self.uploads.max_size)?;
         if max_size == 0 {
@@ -317,7 +326,8 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse { path: "t.toml".into(), message: e.to_string() })?;
+        let file: ConfigFile =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: "t.toml".into(), message: e.to_string() })?;
         file.settle("t.toml", Overrides::default())
     }
 
@@ -333,7 +343,10 @@ mod tests {
     #[test]
     fn bad_values_name_the_file_key_and_reason() {
         let error = parse("[uploads]\nchunk_size = \"1KiB\"\n").unwrap_err().to_string();
-        assert!(error.contains("t.toml") && error.contains("uploads.chunk_size") && error.contains("between"), "{error}");
+        assert!(
+            error.contains("t.toml") && error.contains("uploads.chunk_size") && error.contains("between"),
+            "{error}"
+        );
         let error = parse("[metadata]\nurl = \"mysql://x\"\n").unwrap_err().to_string();
         assert!(error.contains("metadata.url"), "{error}");
         let error = parse("[packaging]\nladder = \"fast\"\n").unwrap_err().to_string();

@@ -89,7 +89,11 @@ async fn package(origin: &Shared, sha: &str) -> Result<(), String> {
         .tempdir_in(origin.config.data.join("tmp"))
         .map_err(|e| format!("making a work folder: {e}"))?;
     let input = work.path().join("original");
-    origin.objects.fetch_original(&original_key(sha), &input).await.map_err(|e| format!("reading the stored original: {e}"))?;
+    origin
+        .objects
+        .fetch_original(&original_key(sha), &input)
+        .await
+        .map_err(|e| format!("reading the stored original: {e}"))?;
     let out = work.path().join("out");
 
     let config = PackageConfig {
@@ -140,7 +144,11 @@ async fn publish(origin: &Shared, sha: &str, out: &Path) -> Result<(), String> {
     let key_path: PathBuf = out.join(KEY_FILE);
     if key_path.exists() {
         let key = tokio::fs::read(&key_path).await.map_err(|e| format!("reading the packaged key: {e}"))?;
-        origin.objects.put_sealed(&format!("{prefix}{KEY_FILE}"), Bytes::from(key)).await.map_err(|e| format!("storing the key: {e}"))?;
+        origin
+            .objects
+            .put_sealed(&format!("{prefix}{KEY_FILE}"), Bytes::from(key))
+            .await
+            .map_err(|e| format!("storing the key: {e}"))?;
         tokio::fs::remove_file(&key_path).await.map_err(|e| format!("removing the packaged key: {e}"))?;
     }
     origin.objects.put_dir(out, &prefix).await.map_err(|e| format!("storing the packaged files: {e}"))?;

@@ -94,7 +94,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("listening on {}", config.listen))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
     let local = listener.local_addr()?;
     let origin = Arc::new(Origin::open(config, local).await?);
     // The test harness and scripts read this line to learn the port.

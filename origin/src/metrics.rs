@@ -52,7 +52,11 @@ impl Metrics {
         registry.register("chunks_received", "Chunks stored", metrics.chunks_received.clone());
         registry.register("chunk_bytes", "Bytes of chunks stored", metrics.chunk_bytes.clone());
         registry.register("chunks_refused", "Chunk uploads refused, by reason", metrics.chunks_refused.clone());
-        registry.register("uploads_completed", "Uploads completed, stored or deduplicated", metrics.uploads_completed.clone());
+        registry.register(
+            "uploads_completed",
+            "Uploads completed, stored or deduplicated",
+            metrics.uploads_completed.clone(),
+        );
         registry.register("uploads_expired", "Abandoned uploads deleted", metrics.uploads_expired.clone());
         registry.register("packaging_runs", "Packaging runs finished, by result", metrics.packaging_runs.clone());
         registry.register("packaging_in_progress", "Packaging jobs running now", metrics.packaging_in_progress.clone());

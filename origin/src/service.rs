@@ -57,7 +57,8 @@ impl Origin {
     /// Opens the stores and loads the keys. Key files at their default place under `data` are made on
     /// first use; a key file named in the config must exist (an edge and an origin must share it).
     pub async fn open(config: Config, local_addr: SocketAddr) -> anyhow::Result<Origin> {
-        std::fs::create_dir_all(&config.data).with_context(|| format!("creating data folder {}", config.data.display()))?;
+        std::fs::create_dir_all(&config.data)
+            .with_context(|| format!("creating data folder {}", config.data.display()))?;
         // Work folders of jobs that a stop interrupted: their jobs start again from the stored original.
         let tmp = config.data.join("tmp");
         match std::fs::remove_dir_all(&tmp) {

@@ -23,7 +23,9 @@ struct Running {
 
 async fn start() -> Running {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::defaults(Overrides { listen: Some("127.0.0.1:0".into()), data: Some(dir.path().to_path_buf()) }).unwrap();
+    let mut config =
+        Config::defaults(Overrides { listen: Some("127.0.0.1:0".into()), data: Some(dir.path().to_path_buf()) })
+            .unwrap();
     config.chunk_size = 64 * 1024;
     let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -39,7 +41,13 @@ impl Running {
         tokens::token(&user.id, &secret.secret)
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let url = if path.starts_with("http") { path.to_string() } else { format!("{}{path}", self.base) };
         let mut request = self.client.request(method, url);
         if let Some(token) = token {
@@ -73,7 +81,13 @@ impl Running {
             assert_eq!(self.put(chunk["url"].as_str().unwrap(), part).await.status(), 200);
         }
         let id = created["upload_id"].as_str().unwrap();
-        self.call(reqwest::Method::POST, &format!("/v1/uploads/{id}/complete"), Some(token), Some(json!({"etags": etags}))).await
+        self.call(
+            reqwest::Method::POST,
+            &format!("/v1/uploads/{id}/complete"),
+            Some(token),
+            Some(json!({"etags": etags})),
+        )
+        .await
     }
 }
 
@@ -103,7 +117,11 @@ async fn a_presigned_url_opens_one_chunk_of_one_upload_until_it_expires() {
     let response = origin.put(&url, bytes(65_536, 1)).await;
     assert_eq!(response.status(), 200, "no API token needed with a valid URL");
     let etag = response.headers().get("etag").unwrap().to_str().unwrap().to_string();
-    assert_eq!(etag, format!("\"{}\"", hex::encode(Sha256::digest(bytes(65_536, 1)))), "the ETag is the chunk's SHA-256");
+    assert_eq!(
+        etag,
+        format!("\"{}\"", hex::encode(Sha256::digest(bytes(65_536, 1)))),
+        "the ETag is the chunk's SHA-256"
+    );
     // An expired URL, signed correctly, is refused.
     let id = created["upload_id"].as_str().unwrap();
     let expired = eddy_origin::chunks::presign(&origin.origin.signing, id, 0, 1);
@@ -154,7 +172,8 @@ async fn complete_checks_every_etag_and_every_chunk() {
     origin.put(created["chunks"][0]["url"].as_str().unwrap(), first.clone()).await;
     let good = hex::encode(Sha256::digest(&first));
     let complete_path = format!("/v1/uploads/{id}/complete");
-    let complete = |etags: Value| origin.call(reqwest::Method::POST, &complete_path, Some(&alice), Some(json!({"etags": etags})));
+    let complete =
+        |etags: Value| origin.call(reqwest::Method::POST, &complete_path, Some(&alice), Some(json!({"etags": etags})));
     let (status, body) = complete(json!([good, "00"])).await;
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("chunk 1 has not been received"), "{body}");
@@ -179,7 +198,8 @@ async fn a_claimed_sha256_never_links_an_upload_to_content_its_uploader_did_not_
     assert_eq!(status, 200, "{body}");
     let sha = hex::encode(Sha256::digest(&secret));
     // Mallory knows the hash and size, not the bytes.
-    let (status, created) = origin.create(&mallory, json!({"filename": "x.mp4", "size": secret.len(), "sha256": sha})).await;
+    let (status, created) =
+        origin.create(&mallory, json!({"filename": "x.mp4", "size": secret.len(), "sha256": sha})).await;
     assert_eq!(status, 201, "a fresh upload, not alice's: {created}");
     let mut etags = Vec::new();
     for chunk in created["chunks"].as_array().unwrap() {
@@ -188,11 +208,18 @@ async fn a_claimed_sha256_never_links_an_upload_to_content_its_uploader_did_not_
         origin.put(chunk["url"].as_str().unwrap(), part).await;
     }
     let id = created["upload_id"].as_str().unwrap();
-    let (status, body) =
-        origin.call(reqwest::Method::POST, &format!("/v1/uploads/{id}/complete"), Some(&mallory), Some(json!({"etags": etags}))).await;
+    let (status, body) = origin
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/uploads/{id}/complete"),
+            Some(&mallory),
+            Some(json!({"etags": etags})),
+        )
+        .await;
     assert_eq!(status, 400, "{body}");
     let video = created["video_id"].as_str().unwrap();
-    let (_, status_body) = origin.call(reqwest::Method::GET, &format!("/v1/videos/{video}"), Some(&mallory), None).await;
+    let (_, status_body) =
+        origin.call(reqwest::Method::GET, &format!("/v1/videos/{video}"), Some(&mallory), None).await;
     assert_eq!(status_body["state"], "uploading", "not linked to alice's content: {status_body}");
 }
 
@@ -205,8 +232,9 @@ async fn another_users_uploads_and_private_videos_look_missing() {
     let id = created["upload_id"].as_str().unwrap();
     let video = created["video_id"].as_str().unwrap();
     assert_eq!(origin.call(reqwest::Method::GET, &format!("/v1/uploads/{id}"), Some(&bob), None).await.0, 404);
-    let (status, _) =
-        origin.call(reqwest::Method::POST, &format!("/v1/uploads/{id}/complete"), Some(&bob), Some(json!({"etags": []}))).await;
+    let (status, _) = origin
+        .call(reqwest::Method::POST, &format!("/v1/uploads/{id}/complete"), Some(&bob), Some(json!({"etags": []})))
+        .await;
     assert_eq!(status, 404);
     assert_eq!(origin.call(reqwest::Method::GET, &format!("/v1/videos/{video}"), Some(&bob), None).await.0, 404);
     assert_eq!(origin.call(reqwest::Method::GET, &format!("/v1/videos/{video}"), None, None).await.0, 404);
@@ -238,7 +266,8 @@ async fn bad_requests_and_bad_tokens_get_errors_that_say_what_was_wrong() {
         let (status, answer) = origin.create(token, json!({"filename": "a", "size": 1})).await;
         assert_eq!(status, 401, "{token:?} → {answer}");
     }
-    let response = origin.client.post(format!("{}/v1/uploads", origin.base)).body(vec![b'{'; 1 << 20]).send().await.unwrap();
+    let response =
+        origin.client.post(format!("{}/v1/uploads", origin.base)).body(vec![b'{'; 1 << 20]).send().await.unwrap();
     assert!(response.status().is_client_error(), "a huge body is refused: {}", response.status());
 }
 
@@ -323,7 +352,9 @@ async fn sharing_opens_playback_to_the_listed_users_only() {
     assert_eq!(origin.call(reqwest::Method::GET, &playback, Some(&bob), None).await.0, 403);
     assert_eq!(origin.call(reqwest::Method::GET, &playback, None, None).await.0, 401);
     let shares_path = format!("/v1/videos/{video}/shares");
-    let share = |user: &'static str| origin.call(reqwest::Method::POST, &shares_path, Some(&alice), Some(json!({"user": user})));
+    let share = |user: &'static str| {
+        origin.call(reqwest::Method::POST, &shares_path, Some(&alice), Some(json!({"user": user})))
+    };
     assert_eq!(share("bob").await.0, 204);
     assert_eq!(share("nobody").await.0, 404);
     let (status, answer) = origin.call(reqwest::Method::GET, &playback, Some(&bob), None).await;
@@ -337,7 +368,12 @@ async fn sharing_opens_playback_to_the_listed_users_only() {
     assert_eq!(origin.call(reqwest::Method::GET, &playback, Some(&bob), None).await.0, 403);
     // Public: anyone, even without a token.
     let (status, _) = origin
-        .call(reqwest::Method::PATCH, &format!("/v1/videos/{video}"), Some(&alice), Some(json!({"visibility": "public"})))
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/videos/{video}"),
+            Some(&alice),
+            Some(json!({"visibility": "public"})),
+        )
         .await;
     assert_eq!(status, 200);
     assert_eq!(origin.call(reqwest::Method::GET, &playback, None, None).await.0, 200);

@@ -114,7 +114,13 @@ impl StallingProxy {
     }
 }
 
-fn pass_until(mut from: TcpStream, mut to: TcpStream, passed: &AtomicU64, limit: u64, notify: &Mutex<Option<mpsc::Sender<()>>>) {
+fn pass_until(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    passed: &AtomicU64,
+    limit: u64,
+    notify: &Mutex<Option<mpsc::Sender<()>>>,
+) {
     let mut buffer = [0u8; 16 * 1024];
     loop {
         let Ok(n) = from.read(&mut buffer) else { return };

@@ -53,7 +53,7 @@ async fn call(method: reqwest::Method, url: &str, token: Option<&str>, body: Opt
     if let Some(body) = body {
         request = request.header("content-type", "application/json").body(body.to_string());
     }
-    let response = request.send().await.with_context(|| format!("{url}"))?;
+    let response = request.send().await.with_context(|| url.to_string())?;
     let status = response.status().as_u16();
     let bytes = response.bytes().await?;
     Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
@@ -116,7 +116,8 @@ fn rand_suffix() -> u128 {
 }
 
 async fn video_state(origin: &Origin, id: &str, token: &str) -> Result<Value> {
-    let (status, body) = call(reqwest::Method::GET, &origin.url(&format!("/v1/videos/{id}")), Some(token), None).await?;
+    let (status, body) =
+        call(reqwest::Method::GET, &origin.url(&format!("/v1/videos/{id}")), Some(token), None).await?;
     ensure!(status == 200, "GET video {id}: {status} {body}");
     Ok(body)
 }
@@ -244,7 +245,12 @@ async fn an_upload_cut_off_halfway_resumes_then_plays_through_the_edge_for_a_sha
     assert_eq!(refused.status().as_u16(), 403);
     // A second authorised viewer is served from the edge's cache: the origin sees nothing new.
     let (_, alices) = playback(alice.clone()).await?;
-    let report = play(&through_edge(alices["url"].as_str().context("url")?), setup.work.path(), &["--duration", "6"], Duration::from_secs(60))?;
+    let report = play(
+        &through_edge(alices["url"].as_str().context("url")?),
+        setup.work.path(),
+        &["--duration", "6"],
+        Duration::from_secs(60),
+    )?;
     assert_eq!(report["stall_count"], 0, "{report}");
     assert_eq!(
         origin.metric("eddy_origin_served_total{result=\"ok\"}").await?,
@@ -358,7 +364,8 @@ async fn originals_are_sealed_at_rest_and_the_aes_key_goes_only_to_viewers() -> 
     ensure!(media.contains("METHOD=AES-128"), "packaged with HLS AES-128: {media}");
     let key_url = origin.url(&format!("/videos/{id}/enc.key"));
     assert_eq!(reqwest::get(&key_url).await?.status().as_u16(), 403, "no key without a token");
-    let (_, playback) = call(reqwest::Method::GET, &origin.url(&format!("/v1/videos/{id}/playback")), Some(&alice), None).await?;
+    let (_, playback) =
+        call(reqwest::Method::GET, &origin.url(&format!("/v1/videos/{id}/playback")), Some(&alice), None).await?;
     let token = playback["token"].as_str().context("token")?;
     let key = reqwest::get(format!("{key_url}?token={token}")).await?;
     assert_eq!(key.status().as_u16(), 200);
@@ -377,8 +384,10 @@ async fn an_abandoned_upload_expires_and_its_chunks_are_deleted() -> Result<()> 
     let setup = setup("")?;
     std::fs::write(
         &setup.config,
-        std::fs::read_to_string(&setup.config)?
-            .replace("chunk_size = \"64KiB\"", "chunk_size = \"64KiB\"\nexpire_after = \"2s\"\njanitor_interval = \"1s\""),
+        std::fs::read_to_string(&setup.config)?.replace(
+            "chunk_size = \"64KiB\"",
+            "chunk_size = \"64KiB\"\nexpire_after = \"2s\"\njanitor_interval = \"1s\"",
+        ),
     )?;
     let origin = Origin::start(&setup.data, &setup.config)?;
     let alice = origin.add_user("alice")?;
@@ -396,7 +405,8 @@ async fn an_abandoned_upload_expires_and_its_chunks_are_deleted() -> Result<()> 
     assert_eq!(put.status().as_u16(), 200);
     assert_eq!(files_under(&setup.data.join("objects/uploads")).len(), 1);
     wait_for(Duration::from_secs(20), "the upload to expire", || async {
-        let (status, _) = call(reqwest::Method::GET, &origin.url(&format!("/v1/uploads/{id}")), Some(&alice), None).await?;
+        let (status, _) =
+            call(reqwest::Method::GET, &origin.url(&format!("/v1/uploads/{id}")), Some(&alice), None).await?;
         Ok((status == 404).then_some(()))
     })
     .await?;

@@ -16,7 +16,8 @@ pub async fn caller(origin: &Origin, headers: &HeaderMap) -> ApiResult<Option<Us
     };
     let refused = || ApiError::unauthorized("the API token is not valid");
     let text = value.to_str().map_err(|_| refused())?;
-    let token = text.strip_prefix(BEARER).ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer TOKEN`"))?;
+    let token =
+        text.strip_prefix(BEARER).ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer TOKEN`"))?;
     let (user_id, secret) = tokens::split(token.trim()).ok_or_else(refused)?;
     let user = origin.meta.user_by_id(user_id).await?.ok_or_else(refused)?;
     if !tokens::matches(&user.token_salt, &user.token_hash, secret) {

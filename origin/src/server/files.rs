@@ -29,7 +29,9 @@ pub fn packaged_prefix(sha: &str) -> String {
 fn is_inside(rest: &str) -> bool {
     !rest.is_empty()
         && rest.len() <= 512
-        && rest.split('/').all(|part| !part.is_empty() && part != "." && part != ".." && !part.contains(['\\', '\0', '%']))
+        && rest
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != ".." && !part.contains(['\\', '\0', '%']))
 }
 
 fn cache_control(rest: &str) -> &'static str {
@@ -45,9 +47,9 @@ fn cache_control(rest: &str) -> &'static str {
 /// The token from the query, checked against the request path.
 fn token_opens(origin: &Shared, query: Option<&str>, path: &str) -> bool {
     let Some(query) = query else { return false };
-    query.split('&').filter_map(|pair| pair.split_once('=')).filter(|(name, _)| *name == signed_url::DEFAULT_PARAM).any(|(_, token)| {
-        signed_url::verify(&origin.signing, token, path, u64::try_from(now_unix()).unwrap_or(0)).is_ok()
-    })
+    query.split('&').filter_map(|pair| pair.split_once('=')).filter(|(name, _)| *name == signed_url::DEFAULT_PARAM).any(
+        |(_, token)| signed_url::verify(&origin.signing, token, path, u64::try_from(now_unix()).unwrap_or(0)).is_ok(),
+    )
 }
 
 fn counted(origin: &Shared, result: &'static str) {
@@ -60,7 +62,11 @@ fn not_modified(headers: &HeaderMap, etag: &str, last_modified: std::time::Syste
         let weak = |tag: &str| tag.trim().trim_start_matches("W/").to_string();
         return value.split(',').any(|tag| tag.trim() == "*" || weak(tag) == weak(etag));
     }
-    if let Some(since) = headers.get(header::IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok()).and_then(|v| httpdate::parse_http_date(v).ok()) {
+    if let Some(since) = headers
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+    {
         // HTTP dates have whole seconds.
         let modified = httpdate::parse_http_date(&httpdate::fmt_http_date(last_modified)).unwrap_or(last_modified);
         return modified <= since;

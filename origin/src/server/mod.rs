@@ -28,7 +28,8 @@ pub fn router(origin: Shared) -> Router {
     // `complete` lists every chunk's ETag (64 hex characters, quotes and a comma): room for the
     // largest upload allowed.
     let most_chunks = crate::chunks::chunk_count(origin.config.max_size, origin.config.chunk_size);
-    let complete_limit = usize::try_from(most_chunks.saturating_mul(72)).unwrap_or(usize::MAX).saturating_add(JSON_BODY_LIMIT);
+    let complete_limit =
+        usize::try_from(most_chunks.saturating_mul(72)).unwrap_or(usize::MAX).saturating_add(JSON_BODY_LIMIT);
     Router::new()
         .route("/v1/uploads", post(uploads::create))
         .route("/v1/uploads/{id}", get(uploads::show))
@@ -49,7 +50,10 @@ pub fn router(origin: Shared) -> Router {
 
 async fn metrics(State(origin): State<Shared>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
         origin.metrics.encode(),
     )
 }

@@ -79,8 +79,13 @@ pub async fn create(
 ) -> ApiResult<Response> {
     let user = auth::required(&origin, &headers).await?;
     let Json(request) = body.map_err(|e| ApiError::bad_request(format!("the upload request: {}", e.body_text())))?;
-    if request.filename.is_empty() || request.filename.len() > MAX_FILENAME || request.filename.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(format!("filename must be 1 to {MAX_FILENAME} bytes without control characters")));
+    if request.filename.is_empty()
+        || request.filename.len() > MAX_FILENAME
+        || request.filename.chars().any(char::is_control)
+    {
+        return Err(ApiError::bad_request(format!(
+            "filename must be 1 to {MAX_FILENAME} bytes without control characters"
+        )));
     }
     if request.size == 0 {
         return Err(ApiError::bad_request("size must be more than zero: an empty file is not a video"));
@@ -135,7 +140,11 @@ async fn owned_upload(origin: &Shared, headers: &HeaderMap, id: &str) -> ApiResu
 }
 
 /// `GET /v1/uploads/{id}`
-pub async fn show(State(origin): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<UploadStatus>> {
+pub async fn show(
+    State(origin): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<UploadStatus>> {
     let upload = owned_upload(&origin, &headers, &id).await?;
     Ok(Json(status(&origin, &upload).await?))
 }
@@ -169,7 +178,10 @@ pub async fn put_chunk(
         refuse_chunk(
             &origin,
             "index",
-            ApiError::bad_request(format!("upload {id} has chunks 0 to {}, not {index}", chunk_count(size, chunk_size).saturating_sub(1))),
+            ApiError::bad_request(format!(
+                "upload {id} has chunks 0 to {}, not {index}",
+                chunk_count(size, chunk_size).saturating_sub(1)
+            )),
         )
     })?;
     if let Some(declared) = headers.get(header::CONTENT_LENGTH) {
@@ -191,14 +203,19 @@ pub async fn put_chunk(
             return Err(refuse_chunk(
                 &origin,
                 "length",
-                ApiError::bad_request(format!("chunk {index} must be exactly {expected} bytes (the body was longer or broke off)")),
+                ApiError::bad_request(format!(
+                    "chunk {index} must be exactly {expected} bytes (the body was longer or broke off)"
+                )),
             ))
         }
         Err(_) => {
             return Err(refuse_chunk(
                 &origin,
                 "timeout",
-                ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("chunk {index} did not arrive within {:?}", origin.config.chunk_timeout)),
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("chunk {index} did not arrive within {:?}", origin.config.chunk_timeout),
+                ),
             ))
         }
     };
@@ -211,7 +228,10 @@ pub async fn put_chunk(
     }
     let etag = hex::encode(Sha256::digest(&bytes));
     origin.objects.put_sealed(&chunk_key(&id, index), bytes).await?;
-    origin.meta.record_chunk(&id, i64::try_from(index).unwrap_or(i64::MAX), &etag, i64::try_from(expected).unwrap_or(i64::MAX)).await?;
+    origin
+        .meta
+        .record_chunk(&id, i64::try_from(index).unwrap_or(i64::MAX), &etag, i64::try_from(expected).unwrap_or(i64::MAX))
+        .await?;
     origin.metrics.chunks_received.inc();
     origin.metrics.chunk_bytes.inc_by(expected);
     let mut response = Json(ReceivedChunk { index, etag: etag.clone(), size: expected }).into_response();
@@ -298,7 +318,11 @@ pub fn original_key(sha: &str) -> String {
 async fn hash_chunks(origin: &Shared, keys: &[String]) -> ApiResult<String> {
     let mut hasher = Sha256::new();
     for key in keys {
-        let bytes = origin.objects.get_sealed(key).await?.ok_or_else(|| ApiError::internal(format!("chunk {key} is missing from storage")))?;
+        let bytes = origin
+            .objects
+            .get_sealed(key)
+            .await?
+            .ok_or_else(|| ApiError::internal(format!("chunk {key} is missing from storage")))?;
         hasher.update(&bytes);
     }
     Ok(hex::encode(hasher.finalize()))

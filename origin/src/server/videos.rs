@@ -15,7 +15,9 @@ use crate::service::{now_unix, Origin, Shared};
 pub fn state_of(state: &ContentState) -> (&'static str, Option<u8>, Option<String>) {
     match state {
         ContentState::Queued => ("queued", None, None),
-        ContentState::Packaging { percent } => ("packaging", Some(u8::try_from((*percent).clamp(0, 100)).unwrap_or(0)), None),
+        ContentState::Packaging { percent } => {
+            ("packaging", Some(u8::try_from((*percent).clamp(0, 100)).unwrap_or(0)), None)
+        }
         ContentState::Ready => ("ready", None, None),
         ContentState::Failed { reason } => ("failed", None, Some(reason.clone())),
     }
@@ -77,7 +79,11 @@ async fn describe(origin: &Origin, video: &Video, caller: Option<&User>) -> ApiR
 
 /// `GET /v1/videos/{id}`: for whoever may watch it. A private video that the caller may not watch is
 /// answered like a missing one.
-pub async fn show(State(origin): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<VideoStatus>> {
+pub async fn show(
+    State(origin): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<VideoStatus>> {
     let user = auth::caller(&origin, &headers).await?;
     let video = find(&origin, &id).await?;
     if !may_watch(&origin, &video, user.as_ref()).await? {
@@ -119,7 +125,11 @@ pub async fn add_share(
 ) -> ApiResult<StatusCode> {
     let (video, _) = owned(&origin, &headers, &id).await?;
     let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let user = origin.meta.user_by_name(&request.user).await?.ok_or_else(|| ApiError::not_found(format!("user {:?}", request.user)))?;
+    let user = origin
+        .meta
+        .user_by_name(&request.user)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("user {:?}", request.user)))?;
     origin.meta.add_share(&video.id, &user.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -144,7 +154,11 @@ pub fn video_prefix(id: &str) -> String {
 }
 
 /// `GET /v1/videos/{id}/playback`: a signed URL for whoever may watch the video.
-pub async fn playback(State(origin): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<Playback>> {
+pub async fn playback(
+    State(origin): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Playback>> {
     let user = auth::caller(&origin, &headers).await?;
     let video = find(&origin, &id).await?;
     if !may_watch(&origin, &video, user.as_ref()).await? {
@@ -162,6 +176,11 @@ pub async fn playback(State(origin): State<Shared>, headers: HeaderMap, Path(id)
     }
     let expires_at = u64::try_from(now_unix()).unwrap_or(0).saturating_add(origin.config.playback_ttl.as_secs());
     let token = signed_url::sign(&origin.signing, &video_prefix(&id), expires_at);
-    let url = format!("{}/videos/{id}/{}?{}={token}", origin.playback_base(), eddy_packager::MASTER_PLAYLIST, signed_url::DEFAULT_PARAM);
+    let url = format!(
+        "{}/videos/{id}/{}?{}={token}",
+        origin.playback_base(),
+        eddy_packager::MASTER_PLAYLIST,
+        signed_url::DEFAULT_PARAM
+    );
     Ok(Json(Playback { url, token, expires_at }))
 }
