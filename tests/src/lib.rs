@@ -6,7 +6,7 @@
 //! instead of sleeping. Lines printed before it are kept: the edge's TLS listener announces itself
 //! just before it (`eddy-edge listening (tls) on <ip:port>`).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -128,6 +128,35 @@ pub fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Result<std::pr
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Runs a command to completion with a deadline, capturing its output.
+pub fn run_to_end(mut command: Command, timeout: Duration) -> Result<std::process::Output> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {command:?}"))?;
+    // Drain the pipes in the background so a chatty child cannot block on a full pipe.
+    let mut stdout = child.stdout.take().context("stdout")?;
+    let mut stderr = child.stderr.take().context("stderr")?;
+    let out_reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stdout.read_to_end(&mut text);
+        text
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stderr.read_to_end(&mut text);
+        text
+    });
+    let status = wait_with_timeout(&mut child, timeout).with_context(|| format!("{command:?}"))?;
+    Ok(std::process::Output {
+        status,
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    })
 }
 
 /// A running `eddy-edge serve`.

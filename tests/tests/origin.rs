@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use eddy_tests::origin::{make_clip, wait_for, Origin, StallingProxy};
-use eddy_tests::{bin_path, start_edge, wait_with_timeout};
+use eddy_tests::{bin_path, run_to_end, start_edge};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -61,25 +61,14 @@ async fn call(method: reqwest::Method, url: &str, token: Option<&str>, body: Opt
 
 /// Runs `eddy-upload FILE --origin URL --token T` plus `args` to its end.
 fn upload(file: &Path, origin: &str, token: &str, args: &[&str], timeout: Duration) -> Result<(bool, String, String)> {
-    let mut child = Command::new(bin_path("eddy-upload"))
-        .arg(file)
-        .args(["--origin", origin, "--token", token, "--quiet"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting eddy-upload")?;
-    let status = wait_with_timeout(&mut child, timeout)?;
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stdout.take() {
-        std::io::Read::read_to_string(&mut pipe, &mut stdout)?;
-    }
-    if let Some(mut pipe) = child.stderr.take() {
-        std::io::Read::read_to_string(&mut pipe, &mut stderr)?;
-    }
-    Ok((status.success(), stdout, stderr))
+    let mut command = Command::new(bin_path("eddy-upload"));
+    command.arg(file).args(["--origin", origin, "--token", token, "--quiet"]).args(args);
+    let output = run_to_end(command, timeout)?;
+    Ok((
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
 }
 
 fn line_value<'a>(stdout: &'a str, label: &str) -> Option<&'a str> {
@@ -89,25 +78,10 @@ fn line_value<'a>(stdout: &'a str, label: &str) -> Option<&'a str> {
 /// Plays `url` headless with a report; returns the report.
 fn play(url: &str, work: &Path, args: &[&str], timeout: Duration) -> Result<Value> {
     let report = work.join(format!("report-{}.json", rand_suffix()));
-    let output = Command::new(bin_path("eddy-play"))
-        .arg(url)
-        .args(["--headless", "--quiet", "--report"])
-        .arg(&report)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            let status = wait_with_timeout(&mut child, timeout).map_err(std::io::Error::other)?;
-            let mut stderr = String::new();
-            if let Some(mut pipe) = child.stderr.take() {
-                std::io::Read::read_to_string(&mut pipe, &mut stderr)?;
-            }
-            Ok((status, stderr))
-        })
-        .context("running eddy-play")?;
-    ensure!(output.0.success(), "eddy-play {url}: {}", output.1);
+    let mut command = Command::new(bin_path("eddy-play"));
+    command.arg(url).args(["--headless", "--quiet", "--report"]).arg(&report).args(args);
+    let output = run_to_end(command, timeout)?;
+    ensure!(output.status.success(), "eddy-play {url}: {}", String::from_utf8_lossy(&output.stderr));
     Ok(serde_json::from_slice(&std::fs::read(&report)?)?)
 }
 
@@ -446,26 +420,17 @@ async fn the_curl_examples_in_the_api_doc_run() -> Result<()> {
     let origin = Origin::start(&setup.data, &setup.config)?;
     let bin_dir = bin_path("eddy-origin").parent().context("bin dir")?.to_path_buf();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
-    let mut child = Command::new("bash")
+    let mut command = Command::new("bash");
+    command
         .arg("-c")
         .arg(format!("set -euo pipefail\n{script}"))
         .current_dir(setup.work.path())
         .env("PATH", path)
         .env("ORIGIN", origin.url(""))
-        .env("DATA", &setup.data)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let status = wait_with_timeout(&mut child, Duration::from_secs(180))?;
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stdout.take() {
-        std::io::Read::read_to_string(&mut pipe, &mut stdout)?;
-    }
-    if let Some(mut pipe) = child.stderr.take() {
-        std::io::Read::read_to_string(&mut pipe, &mut stderr)?;
-    }
+        .env("DATA", &setup.data);
+    let output = run_to_end(command, Duration::from_secs(180))?;
+    let (status, stdout, stderr) =
+        (output.status, String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     ensure!(status.success(), "the doc's examples failed ({status}):\n{stdout}\n{stderr}");
     ensure!(stdout.contains("is ready"), "the video became ready: {stdout}");
     ensure!(stdout.contains("#EXTM3U"), "bob fetched the master playlist with the playback URL: {stdout}");

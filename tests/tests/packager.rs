@@ -3,44 +3,19 @@
 //! layout, and GStreamer's own `playbin` playing the master playlist headless to the end.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use eddy_tests::{bin_path, spawn_until_ready, wait_with_timeout};
+use eddy_tests::{bin_path, run_to_end as run, spawn_until_ready, wait_with_timeout};
 use gst_tools::{gst_launch, PluginsWithout};
 
 mod gst_tools;
 
 const LADDER: &str = "240p:300k,360p:800k,480p:1500k";
 const RUNGS: [(&str, &str); 3] = [("240p", "426x240"), ("360p", "640x360"), ("480p", "854x480")];
-
-/// Runs a command to completion with a deadline, capturing its output.
-fn run(mut command: Command, timeout: Duration) -> Result<Output> {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {command:?}"))?;
-    // Drain the pipes in the background so a chatty child cannot block on a full pipe.
-    let mut stdout = child.stdout.take().context("stdout")?;
-    let mut stderr = child.stderr.take().context("stderr")?;
-    let out_reader = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let _ = stdout.read_to_end(&mut text);
-        text
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let _ = stderr.read_to_end(&mut text);
-        text
-    });
-    let status = wait_with_timeout(&mut child, timeout).with_context(|| format!("{command:?}"))?;
-    Ok(Output { status, stdout: out_reader.join().unwrap_or_default(), stderr: err_reader.join().unwrap_or_default() })
-}
 
 fn package(out: &Path, args: &[&str]) -> Result<Output> {
     let mut command = Command::new(bin_path("eddy-package"));
