@@ -66,21 +66,24 @@ async fn origin_requests(origin: &MockServer) -> Vec<(String, Option<String>)> {
     requests.iter().map(|r| (r.url.path().to_string(), r.url.query().map(str::to_string))).collect()
 }
 
-/// An edge whose config protects `prefixes` with the key in `key_file`, in front of `origin`. Its
-/// stderr (the access log among it) goes to `dir/edge.log`.
+/// An edge whose config protects `prefixes` with the key in `key_file`, in front of `origin`.
 fn edge(dir: &Path, key_file: &Path, prefixes: &str, origin: &MockServer) -> Edge {
-    let config = dir.join("edge.toml");
-    std::fs::write(
-        &config,
-        format!("[auth]\nsigned_urls = {{ key_file = {key_file:?}, param = \"token\", prefixes = {prefixes} }}\n"),
-    )
-    .expect("config");
+    let config =
+        format!("[auth]\nsigned_urls = {{ key_file = {key_file:?}, param = \"token\", prefixes = {prefixes} }}\n");
+    start(dir, "edge", &config, origin)
+}
+
+/// An edge on `config` (written to `dir/NAME.toml`) in front of `origin`. Its stderr (the access log
+/// among it) goes to `dir/NAME.log`.
+fn start(dir: &Path, name: &str, config: &str, origin: &MockServer) -> Edge {
+    let file = dir.join(format!("{name}.toml"));
+    std::fs::write(&file, config).expect("config");
     let mut command = Command::new(bin_path("eddy-edge"));
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
+        .arg(&file)
         .args(["--origin", &origin.uri()])
-        .stderr(Stdio::from(std::fs::File::create(dir.join("edge.log")).expect("log file")));
+        .stderr(Stdio::from(std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file")));
     let process = spawn_until_ready(command, "eddy-edge listening on", Duration::from_secs(20)).expect("edge starts");
     let addr = process.addr_after("listening on ").expect("address");
     let admin = process.addr_after("admin on ").expect("admin address");
@@ -97,6 +100,11 @@ fn key_file(dir: &Path, text: &str) -> std::path::PathBuf {
 
 async fn get(edge: &Edge, target: &str) -> reqwest::Response {
     client().get(edge.url(target)).send().await.expect("response")
+}
+
+/// A GET with a fleet's host name: viewers use one whichever member they reach.
+async fn at(edge: &Edge, target: &str) -> reqwest::Response {
+    client().get(edge.url(target)).header("host", "cdn.test").send().await.expect("response")
 }
 
 async fn metrics(edge: &Edge) -> String {
@@ -380,4 +388,75 @@ fn check_config_names_the_key_file_and_the_key() {
             assert!(stderr.contains(part), "{part} not in: {stderr}");
         }
     }
+}
+
+/// Two edges as a fleet, both requiring tokens. A viewer's request at one member is filled from the
+/// key's owner with the viewer's token in the URL and the fleet's secret; the owner trusts the member
+/// (it checked the token) and keeps one copy, without the token in its key, for every viewer. A
+/// stranger who sends `Eddy-Peer` without the secret is a viewer: no token, no answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn fleet_members_trust_each_other_and_share_one_copy_per_object() {
+    const SECRET: &str = "fleet-secret-of-the-tests";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let origin = origin().await;
+    let key = key_file(dir.path(), KEY);
+    let peers = dir.path().join("peers.txt");
+    std::fs::write(&peers, "").expect("peers file");
+    let config = format!(
+        "[cluster]\npeers_file = {peers:?}\nsecret = {SECRET:?}\n\
+         [auth]\nsigned_urls = {{ key_file = {key:?}, prefixes = [\"/videos/\"] }}\n"
+    );
+    let edges = [start(dir.path(), "member0", &config, &origin), start(dir.path(), "member1", &config, &origin)];
+    let text: String = edges.iter().map(|e| format!("http://{} admin=http://{}\n", e.addr, e.admin)).collect();
+    std::fs::write(dir.path().join("peers.tmp"), text).expect("peers");
+    std::fs::rename(dir.path().join("peers.tmp"), &peers).expect("peers in place");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for edge in &edges {
+        loop {
+            let body = client().get(edge.admin_url("/stats")).send().await.expect("stats").bytes().await.expect("body");
+            let stats: serde_json::Value = serde_json::from_slice(&body).expect("stats json");
+            if stats["fleet_members"].as_array().map_or(0, Vec::len) == 2 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the fleet never formed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // One viewer at member 0: every object, whichever member owns it. Viewers use one host name
+    // whichever member they reach (the Host is part of the key).
+    let first = token(KEY, "/videos/a/", 600);
+    let objects: Vec<String> = (0..20).map(|i| format!("/videos/a/part{i}.bin")).collect();
+    for object in &objects {
+        let response = at(&edges[0], &format!("{object}?token={first}")).await;
+        assert_eq!(response.status(), 200, "{object}");
+    }
+    // Each object member 1 owns was asked of it once by member 0 (20 keys over 2 members: some).
+    let owned = counter(&edges[1], "eddy_edge_fleet_requests_total").await;
+    assert!(owned > 0, "member 1 owns some keys");
+    // Another viewer at member 1: what member 1 owns is a hit there, whatever token filled it.
+    let second = token(KEY, "/videos/a/", 3600);
+    let mut hits = 0u64;
+    for object in &objects {
+        let response = at(&edges[1], &format!("{object}?token={second}")).await;
+        assert_eq!(response.status(), 200, "{object}");
+        hits += u64::from(response.headers()["x-cache"] == "HIT");
+    }
+    assert_eq!(hits, owned, "member 1 kept the copies it owns under a key without the token");
+    let mut paths: Vec<String> = origin_requests(&origin).await.into_iter().map(|(path, _)| path).collect();
+    paths.sort_unstable();
+    paths.dedup();
+    assert_eq!(paths.len(), objects.len());
+    assert_eq!(origin_requests(&origin).await.len(), objects.len(), "the origin saw each object once");
+    for edge in &edges {
+        let refused = metrics(edge).await;
+        assert!(!refused.contains("eddy_edge_auth_refused_total{"), "a member refused a request:\n{refused}");
+    }
+
+    // The secret makes a member; without it, Eddy-Peer means nothing and a token is needed.
+    let ask = |secret: &'static str| {
+        client().get(edges[1].url("/videos/a/part0.bin")).header("host", "cdn.test").header("eddy-peer", secret).send()
+    };
+    assert_eq!(ask("not-the-secret-at-all").await.expect("response").status(), 403);
+    assert_eq!(ask(SECRET).await.expect("response").status(), 200);
 }
