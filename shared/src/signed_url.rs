@@ -80,7 +80,7 @@ pub enum SignedUrlError {
         source: std::io::Error,
     },
     #[error(
-        "signing key file {}: {reason} (write at least {MIN_KEY_LEN} random bytes, e.g. `openssl rand -base64 48`)",
+        "signing key file {}: {reason} (make one with e.g. `openssl rand -base64 48 > FILE`)",
         path.display()
     )]
     KeyFile { path: PathBuf, reason: String },

@@ -569,6 +569,70 @@ fn a_missing_segment_is_fetched_from_a_lower_rendition_and_fails_clearly_when_no
     Ok(())
 }
 
+/// A raw `GET path` to `addr`, for the edge's `/metrics` (this file's tests are synchronous).
+fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n").as_bytes())?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+/// A signed playback URL through an edge that requires tokens (`[auth] signed_urls`): the token given
+/// on the command line reaches every playlist, segment and the AES key (relative URIs take the
+/// playlist's query), and the stream plays to the end without a stall. Without a token, or with one
+/// for another video, nothing plays.
+#[test]
+fn plays_a_signed_stream_through_an_edge_that_requires_tokens() -> Result<()> {
+    use eddy_shared::signed_url::{sign, SigningKey};
+    let work = tempdir()?;
+    let root = work.path().join("root");
+    package(&root.join("videos/x"), 4, Format::Ts, true)?;
+    let secret = "player-test-playback-key-0123456789";
+    let key_file = work.path().join("playback.key");
+    std::fs::write(&key_file, secret)?;
+    let config = work.path().join("edge.toml");
+    std::fs::write(
+        &config,
+        format!("[auth]\nsigned_urls = {{ key_file = {key_file:?}, prefixes = [\"/videos/\"] }}\n"),
+    )?;
+    let edge = eddy_tests::start_edge(&[
+        "--config",
+        config.to_str().context("utf-8 path")?,
+        "--origin",
+        root.to_str().context("utf-8 path")?,
+    ])?;
+    let key = SigningKey::from_bytes(secret.as_bytes())?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let token = sign(&key, "/videos/x/", now + 600);
+
+    let run = play(
+        &edge.url(&format!("/videos/x/master.m3u8?token={token}")),
+        &["--quiet"],
+        work.path(),
+        Duration::from_secs(30),
+    )?;
+    assert!(run.output.status.success(), "exit {:?}: {}", run.output.status, run.stderr());
+    let report = run.report()?;
+    assert_eq!(report["stall_count"], 0, "{report}");
+    assert_eq!(segments_of(report).len(), 4, "{report}");
+    let metrics = http_get(edge.admin, "/metrics")?;
+    let refused: Vec<&str> = metrics.lines().filter(|l| l.starts_with("eddy_edge_auth_refused_total{")).collect();
+    assert!(refused.is_empty(), "the edge refused some of the player's requests: {refused:?}");
+
+    for url in [
+        edge.url("/videos/x/master.m3u8"),
+        edge.url(&format!("/videos/x/master.m3u8?token={}", sign(&key, "/videos/y/", now + 600))),
+    ] {
+        let run = play(&url, &["--quiet"], work.path(), Duration::from_secs(30))?;
+        assert!(!run.output.status.success(), "{url} played");
+        assert!(run.stderr().contains("403"), "{url}: {}", run.stderr());
+    }
+    Ok(())
+}
+
 /// Without the plugin that demuxes MPEG-TS (Debian's gstreamer1.0-plugins-bad), eddy-play stops before
 /// its first request, names the element, the plugin and the package to install, and exits 1 without a
 /// backtrace.
