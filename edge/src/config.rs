@@ -10,27 +10,13 @@ use std::time::Duration;
 use http::HeaderValue;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
-use thiserror::Error;
 
+use eddy_shared::config_error::invalid;
+pub use eddy_shared::config_error::ConfigError;
 use eddy_shared::duration::parse_duration;
 use eddy_shared::size::parse_size;
 
 use crate::ratelimit::RateLimitConfig;
-
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{origin}: invalid value for `{key}`: {reason}")]
-    Invalid { origin: String, key: String, reason: String },
-}
-
-/// Where a setting came from, for error messages: a file path or "command line".
-fn invalid(origin: &str, key: &str, reason: impl fmt::Display) -> ConfigError {
-    ConfigError::Invalid { origin: origin.to_string(), key: key.to_string(), reason: reason.to_string() }
-}
 
 /// A config value written either as a plain number or as text with a unit (`64MiB`, `2s`).
 #[derive(Deserialize)]

@@ -2,32 +2,18 @@
 //! reason. Every key has a default, so the service runs with no file at all: SQLite and a folder of
 //! objects under `data`.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use eddy_packager::ladder::{parse_ladder, Rung};
+use eddy_shared::config_error::invalid;
+pub use eddy_shared::config_error::ConfigError;
 use eddy_shared::duration::parse_duration;
 use eddy_shared::size::parse_size;
 use serde::Deserialize;
-use thiserror::Error;
 
 use crate::objects::S3Options;
-
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{origin}: invalid value for `{key}`: {reason}")]
-    Invalid { origin: String, key: String, reason: String },
-}
-
-fn invalid(origin: &str, key: &str, reason: impl fmt::Display) -> ConfigError {
-    ConfigError::Invalid { origin: origin.to_string(), key: key.to_string(), reason: reason.to_string() }
-}
 
 /// The file as written. Sizes and durations are text (`8MiB`, `24h`) turned into numbers by
 /// [`Config::settle`].

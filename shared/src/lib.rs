@@ -7,6 +7,7 @@
 //! rest (the edge, the packager) do not build its dependencies (rand, rand_chacha, tokio) through this
 //! crate. The player and `eddy-netsim` turn the feature on.
 
+pub mod config_error;
 pub mod duration;
 pub mod gst_elements;
 pub mod logging;
