@@ -9,7 +9,8 @@
 # ACCESS_LOG (on|off: both servers log every request to a file, or neither; default on),
 # NGINX_SENDFILE (on|off, default on: off makes nginx copy bodies through user space as eddy does),
 # NGINX_CACHE_TMPFS (1|0, default 1: nginx's cache files in /dev/shm rather than under /tmp),
-# CARGO_TARGET_DIR (where the release build goes), EDGE_BIN (use this binary, no build), KEEP=1 (keep the work dir), RESULTS (file to which the
+# QUIET_WAIT (s to wait for the 1-minute load average to fall to 0.5 before measuring, default 180; the
+# table says "NOT a run of record" when it did not), CARGO_TARGET_DIR (where the release build goes), EDGE_BIN (use this binary, no build), KEEP=1 (keep the work dir), RESULTS (file to which the
 # final markdown table is also written).
 #
 # Installs nginx and wrk with apt-get when missing, builds eddy-edge in release, starts one origin
@@ -400,14 +401,28 @@ for line in open(sys.argv[1]):
     fi
 }
 
-log "work dir $WORK; load: $(uptime | sed 's/.*load average/load average/')"
+# A run of record needs a quiet machine (bench/tools.py QUIET_LOAD: a 1-minute load average of at most
+# 0.5 before the run). The release build just above raises it, so wait for it to fall, up to QUIET_WAIT
+# seconds (default 180); the table then says whether this was a run of record.
+quiet_wait=${QUIET_WAIT:-180}
+deadline=$((SECONDS + quiet_wait))
+until python3 -c 'import sys; sys.exit(0 if float(open("/proc/loadavg").read().split()[0]) <= 0.5 else 1)'; do
+    if ((SECONDS >= deadline)); then
+        log "the 1-minute load average is still $(cut -d' ' -f1 /proc/loadavg) after ${quiet_wait} s: this will NOT be a run of record"
+        break
+    fi
+    sleep 5
+done
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+log "work dir $WORK; load average before: $LOAD_BEFORE"
 for scenario in $SCENARIOS; do
     declare -F "scenario_$scenario" >/dev/null || die "no scenario $scenario (there are 1 2 3 4 5)"
     log "scenario $scenario"
     "scenario_$scenario"
 done
 
-TABLE=$("${TOOLS[@]}" table "$RESULTS_JSONL" --load "$(cut -d' ' -f1-3 /proc/loadavg)" --duration "$DURATION x $ROUNDS rounds" \
+TABLE=$("${TOOLS[@]}" table "$RESULTS_JSONL" --load "$(cut -d' ' -f1-3 /proc/loadavg)" --load-before "$LOAD_BEFORE" \
+    --duration "$DURATION x $ROUNDS rounds" \
     --access-log "$ACCESS_LOG" --nginx-sendfile "${NGINX_SENDFILE:-on}")
 echo "$TABLE"
 [[ -n ${RESULTS:-} ]] && echo "$TABLE" >"$RESULTS"

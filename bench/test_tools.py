@@ -34,6 +34,34 @@ class Medians(unittest.TestCase):
     def test_even_counts_take_a_measured_value(self):
         self.assertEqual(tools.median_figures([{"x": 1}, {"x": 4}])["x"], 1)
 
+    def test_the_spread_over_runs_is_kept(self):
+        merged = tools.median_figures([{"rps": 10.0}, {"rps": 30.0}, {"rps": 20.0}])
+        self.assertEqual(merged["spread"]["rps"], (10.0, 30.0))
+        self.assertEqual(tools.with_spread(merged, "rps", "20"), "20 (10–30)")
+        one = tools.median_figures([{"p99_us": 1500}])
+        self.assertEqual(tools.with_spread(one, "p99_us", "1.50"), "1.50", "no brackets for a single run")
+
+    def test_table_rows_show_median_and_min_max(self):
+        results = []
+        for rps_e, rps_n in [(100.0, 50.0), (120.0, 60.0), (110.0, 40.0)]:
+            base = {"p50_us": 1000, "p99_us": 2000, "errors": 0, "server_cpu_us_per_request": 10.0}
+            results.append({"scenario": 1, "server": "eddy", "figures": dict(base, rps=rps_e)})
+            results.append({"scenario": 1, "server": "nginx", "figures": dict(base, rps=rps_n)})
+        table = tools.format_table(results, "0.3 0.2 0.1", "8 x 3", "on", load_before="0.2 0.1 0.1")
+        self.assertIn("| 110 (100–120) | 50 (40–60) | 2.20 |", table)
+
+
+class RunOfRecord(unittest.TestCase):
+    def test_only_a_quiet_machine_makes_a_run_of_record(self):
+        self.assertTrue(tools.record_verdict("0.42 1.0 2.0").startswith("**Run of record**"))
+        self.assertTrue(tools.record_verdict("0.50 0.0 0.0").startswith("**Run of record**"))
+        self.assertTrue(tools.record_verdict("1.51 0.2 0.1").startswith("**NOT a run of record**"))
+        self.assertTrue(tools.record_verdict("?").startswith("**NOT a run of record**"))
+
+    def test_the_table_says_which_it_is(self):
+        table = tools.format_table([], "2.0 2.0 2.0", "8", "on", load_before="2.9 1 1")
+        self.assertTrue(table.startswith("**NOT a run of record**"), table)
+
 
 class Belady(unittest.TestCase):
     def test_keeps_what_comes_back_soonest(self):

@@ -450,27 +450,73 @@ def command_origin_bytes(args):
 
 def median_figures(runs):
     """One set of figures from several runs of the same thing: each number is its median (the lower
-    middle one for an even count, so that it is a figure that was actually measured)."""
-    if len(runs) == 1:
-        return runs[0]
+    middle one for an even count, so that it is a figure that was actually measured). The spread of
+    each number over the runs is kept under "spread" as {key: (min, max)}."""
     merged = dict(runs[0])
+    spread = {}
     for key, value in runs[0].items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             values = sorted(run[key] for run in runs if key in run)
             merged[key] = values[(len(values) - 1) // 2]
+            spread[key] = (values[0], values[-1])
     merged["runs"] = len(runs)
+    merged["spread"] = spread
     return merged
 
 
-def format_table(results, load, duration, access_log, nginx_sendfile="on"):
-    """The markdown table of a run from its result records ({"scenario", "server", "figures"})."""
+# A run of record is measured on a quiet machine: a 1-minute load average over this before the run
+# means other work shared the cores, and the ratios measured that work as much as the servers.
+QUIET_LOAD = 0.5
+
+
+def record_verdict(load_before):
+    """The line that says whether a run is a run of record, from the 1-minute load average before it."""
+    try:
+        one_minute = float(str(load_before).split()[0])
+    except (ValueError, IndexError):
+        return "**NOT a run of record**: the load average before the run is unknown"
+    if one_minute > QUIET_LOAD:
+        return (f"**NOT a run of record**: the 1-minute load average before the run was {one_minute:.2f}, "
+                f"over {QUIET_LOAD}; other work shared the cores")
+    return f"**Run of record**: the 1-minute load average before the run was {one_minute:.2f} (at most {QUIET_LOAD})"
+
+
+def with_spread(figures, key, text):
+    """`text` (the median, formatted) followed by the min–max over the runs in the same format, when
+    there were several runs."""
+    low_high = figures.get("spread", {}).get(key)
+    if not low_high or figures.get("runs", 1) < 2:
+        return text
+    low, high = low_high
+    fmt = text_format(text)
+    return f"{text} ({fmt(low, key)}–{fmt(high, key)})"
+
+
+def text_format(sample):
+    """How a median was formatted, to format its min and max alike."""
+    def fmt(value, key):
+        if key.endswith("_us"):
+            return f"{value / 1000:.2f}"
+        if key == "bytes_per_s":
+            return f"{value / 1e6:,.0f}"
+        if "." in sample:
+            return f"{value:.{len(sample.split('.')[-1])}f}"
+        return f"{value:,.0f}"
+    return fmt
+
+
+def format_table(results, load, duration, access_log, nginx_sendfile="on", load_before="?"):
+    """The markdown table of a run from its result records ({"scenario", "server", "figures"}). In the
+    throughput scenarios each figure is the median over the rounds, with its min–max in brackets."""
     runs = {}
     for record in results:
         runs.setdefault((record["scenario"], record["server"]), []).append(record["figures"])
     by = {key: median_figures(figures) for key, figures in runs.items()}
     lines = [
-        f"load average at the end: {load}; {duration} s of load per wrk run (medians); access logs: {access_log}; "
-        f"nginx sendfile: {nginx_sendfile}",
+        record_verdict(load_before),
+        "",
+        f"load average before: {load_before}; at the end: {load}; {duration} s of load per wrk run "
+        f"(medians, min–max in brackets); access logs: {access_log}; nginx sendfile: {nginx_sendfile}",
         "",
         "| scenario | figure | eddy | nginx | eddy / nginx | target | holds |",
         "|---|---|---|---|---|---|---|",
@@ -486,29 +532,34 @@ def format_table(results, load, duration, access_log, nginx_sendfile="on"):
     def cpu_row(e, n):
         key = "server_cpu_us_per_request"
         if key in e and key in n:
-            row("", "server CPU µs / request", f"{e[key]:.1f}", f"{n[key]:.1f}", ratio(e[key], n[key]), "", None)
+            row("", "server CPU µs / request", with_spread(e, key, f"{e[key]:.1f}"), with_spread(n, key, f"{n[key]:.1f}"),
+                ratio(e[key], n[key]), "", None)
         key = "origin_requests_under_load"
         if key in e and key in n:
             row("", "origin requests under load (all hits: 0)", e[key], n[key], "", "0", e[key] == 0)
 
     e, n = by.get((1, "eddy")), by.get((1, "nginx"))
     if e and n:
-        row("1 hits, 1 KB playlist, 64 conns", "requests/s", f"{e['rps']:,.0f}", f"{n['rps']:,.0f}",
-            ratio(e["rps"], n["rps"]), ">= 1.25", e["rps"] >= 1.25 * n["rps"])
-        row("", "p50 latency ms", f"{e['p50_us'] / 1000:.2f}", f"{n['p50_us'] / 1000:.2f}",
-            ratio(e["p50_us"], n["p50_us"]), "", None)
-        row("", "p99 latency ms", f"{e['p99_us'] / 1000:.2f}", f"{n['p99_us'] / 1000:.2f}",
-            ratio(e["p99_us"], n["p99_us"]), "<= 1.0", e["p99_us"] <= n["p99_us"])
+        row("1 hits, 1 KB playlist, 64 conns", "requests/s", with_spread(e, "rps", f"{e['rps']:,.0f}"),
+            with_spread(n, "rps", f"{n['rps']:,.0f}"), ratio(e["rps"], n["rps"]), ">= 1.25",
+            e["rps"] >= 1.25 * n["rps"])
+        row("", "p50 latency ms", with_spread(e, "p50_us", f"{e['p50_us'] / 1000:.2f}"),
+            with_spread(n, "p50_us", f"{n['p50_us'] / 1000:.2f}"), ratio(e["p50_us"], n["p50_us"]), "", None)
+        row("", "p99 latency ms", with_spread(e, "p99_us", f"{e['p99_us'] / 1000:.2f}"),
+            with_spread(n, "p99_us", f"{n['p99_us'] / 1000:.2f}"), ratio(e["p99_us"], n["p99_us"]), "<= 1.0",
+            e["p99_us"] <= n["p99_us"])
         cpu_row(e, n)
         row("", "errors", e["errors"], n["errors"], "", "0", e["errors"] == 0)
     e, n = by.get((2, "eddy")), by.get((2, "nginx"))
     if e and n:
-        row("2 hits, 1 MB segments, 16 conns", "MB/s", f"{e['bytes_per_s'] / 1e6:,.0f}",
-            f"{n['bytes_per_s'] / 1e6:,.0f}", ratio(e["bytes_per_s"], n["bytes_per_s"]), ">= 1.0",
-            e["bytes_per_s"] >= n["bytes_per_s"])
-        row("", "requests/s", f"{e['rps']:,.0f}", f"{n['rps']:,.0f}", ratio(e["rps"], n["rps"]), "", None)
-        row("", "p99 latency ms", f"{e['p99_us'] / 1000:.2f}", f"{n['p99_us'] / 1000:.2f}",
-            ratio(e["p99_us"], n["p99_us"]), "", None)
+        row("2 hits, 1 MB segments, 16 conns", "MB/s", with_spread(e, "bytes_per_s", f"{e['bytes_per_s'] / 1e6:,.0f}"),
+            with_spread(n, "bytes_per_s", f"{n['bytes_per_s'] / 1e6:,.0f}"),
+            ratio(e["bytes_per_s"], n["bytes_per_s"]), ">= 1.0", e["bytes_per_s"] >= n["bytes_per_s"])
+        row("", "requests/s", with_spread(e, "rps", f"{e['rps']:,.0f}"), with_spread(n, "rps", f"{n['rps']:,.0f}"),
+            ratio(e["rps"], n["rps"]), "", None)
+        row("", "p99 latency ms", with_spread(e, "p99_us", f"{e['p99_us'] / 1000:.2f}"),
+            with_spread(n, "p99_us", f"{n['p99_us'] / 1000:.2f}"), ratio(e["p99_us"], n["p99_us"]), "<= 1.0",
+            e["p99_us"] <= n["p99_us"])
         cpu_row(e, n)
     e, n = by.get((3, "eddy")), by.get((3, "nginx"))
     if e and n:
@@ -565,7 +616,7 @@ def format_table(results, load, duration, access_log, nginx_sendfile="on"):
 def command_table(args):
     with open(args.results) as lines:
         results = [json.loads(line) for line in lines if line.strip()]
-    print(format_table(results, args.load, args.duration, args.access_log, args.nginx_sendfile))
+    print(format_table(results, args.load, args.duration, args.access_log, args.nginx_sendfile, args.load_before))
     return 0
 
 
@@ -659,6 +710,7 @@ def main():
     table = commands.add_parser("table")
     table.add_argument("results")
     table.add_argument("--load", default="?")
+    table.add_argument("--load-before", default="?")
     table.add_argument("--duration", default="?")
     table.add_argument("--access-log", default="?")
     table.add_argument("--nginx-sendfile", default="on")
