@@ -116,3 +116,29 @@ class Workload(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class Policies(unittest.TestCase):
+    """bench/policies.py: the simulated eviction policies behave as their papers say on tiny traces."""
+
+    def setUp(self):
+        import policies
+        self.policies = policies
+
+    def test_a_one_hit_wonder_does_not_push_out_what_is_reused_under_s3fifo(self):
+        # A (reused) and a scan of newcomers through a cache of 3: S3-FIFO keeps A in main, LRU loses it.
+        sequence = [("A", 1), ("A", 1)] + [(f"scan{i}", 1) for i in range(6)] + [("A", 1)]
+        self.assertEqual(self.policies.s3fifo(sequence, 3, small_share=0.34), 2)
+        self.assertEqual(self.policies.lru(sequence, 3), 1)
+
+    def test_no_policy_beats_belady_on_the_replay(self):
+        sequence = tools.vod_sequence(3, titles=30, sessions=150)
+        capacity = tools.catalogue_bytes(3, titles=30) // 10
+        ratios = self.policies.compare(sequence, capacity)
+        for name, ratio in ratios.items():
+            self.assertLessEqual(ratio, ratios["belady"] + 1e-9, name)
+            self.assertGreater(ratio, 0.0, name)
+
+    def test_objects_larger_than_the_cache_are_never_cached(self):
+        for name, policy in self.policies.POLICIES.items():
+            self.assertEqual(policy([("big", 10), ("big", 10)], 5), 0, name)
