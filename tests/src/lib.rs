@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 
 pub mod origin;
+pub mod stores;
 
 /// Path of a binary built from this workspace (`eddy-edge`, `eddy-play`, ...), in the same target
 /// directory as the running test. The README's test command builds the binaries before the tests.
