@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use eddy_tests::origin::{make_clip, wait_for, Origin, StallingProxy};
+use eddy_tests::origin::{files_under, make_clip, wait_for, Origin, StallingProxy};
 use eddy_tests::{bin_path, run_to_end, start_edge};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -102,24 +102,6 @@ async fn wait_until_settled(origin: &Origin, id: &str, token: &str) -> Result<Va
         Ok(matches!(video["state"].as_str(), Some("ready" | "failed")).then_some(video))
     })
     .await
-}
-
-/// Files under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(next) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&next) else { continue };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                found.push(path);
-            }
-        }
-    }
-    found
 }
 
 fn edge_config(setup: &Setup) -> Result<PathBuf> {

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use eddy_tests::origin::{add_user, make_clip, Origin};
+use eddy_tests::origin::{add_user, files_under, make_clip, Origin};
 use eddy_tests::stores::{env_or_skip, Moto, PgSchema, MOTO_VAR, POSTGRES_VAR};
 use eddy_tests::{bin_path, run_to_end};
 use serde_json::Value;
@@ -115,24 +115,6 @@ fn openssl_decrypt(work: &Path, key: &[u8], sequence: u64, segment: &[u8]) -> Re
     let run = run_to_end(command, Duration::from_secs(30))?;
     ensure!(run.status.success(), "openssl could not decrypt the segment: {}", String::from_utf8_lossy(&run.stderr));
     Ok(std::fs::read(&output)?)
-}
-
-/// Files under `dir`, recursively (none when it does not exist).
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(next) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&next) else { continue };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                found.push(path);
-            }
-        }
-    }
-    found
 }
 
 #[tokio::test(flavor = "multi_thread")]
