@@ -1,5 +1,8 @@
 //! The access log: one line per request, written when its response body is done (or dropped, when the
-//! client went away), with the bytes actually sent.
+//! client went away), with the bytes actually sent. The line is formatted by hand (`line.rs`), in the
+//! layout tracing-subscriber gives it, and only when `RUST_LOG` enables the `access` target at INFO.
+
+mod line;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -46,19 +49,23 @@ impl Drop for AccessLog {
         if entry.from_cache {
             self.edge.metrics.record_bytes_from_cache(self.bytes);
         }
-        tracing::info!(
-            target: "access",
-            method = %entry.method,
-            path = %entry.uri.path_and_query().map_or("", |p| p.as_str()),
-            status = entry.status,
-            cache = entry.result.as_str(),
-            bytes = self.bytes,
-            duration_ms = entry.started.elapsed().as_secs_f64() * 1000.0,
-            client = %entry.client,
-            complete = self.complete || entry.expected_bytes == Some(self.bytes),
-            request_id = entry.request_id.to_str().unwrap_or(""),
-            detail = entry.detail.as_deref(),
-        );
+        // Cheap: tracing caches whether the filter enables this callsite (RUST_LOG=warn turns it off).
+        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+            return;
+        }
+        line::Line {
+            method: entry.method.as_str(),
+            path: entry.uri.path_and_query().map_or("", |p| p.as_str()),
+            status: entry.status,
+            cache: entry.result.as_str(),
+            bytes: self.bytes,
+            duration_ms: entry.started.elapsed().as_secs_f64() * 1000.0,
+            client: entry.client.as_str(),
+            complete: self.complete || entry.expected_bytes == Some(self.bytes),
+            request_id: entry.request_id.to_str().unwrap_or(""),
+            detail: entry.detail.as_deref(),
+        }
+        .log();
     }
 }
 

@@ -1,11 +1,14 @@
 //! One way to set up logs for every Eddy binary: `tracing` to stderr, filtered by RUST_LOG.
 
 use std::io::{BufWriter, IsTerminal, Stderr, Write};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use tracing::Subscriber;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 /// Installs a stderr subscriber that writes each line as it is logged. `RUST_LOG` wins when set;
@@ -48,7 +51,11 @@ impl Drop for LogGuard {
 /// guard until the end of `main`: dropping it writes out the rest.
 pub fn init_buffered(default_filter: &str) -> LogGuard {
     let buffer = Arc::new(Mutex::new(BufWriter::with_capacity(BUFFER_BYTES, std::io::stderr())));
-    install(default_filter, SharedBuffer(Arc::clone(&buffer)));
+    if install(default_filter, SharedBuffer(Arc::clone(&buffer))) {
+        // Only the buffer the installed subscriber writes to: [`write_line`]'s lines must keep their
+        // order with its lines.
+        let _ = BUFFERED.set(Arc::clone(&buffer));
+    }
     let (stop, stopped) = mpsc::channel::<()>();
     let flushed = Arc::clone(&buffer);
     let flusher = std::thread::Builder::new()
@@ -60,6 +67,29 @@ pub fn init_buffered(default_filter: &str) -> LogGuard {
         })
         .ok();
     LogGuard { buffer, stop: Some(stop), flusher }
+}
+
+/// The buffer of [`init_buffered`], once its subscriber is installed.
+static BUFFERED: OnceLock<Arc<Mutex<BufWriter<Stderr>>>> = OnceLock::new();
+/// Whether [`init`] or [`init_buffered`] installed the subscriber, and it writes without colours.
+static PLAIN: AtomicBool = AtomicBool::new(false);
+
+/// True when a line written with [`write_line`] goes where this module's subscriber writes and can
+/// look like its lines: [`init`] or [`init_buffered`] installed it, and it writes plain text (stderr
+/// is not a terminal). Otherwise a caller should log through `tracing`.
+pub fn plain_lines() -> bool {
+    PLAIN.load(Ordering::Relaxed)
+}
+
+/// Writes one finished line (ending in `\n`) where the subscriber writes its lines: appended to the
+/// buffer of [`init_buffered`] when that is in force, so that it keeps its order with the other lines
+/// and goes out with them; straight to stderr otherwise. For callers that format a hot line
+/// themselves (the edge's access log); a write error is dropped, as the subscriber drops its own.
+pub fn write_line(line: &[u8]) {
+    let _ = match BUFFERED.get() {
+        Some(buffer) => lock(buffer).write_all(line),
+        None => std::io::stderr().lock().write_all(line),
+    };
 }
 
 fn lock(buffer: &Mutex<BufWriter<Stderr>>) -> MutexGuard<'_, BufWriter<Stderr>> {
@@ -96,16 +126,34 @@ impl Write for LineWriter<'_> {
     }
 }
 
-fn install<W>(default_filter: &str, writer: W)
+/// Installs the subscriber; false when another one was installed first.
+fn install<W>(default_filter: &str, writer: W) -> bool
 where
     W: for<'writer> MakeWriter<'writer> + Send + Sync + 'static,
 {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        // Colours only for people at a terminal; log files and collectors get plain text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(true)
-        .try_init();
+    // Colours only for people at a terminal; log files and collectors get plain text.
+    let ansi = std::io::stderr().is_terminal();
+    let installed = build(filter, writer, ansi).try_init().is_ok();
+    if installed && !ansi {
+        PLAIN.store(true, Ordering::Relaxed);
+    }
+    installed
+}
+
+/// The subscriber [`init`] and [`init_buffered`] install, with `filter` (`RUST_LOG` syntax) and
+/// writing to `writer`: public so that a test can check a hand-written line against the lines it
+/// writes (install it with `tracing::subscriber::with_default`).
+pub fn subscriber<W>(filter: &str, writer: W, ansi: bool) -> impl Subscriber + Send + Sync + 'static
+where
+    W: for<'writer> MakeWriter<'writer> + Send + Sync + 'static,
+{
+    build(EnvFilter::new(filter), writer, ansi)
+}
+
+fn build<W>(filter: EnvFilter, writer: W, ansi: bool) -> impl Subscriber + Send + Sync + 'static
+where
+    W: for<'writer> MakeWriter<'writer> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi).with_target(true).finish()
 }

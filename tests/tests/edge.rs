@@ -762,7 +762,8 @@ async fn one_access_log_line_per_request() {
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--origin"])
         .arg(dir.path())
-        .env("RUST_LOG", "access=info,warn")
+        // INFO for every target: the access lines must keep their order with the edge's other lines.
+        .env("RUST_LOG", "info")
         .stderr(log.reopen().expect("log handle"));
     let mut process =
         eddy_tests::spawn_until_ready(command, "eddy-edge listening on", Duration::from_secs(20)).expect("edge");
@@ -781,8 +782,35 @@ async fn one_access_log_line_per_request() {
     c.get(format!("http://{addr}/missing.ts")).send().await.expect("get").bytes().await.expect("body");
     assert!(process.terminate(Duration::from_secs(10)).expect("exits").success());
     let text = std::fs::read_to_string(log.path()).expect("log");
-    let lines: Vec<&str> = text.lines().filter(|l| l.contains("access")).collect();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(" INFO access: ")).collect();
     assert_eq!(lines.len(), 4, "{text}");
+    // The access lines (written by hand) and tracing's lines share one buffer, in the order logged.
+    let order: Vec<&str> = text
+        .lines()
+        .filter_map(|l| match () {
+            _ if l.contains(" INFO access: ") => Some("access"),
+            _ if l.contains("eddy-edge listening on") => Some("listening"),
+            _ if l.contains("shutting down") => Some("shutting down"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, ["listening", "access", "access", "access", "access", "shutting down"], "{text}");
+    // tracing-subscriber's layout: `2026-12-01T00:06:03.896597Z  INFO access: method=GET …`.
+    for line in &lines {
+        let (timestamp, rest) = line.split_at(27);
+        let digits = timestamp.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            10 => b == b'T',
+            13 | 16 => b == b':',
+            19 => b == b'.',
+            26 => b == b'Z',
+            _ => b.is_ascii_digit(),
+        });
+        assert!(digits, "timestamp: {line}");
+        assert!(rest.starts_with("  INFO access: method=GET path=/"), "{line}");
+        let request_id = rest.split(" request_id=").nth(1).and_then(|r| r.split(' ').next()).unwrap_or_default();
+        assert!(request_id.len() == 22 && request_id.starts_with('"') && request_id.ends_with('"'), "{line}");
+    }
     for field in [
         "method=GET",
         "path=/seg.ts",
