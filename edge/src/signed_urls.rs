@@ -20,7 +20,7 @@ use std::borrow::Cow;
 
 use percent_encoding::percent_decode_str;
 
-use eddy_shared::signed_url::{self, SignedUrlError, SigningKey, TokenError};
+use eddy_shared::signed_url::{self, QueryTokenError, SignedUrlError, SigningKey, TokenError};
 
 use crate::config::SignedUrlsConfig;
 
@@ -96,19 +96,12 @@ impl SignedUrls {
         })
     }
 
-    /// The token in `query`: the value of the one `param=` pair (the name compared as sent).
+    /// The token in `query` (`signed_url::token_in_query`, the rule the origin reads queries by too).
     pub fn token<'q>(&self, query: Option<&'q str>) -> Result<&'q str, Refusal> {
-        let mut found = None;
-        for pair in query.unwrap_or_default().split('&') {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            if name == self.param {
-                if found.is_some() {
-                    return Err(Refusal::Repeated);
-                }
-                found = Some(value);
-            }
-        }
-        found.ok_or(Refusal::Missing)
+        signed_url::token_in_query(query, &self.param).map_err(|error| match error {
+            QueryTokenError::Missing => Refusal::Missing,
+            QueryTokenError::Repeated => Refusal::Repeated,
+        })
     }
 
     /// Whether the request for `path` and `query` carries a token that opens `path` at `now_unix`.

@@ -333,6 +333,9 @@ async fn nothing_outside_a_videos_folder_is_served_and_private_files_need_a_toke
     let prefix = format!("/videos/{video}/");
     let token = signed_url::sign(&origin.origin.signing, &prefix, now_unix() as u64 + 60);
     assert_eq!(origin.client.get(format!("{url}?token={token}")).send().await.unwrap().status(), 200);
+    // Two tokens: refused, as the edge refuses them (one rule for both: `signed_url::token_in_query`).
+    let repeated = format!("{url}?token={token}&token={token}");
+    assert_eq!(origin.client.get(&repeated).send().await.unwrap().status(), 403);
     let expired = signed_url::sign(&origin.origin.signing, &prefix, now_unix() as u64 - 1);
     assert_eq!(origin.client.get(format!("{url}?token={expired}")).send().await.unwrap().status(), 403);
     let elsewhere = signed_url::sign(&origin.origin.signing, "/videos/other/", now_unix() as u64 + 60);

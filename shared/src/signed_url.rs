@@ -99,6 +99,33 @@ pub enum TokenError {
     BadSignature,
 }
 
+/// Why a query yields no token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum QueryTokenError {
+    #[error("no token parameter in the query")]
+    Missing,
+    /// The parameter more than once: two readers (an edge and an origin) could each take another one.
+    #[error("the token parameter appears more than once")]
+    Repeated,
+}
+
+/// The token in `query`: the value of the one `param=` pair (the name compared as sent, the value
+/// not decoded). The edge and the origin read queries with this one rule, so that they never disagree
+/// on which token a request carries.
+pub fn token_in_query<'q>(query: Option<&'q str>, param: &str) -> Result<&'q str, QueryTokenError> {
+    let mut found = None;
+    for pair in query.unwrap_or_default().split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name == param {
+            if found.is_some() {
+                return Err(QueryTokenError::Repeated);
+            }
+            found = Some(value);
+        }
+    }
+    found.ok_or(QueryTokenError::Missing)
+}
+
 /// An HMAC-SHA256 key, ready to use (the key is hashed into the HMAC state once).
 #[derive(Clone)]
 pub struct SigningKey(HmacSha256);
@@ -256,6 +283,15 @@ fn may_escape(path: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_query_carries_exactly_one_token_or_none() {
+        assert_eq!(token_in_query(Some("a=1&token=T&b=2"), "token"), Ok("T"));
+        assert_eq!(token_in_query(Some("token="), "token"), Ok(""));
+        assert_eq!(token_in_query(Some("tokens=T&xtoken=U"), "token"), Err(QueryTokenError::Missing));
+        assert_eq!(token_in_query(None, "token"), Err(QueryTokenError::Missing));
+        assert_eq!(token_in_query(Some("token=A&token=B"), "token"), Err(QueryTokenError::Repeated));
+    }
     use super::*;
     use proptest::prelude::*;
 

@@ -44,12 +44,12 @@ fn cache_control(rest: &str) -> &'static str {
     }
 }
 
-/// The token from the query, checked against the request path.
+/// Whether the token in the query (read by the same rule as the edge's: exactly one `token=`) opens
+/// the request path now.
 fn token_opens(origin: &Shared, query: Option<&str>, path: &str) -> bool {
-    let Some(query) = query else { return false };
-    query.split('&').filter_map(|pair| pair.split_once('=')).filter(|(name, _)| *name == signed_url::DEFAULT_PARAM).any(
-        |(_, token)| signed_url::verify(&origin.signing, token, path, u64::try_from(now_unix()).unwrap_or(0)).is_ok(),
-    )
+    signed_url::token_in_query(query, signed_url::DEFAULT_PARAM).is_ok_and(|token| {
+        signed_url::verify(&origin.signing, token, path, u64::try_from(now_unix()).unwrap_or(0)).is_ok()
+    })
 }
 
 fn counted(origin: &Shared, result: &'static str) {
