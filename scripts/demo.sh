@@ -99,6 +99,6 @@ playback=$(sed -n 's/^playback: //p' "$out/upload.txt" | sed "s#http://$origin_a
 echo "   without a token the edge answers $(curl -s -o /dev/null -w '%{http_code}' "http://$signed_edge_addr/videos/$video/master.m3u8")"
 echo "   playing $playback"
 "$bin/eddy-play" "$playback" --headless --quiet --duration 10 --report "$out/report-origin.json" >/dev/null
-echo "   played $(grep -o '"played_s":[0-9.]*' "$out/report-origin.json" | cut -d: -f2) s with $(grep -o '"stall_count":[0-9]*' "$out/report-origin.json" | cut -d: -f2) stalls"
+python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print("   played %.1f s with %d stalls" % (r["played_s"], r["stall_count"]))' "$out/report-origin.json"
 echo
 echo "Report: $out/report.json   Timeline: $out/timeline.svg   Link log: $out/netsim.jsonl"

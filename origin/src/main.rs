@@ -100,7 +100,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     let origin = Arc::new(Origin::open(config, local).await?);
     // The test harness and scripts read this line to learn the port.
-    println!("eddy-origin listening on http://{local}");
+    println!("eddy-origin listening on {local}");
     tracing::info!("listening on http://{local}");
     let workers = tokio::spawn(jobs::run(origin.clone()));
     let janitor = tokio::spawn(jobs::janitor(origin.clone()));
