@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the pieces every cache hit goes through: building the cache key, the storage
-//! lookup, and building the response headers (`from_object` + `finish_headers`).
+//! lookup, building the response headers (`from_object` + `finish_headers`), and formatting the access
+//! line (by hand, and through tracing-subscriber as it was before).
 //!
 //! Run: `cargo bench -p eddy-edge --bench hot_path` (a few seconds per benchmark).
 
@@ -12,6 +13,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 
+use eddy_edge::access_log::line::Line;
 use eddy_edge::cache::policy::{judge, CacheRules};
 use eddy_edge::cache::{CacheKey, CachedObject, Storage};
 use eddy_edge::config::{CacheConfig, Eviction};
@@ -109,5 +111,33 @@ fn headers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, cache_key, lookup, headers);
+fn access_line(c: &mut Criterion) {
+    let line = Line {
+        method: "GET",
+        path: "/v/720p/seg_00042.ts",
+        status: 200,
+        cache: "HIT",
+        bytes: 1024,
+        // As the edge computes it: elapsed seconds × 1000, which rarely prints short (0.040330000000000005).
+        duration_ms: std::time::Duration::from_nanos(40_330).as_secs_f64() * 1000.0,
+        client: "ip:127.0.0.1",
+        complete: true,
+        request_id: "1cfcce00000000000001",
+        detail: None,
+    };
+    c.bench_function("access_line/by_hand", |b| {
+        b.iter(|| {
+            black_box(&line).render(SystemTime::now(), |text| {
+                black_box(text.len());
+            })
+        })
+    });
+    // The subscriber every Eddy binary installs, writing to nowhere.
+    let subscriber = eddy_shared::logging::subscriber("info", std::io::sink, false);
+    tracing::subscriber::with_default(subscriber, || {
+        c.bench_function("access_line/tracing_subscriber", |b| b.iter(|| black_box(&line).trace()));
+    });
+}
+
+criterion_group!(benches, cache_key, lookup, headers, access_line);
 criterion_main!(benches);

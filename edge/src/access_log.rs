@@ -2,7 +2,7 @@
 //! client went away), with the bytes actually sent. The line is formatted by hand (`line.rs`), in the
 //! layout tracing-subscriber gives it, and only when `RUST_LOG` enables the `access` target at INFO.
 
-mod line;
+pub mod line;
 
 use std::pin::Pin;
 use std::sync::Arc;
