@@ -44,6 +44,21 @@ pub enum Event {
         /// The transfer as the ABR recorded it (seconds since the player started).
         download: Download,
     },
+    /// Once, before the first audio segment: the separate audio rendition (`EXT-X-MEDIA`) that plays.
+    Audio {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        language: Option<String>,
+        uri: String,
+    },
+    /// A segment of the separate audio rendition downloaded and pushed into the pipeline.
+    AudioSegment {
+        index: u64,
+        bytes: u64,
+        download_ms: u64,
+        /// Audio buffered ahead after the push.
+        buffer_s: f64,
+    },
     /// A download abandoned for a lower rendition.
     Abandon { index: u64, rendition: usize, to_rendition: usize, bytes: u64, buffer_s: f64 },
     /// Playback started.

@@ -1,6 +1,7 @@
 //! Eddy's adaptive-bitrate HLS player: pure ABR and estimation (`abr`), QoE accounting (`qoe`),
-//! stall detection (`stall`), playlists (`playlist`), the I/O shells around them (`fetch`,
-//! `pipeline`, `session`), reports and plots (`report`), and the virtual-time ABR evaluation (`sim`).
+//! stall detection (`stall`), playlists (`playlist`) and the renditions chosen from them
+//! (`renditions`), the I/O shells around them (`fetch`, `pipeline`, `session`), reports and plots
+//! (`report`), and the virtual-time ABR evaluation (`sim`).
 
 pub mod abr;
 pub mod crypto;
@@ -9,6 +10,7 @@ pub mod fetch;
 pub mod pipeline;
 pub mod playlist;
 pub mod qoe;
+pub mod renditions;
 pub mod report;
 pub mod session;
 pub mod sim;

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use eddy_player::pipeline::{display_available, preflight};
 use eddy_player::report::{plot_timeline, write_atomically};
-use eddy_player::session::{play, PlayerConfig};
+use eddy_player::session::{list, play, PlayerConfig};
 use eddy_player::{playlist, sim};
 
 #[derive(Parser, Debug)]
@@ -72,6 +72,13 @@ struct PlayArgs {
     /// No status line.
     #[arg(long)]
     quiet: bool,
+    /// Audio language (RFC 5646, e.g. `en` or `pt-BR`) among the stream's alternative audio
+    /// renditions (`EXT-X-MEDIA`); default: the stream's default rendition.
+    #[arg(long, value_name = "LANG")]
+    audio_lang: Option<String>,
+    /// Print the variants and the audio and subtitle renditions, then exit.
+    #[arg(long)]
+    list: bool,
 }
 
 fn parse_bitrate(text: &str) -> Result<u64, String> {
@@ -88,6 +95,10 @@ fn positive_seconds(name: &str, value: f64) -> Result<()> {
 async fn run_player(args: PlayArgs) -> Result<()> {
     let Some(url_arg) = args.url else { bail!("a playlist URL or path is required") };
     let url = playlist::source_url(&url_arg).map_err(anyhow::Error::msg)?;
+    if args.list {
+        print!("{}", list(&url).await?);
+        return Ok(());
+    }
     positive_seconds("buffer", args.buffer)?;
     if let Some(duration) = args.duration {
         positive_seconds("duration", duration)?;
@@ -115,6 +126,7 @@ async fn run_player(args: PlayArgs) -> Result<()> {
         duration_s: args.duration,
         events: args.events,
         quiet: args.quiet,
+        audio_lang: args.audio_lang,
     };
     let played = play(config).await?;
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) && !args.quiet {

@@ -5,6 +5,9 @@
 //! headless. Elements are created only from [`REQUIRED_ELEMENTS`]; [`preflight`] checks those and the
 //! decoders decodebin needs before playback starts.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use eddy_shared::gst_elements::MissingElements;
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -52,6 +55,17 @@ pub fn preflight() -> Result<(), PipelineError> {
     Ok(())
 }
 
+/// Whether an installed decoder accepts `caps` (e.g. `audio/x-eac3`): what decodebin would look for.
+pub fn can_decode(caps: &str) -> bool {
+    if gst::init().is_err() {
+        return false;
+    }
+    let Ok(caps) = caps.parse::<gst::Caps>() else { return false };
+    gst::ElementFactory::factories_with_type(gst::ElementFactoryType::DECODER, gst::Rank::MARGINAL)
+        .iter()
+        .any(|factory| factory.can_sink_any_caps(&caps))
+}
+
 /// Creates an element; `factory` must be listed in [`REQUIRED_ELEMENTS`].
 fn make(factory: &str) -> Result<gst::Element, PipelineError> {
     if !REQUIRED_ELEMENTS.contains(&factory) {
@@ -82,47 +96,40 @@ pub enum PipelineEvent {
     Error(String),
 }
 
+/// Which appsrc a push goes to: the variant's stream, or a separate audio rendition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Track {
+    Main,
+    Audio,
+}
+
 pub struct Pipeline {
     pipeline: gst::Pipeline,
-    appsrc: gst_app::AppSrc,
+    main: gst_app::AppSrc,
+    audio: Option<gst_app::AppSrc>,
+    /// Nanoseconds of decoded audio that reached the audio sink: silence from a stream whose audio
+    /// was never decoded shows as 0 here.
+    audio_played_ns: Arc<AtomicU64>,
 }
 
 impl Pipeline {
-    pub fn new(container: Container, headless: bool) -> Result<Self, PipelineError> {
+    /// `audio`: the container of a separate audio rendition (`EXT-X-MEDIA` with a URI), fed through
+    /// its own `appsrc → decodebin`. Both sources run on the pipeline's one clock; fMP4 timestamps
+    /// (`tfdt`) line the two up.
+    pub fn new(container: Container, audio: Option<Container>, headless: bool) -> Result<Self, PipelineError> {
         gst::init().map_err(setup_error)?;
         let pipeline = gst::Pipeline::new();
-        let appsrc =
-            make("appsrc")?.downcast::<gst_app::AppSrc>().map_err(|_| setup_error("appsrc is not an AppSrc"))?;
-        appsrc.set_format(gst::Format::Bytes);
-        appsrc.set_is_live(false);
-        appsrc.set_stream_type(gst_app::AppStreamType::Stream);
-        // The session bounds memory by the buffer target; appsrc must not drop or block pushes.
-        appsrc.set_max_bytes(1 << 30);
-        if container == Container::MpegTs {
-            appsrc.set_caps(Some(&gst::Caps::builder("video/mpegts").field("systemstream", true).build()));
+        let played = Arc::new(AtomicU64::new(0));
+        let main = add_source(&pipeline, container, headless, audio.is_some(), &played)?;
+        let audio = audio.map(|container| add_source(&pipeline, container, headless, false, &played)).transpose()?;
+        Ok(Self { pipeline, main, audio, audio_played_ns: played })
+    }
+
+    fn source(&self, track: Track) -> Result<&gst_app::AppSrc, PipelineError> {
+        match track {
+            Track::Main => Ok(&self.main),
+            Track::Audio => self.audio.as_ref().ok_or_else(|| setup_error("no separate audio track")),
         }
-        let decodebin = make("decodebin")?;
-        pipeline.add_many([appsrc.upcast_ref(), &decodebin]).map_err(setup_error)?;
-        appsrc.link(&decodebin).map_err(setup_error)?;
-        let weak = pipeline.downgrade();
-        decodebin.connect_pad_added(move |_, pad| {
-            let Some(pipeline) = weak.upgrade() else {
-                return;
-            };
-            let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
-            let media = caps.structure(0).map(|s| s.name().to_string()).unwrap_or_default();
-            // (elements, whether a fakesink at the end syncs to the clock, i.e. plays in real time)
-            let (branch, sync): (&[&str], bool) = match (media.split('/').next(), headless) {
-                (Some("video"), true) | (Some("audio"), true) => (&["queue", "fakesink"], true),
-                (Some("video"), false) => (&["queue", "videoconvert", "videoscale", "autovideosink"], true),
-                (Some("audio"), false) => (&["queue", "audioconvert", "audioresample", "autoaudiosink"], true),
-                _ => (&["queue", "fakesink"], false),
-            };
-            if let Err(e) = attach_branch(&pipeline, pad, branch, sync) {
-                tracing::error!("cannot attach a sink for {media}: {e}");
-            }
-        });
-        Ok(Self { pipeline, appsrc })
     }
 
     /// Starts playing (the pipeline reaches PLAYING once it has prerolled).
@@ -135,26 +142,32 @@ impl Pipeline {
         self.pipeline.set_state(gst::State::Paused).map(|_| ()).map_err(setup_error)
     }
 
-    /// Pushes bytes; `discontinuity` marks a jump (a new init section or rendition).
-    pub fn push(&self, data: Vec<u8>, discontinuity: bool) -> Result<(), PipelineError> {
+    /// Pushes bytes into `track`; `discontinuity` marks a jump (a new init section or rendition).
+    pub fn push(&self, track: Track, data: Vec<u8>, discontinuity: bool) -> Result<(), PipelineError> {
         let mut buffer = gst::Buffer::from_mut_slice(data);
         if discontinuity {
             if let Some(buffer) = buffer.get_mut() {
                 buffer.set_flags(gst::BufferFlags::DISCONT);
             }
         }
-        self.appsrc.push_buffer(buffer).map(|_| ()).map_err(|e| setup_error(format!("push: {e:?}")))
+        self.source(track)?.push_buffer(buffer).map(|_| ()).map_err(|e| setup_error(format!("push: {e:?}")))
     }
 
-    /// No more data: the pipeline posts end-of-stream once everything has played.
-    pub fn end_of_stream(&self) -> Result<(), PipelineError> {
-        self.appsrc.end_of_stream().map(|_| ()).map_err(|e| setup_error(format!("end of stream: {e:?}")))
+    /// No more data for `track`: the pipeline posts end-of-stream once every track has ended and
+    /// everything has played.
+    pub fn end_of_stream(&self, track: Track) -> Result<(), PipelineError> {
+        self.source(track)?.end_of_stream().map(|_| ()).map_err(|e| setup_error(format!("end of stream: {e:?}")))
     }
 
     /// Clock time minus base time: how long the pipeline has been playing since its base time was
     /// (re)set. `None` before it first plays.
     pub fn running_time_s(&self) -> Option<f64> {
         self.pipeline.current_running_time().map(|t| t.nseconds() as f64 / 1e9)
+    }
+
+    /// Seconds of decoded audio the audio sink has received.
+    pub fn audio_played_s(&self) -> f64 {
+        self.audio_played_ns.load(Ordering::Relaxed) as f64 / 1e9
     }
 
     pub fn is_playing(&self) -> bool {
@@ -176,6 +189,19 @@ impl Pipeline {
                     error.error(),
                     error.debug().map(|d| d.to_string()).unwrap_or_default().lines().next().unwrap_or("")
                 ))),
+                // decodebin found a stream it has no decoder for. With other streams decodable it
+                // would go on without it (silent video): the viewer is told instead.
+                MessageView::Element(element) if element.structure().is_some_and(|s| s.name() == "missing-plugin") => {
+                    let what = element
+                        .structure()
+                        .and_then(|s| s.get::<gst::Caps>("detail").ok())
+                        .and_then(|caps| caps.structure(0).map(|s| s.name().to_string()))
+                        .unwrap_or_else(|| "a stream".into());
+                    events.push(PipelineEvent::Error(format!(
+                        "no GStreamer decoder for {what}: cannot play this stream's {}",
+                        if what.starts_with("audio/") { "audio" } else { "media" }
+                    )));
+                }
                 MessageView::StateChanged(change)
                     if change.src() == Some(self.pipeline.upcast_ref()) && change.current() == gst::State::Playing =>
                 {
@@ -198,12 +224,58 @@ impl Drop for Pipeline {
     }
 }
 
+/// Adds `appsrc → decodebin` with a sink branch per decoded stream. `drop_audio`: the variant's own
+/// audio (if any) is discarded, because a separate audio rendition plays instead.
+fn add_source(
+    pipeline: &gst::Pipeline,
+    container: Container,
+    headless: bool,
+    drop_audio: bool,
+    audio_played_ns: &Arc<AtomicU64>,
+) -> Result<gst_app::AppSrc, PipelineError> {
+    let appsrc = make("appsrc")?.downcast::<gst_app::AppSrc>().map_err(|_| setup_error("appsrc is not an AppSrc"))?;
+    appsrc.set_format(gst::Format::Bytes);
+    appsrc.set_is_live(false);
+    appsrc.set_stream_type(gst_app::AppStreamType::Stream);
+    // The session bounds memory by the buffer target; appsrc must not drop or block pushes.
+    appsrc.set_max_bytes(1 << 30);
+    if container == Container::MpegTs {
+        appsrc.set_caps(Some(&gst::Caps::builder("video/mpegts").field("systemstream", true).build()));
+    }
+    let decodebin = make("decodebin")?;
+    pipeline.add_many([appsrc.upcast_ref(), &decodebin]).map_err(setup_error)?;
+    appsrc.link(&decodebin).map_err(setup_error)?;
+    let weak = pipeline.downgrade();
+    let audio_played_ns = Arc::clone(audio_played_ns);
+    decodebin.connect_pad_added(move |_, pad| {
+        let Some(pipeline) = weak.upgrade() else {
+            return;
+        };
+        let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+        let media = caps.structure(0).map(|s| s.name().to_string()).unwrap_or_default();
+        // (elements, whether a fakesink at the end syncs to the clock, i.e. plays in real time)
+        let (branch, sync): (&[&str], bool) = match (media.split('/').next(), headless) {
+            (Some("audio"), _) if drop_audio => (&["queue", "fakesink"], false),
+            (Some("video"), true) | (Some("audio"), true) => (&["queue", "fakesink"], true),
+            (Some("video"), false) => (&["queue", "videoconvert", "videoscale", "autovideosink"], true),
+            (Some("audio"), false) => (&["queue", "audioconvert", "audioresample", "autoaudiosink"], true),
+            _ => (&["queue", "fakesink"], false),
+        };
+        let count = (media.starts_with("audio/") && !drop_audio).then_some(&audio_played_ns);
+        if let Err(e) = attach_branch(&pipeline, pad, branch, sync, count) {
+            tracing::error!("cannot attach a sink for {media}: {e}");
+        }
+    });
+    Ok(appsrc)
+}
+
 /// Adds `queue ! ... ! sink` made of `factories` to the running pipeline and links `pad` to it.
 fn attach_branch(
     pipeline: &gst::Pipeline,
     pad: &gst::Pad,
     factories: &[&str],
     sync: bool,
+    played_ns: Option<&Arc<AtomicU64>>,
 ) -> Result<(), PipelineError> {
     let elements = factories.iter().map(|factory| make(factory)).collect::<Result<Vec<_>, _>>()?;
     let (Some(first), Some(last)) = (elements.first(), elements.last()) else {
@@ -216,6 +288,15 @@ fn attach_branch(
     gst::Element::link_many(&elements).map_err(setup_error)?;
     for element in elements.iter().rev() {
         element.sync_state_with_parent().map_err(setup_error)?;
+    }
+    if let (Some(played_ns), Some(sink_pad)) = (played_ns, last.static_pad("sink")) {
+        let played_ns = Arc::clone(played_ns);
+        sink_pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(duration) = info.buffer().and_then(|b| b.duration()) {
+                played_ns.fetch_add(duration.nseconds(), Ordering::Relaxed);
+            }
+            gst::PadProbeReturn::Ok
+        });
     }
     let sink = first.static_pad("sink").ok_or_else(|| setup_error("branch has no sink pad"))?;
     pad.link(&sink).map_err(setup_error)?;
@@ -230,6 +311,13 @@ pub fn display_available() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_decoders_eddy_needs_are_found_by_caps_and_nonsense_is_not() {
+        assert!(can_decode("audio/mpeg, mpegversion=(int)4"), "AAC (gstreamer1.0-libav)");
+        assert!(!can_decode("audio/x-no-such-codec"));
+        assert!(!can_decode("not caps at all ,,,"));
+    }
 
     #[test]
     fn only_listed_elements_are_made() {

@@ -35,6 +35,56 @@ pub struct Variant {
     pub bandwidth_bps: u64,
     pub average_bandwidth_bps: Option<u64>,
     pub resolution: Option<(u64, u64)>,
+    /// `CODECS`: every format in the variant and the renditions played with it (RFC 8216 §4.3.4.2).
+    pub codecs: Option<String>,
+    /// `AUDIO`: the group of `EXT-X-MEDIA:TYPE=AUDIO` renditions played with this variant.
+    pub audio_group: Option<String>,
+    /// `SUBTITLES`: the group of `EXT-X-MEDIA:TYPE=SUBTITLES` renditions.
+    pub subtitles_group: Option<String>,
+}
+
+/// What an `EXT-X-MEDIA` rendition carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaKind {
+    Audio,
+    Video,
+    Subtitles,
+    ClosedCaptions,
+}
+
+impl MediaKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            MediaKind::Audio => "audio",
+            MediaKind::Video => "video",
+            MediaKind::Subtitles => "subtitles",
+            MediaKind::ClosedCaptions => "closed captions",
+        }
+    }
+}
+
+/// An alternative rendition (`EXT-X-MEDIA`, RFC 8216 §4.3.4.1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendition {
+    pub kind: MediaKind,
+    pub group_id: String,
+    pub name: String,
+    /// RFC 5646 language tag.
+    pub language: Option<String>,
+    pub default: bool,
+    pub autoselect: bool,
+    /// `None`: the rendition is carried in the variant's own stream (§4.3.4.1: "If the URI attribute
+    /// is missing, the Rendition is included in the Media Playlist of any EXT-X-STREAM-INF tag
+    /// referencing this EXT-X-MEDIA tag").
+    pub uri: Option<Url>,
+    pub channels: Option<String>,
+}
+
+/// A master playlist: its variants (I-frame-only ones left out) and alternative renditions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Master {
+    pub variants: Vec<Variant>,
+    pub renditions: Vec<Rendition>,
 }
 
 /// An AES-128 key reference with the IV for one segment.
@@ -121,7 +171,7 @@ impl MediaPlaylist {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Parsed {
-    Master(Vec<Variant>),
+    Master(Master),
     Media(MediaPlaylist),
 }
 
@@ -193,7 +243,7 @@ pub fn parse(bytes: &[u8], base: &Url) -> Result<Parsed, PlaylistError> {
         Playlist::MasterPlaylist(master) => {
             // m3u8-rs keeps an EXT-X-STREAM-INF it cannot read (no BANDWIDTH, a bad RESOLUTION...) as an
             // unknown tag, and the URI line after it then replaces the previous variant's URI.
-            if let Some(tag) = master.unknown_tags.iter().find(|t| t.tag == "X-STREAM-INF") {
+            if let Some(tag) = master.unknown_tags.iter().find(|t| t.tag == "X-STREAM-INF" || t.tag == "X-MEDIA") {
                 return Err(invalid(format!("unreadable {}", tag_text(tag))));
             }
             let mut variants = Vec::new();
@@ -211,15 +261,64 @@ pub fn parse(bytes: &[u8], base: &Url) -> Result<Parsed, PlaylistError> {
                     bandwidth_bps: variant.bandwidth,
                     average_bandwidth_bps: variant.average_bandwidth,
                     resolution: variant.resolution.map(|r| (r.width, r.height)),
+                    codecs: variant.codecs.clone(),
+                    audio_group: variant.audio.clone(),
+                    subtitles_group: variant.subtitles.clone(),
                 });
             }
             if variants.is_empty() {
                 return Err(malformed("master playlist lists no variant"));
             }
-            Ok(Parsed::Master(variants))
+            let renditions =
+                master.alternatives.iter().map(|media| rendition(media, base)).collect::<Result<Vec<_>, _>>()?;
+            for variant in &variants {
+                let groups =
+                    [(MediaKind::Audio, &variant.audio_group), (MediaKind::Subtitles, &variant.subtitles_group)];
+                for (kind, group) in groups {
+                    let Some(group) = group else { continue };
+                    // RFC 8216 §4.3.4.2: the value must match the GROUP-ID of an EXT-X-MEDIA of that TYPE.
+                    if !renditions.iter().any(|r| r.kind == kind && r.group_id == *group) {
+                        return Err(invalid(format!(
+                            "variant {} names {} group \"{group}\", which no EXT-X-MEDIA defines",
+                            variant.index,
+                            kind.name()
+                        )));
+                    }
+                }
+            }
+            Ok(Parsed::Master(Master { variants, renditions }))
         }
         Playlist::MediaPlaylist(media) => Ok(Parsed::Media(media_playlist(media, base)?)),
     }
+}
+
+/// An `EXT-X-MEDIA` tag, its URI resolved like a variant's.
+fn rendition(media: &m3u8_rs::AlternativeMedia, base: &Url) -> Result<Rendition, PlaylistError> {
+    use m3u8_rs::AlternativeMediaType as Type;
+    let kind = match media.media_type {
+        Type::Audio => MediaKind::Audio,
+        Type::Video => MediaKind::Video,
+        Type::Subtitles => MediaKind::Subtitles,
+        Type::ClosedCaptions => MediaKind::ClosedCaptions,
+        // m3u8-rs keeps any other TYPE; RFC 8216 §4.3.4.1 allows only the four above.
+        Type::Other(_) => {
+            return Err(PlaylistError::Invalid {
+                url: base.to_string(),
+                reason: format!("EXT-X-MEDIA \"{}\" has an unknown TYPE", media.name),
+            })
+        }
+    };
+    let uri = media.uri.as_deref().map(|uri| resolve(base, uri)).transpose()?;
+    Ok(Rendition {
+        kind,
+        group_id: media.group_id.clone(),
+        name: media.name.clone(),
+        language: media.language.clone(),
+        default: media.default,
+        autoselect: media.autoselect,
+        uri,
+        channels: media.channels.clone(),
+    })
 }
 
 /// `#EXT-name:value` of a tag m3u8-rs could not read, shortened for an error message.
@@ -462,7 +561,7 @@ mod tests {
     #[test]
     fn master_variants_resolve_relative_uris_in_order() {
         let text = b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=800000,RESOLUTION=640x360\n360p/index.m3u8\n#EXT-X-STREAM-INF:BANDWIDTH=300000,AVERAGE-BANDWIDTH=280000\nhttp://cdn.test/240p.m3u8\n";
-        let Ok(Parsed::Master(variants)) = parse(text, &base()) else { panic!("master expected") };
+        let Ok(Parsed::Master(Master { variants, .. })) = parse(text, &base()) else { panic!("master expected") };
         assert_eq!(variants.len(), 2);
         assert_eq!(variants[0].uri.as_str(), "http://example.test/live/360p/index.m3u8");
         assert_eq!(variants[0].resolution, Some((640, 360)));
@@ -496,7 +595,9 @@ mod tests {
     #[test]
     fn relative_uris_without_a_query_inherit_the_playlists_query() {
         let master = b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=800000\nv0/index.m3u8\n#EXT-X-STREAM-INF:BANDWIDTH=300000\nv1/index.m3u8?own=1\n";
-        let Ok(Parsed::Master(variants)) = parse(master, &signed_base()) else { panic!("master expected") };
+        let Ok(Parsed::Master(Master { variants, .. })) = parse(master, &signed_base()) else {
+            panic!("master expected")
+        };
         assert_eq!(variants[0].uri.as_str(), "http://edge.test/videos/x/v0/index.m3u8?token=T");
         assert_eq!(variants[1].uri.as_str(), "http://edge.test/videos/x/v1/index.m3u8?own=1", "its own query wins");
 
@@ -592,7 +693,7 @@ mod tests {
         match result {
             // The error names the playlist it is about.
             Err(e) => prop_assert!(e.to_string().contains(base.as_str()), "{e}"),
-            Ok(Parsed::Master(variants)) => {
+            Ok(Parsed::Master(Master { variants, .. })) => {
                 prop_assert!(!variants.is_empty());
                 for pair in variants.windows(2) {
                     prop_assert!(pair[0].index < pair[1].index);
@@ -878,7 +979,9 @@ mod tests {
         let Ok(Parsed::Media(media)) = parse(MEDIA.as_bytes(), &base) else { panic!("media expected") };
         assert_eq!(media.segments.len(), 4);
         assert!(media.segments[3].key.is_none(), "METHOD=NONE ends encryption");
-        let Ok(Parsed::Master(variants)) = parse(MASTER.as_bytes(), &base) else { panic!("master expected") };
+        let Ok(Parsed::Master(Master { variants, .. })) = parse(MASTER.as_bytes(), &base) else {
+            panic!("master expected")
+        };
         assert_eq!(variants.len(), 3);
     }
 

@@ -41,6 +41,9 @@ pub struct Report {
     pub qoe_lin: f64,
     pub abandoned_downloads: u32,
     pub interrupted: bool,
+    /// Seconds of decoded audio that reached the audio sink (0 for a stream without audio, or one
+    /// whose audio never played).
+    pub audio_played_s: f64,
     pub segments: Vec<SegmentRecord>,
 }
 
@@ -56,6 +59,7 @@ pub struct PlaybackTotals {
     pub bytes: u64,
     pub abandoned_downloads: u32,
     pub interrupted: bool,
+    pub audio_played_s: f64,
     /// The segments that (at least partly) played, in order.
     pub segments: Vec<SegmentRecord>,
 }
@@ -71,6 +75,7 @@ impl Report {
             bytes,
             abandoned_downloads,
             interrupted,
+            audio_played_s,
             segments,
         } = totals;
         let bitrates: Vec<u64> = segments.iter().map(|s| s.bitrate_bps).collect();
@@ -89,6 +94,7 @@ impl Report {
             qoe_lin: qoe::qoe_lin(&bitrates, stall_s),
             abandoned_downloads,
             interrupted,
+            audio_played_s: (audio_played_s * 1000.0).round() / 1000.0,
             segments,
         }
     }
@@ -211,6 +217,7 @@ mod tests {
             bytes: 5000,
             abandoned_downloads: 0,
             interrupted: false,
+            audio_played_s: 0.0,
             segments,
         });
         assert_eq!(report.switches, 1);

@@ -3,13 +3,10 @@
 //! the download with its abandonment checks, a lower rendition if it fails, decryption, and the push
 //! into the pipeline. Fetching and playing go through the [`Fetch`] and [`MediaSink`] seams.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::Bytes;
-use url::Url;
-
+use super::keys::Keys;
 use super::monitor::MONITOR_INTERVAL;
 use super::playlists::{Ladder, Next, Playlists};
 use super::seams::Fetch;
@@ -17,9 +14,9 @@ use super::state::{lock, Playback, Status};
 use super::{PlayError, PlayerConfig};
 use crate::abr::history::{self, AbandonPoint, DecisionPoint, Download, History};
 use crate::abr::{AbrAlgorithm, PartialTransfer};
-use crate::crypto;
 use crate::events::{Event, LadderRung};
 use crate::fetch::{FetchError, Outcome};
+use crate::pipeline::Track;
 use crate::playlist::{InitSection, Segment};
 use crate::report::SegmentRecord;
 
@@ -40,7 +37,7 @@ pub(super) struct Downloader<'a, F: Fetch> {
     pub playlists: Playlists,
     pub abr: Box<dyn AbrAlgorithm + Send>,
     pub history: History,
-    pub keys: HashMap<Url, Bytes>,
+    pub keys: Keys,
     /// The init section last pushed (fMP4): pushed again when it changes (rendition switch).
     pub last_init: Option<InitSection>,
     pub done: Downloaded,
@@ -110,7 +107,7 @@ impl<F: Fetch> Downloader<'_, F> {
         if state.play_requested_at.is_none() {
             return Err(PlayError::NoRendition("the stream has no segment to play".into()));
         }
-        state.sink.end_of_stream()?;
+        state.sink.end_of_stream(Track::Main)?;
         Ok(())
     }
 
@@ -295,14 +292,14 @@ impl<F: Fetch> Downloader<'_, F> {
     /// Decrypts, pushes the init section when it changed and the segment, and records it.
     async fn push(&mut self, fetched: Fetched, previous: Option<usize>) -> Result<(), PlayError> {
         let Fetched { segment, rung, data, download, download_ms, abandoned } = fetched;
-        let data = self.decrypt(&segment, data).await?;
+        let data = self.keys.decrypt(self.fetcher, &segment, data, &mut self.done.bytes).await?;
         let switched = previous.is_some_and(|c| c != rung);
         let init_changed = segment.init.is_some() && segment.init != self.last_init;
         if init_changed {
             if let Some(init) = &segment.init {
                 let init_data = self.fetcher.get(&init.uri, init.range).await?;
                 self.done.bytes += init_data.len() as u64;
-                lock(self.shared).sink.push(init_data.to_vec(), true)?;
+                lock(self.shared).sink.push(Track::Main, init_data.to_vec(), true)?;
                 self.last_init = segment.init.clone();
             }
         }
@@ -322,7 +319,7 @@ impl<F: Fetch> Downloader<'_, F> {
             duration_s: segment.duration_s,
         };
         let mut state = lock(self.shared);
-        state.sink.push(data, (switched || segment.discontinuity) && !init_changed)?;
+        state.sink.push(Track::Main, data, (switched || segment.discontinuity) && !init_changed)?;
         state.pushed_media_s += segment.duration_s;
         if state.play_requested_at.is_none() {
             state.sink.play()?;
@@ -350,22 +347,5 @@ impl<F: Fetch> Downloader<'_, F> {
         drop(state);
         self.done.records.push(record);
         Ok(())
-    }
-
-    async fn decrypt(&mut self, segment: &Segment, data: Vec<u8>) -> Result<Vec<u8>, PlayError> {
-        let Some(key) = &segment.key else {
-            return Ok(data);
-        };
-        let key_bytes = match self.keys.get(&key.uri) {
-            Some(bytes) => bytes.clone(),
-            None => {
-                let bytes = self.fetcher.get(&key.uri, None).await?;
-                self.done.bytes += bytes.len() as u64;
-                self.keys.insert(key.uri.clone(), bytes.clone());
-                bytes
-            }
-        };
-        crypto::decrypt_aes128(&key_bytes, &key.iv, &data)
-            .map_err(|e| PlayError::Decrypt { sequence: segment.sequence, reason: e.to_string() })
     }
 }

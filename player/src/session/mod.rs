@@ -5,11 +5,15 @@
 //! - [`play`] (here) sets a playback up, runs it and assembles its report;
 //! - `playlists`: media playlists per variant, live reloads, the ladder;
 //! - `downloader`: the download loop (one segment at a time);
+//! - `audio`: a separate audio rendition's loop, beside the download loop;
+//! - `keys`: segment keys, fetched once;
 //! - `monitor`: the periodic buffer, stall and status-line check;
 //! - `state`: the playback state the two share;
 //! - `seams`: the fetch and pipeline traits the loop is written against.
 
+mod audio;
 mod downloader;
+mod keys;
 mod monitor;
 mod playlists;
 mod seams;
@@ -29,13 +33,16 @@ use crate::abr::history::History;
 use crate::abr::EddyAbr;
 use crate::events::{Event, EventWriter};
 use crate::fetch::{FetchError, Fetcher};
-use crate::pipeline::{Container, Pipeline, PipelineError};
-use crate::playlist::{self, Parsed, PlaylistError, Variant};
+use crate::pipeline::{self as gst_pipeline, Container, Pipeline, PipelineError};
+use crate::playlist::{self, Parsed, PlaylistError, Rendition, Variant};
+use crate::renditions::{self, SelectError};
 use crate::report::{PlaybackTotals, Report, SegmentRecord, TimelinePoint};
 use crate::stall::{StallTracker, RESUME_THRESHOLD_S};
+use audio::AudioLoader;
 use downloader::{Downloaded, Downloader};
+use keys::Keys;
 use playlists::{build_ladder, LoadedPlaylist, Playlists};
-use state::{lock, Finish, Playback};
+use state::{lock, AudioTrack, Finish, Playback};
 
 #[derive(Debug, Clone)]
 pub struct PlayerConfig {
@@ -51,6 +58,8 @@ pub struct PlayerConfig {
     pub duration_s: Option<f64>,
     pub events: Option<PathBuf>,
     pub quiet: bool,
+    /// `--audio-lang`: the audio rendition's language (RFC 5646), instead of the stream's default.
+    pub audio_lang: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -61,6 +70,8 @@ pub enum PlayError {
     Playlist(#[from] PlaylistError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Select(#[from] SelectError),
     #[error("no playable rendition: {0}")]
     NoRendition(String),
     #[error("segment {sequence} could not be fetched at any rendition: {reason}")]
@@ -77,26 +88,54 @@ pub struct Played {
     pub timeline: Vec<TimelinePoint>,
 }
 
+/// What `--list` prints for `url`: a master's variants and renditions, or a media playlist's length.
+pub async fn list(url: &Url) -> Result<String, PlayError> {
+    let body = Fetcher::new()?.get(url, None).await?;
+    Ok(match playlist::parse(&body, url)? {
+        Parsed::Master(master) => renditions::listing(&master),
+        Parsed::Media(media) => format!(
+            "a media playlist (no variants or renditions): {} segment(s), {:.1} s{}\n",
+            media.segments.len(),
+            media.segments.iter().map(|s| s.duration_s).sum::<f64>(),
+            if media.ended { "" } else { ", live" }
+        ),
+    })
+}
+
 /// Plays `config.url` to the end (or `--duration`, or Ctrl-C).
 pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
     let started_at = Instant::now();
     let fetcher = Fetcher::new()?;
     let body = fetcher.get(&config.url, None).await?;
     let mut playlists = Playlists { loaded: HashMap::new() };
-    let variants = match playlist::parse(&body, &config.url)? {
-        Parsed::Master(variants) => variants,
+    let (variants, master) = match playlist::parse(&body, &config.url)? {
+        Parsed::Master(master) => (master.variants.clone(), Some(master)),
         Parsed::Media(media) => {
             playlists.loaded.insert(0, LoadedPlaylist { playlist: media, loaded_at: Instant::now(), unchanged: false });
-            vec![Variant {
+            let variant = Variant {
                 index: 0,
                 uri: config.url.clone(),
                 bandwidth_bps: 0,
                 average_bandwidth_bps: None,
                 resolution: None,
-            }]
+                codecs: None,
+                audio_group: None,
+                subtitles_group: None,
+            };
+            (vec![variant], None)
         }
     };
     let ladder = build_ladder(variants, &config)?;
+    for variant in &ladder.variants {
+        renditions::check_audio_codecs(variant, &gst_pipeline::can_decode)?;
+    }
+    let audio_rendition: Option<Rendition> = match &master {
+        Some(master) => renditions::select_audio(master, &ladder.variants, config.audio_lang.as_deref())?.cloned(),
+        None if config.audio_lang.is_some() => {
+            return Err(SelectError::NoAudioRenditions { wanted: config.audio_lang.clone().unwrap_or_default() }.into())
+        }
+        None => None,
+    };
     // The lowest rung's playlist tells the container and the start position (all rungs align).
     let first_rung = 0;
     let first = playlists.load(&fetcher, &ladder.variants[first_rung]).await?.playlist.clone();
@@ -117,13 +156,30 @@ pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
     let events = EventWriter::create(config.events.as_deref()).map_err(|e| {
         PlayError::Output(format!("{}: {e}", config.events.as_deref().unwrap_or(std::path::Path::new("")).display()))
     })?;
+    let mut audio = match &audio_rendition {
+        Some(rendition) => AudioLoader::new(&config, &fetcher, rendition),
+        None => None,
+    };
+    let audio_container = match &mut audio {
+        Some(audio) => {
+            let playlist = audio.first_playlist().await?;
+            Some(if playlist.is_fmp4() { Container::Fmp4 } else { Container::MpegTs })
+        }
+        None => None,
+    };
     let shared = Arc::new(Mutex::new(Playback::new(
-        Box::new(Pipeline::new(container, config.headless)?),
+        Box::new(Pipeline::new(container, audio_container, config.headless)?),
         started_at,
         StallTracker::new(RESUME_THRESHOLD_S.min(config.buffer_target_s)),
         config.duration_s,
         events,
     )));
+    if let (Some(rendition), Some(_)) = (&audio_rendition, &audio) {
+        let mut state = lock(&shared);
+        state.audio = Some(AudioTrack::default());
+        let uri = rendition.uri.as_ref().map(Url::to_string).unwrap_or_default();
+        state.event(Event::Audio { name: rendition.name.clone(), language: rendition.language.clone(), uri });
+    }
     let monitor = tokio::spawn(monitor::run(Arc::clone(&shared), config.quiet));
     let interrupt = {
         let shared = Arc::clone(&shared);
@@ -141,18 +197,31 @@ pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
         playlists,
         abr: Box::new(EddyAbr::new()),
         history: History::default(),
-        keys: HashMap::new(),
+        keys: Keys::default(),
         last_init: None,
         done: Downloaded { bytes: body.len() as u64, ..Downloaded::default() },
     };
-    let result = downloader.run(start_sequence).await;
-    if let Err(error) = &result {
-        lock(&shared).finish(Finish::Failed(error.to_string()));
-    }
+    let video = async {
+        let result = downloader.run(start_sequence).await;
+        if let Err(error) = &result {
+            lock(&shared).finish(Finish::Failed(error.to_string()));
+        }
+        result
+    };
+    let audio_loop = async {
+        let Some(audio) = &mut audio else { return Ok(0) };
+        let result = audio.run(&shared, config.start_at_s).await;
+        if let Err(error) = &result {
+            lock(&shared).finish(Finish::Failed(error.to_string()));
+        }
+        result.map(|()| audio.bytes)
+    };
+    let (result, audio_result) = tokio::join!(video, audio_loop);
     let _ = monitor.await;
     interrupt.abort();
-    let done = downloader.done;
+    let mut done = downloader.done;
     result?;
+    done.bytes = done.bytes.saturating_add(audio_result?);
     let mut state = lock(&shared);
     let finish = state.finish.clone().unwrap_or(Finish::EndOfStream);
     if let Finish::Failed(message) = &finish {
@@ -182,6 +251,7 @@ fn totals(config: &PlayerConfig, state: &Playback, finish: &Finish, done: Downlo
         bytes: done.bytes,
         abandoned_downloads: done.abandoned,
         interrupted: *finish == Finish::Interrupted,
+        audio_played_s: state.sink.audio_played_s(),
         segments: played_segments(done.records, played_s),
     }
 }

@@ -69,7 +69,7 @@ fn tick(shared: &mut Playback, quiet: bool, last_status: &mut Instant, last_poin
         shared.finish(Finish::DurationReached);
         return;
     }
-    let ahead = shared.buffer_ahead_s();
+    let ahead = shared.playable_ahead_s();
     let nothing_more = shared.nothing_more_to_push();
     if nothing_more && ahead <= STARVED_S {
         // Everything pushed has played by the clock: the pipeline's end-of-stream should follow; if a

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use url::Url;
 
 use crate::fetch::{FetchError, Fetcher, Outcome, Progress};
-use crate::pipeline::{Pipeline, PipelineError, PipelineEvent};
+use crate::pipeline::{Pipeline, PipelineError, PipelineEvent, Track};
 use crate::playlist::Range;
 
 /// Fetches playlists, keys and segments.
@@ -42,22 +42,26 @@ impl Fetch for Fetcher {
 
 /// Plays what is pushed into it.
 pub trait MediaSink: Send {
-    /// Appends media; `discontinuity` after a rendition switch or a discontinuity tag.
-    fn push(&self, data: Vec<u8>, discontinuity: bool) -> Result<(), PipelineError>;
+    /// Appends media to `track`; `discontinuity` after a rendition switch or a discontinuity tag.
+    fn push(&self, track: Track, data: Vec<u8>, discontinuity: bool) -> Result<(), PipelineError>;
     fn play(&self) -> Result<(), PipelineError>;
     fn pause(&self) -> Result<(), PipelineError>;
-    /// Nothing more will be pushed.
-    fn end_of_stream(&self) -> Result<(), PipelineError>;
+    /// Nothing more will be pushed to `track`.
+    fn end_of_stream(&self, track: Track) -> Result<(), PipelineError>;
     /// Media played so far (the clock's running time), once playing.
     fn running_time_s(&self) -> Option<f64>;
     /// What happened since the last call.
     fn poll(&self) -> Vec<PipelineEvent>;
+    /// Seconds of decoded audio played so far.
+    fn audio_played_s(&self) -> f64 {
+        0.0
+    }
     fn stop(&self);
 }
 
 impl MediaSink for Pipeline {
-    fn push(&self, data: Vec<u8>, discontinuity: bool) -> Result<(), PipelineError> {
-        Pipeline::push(self, data, discontinuity)
+    fn push(&self, track: Track, data: Vec<u8>, discontinuity: bool) -> Result<(), PipelineError> {
+        Pipeline::push(self, track, data, discontinuity)
     }
     fn play(&self) -> Result<(), PipelineError> {
         Pipeline::play(self)
@@ -65,14 +69,17 @@ impl MediaSink for Pipeline {
     fn pause(&self) -> Result<(), PipelineError> {
         Pipeline::pause(self)
     }
-    fn end_of_stream(&self) -> Result<(), PipelineError> {
-        Pipeline::end_of_stream(self)
+    fn end_of_stream(&self, track: Track) -> Result<(), PipelineError> {
+        Pipeline::end_of_stream(self, track)
     }
     fn running_time_s(&self) -> Option<f64> {
         Pipeline::running_time_s(self)
     }
     fn poll(&self) -> Vec<PipelineEvent> {
         Pipeline::poll(self)
+    }
+    fn audio_played_s(&self) -> f64 {
+        Pipeline::audio_played_s(self)
     }
     fn stop(&self) {
         Pipeline::stop(self)

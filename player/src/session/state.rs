@@ -47,6 +47,8 @@ pub(super) struct Playback {
     /// Media seconds pushed into the pipeline.
     pub pushed_media_s: f64,
     pub all_pushed: bool,
+    /// A separate audio rendition's track, when one plays.
+    pub audio: Option<AudioTrack>,
     pub stall: StallTracker,
     /// Played seconds frozen while the pipeline is paused for a stall.
     pub frozen_played_s: Option<f64>,
@@ -75,6 +77,7 @@ impl Playback {
             playing_since: None,
             pushed_media_s: 0.0,
             all_pushed: false,
+            audio: None,
             stall,
             frozen_played_s: None,
             finish: None,
@@ -107,8 +110,25 @@ impl Playback {
         self.sink.running_time_s().unwrap_or(0.0).min(self.pushed_media_s)
     }
 
+    /// The variant's media buffered ahead: what the ABR and the download loop plan with.
     pub fn buffer_ahead_s(&self) -> f64 {
         (self.pushed_media_s - self.played_s()).max(0.0)
+    }
+
+    /// A separate audio track's media buffered ahead (infinite once it has all been pushed: a track
+    /// that ended cannot starve playback).
+    pub fn audio_ahead_s(&self) -> Option<f64> {
+        let audio = self.audio.as_ref()?;
+        if audio.all_pushed {
+            return Some(f64::INFINITY);
+        }
+        Some((audio.pushed_s - self.played_s()).max(0.0))
+    }
+
+    /// What can play before something runs out: the least buffered track. The pipeline stops at the
+    /// first empty source, so stalls are detected on this.
+    pub fn playable_ahead_s(&self) -> f64 {
+        self.audio_ahead_s().map_or(self.buffer_ahead_s(), |audio| audio.min(self.buffer_ahead_s()))
     }
 
     /// Enough media is pushed for `--duration`: the download loop stops.
@@ -119,7 +139,11 @@ impl Playback {
     /// Whether the pipeline holds all the media this playback will play: the stream's last segment,
     /// or enough for `--duration`. The buffer running out then is the end, not a stall.
     pub fn nothing_more_to_push(&self) -> bool {
-        self.all_pushed || self.enough_pushed()
+        let audio_done = self
+            .audio
+            .as_ref()
+            .is_none_or(|audio| audio.all_pushed || self.duration_s.is_some_and(|d| audio.pushed_s >= d));
+        (self.all_pushed || self.enough_pushed()) && audio_done
     }
 
     pub fn event(&mut self, event: Event) {
@@ -134,6 +158,14 @@ impl Playback {
             self.finish = Some(finish);
         }
     }
+}
+
+/// What was pushed of a separate audio rendition.
+#[derive(Debug, Clone, Default)]
+pub(super) struct AudioTrack {
+    /// Media seconds pushed into the audio source.
+    pub pushed_s: f64,
+    pub all_pushed: bool,
 }
 
 /// The state, even if a holder panicked: playback state stays meaningful, and the player must end.

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use url::Url;
 
 use super::downloader::{Downloaded, Downloader};
+use super::keys::Keys;
 use super::playlists::{build_ladder, Playlists};
 use super::seams::{Fetch, MediaSink};
 use super::state::{lock, Finish, Playback};
@@ -18,7 +19,7 @@ use crate::abr::history::History;
 use crate::abr::{AbandonInput, AbrAlgorithm, AbrInput};
 use crate::events::{self, Event, EventWriter};
 use crate::fetch::{Download, FetchError, Outcome, Progress};
-use crate::pipeline::{PipelineError, PipelineEvent};
+use crate::pipeline::{PipelineError, PipelineEvent, Track};
 use crate::playlist::{Range, Variant};
 use crate::stall::StallTracker;
 
@@ -100,9 +101,10 @@ impl FakeSink {
 }
 
 impl MediaSink for FakeSink {
-    fn push(&self, data: Vec<u8>, discontinuity: bool) -> Result<(), PipelineError> {
+    fn push(&self, track: Track, data: Vec<u8>, discontinuity: bool) -> Result<(), PipelineError> {
         let mark = if discontinuity { " (discontinuity)" } else { "" };
-        self.note(format!("{}{mark}", String::from_utf8_lossy(&data)));
+        let to = if track == Track::Audio { "audio: " } else { "" };
+        self.note(format!("{to}{}{mark}", String::from_utf8_lossy(&data)));
         Ok(())
     }
     fn play(&self) -> Result<(), PipelineError> {
@@ -112,8 +114,8 @@ impl MediaSink for FakeSink {
     fn pause(&self) -> Result<(), PipelineError> {
         Ok(())
     }
-    fn end_of_stream(&self) -> Result<(), PipelineError> {
-        self.note("end".into());
+    fn end_of_stream(&self, track: Track) -> Result<(), PipelineError> {
+        self.note(if track == Track::Audio { "audio: end" } else { "end" }.into());
         Ok(())
     }
     fn running_time_s(&self) -> Option<f64> {
@@ -182,6 +184,9 @@ fn two_renditions(count: usize, fmp4: bool) -> (FakeFetch, Vec<Variant>) {
             bandwidth_bps,
             average_bandwidth_bps: None,
             resolution: None,
+            codecs: None,
+            audio_group: None,
+            subtitles_group: None,
         });
     }
     (fetch, variants)
@@ -215,6 +220,7 @@ async fn run(
         duration_s,
         events: Some(events_path.clone()),
         quiet: true,
+        audio_lang: None,
     };
     let ladder = build_ladder(variants, &config).unwrap_or_else(|e| panic!("{e}"));
     let sink = FakeSink::default();
@@ -231,7 +237,7 @@ async fn run(
         playlists: Playlists { loaded: HashMap::new() },
         abr,
         history: History::default(),
-        keys: HashMap::new(),
+        keys: Keys::default(),
         last_init: None,
         done: Downloaded::default(),
     };

@@ -1,0 +1,137 @@
+//! The separate audio rendition's loop (`EXT-X-MEDIA:TYPE=AUDIO` with a URI): its media playlist
+//! (reloaded while live, like a variant's), its segments fetched ahead up to the buffer target with
+//! their own look-ahead, decrypted, and pushed into the pipeline's audio source. It runs beside the
+//! video's download loop; both share the link, so audio bytes come out of the bandwidth the video's
+//! downloads measure.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::keys::Keys;
+use super::monitor::MONITOR_INTERVAL;
+use super::playlists::{Next, Playlists};
+use super::seams::Fetch;
+use super::state::{lock, AudioTrack, Playback};
+use super::{PlayError, PlayerConfig};
+use crate::events::Event;
+use crate::pipeline::Track;
+use crate::playlist::{InitSection, MediaPlaylist, Rendition, Variant};
+
+pub(super) struct AudioLoader<'a, F: Fetch> {
+    pub config: &'a PlayerConfig,
+    pub fetcher: &'a F,
+    /// The rendition's playlist, as a one-variant "ladder" for [`Playlists`].
+    pub playlist: Variant,
+    pub playlists: Playlists,
+    pub keys: Keys,
+    pub last_init: Option<InitSection>,
+    /// Bytes fetched for audio: segments, init sections, keys, playlists.
+    pub bytes: u64,
+}
+
+impl<'a, F: Fetch> AudioLoader<'a, F> {
+    pub fn new(config: &'a PlayerConfig, fetcher: &'a F, rendition: &Rendition) -> Option<Self> {
+        let uri = rendition.uri.clone()?;
+        let playlist = Variant {
+            index: 0,
+            uri,
+            bandwidth_bps: 0,
+            average_bandwidth_bps: None,
+            resolution: None,
+            codecs: None,
+            audio_group: None,
+            subtitles_group: None,
+        };
+        Some(AudioLoader {
+            config,
+            fetcher,
+            playlist,
+            playlists: Playlists { loaded: Default::default() },
+            keys: Keys::default(),
+            last_init: None,
+            bytes: 0,
+        })
+    }
+
+    /// The audio playlist (loaded once here; reloaded by the loop while live).
+    pub async fn first_playlist(&mut self) -> Result<MediaPlaylist, PlayError> {
+        let loaded = self.playlists.load(self.fetcher, &self.playlist).await?;
+        Ok(loaded.playlist.clone())
+    }
+
+    /// Pushes audio from `start_s` of media (`None`: the live edge, or the start of a VOD) until the
+    /// rendition ends or playback finishes.
+    pub async fn run(&mut self, shared: &Arc<Mutex<Playback>>, start_s: Option<f64>) -> Result<(), PlayError> {
+        let first = self.first_playlist().await?;
+        let mut sequence = match start_s {
+            Some(seconds) => first.sequence_at(seconds).or(first.last_sequence()).unwrap_or(0),
+            None if !first.ended => first.live_start_sequence().unwrap_or(0),
+            None => first.segments.first().map_or(0, |s| s.sequence),
+        };
+        loop {
+            if !self.wait_for_room(shared).await {
+                return Ok(());
+            }
+            let stopping = Arc::clone(shared);
+            let stop = move || lock(&stopping).finish.is_some();
+            let segment = match self.playlists.next(self.fetcher, &self.playlist, sequence, &stop).await? {
+                None => return Ok(()),
+                Some(Next::End) => break,
+                Some(Next::Skip(to)) => {
+                    tracing::warn!("audio fell behind the live window: skipping from {sequence} to {to}");
+                    sequence = to;
+                    continue;
+                }
+                Some(Next::Segment(segment)) => *segment,
+            };
+            let requested_at = Instant::now();
+            let data = self
+                .fetcher
+                .get(&segment.uri, segment.range)
+                .await
+                .map_err(|e| PlayError::Segment { sequence: segment.sequence, reason: format!("audio: {e}") })?;
+            let download_ms = requested_at.elapsed().as_millis() as u64;
+            let bytes = data.len() as u64;
+            self.bytes = self.bytes.saturating_add(bytes);
+            let data = self.keys.decrypt(self.fetcher, &segment, data.to_vec(), &mut self.bytes).await?;
+            let init_changed = segment.init.is_some() && segment.init != self.last_init;
+            if let Some(init) = segment.init.as_ref().filter(|_| init_changed) {
+                let init_data = self.fetcher.get(&init.uri, init.range).await?;
+                self.bytes = self.bytes.saturating_add(init_data.len() as u64);
+                lock(shared).sink.push(Track::Audio, init_data.to_vec(), true)?;
+                self.last_init = segment.init.clone();
+            }
+            let mut state = lock(shared);
+            state.sink.push(Track::Audio, data, segment.discontinuity && !init_changed)?;
+            let track = state.audio.get_or_insert_with(AudioTrack::default);
+            track.pushed_s += segment.duration_s;
+            let buffer_s = state.audio_ahead_s().unwrap_or(0.0);
+            state.event(Event::AudioSegment { index: segment.sequence, bytes, download_ms, buffer_s });
+            drop(state);
+            sequence = segment.sequence.saturating_add(1);
+        }
+        let mut state = lock(shared);
+        state.audio.get_or_insert_with(AudioTrack::default).all_pushed = true;
+        state.sink.end_of_stream(Track::Audio)?;
+        Ok(())
+    }
+
+    /// Waits while the audio buffered ahead is at its target. False when the loop should stop.
+    async fn wait_for_room(&self, shared: &Mutex<Playback>) -> bool {
+        loop {
+            let (ahead, stop) = {
+                let state = lock(shared);
+                let pushed = state.audio.as_ref().map_or(0.0, |a| a.pushed_s);
+                let enough = state.duration_s.is_some_and(|d| pushed >= d);
+                (state.audio_ahead_s().unwrap_or(0.0), state.finish.is_some() || enough)
+            };
+            if stop {
+                return false;
+            }
+            if ahead < self.config.buffer_target_s {
+                return true;
+            }
+            tokio::time::sleep(MONITOR_INTERVAL).await;
+        }
+    }
+}
