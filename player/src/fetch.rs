@@ -18,6 +18,9 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// No request may take longer than this without a byte.
 const STALLED_REQUEST: Duration = Duration::from_secs(20);
+/// The largest playlist accepted, compressed or not (a two-hour VOD with 1 s segments is ~500 KB):
+/// a server cannot make the player hold an endless body, nor a gzip bomb.
+pub const MAX_PLAYLIST_BYTES: u64 = 16 << 20;
 
 #[derive(Debug, Error)]
 pub enum FetchError {
@@ -27,6 +30,8 @@ pub enum FetchError {
     Status { url: String, status: u16 },
     #[error("{url}: {reason}")]
     File { url: String, reason: String },
+    #[error("{url}: unsupported response: {reason}")]
+    Unsupported { url: String, reason: String },
 }
 
 impl FetchError {
@@ -35,7 +40,7 @@ impl FetchError {
         match self {
             FetchError::Request { .. } => true,
             FetchError::Status { status, .. } => *status >= 500 || *status == 429,
-            FetchError::File { .. } => false,
+            FetchError::File { .. } | FetchError::Unsupported { .. } => false,
         }
     }
 }
@@ -55,6 +60,8 @@ pub struct Progress {
 #[derive(Debug, Clone)]
 pub struct Download {
     pub body: Bytes,
+    /// Where the body came from after redirects: relative URIs in a playlist resolve against it.
+    pub url: Url,
     pub requested_at: Instant,
     pub first_byte_at: Instant,
     pub finished_at: Instant,
@@ -86,10 +93,20 @@ impl Fetcher {
         Ok(Self { client })
     }
 
-    /// Fetches a whole small resource (playlist, key, init section) with retries.
+    /// Fetches a whole small resource (key, init section) with retries.
     pub async fn get(&self, url: &Url, range: Option<Range>) -> Result<Bytes, FetchError> {
         match self.download(url, range, |_| false).await? {
             Outcome::Done(download) => Ok(download.body),
+            Outcome::Abandoned { .. } => Err(FetchError::Request { url: url.to_string(), reason: "abandoned".into() }),
+        }
+    }
+
+    /// Fetches a playlist with retries: gzip-encoded bodies are accepted (`Accept-Encoding: gzip`,
+    /// RFC 9110 §12.5.3) and decoded, redirects followed, and the URL it finally came from returned,
+    /// since the playlist's relative URIs resolve against that (RFC 8216 §4.1, RFC 3986 §5.1.3).
+    pub async fn get_playlist(&self, url: &Url) -> Result<(Bytes, Url), FetchError> {
+        match self.fetch(url, None, Kind::Playlist, |_| false).await? {
+            Outcome::Done(download) => Ok((download.body, download.url)),
             Outcome::Abandoned { .. } => Err(FetchError::Request { url: url.to_string(), reason: "abandoned".into() }),
         }
     }
@@ -100,12 +117,22 @@ impl Fetcher {
         &self,
         url: &Url,
         range: Option<Range>,
+        abandon: impl FnMut(&Progress) -> bool,
+    ) -> Result<Outcome, FetchError> {
+        self.fetch(url, range, Kind::Media, abandon).await
+    }
+
+    async fn fetch(
+        &self,
+        url: &Url,
+        range: Option<Range>,
+        kind: Kind,
         mut abandon: impl FnMut(&Progress) -> bool,
     ) -> Result<Outcome, FetchError> {
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 1;
         loop {
-            match self.download_once(url, range, &mut abandon).await {
+            match self.download_once(url, range, kind, &mut abandon).await {
                 Err(error) if error.is_transient() && attempt < ATTEMPTS => {
                     tracing::warn!(%url, attempt, "request failed, retrying in {backoff:?}: {error}");
                     tokio::time::sleep(backoff).await;
@@ -121,6 +148,7 @@ impl Fetcher {
         &self,
         url: &Url,
         range: Option<Range>,
+        kind: Kind,
         abandon: &mut impl FnMut(&Progress) -> bool,
     ) -> Result<Outcome, FetchError> {
         let requested_at = Instant::now();
@@ -129,6 +157,9 @@ impl Fetcher {
         }
         let request_error = |e: reqwest::Error| FetchError::Request { url: url.to_string(), reason: e.to_string() };
         let mut request = self.client.get(url.clone());
+        if kind == Kind::Playlist {
+            request = request.header(reqwest::header::ACCEPT_ENCODING, "gzip");
+        }
         if let Some(range) = range {
             let last = range.offset + range.length.saturating_sub(1);
             request = request.header(reqwest::header::RANGE, format!("bytes={}-{last}", range.offset));
@@ -153,6 +184,19 @@ impl Fetcher {
         if !status.is_success() {
             return Err(FetchError::Status { url: url.to_string(), status: status.as_u16() });
         }
+        let final_url = response.url().clone();
+        let gzip = match response.headers().get(reqwest::header::CONTENT_ENCODING).map(|v| v.to_str()) {
+            None => false,
+            Some(Ok(coding)) if coding.eq_ignore_ascii_case("identity") => false,
+            Some(Ok(coding)) if kind == Kind::Playlist && coding.eq_ignore_ascii_case("gzip") => true,
+            Some(coding) => {
+                let coding = coding.unwrap_or("(not text)");
+                return Err(FetchError::Unsupported {
+                    url: url.to_string(),
+                    reason: format!("Content-Encoding {coding:?}"),
+                });
+            }
+        };
         progress.expected_bytes = response.content_length().or(range.map(|r| r.length));
         let mut body = BytesMut::with_capacity(progress.expected_bytes.unwrap_or(64 * 1024).min(64 << 20) as usize);
         let mut last_byte_at = Instant::now();
@@ -161,7 +205,10 @@ impl Fetcher {
                 Ok(Ok(Some(chunk))) => {
                     last_byte_at = Instant::now();
                     progress.first_byte_at.get_or_insert(last_byte_at);
-                    progress.bytes_so_far += chunk.len() as u64;
+                    progress.bytes_so_far = progress.bytes_so_far.saturating_add(chunk.len() as u64);
+                    if kind == Kind::Playlist && progress.bytes_so_far > MAX_PLAYLIST_BYTES {
+                        return Err(too_large(url));
+                    }
                     body.extend_from_slice(&chunk);
                 }
                 Ok(Ok(None)) => break,
@@ -183,14 +230,48 @@ impl Fetcher {
                 });
             }
         }
+        let body = if gzip {
+            gunzip(&body).map_err(|reason| FetchError::Unsupported { url: url.to_string(), reason })?
+        } else {
+            body.freeze()
+        };
+        if kind == Kind::Playlist && body.len() as u64 > MAX_PLAYLIST_BYTES {
+            return Err(too_large(url));
+        }
         let finished_at = Instant::now();
         Ok(Outcome::Done(Download {
-            body: body.freeze(),
+            body,
+            url: final_url,
             requested_at,
             first_byte_at: progress.first_byte_at.unwrap_or(finished_at),
             finished_at,
         }))
     }
+}
+
+/// What is fetched: a playlist (small, text, maybe gzip-encoded) or media (bytes as sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Playlist,
+    Media,
+}
+
+fn too_large(url: &Url) -> FetchError {
+    FetchError::Unsupported { url: url.to_string(), reason: format!("a playlist over {MAX_PLAYLIST_BYTES} bytes") }
+}
+
+/// Decodes a gzip body (RFC 1952), refusing one that inflates past [`MAX_PLAYLIST_BYTES`].
+fn gunzip(compressed: &[u8]) -> Result<Bytes, String> {
+    use std::io::Read;
+    let mut inflated = Vec::new();
+    flate2::read::GzDecoder::new(compressed)
+        .take(MAX_PLAYLIST_BYTES + 1)
+        .read_to_end(&mut inflated)
+        .map_err(|e| format!("gzip body cannot be decoded: {e}"))?;
+    if inflated.len() as u64 > MAX_PLAYLIST_BYTES {
+        return Err(format!("gzip body inflates past {MAX_PLAYLIST_BYTES} bytes"));
+    }
+    Ok(Bytes::from(inflated))
 }
 
 async fn read_file(url: &Url, range: Option<Range>, requested_at: Instant) -> Result<Download, FetchError> {
@@ -208,5 +289,35 @@ async fn read_file(url: &Url, range: Option<Range>, requested_at: Instant) -> Re
         }
     };
     let finished_at = Instant::now();
-    Ok(Download { body, requested_at, first_byte_at: finished_at, finished_at })
+    Ok(Download { body, url: url.clone(), requested_at, first_byte_at: finished_at, finished_at })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(data).unwrap_or_else(|e| panic!("{e}"));
+        encoder.finish().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_gzip_playlist_is_decoded() {
+        let text = b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n";
+        assert_eq!(gunzip(&gzip(text)).as_deref(), Ok(&text[..]));
+    }
+
+    #[test]
+    fn a_gzip_bomb_or_a_corrupt_body_is_refused() {
+        // 17 MiB of zeros compress to ~17 KB.
+        let bomb = gzip(&vec![0u8; (MAX_PLAYLIST_BYTES + (1 << 20)) as usize]);
+        assert!(bomb.len() < 100_000);
+        let error = gunzip(&bomb).err().unwrap_or_default();
+        assert!(error.contains("inflates past"), "{error}");
+        let error = gunzip(b"\x1f\x8b not really gzip").err().unwrap_or_default();
+        assert!(error.contains("cannot be decoded"), "{error}");
+    }
 }

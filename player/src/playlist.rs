@@ -559,6 +559,24 @@ mod tests {
     }
 
     #[test]
+    fn i_frame_streams_session_keys_and_session_data_are_left_out_of_the_ladder() {
+        let text = b"#EXTM3U
+#EXT-X-INDEPENDENT-SEGMENTS
+#EXT-X-SESSION-KEY:METHOD=AES-128,URI=\"https://keys.test/k\"
+#EXT-X-SESSION-DATA:DATA-ID=\"com.example.title\",VALUE=\"A title\"
+#EXT-X-I-FRAME-STREAM-INF:BANDWIDTH=80000,URI=\"iframes.m3u8\"
+#EXT-X-STREAM-INF:BANDWIDTH=800000
+v0.m3u8
+";
+        let Ok(Parsed::Master(Master { variants, renditions })) = parse(text, &base()) else {
+            panic!("master expected")
+        };
+        assert_eq!(variants.len(), 1);
+        assert_eq!(variants[0].uri.as_str(), "http://example.test/live/v0.m3u8");
+        assert!(renditions.is_empty());
+    }
+
+    #[test]
     fn master_variants_resolve_relative_uris_in_order() {
         let text = b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=800000,RESOLUTION=640x360\n360p/index.m3u8\n#EXT-X-STREAM-INF:BANDWIDTH=300000,AVERAGE-BANDWIDTH=280000\nhttp://cdn.test/240p.m3u8\n";
         let Ok(Parsed::Master(Master { variants, .. })) = parse(text, &base()) else { panic!("master expected") };

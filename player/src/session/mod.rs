@@ -90,8 +90,8 @@ pub struct Played {
 
 /// What `--list` prints for `url`: a master's variants and renditions, or a media playlist's length.
 pub async fn list(url: &Url) -> Result<String, PlayError> {
-    let body = Fetcher::new()?.get(url, None).await?;
-    Ok(match playlist::parse(&body, url)? {
+    let (body, from) = Fetcher::new()?.get_playlist(url).await?;
+    Ok(match playlist::parse(&body, &from)? {
         Parsed::Master(master) => renditions::listing(&master),
         Parsed::Media(media) => format!(
             "a media playlist (no variants or renditions): {} segment(s), {:.1} s{}\n",
@@ -106,9 +106,9 @@ pub async fn list(url: &Url) -> Result<String, PlayError> {
 pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
     let started_at = Instant::now();
     let fetcher = Fetcher::new()?;
-    let body = fetcher.get(&config.url, None).await?;
+    let (body, from) = fetcher.get_playlist(&config.url).await?;
     let mut playlists = Playlists { loaded: HashMap::new() };
-    let (variants, master) = match playlist::parse(&body, &config.url)? {
+    let (variants, master) = match playlist::parse(&body, &from)? {
         Parsed::Master(master) => (master.variants.clone(), Some(master)),
         Parsed::Media(media) => {
             playlists.loaded.insert(0, LoadedPlaylist { playlist: media, loaded_at: Instant::now(), unchanged: false });

@@ -114,8 +114,8 @@ impl Playlists {
 }
 
 async fn fetch_media_playlist(fetcher: &impl Fetch, url: &Url) -> Result<MediaPlaylist, PlayError> {
-    let body = fetcher.get(url, None).await?;
-    match playlist::parse(&body, url)? {
+    let (body, from) = fetcher.get_playlist(url).await?;
+    match playlist::parse(&body, &from)? {
         Parsed::Media(media) => Ok(media),
         Parsed::Master(_) => Err(PlaylistError::Unsupported {
             url: url.to_string(),

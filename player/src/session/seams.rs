@@ -16,6 +16,10 @@ use crate::playlist::Range;
 pub trait Fetch {
     /// The whole body of `url` (or its `range`).
     fn get(&self, url: &Url, range: Option<Range>) -> impl Future<Output = Result<Bytes, FetchError>>;
+    /// A playlist, and the URL it came from after redirects (its relative URIs' base).
+    fn get_playlist(&self, url: &Url) -> impl Future<Output = Result<(Bytes, Url), FetchError>> {
+        async move { self.get(url, None).await.map(|body| (body, url.clone())) }
+    }
     /// Downloads `url`, calling `abandon` with the progress; stops (without retrying) when it says so.
     fn download(
         &self,
@@ -28,6 +32,10 @@ pub trait Fetch {
 impl Fetch for Fetcher {
     async fn get(&self, url: &Url, range: Option<Range>) -> Result<Bytes, FetchError> {
         Fetcher::get(self, url, range).await
+    }
+
+    async fn get_playlist(&self, url: &Url) -> Result<(Bytes, Url), FetchError> {
+        Fetcher::get_playlist(self, url).await
     }
 
     async fn download(

@@ -78,7 +78,7 @@ impl Fetch for FakeFetch {
                 return Ok(Outcome::Abandoned { bytes_so_far: 1000 });
             }
         }
-        Ok(Outcome::Done(Download { body, requested_at: now, first_byte_at: now, finished_at: now }))
+        Ok(Outcome::Done(Download { body, url: url.clone(), requested_at: now, first_byte_at: now, finished_at: now }))
     }
 }
 
