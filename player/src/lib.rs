@@ -1,8 +1,10 @@
 //! Eddy's adaptive-bitrate HLS player: pure ABR and estimation (`abr`), QoE accounting (`qoe`),
-//! stall detection (`stall`), playlists (`playlist`), the I/O shells around them (`fetch`,
-//! `pipeline`, `session`), reports and plots (`report`), and the virtual-time ABR evaluation (`sim`).
+//! stall detection (`stall`), playlists (`playlist`), keyboard controls (`controls`), the I/O shells
+//! around them (`fetch`, `pipeline`, `session`), reports and plots (`report`), and the virtual-time
+//! ABR evaluation (`sim`).
 
 pub mod abr;
+pub mod controls;
 pub mod crypto;
 pub mod events;
 pub mod fetch;
