@@ -1,9 +1,10 @@
 //! Eddy's adaptive-bitrate HLS player: pure ABR and estimation (`abr`), QoE accounting (`qoe`),
 //! stall detection (`stall`), playlists (`playlist`) and the renditions chosen from them
-//! (`renditions`), the I/O shells around them (`fetch`, `pipeline`, `session`), reports and plots
-//! (`report`), and the virtual-time ABR evaluation (`sim`).
+//! (`renditions`), keyboard controls (`controls`), the I/O shells around them (`fetch`, `pipeline`,
+//! `session`), reports and plots (`report`), and the virtual-time ABR evaluation (`sim`).
 
 pub mod abr;
+pub mod controls;
 pub mod crypto;
 pub mod events;
 pub mod fetch;
