@@ -160,6 +160,11 @@ pub struct OriginConfig {
     pub connect_timeout: HumanDuration,
     pub first_byte_timeout: HumanDuration,
     pub total_timeout: HumanDuration,
+    /// How long the origin may hold a Low-Latency HLS blocking playlist reload (a request with
+    /// `_HLS_msn`) before its response head: it answers once the playlist has the asked-for segment or
+    /// part. Unset: the longer of [`DEFAULT_BLOCKING_RELOAD_TIMEOUT`] and `first_byte_timeout`; see
+    /// [`OriginConfig::blocking_reload_timeout`].
+    pub blocking_reload_timeout: Option<HumanDuration>,
     pub failure_backoff: HumanDuration,
     pub max_idle_connections: usize,
     /// How long an idle keep-alive connection to an origin is kept. Below the 5 s after which Node.js
@@ -178,6 +183,34 @@ pub struct OriginConfig {
     /// origins then see one request per object for the whole tier. Unreachable, it is skipped like a
     /// failed origin and the edge goes direct.
     pub shield: Option<String>,
+}
+
+/// The default `origin.blocking_reload_timeout`: an LL-HLS origin holds a blocking reload until the
+/// asked-for segment or part exists, at most two segments beyond the live edge (it answers 400 at once
+/// to any further ahead), so about three target durations; 30 s covers target durations up to 10 s.
+pub const DEFAULT_BLOCKING_RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest `origin.blocking_reload_timeout` accepted: beyond it a value is a slip of the unit, and
+/// each held request keeps a client and an origin connection.
+pub const MAX_BLOCKING_RELOAD_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl OriginConfig {
+    /// How long the origin may hold a blocking playlist reload before its head (the first-byte timeout
+    /// of requests with `_HLS_msn`; their body then has `total_timeout` from the head, like any other).
+    /// Never shorter than `first_byte_timeout`.
+    pub fn blocking_reload_timeout(&self) -> Duration {
+        match self.blocking_reload_timeout {
+            Some(timeout) => timeout.0,
+            None => DEFAULT_BLOCKING_RELOAD_TIMEOUT.max(self.first_byte_timeout.0),
+        }
+    }
+}
+
+/// Is `name` (a query parameter name an operator configured) an HLS delivery directive's? The HLS draft
+/// reserves the `_HLS_` prefix for them (draft-pantos-hls-rfc8216bis §6.2.5; `cache::policy` reads
+/// them). Compared after percent-decoding and ignoring case, so that no spelling of one slips past.
+fn is_delivery_directive(name: &str) -> bool {
+    let decoded = percent_encoding::percent_decode_str(name).collect::<Vec<u8>>();
+    decoded.get(..5).is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"_HLS_"))
 }
 
 /// An http(s) URL with a host and nothing after the path, or why not.
@@ -203,6 +236,7 @@ impl Default for OriginConfig {
             connect_timeout: HumanDuration(Duration::from_secs(2)),
             first_byte_timeout: HumanDuration(Duration::from_secs(5)),
             total_timeout: HumanDuration(Duration::from_secs(30)),
+            blocking_reload_timeout: None,
             failure_backoff: HumanDuration(Duration::from_secs(10)),
             max_idle_connections: 256,
             idle_timeout: HumanDuration(Duration::from_secs(3)),
@@ -556,6 +590,21 @@ impl Config {
                 ));
             }
         }
+        for (i, name) in self.cache.ignore_query_params.iter().enumerate() {
+            // Refused rather than quietly kept in the key: the operator asked for something that would
+            // answer a blocking reload with another one's playlist, and should know.
+            if is_delivery_directive(name) {
+                return Err(invalid(
+                    origin,
+                    &format!("cache.ignore_query_params[{i}]"),
+                    format!(
+                        "'{name}' is an HLS delivery directive (a name starting with _HLS_, such as _HLS_msn, \
+                         _HLS_part, _HLS_skip): it chooses which playlist the origin answers, so it always stays \
+                         in the cache key"
+                    ),
+                ));
+            }
+        }
         for (i, rule) in self.cache.ttl_rules.iter().enumerate() {
             if rule.suffix.is_some() == rule.content_type.is_some() {
                 return Err(invalid(
@@ -573,6 +622,20 @@ impl Config {
         }
         if self.origin.total_timeout.0 < self.origin.first_byte_timeout.0 {
             return Err(invalid(origin, "origin.total_timeout", "must not be shorter than origin.first_byte_timeout"));
+        }
+        if let Some(timeout) = self.origin.blocking_reload_timeout {
+            if timeout.0 < self.origin.first_byte_timeout.0 || timeout.0 > MAX_BLOCKING_RELOAD_TIMEOUT {
+                return Err(invalid(
+                    origin,
+                    "origin.blocking_reload_timeout",
+                    format!(
+                        "must be between origin.first_byte_timeout ({:?}) and {}s: an origin holds a blocking \
+                         playlist reload up to about three target durations",
+                        self.origin.first_byte_timeout.0,
+                        MAX_BLOCKING_RELOAD_TIMEOUT.as_secs()
+                    ),
+                ));
+            }
         }
         if self.origin.idle_timeout.0.is_zero() {
             return Err(invalid(origin, "origin.idle_timeout", "must be greater than 0"));
@@ -653,6 +716,17 @@ impl Config {
                 origin,
                 "auth.signed_urls.param",
                 format!("'{}' must be 1 to 64 letters, digits, '-', '.', '_' or '~'", signed.param),
+            ));
+        }
+        if is_delivery_directive(&signed.param) {
+            return Err(invalid(
+                origin,
+                "auth.signed_urls.param",
+                format!(
+                    "'{}' is an HLS delivery directive's name (_HLS_...): the token is left out of the cache key, \
+                     a directive never is",
+                    signed.param
+                ),
             ));
         }
         if signed.prefixes.is_empty() {
@@ -847,6 +921,52 @@ mod tests {
     }
 
     #[test]
+    fn blocking_reload_timeout_defaults_to_30s_and_is_validated() {
+        let config = parse("").expect("valid");
+        assert_eq!(config.origin.blocking_reload_timeout(), Duration::from_secs(30));
+        // Unset, it never falls below the first-byte timeout an operator raised.
+        let config = parse("[origin]\nfirst_byte_timeout = \"45s\"\ntotal_timeout = \"60s\"\n").expect("valid");
+        assert_eq!(config.origin.blocking_reload_timeout(), Duration::from_secs(45));
+        let config = parse("[origin]\nblocking_reload_timeout = \"12s\"\n").expect("valid");
+        assert_eq!(config.origin.blocking_reload_timeout(), Duration::from_secs(12));
+        for text in [
+            "[origin]\nblocking_reload_timeout = \"2s\"\n",
+            "[origin]\nblocking_reload_timeout = 0\n",
+            "[origin]\nblocking_reload_timeout = \"11m\"\n",
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(
+                err.contains("edge.toml") && err.contains("origin.blocking_reload_timeout") && err.contains("between"),
+                "{text}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn delivery_directive_names_are_recognised_in_any_spelling() {
+        for name in ["_HLS_msn", "_HLS_part", "_HLS_skip", "_hls_msn", "_HLS_anything", "%5FHLS_msn", "%5fhls_part"] {
+            assert!(is_delivery_directive(name), "{name}");
+        }
+        for name in ["", "_HLS", "HLS_msn", "token", "x_HLS_msn", "%5F"] {
+            assert!(!is_delivery_directive(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn delivery_directives_cannot_leave_the_cache_key() {
+        assert!(parse("[cache]\nignore_query_params = [\"token\", \"sid\"]\n").is_ok());
+        for name in ["_HLS_msn", "_HLS_part", "_HLS_skip", "_hls_msn", "%5FHLS_msn"] {
+            let err =
+                parse(&format!("[cache]\nignore_query_params = [\"token\", \"{name}\"]\n")).unwrap_err().to_string();
+            assert!(
+                err.contains("edge.toml") && err.contains("cache.ignore_query_params[1]") && err.contains(name),
+                "{name}: {err}"
+            );
+            assert!(err.contains("delivery directive"), "{err}");
+        }
+    }
+
+    #[test]
     fn send_timeout_defaults_to_a_minute_and_must_be_positive() {
         assert_eq!(parse("").expect("valid").send_timeout, HumanDuration(Duration::from_secs(60)));
         assert_eq!(parse("send_timeout = \"5s\"").expect("valid").send_timeout, HumanDuration(Duration::from_secs(5)));
@@ -910,6 +1030,7 @@ mod tests {
         for (table, key_name, reason) in [
             (", param = \"\"", "auth.signed_urls.param", "1 to 64"),
             (", param = \"a b\"", "auth.signed_urls.param", "1 to 64"),
+            (", param = \"_HLS_msn\"", "auth.signed_urls.param", "delivery directive"),
             (", prefixes = []", "auth.signed_urls.prefixes", "at least one"),
             (", prefixes = [\"videos/\"]", "auth.signed_urls.prefixes[0]", "starting with '/'"),
             (", prefixes = [\"/\", \"/a/../b/\"]", "auth.signed_urls.prefixes[1]", "dot segments"),

@@ -201,6 +201,10 @@ pub struct Stats {
     /// Origin requests sent again on a new connection after the origin closed a pooled one.
     #[serde(default)]
     pub origin_retries: u64,
+    /// LL-HLS blocking playlist reloads (requests with `_HLS_msn`) waiting now for the origin's answer,
+    /// coalesced or not.
+    #[serde(default)]
+    pub blocking_reloads_waiting: u64,
     #[serde(default)]
     pub rate_limit: RateLimitStats,
     #[serde(default)]
@@ -290,6 +294,7 @@ pub struct Metrics {
     top_limited: Mutex<TopClients>,
     open_connections: Gauge,
     refused_connections: Counter,
+    blocking_reloads_waiting: Gauge,
     prefetch_started: Family<PrefetchLabels, Counter>,
     prefetch_skipped: Family<PrefetchSkipLabels, Counter>,
     prefetch_completed: Family<PrefetchLabels, Counter>,
@@ -312,6 +317,15 @@ pub struct ResultLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
+}
+
+/// One request counted in a gauge for as long as this lives (whatever way its wait ends).
+pub struct Waiting(Gauge);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Cache gauges read at scrape time.
@@ -426,6 +440,12 @@ impl Metrics {
             "Client connections answered 503 and closed because max_connections were open",
             refused_connections.clone(),
         );
+        let blocking_reloads_waiting = Gauge::default();
+        registry.register(
+            "blocking_reloads_waiting",
+            "LL-HLS blocking playlist reloads (_HLS_msn) waiting now for the origin's answer, coalesced or not",
+            blocking_reloads_waiting.clone(),
+        );
         let prefetch_started = Family::<PrefetchLabels, Counter>::default();
         registry.register(
             "prefetch_started",
@@ -435,7 +455,7 @@ impl Metrics {
         let prefetch_skipped = Family::<PrefetchSkipLabels, Counter>::default();
         registry.register(
             "prefetch_skipped",
-            "Prefetches not started, by reason (cached, in_flight, busy, not_watched)",
+            "Prefetches not started, by reason (cached, in_flight, busy, not_watched, blocking_reload, unauthorised, invalid)",
             prefetch_skipped.clone(),
         );
         let prefetch_completed = Family::<PrefetchLabels, Counter>::default();
@@ -515,6 +535,7 @@ impl Metrics {
             top_limited: Mutex::new(TopClients::new(TOP_LIMITED_TRACKED)),
             open_connections,
             refused_connections,
+            blocking_reloads_waiting,
             fleet_fills,
             fleet_fill_latency,
             fleet_requests,
@@ -698,6 +719,13 @@ impl Metrics {
             .inc();
     }
 
+    /// A blocking playlist reload starts waiting for its answer; it is counted until the returned guard
+    /// is dropped.
+    pub fn blocking_reload_waiting(&self) -> Waiting {
+        self.blocking_reloads_waiting.inc();
+        Waiting(self.blocking_reloads_waiting.clone())
+    }
+
     /// A request refused for want of a valid signed URL; `reason` is a fixed word.
     pub fn record_auth_refused(&self, reason: &'static str) {
         self.auth_refused.get_or_create(&ReasonLabel { reason }).inc();
@@ -733,6 +761,7 @@ impl Metrics {
             evictions: cache.evictions,
             in_flight: cache.in_flight,
             origin_retries: cache.origin_retries,
+            blocking_reloads_waiting: u64::try_from(self.blocking_reloads_waiting.get()).unwrap_or(0),
             rate_limit: self.rate_limit_stats(),
             peer_fills: get(&t.peer_fills),
             peer_fill_errors: get(&t.peer_fill_errors),

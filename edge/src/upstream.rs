@@ -201,8 +201,13 @@ impl Upstream {
         let onward = arrival.hops.saturating_add(1);
         let may_hop = onward <= MAX_FLEET_HOPS;
         let cluster = self.cluster();
+        // A peer or the shield may hold a blocking playlist reload as long as its origin does, and then
+        // needs the time an answer takes to come back: its own first-byte timeout on top.
+        let fleet_first_byte_timeout =
+            request.first_byte_timeout.map(|held| held.saturating_add(self.origin_config.first_byte_timeout.0));
         if let Some(cluster) = cluster.as_ref().filter(|_| !arrival.from_fleet && may_hop) {
             let mut marked = request.clone();
+            marked.first_byte_timeout = fleet_first_byte_timeout;
             marked.headers.insert(FLEET_HOPS_HEADER.clone(), HeaderValue::from(onward));
             for peer in cluster.peers_before_me(key) {
                 let started = Instant::now();
@@ -223,6 +228,7 @@ impl Upstream {
             self.shield.as_ref().filter(|s| may_hop && s.down_until_ms.load(Ordering::Relaxed) <= self.now_ms())
         {
             let mut marked = request.clone();
+            marked.first_byte_timeout = fleet_first_byte_timeout;
             marked.headers.insert(FLEET_HOPS_HEADER.clone(), HeaderValue::from(onward));
             if let Some(cluster) = &cluster {
                 cluster.mark(&mut marked.headers);

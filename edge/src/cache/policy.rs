@@ -11,7 +11,10 @@
 //! - serving stale (§4.2.4, RFC 5861): `stale-while-revalidate` and `stale-if-error`, never against
 //!   `must-revalidate`, `proxy-revalidate`, `s-maxage` (which implies proxy-revalidate, §5.2.2.10) or
 //!   `no-cache`;
-//! - freshening with a 304 (§4.3.4, §3.2).
+//! - freshening with a 304 (§4.3.4, §3.2);
+//! - Low-Latency HLS blocking playlist reloads (draft-pantos-hls-rfc8216bis §6.2.5.2): which requests
+//!   are one (`_HLS_msn` in the query), which delivery directives are malformed, and that a blocking
+//!   reload is never answered with a stale copy ([`may_serve_stale`]).
 //!
 //! A targeted field (`CDN-Cache-Control`, or the operator's `cache.targeted_header`) that is present
 //! and valid replaces `Cache-Control` and `Expires` for the edge's own decisions (RFC 9213 §2.2);
@@ -370,6 +373,16 @@ impl CachedObject {
         }
     }
 
+    /// [`CachedObject::lifecycle`] for a request that may or may not be answered stale
+    /// ([`may_serve_stale`]): when it may not, a copy within stale-while-revalidate is plainly stale,
+    /// revalidated before anything is served.
+    pub fn lifecycle_for(&self, now: Instant, may_serve_stale: bool) -> Lifecycle {
+        match self.lifecycle(now) {
+            Lifecycle::StaleRevalidateInBackground { stale_for } if !may_serve_stale => Lifecycle::Stale { stale_for },
+            lifecycle => lifecycle,
+        }
+    }
+
     /// May this object stand in for an origin that failed (error, timeout, 5xx)?
     pub fn usable_on_error(&self, now: Instant) -> bool {
         match self.lifecycle(now) {
@@ -449,6 +462,119 @@ impl CachedObject {
         let cacheability = judge_exchange(rules, request, self.status, &headers, path, exchange);
         Some(CachedObject::new(self.status, headers, self.body.clone(), cacheability, now))
     }
+}
+
+// ---- Low-Latency HLS delivery directives (draft-pantos-hls-rfc8216bis §6.2.5) ----
+
+/// The query parameter of a blocking playlist reload: hold the request until the playlist holds this
+/// media sequence number (§6.2.5.2).
+pub const HLS_MSN: &str = "_HLS_msn";
+/// With `_HLS_msn`: ... and this partial segment of it.
+pub const HLS_PART: &str = "_HLS_part";
+/// A playlist delta update (the origin sends a playlist that skips older segments): `YES` or `v2`,
+/// the origin's to judge.
+pub const HLS_SKIP: &str = "_HLS_skip";
+
+/// The delivery directives of a request, once checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeliveryDirectives {
+    /// `_HLS_msn`: a blocking playlist reload.
+    pub msn: Option<u64>,
+    /// `_HLS_part` (only with `_HLS_msn`).
+    pub part: Option<u64>,
+    /// `_HLS_skip` is given (its value is passed on as it is).
+    pub skip: bool,
+}
+
+impl DeliveryDirectives {
+    /// A blocking playlist reload: the origin holds it until the playlist has `msn` (and `part`).
+    pub fn blocking(&self) -> bool {
+        self.msn.is_some()
+    }
+}
+
+/// Why a request's delivery directives cannot mean anything: the edge answers 400 itself, without
+/// asking the origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DirectiveError {
+    #[error("{0} must be a decimal integer below 2^64")]
+    NotANumber(&'static str),
+    #[error("{0} is given more than once")]
+    Repeated(&'static str),
+    #[error("_HLS_part is only meaningful with _HLS_msn")]
+    PartWithoutMsn,
+}
+
+/// Reads the delivery directives of a request's query: `_HLS_msn` and `_HLS_part` must be
+/// decimal-integers (RFC 8216 §4.2: digits only, below 2^64) given once, `_HLS_part` only with
+/// `_HLS_msn`, and `_HLS_skip` once. Names and values are read percent-decoded (an origin would decode `%5FHLS_msn`
+/// too). What the values are worth (an `_HLS_msn` far beyond the live edge) is the origin's to judge:
+/// the draft has it answer 400 at once. Other parameters, `_HLS_`-prefixed or not, are left alone.
+pub fn delivery_directives(query: Option<&str>) -> Result<DeliveryDirectives, DirectiveError> {
+    let mut directives = DeliveryDirectives::default();
+    let Some(query) = query else { return Ok(directives) };
+    // The common case: no directive can be spelt without "_HLS_" or a percent-escape.
+    if !query.contains("_HLS_") && !query.contains('%') {
+        return Ok(directives);
+    }
+    for pair in query.split('&') {
+        let (name, value) = match pair.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => (pair, None),
+        };
+        let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+        match name.as_ref() {
+            HLS_MSN => directives.msn = Some(directive_number(directives.msn, HLS_MSN, value)?),
+            HLS_PART => directives.part = Some(directive_number(directives.part, HLS_PART, value)?),
+            HLS_SKIP if directives.skip => return Err(DirectiveError::Repeated(HLS_SKIP)),
+            HLS_SKIP => directives.skip = true,
+            _ => {}
+        }
+    }
+    if directives.part.is_some() && directives.msn.is_none() {
+        return Err(DirectiveError::PartWithoutMsn);
+    }
+    Ok(directives)
+}
+
+/// A directive's decimal-integer value (`[0..9]+`, so no sign), unless one was read already.
+fn directive_number(already: Option<u64>, name: &'static str, value: Option<&str>) -> Result<u64, DirectiveError> {
+    if already.is_some() {
+        return Err(DirectiveError::Repeated(name));
+    }
+    let value = percent_encoding::percent_decode_str(value.unwrap_or_default()).decode_utf8_lossy();
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(DirectiveError::NotANumber(name));
+    }
+    value.parse().map_err(|_| DirectiveError::NotANumber(name))
+}
+
+/// Is this a blocking playlist reload (the query names `_HLS_msn`, well-formed or not)?
+pub fn is_blocking_reload(query: Option<&str>) -> bool {
+    query.is_some_and(|query| {
+        (query.contains("_HLS_") || query.contains('%'))
+            && query.split('&').any(|pair| {
+                let name = pair.split('=').next().unwrap_or(pair);
+                percent_encoding::percent_decode_str(name).decode_utf8_lossy() == HLS_MSN
+            })
+    })
+}
+
+/// May a stored copy that is no longer fresh answer this request (stale-while-revalidate,
+/// stale-if-error, whatever the origin and the operator allow)? Never a blocking playlist reload's.
+///
+/// RFC 9111 §4.2.4 never obliges a cache to serve stale, so refusing is always allowed; and here it is
+/// right. The client asked for the playlist *as soon as* it holds a media sequence number it has not
+/// seen, to go on at the live edge; a copy whose freshness ran out is, by the origin's own word, no
+/// longer the current playlist: its partial segments and preload hint fall out of the live window
+/// within a few target durations (and their resources with them), and after an encoder restart it
+/// describes another stream. Served on an origin failure, it would also hide the failure from the
+/// player, which reacts to a failed reload (retry, another rendition or pathway) and cannot to a stale
+/// success. So such a copy is only revalidated (its validators go along, and a 304 serves it fresh);
+/// when the origin fails the client gets the error. A *fresh* copy of the same URL is served: the
+/// answer to one `_HLS_msn`/`_HLS_part` cannot change while the origin says it is fresh.
+pub fn may_serve_stale(query: Option<&str>) -> bool {
+    !is_blocking_reload(query)
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) never cross the edge, in either direction.
@@ -804,6 +930,72 @@ mod tests {
         );
         assert!(object.usable_on_error(t0 + Duration::from_secs(100)));
         assert!(!object.usable_on_error(t0 + Duration::from_secs(111)));
+    }
+
+    /// draft-pantos-hls-rfc8216bis §6.2.5.2: `_HLS_msn` makes a blocking reload; the values are
+    /// decimal-integers (RFC 8216 §4.2); everything else in the query is left alone.
+    #[test]
+    fn delivery_directives_are_read_and_checked() {
+        let read = |query: &str| delivery_directives(Some(query));
+        assert_eq!(delivery_directives(None), Ok(DeliveryDirectives::default()));
+        assert_eq!(read("token=abc&x=1"), Ok(DeliveryDirectives::default()));
+        let blocking = read("_HLS_msn=273&_HLS_part=2").expect("valid");
+        assert_eq!(blocking, DeliveryDirectives { msn: Some(273), part: Some(2), skip: false });
+        assert!(blocking.blocking());
+        assert_eq!(
+            read("_HLS_skip=YES&_HLS_msn=0").expect("valid"),
+            DeliveryDirectives { msn: Some(0), part: None, skip: true }
+        );
+        // A delta update alone does not block; its value is the origin's to judge (YES, v2, later ones).
+        let delta = read("_HLS_skip=v3").expect("valid");
+        assert!(delta.skip && !delta.blocking());
+        // Percent-encoded names and values are what an origin would decode them to.
+        assert_eq!(read("%5FHLS_msn=%37").expect("valid").msn, Some(7));
+        // The largest decimal-integer; leading zeros are digits too.
+        assert_eq!(read("_HLS_msn=18446744073709551615").expect("valid").msn, Some(u64::MAX));
+        assert_eq!(read("_HLS_msn=007").expect("valid").msn, Some(7));
+        // Other names, even _HLS_-prefixed ones the edge does not know, and other cases, pass.
+        assert_eq!(read("_HLS_report=../a.m3u8&_hls_msn=x").expect("valid"), DeliveryDirectives::default());
+
+        use DirectiveError::*;
+        for (query, error) in [
+            ("_HLS_msn=abc", NotANumber(HLS_MSN)),
+            ("_HLS_msn=", NotANumber(HLS_MSN)),
+            ("_HLS_msn", NotANumber(HLS_MSN)),
+            ("_HLS_msn=+5", NotANumber(HLS_MSN)),
+            ("_HLS_msn=-1", NotANumber(HLS_MSN)),
+            ("_HLS_msn=1.5", NotANumber(HLS_MSN)),
+            ("_HLS_msn=18446744073709551616", NotANumber(HLS_MSN)),
+            ("_HLS_msn=5&_HLS_part=x", NotANumber(HLS_PART)),
+            ("_HLS_msn=5&_HLS_msn=6", Repeated(HLS_MSN)),
+            ("_HLS_msn=5&%5FHLS_msn=5", Repeated(HLS_MSN)),
+            ("_HLS_msn=5&_HLS_part=1&_HLS_part=1", Repeated(HLS_PART)),
+            ("_HLS_skip=YES&_HLS_skip=v2", Repeated(HLS_SKIP)),
+            ("_HLS_part=1", PartWithoutMsn),
+        ] {
+            assert_eq!(read(query), Err(error), "{query}");
+        }
+    }
+
+    #[test]
+    fn only_a_blocking_reload_is_never_served_stale() {
+        for query in ["_HLS_msn=5", "a=1&_HLS_msn=5&_HLS_part=0", "%5FHLS_msn=5", "_HLS_msn=junk"] {
+            assert!(is_blocking_reload(Some(query)), "{query}");
+            assert!(!may_serve_stale(Some(query)), "{query}");
+        }
+        for query in [None, Some(""), Some("_HLS_skip=YES"), Some("x_HLS_msn=5"), Some("_HLS_msnx=5"), Some("a=%5F")] {
+            assert!(!is_blocking_reload(query), "{query:?}");
+            assert!(may_serve_stale(query), "{query:?}");
+        }
+        // Within stale-while-revalidate: served in the background for others, revalidated first for it.
+        let (object, t0) = object(10, 5, 100);
+        let now = t0 + Duration::from_secs(12);
+        let stale_for = Duration::from_secs(2);
+        assert_eq!(object.lifecycle_for(now, true), Lifecycle::StaleRevalidateInBackground { stale_for });
+        assert_eq!(object.lifecycle_for(now, false), Lifecycle::Stale { stale_for });
+        // A fresh copy is fresh for both.
+        let ttl = Duration::from_secs(6);
+        assert_eq!(object.lifecycle_for(t0 + Duration::from_secs(4), false), Lifecycle::Fresh { ttl });
     }
 
     #[test]

@@ -182,6 +182,7 @@ mod tests {
             path_and_query: path.into(),
             headers: HeaderMap::new(),
             body: Bytes::new(),
+            first_byte_timeout: None,
         }
     }
 

@@ -154,8 +154,10 @@ impl HttpOrigin {
     pub async fn send(&self, request: &OriginRequest) -> Result<OriginResponse, OriginError> {
         let url = self.url_for(&request.path_and_query)?;
         // One deadline for the first attempt and the retry: the edge promises a response head (or an
-        // error) within first_byte_timeout, however many connections that takes.
-        let deadline = Instant::now() + self.first_byte_timeout;
+        // error) within first_byte_timeout, however many connections that takes. A blocking playlist
+        // reload brings a longer one of its own (the origin holds it on purpose).
+        let first_byte_timeout = request.first_byte_timeout.unwrap_or(self.first_byte_timeout);
+        let deadline = (Instant::now() + first_byte_timeout, first_byte_timeout);
         let response = match self.attempt(&self.clients.pooled, &url, request, deadline).await {
             Ok(response) => response,
             Err(AttemptError::Closed(error)) if request.method.is_idempotent() => {
@@ -188,14 +190,14 @@ impl HttpOrigin {
         client: &reqwest::Client,
         url: &url::Url,
         request: &OriginRequest,
-        deadline: Instant,
+        (deadline, first_byte_timeout): (Instant, Duration),
     ) -> Result<reqwest::Response, AttemptError> {
         let mut builder = client.request(request.method.clone(), url.clone()).headers(request.headers.clone());
         if !request.body.is_empty() {
             builder = builder.body(request.body.clone());
         }
         let timeout =
-            || OriginError::Timeout { origin: self.name.clone(), after: self.first_byte_timeout, connecting: false };
+            || OriginError::Timeout { origin: self.name.clone(), after: first_byte_timeout, connecting: false };
         match tokio::time::timeout_at(deadline, builder.send()).await {
             Err(_) => Err(AttemptError::Other(timeout())),
             Ok(Ok(response)) => Ok(response),
@@ -278,7 +280,13 @@ mod tests {
     }
 
     fn request(method: Method, path: &str) -> OriginRequest {
-        OriginRequest { method, path_and_query: path.into(), headers: HeaderMap::new(), body: Bytes::new() }
+        OriginRequest {
+            method,
+            path_and_query: path.into(),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            first_byte_timeout: None,
+        }
     }
 
     #[test]
@@ -436,6 +444,28 @@ mod tests {
         assert!(!error.nothing_sent());
         assert_eq!(count.load(Ordering::SeqCst), 1);
         assert_eq!(origin.clients.retries(), 0);
+    }
+
+    /// A blocking playlist reload brings its own first-byte timeout: the origin's own does not cut it,
+    /// and its own still ends the wait.
+    #[tokio::test]
+    async fn a_request_may_bring_its_own_first_byte_timeout() {
+        let (url, count) = scripted(vec![Answer::Silent]).await;
+        let config = OriginConfig {
+            first_byte_timeout: crate::config::HumanDuration(Duration::from_millis(100)),
+            ..OriginConfig::default()
+        };
+        let origin = origin(&url, &config);
+        let mut held = request(Method::GET, "/index.m3u8?_HLS_msn=9");
+        held.first_byte_timeout = Some(Duration::from_millis(600));
+        let started = Instant::now();
+        let error = origin.send(&held).await.err().expect("times out");
+        assert!(started.elapsed() >= Duration::from_millis(600), "cut at {:?}", started.elapsed());
+        match error {
+            OriginError::Timeout { after, connecting: false, .. } => assert_eq!(after, Duration::from_millis(600)),
+            other => panic!("{other}"),
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

@@ -68,6 +68,10 @@ pub struct OriginRequest {
     pub path_and_query: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// How long an HTTP origin may take to send the response head, when not its own
+    /// `origin.first_byte_timeout`: a blocking playlist reload, which the origin holds on purpose
+    /// (`origin.blocking_reload_timeout`).
+    pub first_byte_timeout: Option<Duration>,
 }
 
 pub type OriginBody = BoxStream<'static, Result<Bytes, OriginError>>;
@@ -217,7 +221,13 @@ mod tests {
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     fn request(method: Method, path: &str) -> OriginRequest {
-        OriginRequest { method, path_and_query: path.into(), headers: HeaderMap::new(), body: Bytes::from("x=1") }
+        OriginRequest {
+            method,
+            path_and_query: path.into(),
+            headers: HeaderMap::new(),
+            body: Bytes::from("x=1"),
+            first_byte_timeout: None,
+        }
     }
 
     async fn answering(status: u16) -> MockServer {
@@ -312,6 +322,7 @@ mod tests {
             path_and_query: "/a.ts".into(),
             headers: HeaderMap::new(),
             body: Bytes::new(),
+            first_byte_timeout: None,
         };
         assert!(!set.is_resting(0));
         let response = set.send(&request).await.expect("second origin answers");

@@ -95,6 +95,9 @@ struct FillRequest {
     max_object: u64,
     /// Never store what this fill brings (a forwarded range).
     never_store: bool,
+    /// A blocking playlist reload: the origin may hold it up to `origin.blocking_reload_timeout`
+    /// before its head, and `origin.total_timeout` runs from the head.
+    blocking_reload: bool,
     /// The Host the client asked for (a peer keys the object by it too; prefetch reads the playlists
     /// it stores on this host's behalf).
     host: String,
@@ -132,6 +135,7 @@ fn fill_request(
     if let Some(stale) = &stale {
         headers.extend(stale.validators());
     }
+    let blocking_reload = policy::is_blocking_reload(target.query.as_deref());
     let mut policy_request = http::Request::new(());
     *policy_request.method_mut() = Method::GET;
     *policy_request.uri_mut() = parts.uri.clone();
@@ -145,12 +149,14 @@ fn fill_request(
             path_and_query: target.path_and_query(),
             headers,
             body: Bytes::new(),
+            first_byte_timeout: blocking_reload.then(|| settings.config.origin.blocking_reload_timeout()),
         },
         path: target.path.clone(),
         peer,
         stale,
         max_object: settings.rules.max_object_size,
         never_store: forward_range,
+        blocking_reload,
         host: target.host.clone(),
         arrival,
         panic_mid_body: edge.panic_in_fill_path.as_deref() == Some(target.path.as_str()),
@@ -172,6 +178,11 @@ pub async fn fetch(
     let mut plan =
         if parts.headers.contains_key(header::AUTHORIZATION) { Plan::Alone } else { Plan::Join(key.clone()) };
     let mut stale = stale;
+    // A blocking playlist reload revalidates a stale copy (its validators go along) but is never
+    // answered with it, whatever the origin does (`policy::may_serve_stale`).
+    let may_serve_stale = policy::may_serve_stale(target.query.as_deref());
+    // Counted while it waits: the origin holds such requests on purpose.
+    let _waiting = policy::is_blocking_reload(target.query.as_deref()).then(|| edge.metrics.blocking_reload_waiting());
     // Join → other variant → alone → forwarded range: a request moves down this list, never back.
     for _ in 0..4 {
         let joined = match &plan {
@@ -197,7 +208,8 @@ pub async fn fetch(
             tokio::spawn(run_flight(edge.clone(), guard, fill));
         }
         let forwarded_range = plan == Plan::ForwardRange;
-        match answer_from_flight(&flight, reader, leader, parts, stale.as_ref(), forwarded_range, forward).await {
+        let fallback = stale.as_ref().filter(|_| may_serve_stale);
+        match answer_from_flight(&flight, reader, leader, parts, fallback, forwarded_range, forward).await {
             Answer::Ready(outcome) => return outcome,
             Answer::OtherVariant(names) if matches!(&plan, Plan::Join(k) if *k == key) => {
                 // Generation 0 is never used by storage: this key names flights only.
@@ -580,9 +592,11 @@ async fn run_flight(edge: Arc<Edge>, mut guard: FillGuard, mut fill: FillRequest
     }
 
     // The origin's time is bounded, not the clients': waiting for readers of a body that is not
-    // stored (backpressure) does not count against total_timeout.
+    // stored (backpressure) does not count against total_timeout. Nor does the hold of a blocking
+    // playlist reload, bounded by its own timeout: its total_timeout starts with the head.
     let total_timeout = fill.settings.origins.total_timeout();
-    let mut budget = total_timeout.saturating_sub(started.elapsed());
+    let clock_from = if fill.blocking_reload { Instant::now() } else { started };
+    let mut budget = total_timeout.saturating_sub(clock_from.elapsed());
     let mut body = response.body;
     let mut received: u64 = 0;
     loop {

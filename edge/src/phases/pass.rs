@@ -36,6 +36,7 @@ pub async fn forward(edge: &Arc<Edge>, parts: &Parts, body: Incoming, target: &T
         path_and_query: target.path_and_query(),
         headers: origin_request::for_pass(&parts.headers, &Forwarding { peer, host: &target.host, from_fleet: None }),
         body,
+        first_byte_timeout: None,
     };
     let started = std::time::Instant::now();
     let sent = edge.settings().origins.send(&request).await;

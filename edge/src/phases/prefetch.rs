@@ -15,6 +15,11 @@
 //! abandoned once no client reads it, and a concurrency bound (`prefetch.max_concurrent`; over it, a
 //! prefetch is skipped and counted). Slots are released by the permit's drop, whatever ends the fill.
 //!
+//! LL-HLS blocking playlist reloads (a query with `_HLS_msn`): the segments such an answer lists are
+//! remembered like any playlist's, but its URL is asked for once per part and its answer never
+//! changes, so it is neither watched nor refreshed, and prefetch never issues a blocking request
+//! itself (a held origin request for nobody). The live refresher keeps the plain playlist fresh.
+//!
 //! Prefetch fills are not client requests: they have no access-log line (the access log is one line
 //! per client request). They are counted in the `prefetch_*` metrics and logged at debug level under
 //! the `prefetch` target, failures included; a failure never touches any client's response.
@@ -30,6 +35,7 @@ use http::{Method, StatusCode};
 use super::fetch;
 use super::respond::Outcome;
 use super::route::Target;
+use crate::cache::policy;
 use crate::cache::{CacheKey, CachedObject, Lifecycle};
 use crate::metrics::PrefetchEvent;
 use crate::prefetch::{self as decide, PlaylistSeen};
@@ -70,6 +76,11 @@ pub fn served(
         return;
     }
     if decide::may_be_playlist(&target.path, content_type(outcome.response.headers())) {
+        // A blocking reload's copy was read when its fill stored it; it is not watched (see the module
+        // documentation).
+        if policy::is_blocking_reload(target.query.as_deref()) {
+            return;
+        }
         let now = Instant::now();
         let seen = edge.prefetch.playlists.get(key);
         if let Some(seen) = &seen {
@@ -135,6 +146,12 @@ fn learn(
             prefetch.next.remember(segment_key, next);
         }
     }
+    if policy::is_blocking_reload(path_and_query.split_once('?').map(|(_, query)| query)) {
+        // Its successors are known now; nothing else is kept of an answer to one `_HLS_msn`, which
+        // would only crowd the playlists that are watched out of the bounded memory.
+        edge.metrics.record_prefetch(PrefetchEvent::PlaylistRead);
+        return;
+    }
     let seen = prefetch.seen(key.clone(), object, (host, path_and_query), &playlist, peer, Instant::now());
     // Counted once the successors are known: tests wait for it.
     edge.metrics.record_prefetch(PrefetchEvent::PlaylistRead);
@@ -154,6 +171,10 @@ fn learn(
 /// would send, and never a request it would refuse (whose answer, a 404 say, could be stored under
 /// the key every authorised viewer shares).
 async fn prefetch_segment(edge: &Arc<Edge>, host: &str, next: &decide::Target, token: Option<&str>, peer: SocketAddr) {
+    if policy::is_blocking_reload(next.query.as_deref()) {
+        // A playlist's URI that asks the origin to hold the request: not a segment to fetch ahead.
+        return skip(edge, "blocking_reload");
+    }
     let key = edge.cache_key(host, &next.path, next.query.as_deref());
     let Some(query) = authorised_query(edge, &next.path, next.query.as_deref(), token) else {
         return skip(edge, "unauthorised");
@@ -334,6 +355,11 @@ impl Refresher {
             Some((p, q)) => (p.to_string(), Some(q.to_string())),
             None => (seen.path_and_query.clone(), None),
         };
+        if policy::is_blocking_reload(query.as_deref()) {
+            // Never started for one (see `learn`); and never a held origin request for nobody.
+            skip(edge, "blocking_reload");
+            return false;
+        }
         // The token of the viewer whose request the playlist was read from: once it no longer opens
         // the playlist, refreshing stops (the next viewer's miss refills it with their token, and
         // reading that copy starts a refresher with it).
