@@ -14,6 +14,12 @@ pub enum PackageError {
     Undecodable { path: PathBuf, reason: String },
     #[error("input {0} has no video stream")]
     NoVideo(PathBuf),
+    #[error("input {0} has no audio stream, so there is no audio for a separate audio rendition (package it with muxed audio)")]
+    NoAudio(PathBuf),
+    #[error("a separate audio rendition needs fMP4 output: MPEG-TS renditions carry their audio muxed")]
+    SeparateAudioNeedsFmp4,
+    #[error("audio language '{0}' is not a language tag such as en, pt-BR or und (RFC 5646)")]
+    BadLanguage(String),
     #[error(transparent)]
     Ladder(#[from] LadderError),
     #[error("no ladder rung fits the {height}-line source (all taller: {skipped})")]

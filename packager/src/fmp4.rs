@@ -18,6 +18,12 @@ pub enum Fmp4Error {
     NoVideoTrack,
     #[error("the stream ended inside an MP4 box ({0} bytes left over)")]
     TrailingBytes(usize),
+    #[error("the 'moov' header does not hold exactly one audio track")]
+    NotOneAudioTrack,
+    #[error("'mdat' without the 'moof' that describes it")]
+    MdatWithoutMoof,
+    #[error("a track fragment uses {0}, which the audio re-segmenter does not read")]
+    Unsupported(&'static str),
 }
 
 /// What the splitter produces, in stream order.
@@ -134,7 +140,7 @@ impl Fmp4Splitter {
 }
 
 /// Reads a box header: (type, total length) or `None` when fewer than 8 (or 16) bytes are there.
-fn box_header(data: &[u8]) -> Result<Option<([u8; 4], usize)>, Fmp4Error> {
+pub(crate) fn box_header(data: &[u8]) -> Result<Option<([u8; 4], usize)>, Fmp4Error> {
     if data.len() < 8 {
         return Ok(None);
     }
@@ -159,7 +165,7 @@ fn box_header(data: &[u8]) -> Result<Option<([u8; 4], usize)>, Fmp4Error> {
     Ok(Some((kind, size)))
 }
 
-fn header_len(whole: &[u8]) -> usize {
+pub(crate) fn header_len(whole: &[u8]) -> usize {
     if u32::from_be_bytes([whole[0], whole[1], whole[2], whole[3]]) == 1 {
         16
     } else {
@@ -168,7 +174,7 @@ fn header_len(whole: &[u8]) -> usize {
 }
 
 /// Payloads of the direct children of type `kind` inside a container payload.
-fn children<'a>(container: &'a [u8], kind: &[u8; 4]) -> Result<Vec<&'a [u8]>, Fmp4Error> {
+pub(crate) fn children<'a>(container: &'a [u8], kind: &[u8; 4]) -> Result<Vec<&'a [u8]>, Fmp4Error> {
     let mut found = Vec::new();
     let mut rest = container;
     while !rest.is_empty() {
@@ -184,7 +190,7 @@ fn children<'a>(container: &'a [u8], kind: &[u8; 4]) -> Result<Vec<&'a [u8]>, Fm
     Ok(found)
 }
 
-fn be32(data: &[u8], at: usize, what: &'static str) -> Result<u32, Fmp4Error> {
+pub(crate) fn be32(data: &[u8], at: usize, what: &'static str) -> Result<u32, Fmp4Error> {
     data.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])).ok_or(Fmp4Error::Truncated(what))
 }
 

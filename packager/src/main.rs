@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use eddy_packager::ladder::{parse_ladder, DEFAULT_LADDER};
 use eddy_packager::pipeline::{Format, Source};
-use eddy_packager::{package, PackageConfig, Progress, Summary};
+use eddy_packager::{package_with, AudioLayout, PackageConfig, PackageOptions, Progress, Summary};
 use eddy_shared::size::format_size;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -18,6 +18,15 @@ enum FormatArg {
     Ts,
     /// CMAF fragmented MP4 segments (.m4s) with an init.mp4 per rendition
     Fmp4,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AudioArg {
+    /// In every video rendition
+    Muxed,
+    /// In an audio-only rendition of its own, DIR/audio/index.m3u8 (EXT-X-MEDIA TYPE=AUDIO; needs
+    /// --format fmp4)
+    Separate,
 }
 
 /// Transcode a video into an HLS bitrate ladder: DIR/master.m3u8 and DIR/<rung>/index.m3u8.
@@ -41,6 +50,13 @@ struct Cli {
     segment_duration: f64,
     #[arg(long, value_enum, default_value = "ts")]
     format: FormatArg,
+    /// Where the audio goes.
+    #[arg(long, value_enum, default_value = "muxed")]
+    audio: AudioArg,
+    /// The separate audio rendition's LANGUAGE, an RFC 5646 tag such as en or pt-BR (with --audio
+    /// separate).
+    #[arg(long, value_name = "LANG", default_value = "und")]
+    audio_lang: String,
     /// Encrypt segments with AES-128; the key is written to DIR/enc.key.
     #[arg(long)]
     encrypt: bool,
@@ -65,6 +81,30 @@ const PRESETS: [&str; 10] =
 /// A test-pattern length: any duration `eddy_shared::duration` reads, above zero and at most a day.
 fn parse_duration(text: &str) -> Option<Duration> {
     eddy_shared::duration::parse_duration(text).ok().filter(|d| !d.is_zero() && *d <= Duration::from_secs(24 * 3600))
+}
+
+fn options_from(cli: &Cli) -> Result<PackageOptions> {
+    let audio = match cli.audio {
+        AudioArg::Muxed => {
+            if cli.audio_lang != "und" {
+                bail!("--audio-lang names the separate audio rendition's language: it needs --audio separate");
+            }
+            AudioLayout::Muxed
+        }
+        AudioArg::Separate => {
+            if matches!(cli.format, FormatArg::Ts) {
+                bail!(
+                    "--audio separate needs --format fmp4: MPEG-TS renditions (--format ts, the default) carry \
+                     their audio muxed"
+                );
+            }
+            if !eddy_packager::is_language_tag(&cli.audio_lang) {
+                bail!("--audio-lang '{}' is not a language tag such as en, pt-BR or und (RFC 5646)", cli.audio_lang);
+            }
+            AudioLayout::Separate { language: cli.audio_lang.clone() }
+        }
+    };
+    Ok(PackageOptions::default().with_audio(audio))
 }
 
 fn config_from(cli: &Cli) -> Result<PackageConfig> {
@@ -119,6 +159,18 @@ fn print_table(summary: &Summary) {
             format_size(r.bytes),
         );
     }
+    if let Some(audio) = &summary.audio {
+        println!(
+            "{:<8} {:>10} {:>10} {:>10} {:>10} {:>9} {:>10}",
+            audio.name,
+            format!("lang {}", audio.language),
+            "",
+            format!("{}k", audio.average_bitrate / 1000),
+            format!("{}k", audio.peak_bitrate / 1000),
+            audio.segments,
+            format_size(audio.bytes),
+        );
+    }
     if !summary.skipped.is_empty() {
         println!("skipped (taller than the source): {}", summary.skipped.join(", "));
     }
@@ -140,6 +192,7 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli) -> Result<()> {
     let config = config_from(cli)?;
+    let options = options_from(cli)?;
     let live = config.live_window.is_some();
     let bar = ProgressBar::new(1000);
     bar.set_style(
@@ -148,7 +201,7 @@ fn run(cli: &Cli) -> Result<()> {
     );
     let master = config.out_dir.join(eddy_packager::MASTER_PLAYLIST);
     let mut announced = false;
-    let result = package(&config, &mut |event| match event {
+    let result = package_with(&config, &options, &mut |event| match event {
         Progress::Position { done, total } => {
             if let Some(total) = total.filter(|t| !t.is_zero()) {
                 bar.set_position((done.as_secs_f64() / total.as_secs_f64() * 1000.0).min(1000.0) as u64);

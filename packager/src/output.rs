@@ -132,7 +132,12 @@ mod tests {
     use super::*;
 
     fn options() -> MediaOptions {
-        MediaOptions { init_uri: None, key_uri: None, nominal_duration: 1.0 }
+        MediaOptions {
+            init_uri: None,
+            key_uri: None,
+            nominal_duration: 1.0,
+            duration_slack: crate::playlist::VIDEO_DURATION_SLACK,
+        }
     }
 
     #[test]

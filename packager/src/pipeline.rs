@@ -8,6 +8,9 @@
 //!    ts:   splitmuxsink(mpegtsmux) → one file per GOP  → "fragment-closed" bus message ──┤→ segments
 //!    fmp4: mp4mux(fragmented) → appsink → Fmp4Splitter → init + one segment per GOP ──────┘
 //! ```
+//! With a separate audio rendition (fMP4 only) the rungs' muxers get no audio; the audio tee feeds
+//! one more `mp4mux → appsink`, whose stream [`AudioReader`] reads into samples that the run cuts into
+//! segments at the video's segment boundaries (see [`crate::audio`]).
 //! x264 gets a fixed GOP of exactly fps × segment duration frames with scene-cut keyframes off, so
 //! every rendition has its keyframes on the same frames and each segment holds exactly one GOP.
 
@@ -23,12 +26,20 @@ use gstreamer_pbutils as gst_pbutils;
 
 use eddy_shared::gst_elements::MissingElements;
 
+use crate::audio::{AudioPiece, AudioReader, AudioSample};
 use crate::codecs;
 use crate::error::PackageError;
 use crate::fmp4::{Fmp4Splitter, Piece};
 
 /// Audio bitrate of every rendition (the ladder's bitrates are video bitrates).
 pub const AUDIO_BITRATE: u32 = 96_000;
+/// The audio is encoded at this sample rate, in stereo.
+pub const AUDIO_SAMPLE_RATE: u32 = 48_000;
+pub const AUDIO_CHANNELS: u32 = 2;
+/// Samples per AAC-LC frame.
+pub const AAC_FRAME_SAMPLES: u32 = 1024;
+/// The name of the separate audio rendition's muxer.
+pub const AUDIO_MUX_NAME: &str = "mux-audio";
 /// Frame rate of the test pattern.
 pub const TEST_PATTERN_FPS: i32 = 30;
 
@@ -150,6 +161,8 @@ pub struct PipelinePlan {
     pub segment_duration: f64,
     /// x264 speed preset (ultrafast ... veryslow).
     pub preset: String,
+    /// The audio goes to its own muxer (a separate audio rendition) instead of every rung's.
+    pub separate_audio: bool,
 }
 
 impl PipelinePlan {
@@ -182,8 +195,22 @@ impl VideoTimeline {
 /// What the pipeline hands the main thread.
 #[derive(Debug)]
 pub enum Produced {
-    Init { rung: usize, bytes: Vec<u8> },
-    Segment { rung: usize, bytes: Vec<u8> },
+    Init {
+        rung: usize,
+        bytes: Vec<u8>,
+    },
+    Segment {
+        rung: usize,
+        bytes: Vec<u8>,
+    },
+    /// The separate audio rendition's init section, with the track's id and timescale.
+    AudioInit {
+        bytes: Vec<u8>,
+        track_id: u32,
+        timescale: u32,
+    },
+    /// The separate audio rendition's next samples, in order.
+    AudioSamples(Vec<AudioSample>),
     Failed(PackageError),
 }
 
@@ -297,23 +324,31 @@ pub fn build(plan: &PipelinePlan) -> Result<Built, PackageError> {
     };
     build_source(&pipeline, plan, &video_entry, audio_entry.as_ref())?;
 
+    let audio_branch = |tee: &gst::Element| -> Result<gst::Element, PackageError> {
+        let queue = make("queue")?;
+        // Unbounded: audio must never stall the shared audio encoder while the video encoders
+        // hold frames in their lookahead.
+        queue.set_property("max-size-time", 0u64);
+        queue.set_property("max-size-buffers", 0u32);
+        queue.set_property("max-size-bytes", 0u32);
+        pipeline.add(&queue).map_err(pipeline_error)?;
+        link_all(&[tee, &queue])?;
+        Ok(queue)
+    };
+    if plan.separate_audio {
+        let tee = audio_tee.as_ref().ok_or_else(|| pipeline_error("a separate audio rendition without audio"))?;
+        if plan.format != Format::Fmp4 {
+            return Err(PackageError::SeparateAudioNeedsFmp4);
+        }
+        build_audio_mux(&pipeline, plan, &audio_branch(tee)?, &sender)?;
+    }
     let mut timelines = Vec::new();
     for (index, rung) in plan.rungs.iter().enumerate() {
         let timeline = Arc::new(Mutex::new(VideoTimeline::default()));
         let video_out = build_rung_video(&pipeline, plan, index, rung, &video_tee, &timeline)?;
         let audio_out = match &audio_tee {
-            Some(tee) => {
-                let queue = make("queue")?;
-                // Unbounded: audio must never stall the shared audio encoder while the video encoders
-                // hold frames in their lookahead.
-                queue.set_property("max-size-time", 0u64);
-                queue.set_property("max-size-buffers", 0u32);
-                queue.set_property("max-size-bytes", 0u32);
-                pipeline.add(&queue).map_err(pipeline_error)?;
-                link_all(&[tee, &queue])?;
-                Some(queue)
-            }
-            None => None,
+            Some(tee) if !plan.separate_audio => Some(audio_branch(tee)?),
+            _ => None,
         };
         match plan.format {
             Format::Ts => build_ts_mux(&pipeline, plan, index, rung, &video_out, audio_out.as_ref())?,
@@ -600,6 +635,72 @@ fn build_ts_mux(
     Ok(())
 }
 
+/// The fragment length of every mp4mux: short fragments keep audio close to the video it belongs to
+/// (muxed) or reach the audio segmenter soon (separate audio).
+fn fragment_ms(plan: &PipelinePlan) -> u32 {
+    ((plan.segment_duration * 1000.0 / 4.0) as u32).clamp(100, 1000)
+}
+
+/// The separate audio rendition: one audio-only fragmented MP4 into an appsink, read into samples.
+fn build_audio_mux(
+    pipeline: &gst::Pipeline,
+    plan: &PipelinePlan,
+    audio: &gst::Element,
+    sender: &mpsc::Sender<Produced>,
+) -> Result<(), PackageError> {
+    let mux = make_named("mp4mux", Some(AUDIO_MUX_NAME.to_string()))?;
+    mux.set_property("fragment-duration", fragment_ms(plan));
+    let sink =
+        make("appsink")?.downcast::<gst_app::AppSink>().map_err(|_| pipeline_error("appsink is not an AppSink"))?;
+    sink.set_property("sync", false);
+    pipeline.add_many([&mux, sink.upcast_ref()]).map_err(pipeline_error)?;
+    link_to_request_pad(audio, &mux, "audio_%u")?;
+    link_all(&[&mux, sink.upcast_ref()])?;
+
+    let reader = Arc::new(Mutex::new(AudioReader::new()));
+    let forward =
+        |sender: &mpsc::Sender<Produced>, result: Result<Vec<AudioPiece>, crate::fmp4::Fmp4Error>| match result {
+            Ok(pieces) => {
+                for piece in pieces {
+                    let _ = sender.send(match piece {
+                        AudioPiece::Init { bytes, track_id, timescale } => {
+                            Produced::AudioInit { bytes, track_id, timescale }
+                        }
+                        AudioPiece::Samples(samples) => Produced::AudioSamples(samples),
+                    });
+                }
+                true
+            }
+            Err(source) => {
+                let _ = sender.send(Produced::Failed(PackageError::Fmp4 { rung: "audio".into(), source }));
+                false
+            }
+        };
+    let (sample_reader, sample_sender) = (Arc::clone(&reader), sender.clone());
+    let (eos_reader, eos_sender) = (reader, sender.clone());
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
+                let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+                let mut reader = sample_reader.lock().map_err(|_| gst::FlowError::Error)?;
+                if forward(&sample_sender, reader.push(&map)) {
+                    Ok(gst::FlowSuccess::Ok)
+                } else {
+                    Err(gst::FlowError::Error)
+                }
+            })
+            .eos(move |_| {
+                if let Ok(mut reader) = eos_reader.lock() {
+                    forward(&eos_sender, reader.finish().map(|()| Vec::new()));
+                }
+            })
+            .build(),
+    );
+    Ok(())
+}
+
 /// One continuous fragmented MP4 per rung into an appsink; the splitter cuts it into init + segments.
 fn build_fmp4_mux(
     pipeline: &gst::Pipeline,
@@ -611,10 +712,8 @@ fn build_fmp4_mux(
     sender: &mpsc::Sender<Produced>,
 ) -> Result<(), PackageError> {
     let mux = make_named("mp4mux", Some(mux_name(index)))?;
-    // Short fragments keep audio close to the video it belongs to; mp4mux also closes a video
-    // fragment at every keyframe, which is where the splitter cuts segments.
-    let fragment_ms = ((plan.segment_duration * 1000.0 / 4.0) as u32).clamp(100, 1000);
-    mux.set_property("fragment-duration", fragment_ms);
+    // mp4mux also closes a video fragment at every keyframe, which is where the splitter cuts segments.
+    mux.set_property("fragment-duration", fragment_ms(plan));
     let sink =
         make("appsink")?.downcast::<gst_app::AppSink>().map_err(|_| pipeline_error("appsink is not an AppSink"))?;
     sink.set_property("sync", false);
@@ -714,6 +813,7 @@ mod tests {
             format: Format::Ts,
             segment_duration: seconds,
             preset: "ultrafast".into(),
+            separate_audio: false,
         };
         assert_eq!(plan(gst::Fraction::new(30, 1), 2.0).gop_frames(), 60);
         assert_eq!(plan(gst::Fraction::new(30000, 1001), 1.0).gop_frames(), 30);

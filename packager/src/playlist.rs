@@ -4,7 +4,8 @@ use std::io::Write;
 use std::path::Path;
 
 use m3u8_rs::{
-    Key, KeyMethod, Map, MasterPlaylist, MediaPlaylist, MediaPlaylistType, MediaSegment, Resolution, VariantStream,
+    AlternativeMedia, AlternativeMediaType, Key, KeyMethod, Map, MasterPlaylist, MediaPlaylist, MediaPlaylistType,
+    MediaSegment, Resolution, VariantStream,
 };
 
 /// One finished media segment as a playlist lists it.
@@ -45,10 +46,23 @@ pub fn measure_bitrates(segments: &[SegmentRecord], nominal_duration: f64) -> Bi
     Bitrates { average: (total_bytes as f64 * 8.0 / total_seconds).round() as u64, peak: peak.round() as u64 }
 }
 
+/// How far a video segment may run over a whole second before EXT-X-TARGETDURATION counts the next
+/// one: timestamp noise.
+pub const VIDEO_DURATION_SLACK: f64 = 0.01;
+
 /// EXT-X-TARGETDURATION: whole seconds that no segment exceeds once EXTINF is rounded (RFC 8216
 /// 4.3.3.1), tolerating timestamp noise of 10 ms.
 pub fn target_duration(segments: &[SegmentRecord], nominal_duration: f64) -> u64 {
-    segments.iter().map(|s| (s.duration - 0.01).ceil()).fold((nominal_duration - 0.01).ceil(), f64::max).max(1.0) as u64
+    target_duration_with_slack(segments, nominal_duration, VIDEO_DURATION_SLACK)
+}
+
+/// [`target_duration`] tolerating `slack` seconds over a whole second (under half a second, so EXTINF
+/// rounded to the nearest integer still never exceeds the target). An audio segment cut on the AAC
+/// frame nearest a video boundary can be up to one frame longer than the video segment.
+pub fn target_duration_with_slack(segments: &[SegmentRecord], nominal_duration: f64, slack: f64) -> u64 {
+    let slack = slack.clamp(0.0, 0.49);
+    segments.iter().map(|s| (s.duration - slack).ceil()).fold((nominal_duration - slack).ceil(), f64::max).max(1.0)
+        as u64
 }
 
 /// How the media playlist presents its segments.
@@ -68,6 +82,9 @@ pub struct MediaOptions {
     /// URI of the AES-128 key relative to the media playlist, when encrypting.
     pub key_uri: Option<String>,
     pub nominal_duration: f64,
+    /// Seconds a segment may run over a whole second without raising EXT-X-TARGETDURATION
+    /// ([`VIDEO_DURATION_SLACK`] for video; about one AAC frame for the separate audio rendition).
+    pub duration_slack: f64,
 }
 
 /// EXT-X-VERSION: 6 is needed for EXT-X-MAP in a normal playlist, 3 for decimal EXTINF.
@@ -99,7 +116,7 @@ pub fn media_playlist(
     }
     MediaPlaylist {
         version: Some(protocol_version(options)),
-        target_duration: target_duration(segments, options.nominal_duration),
+        target_duration: target_duration_with_slack(segments, options.nominal_duration, options.duration_slack),
         media_sequence: segments.first().map_or(0, |s| s.sequence),
         segments: playlist_segments,
         end_list: matches!(presentation, Presentation::Vod | Presentation::Live { ended: true }),
@@ -120,13 +137,53 @@ pub struct VariantInfo {
     pub frame_rate: f64,
 }
 
+/// The separate audio rendition, as the master playlist's EXT-X-MEDIA tag describes it (RFC 8216
+/// 4.3.4.1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AudioRendition {
+    /// GROUP-ID, which every variant names in its AUDIO attribute.
+    pub group_id: String,
+    pub name: String,
+    /// RFC 5646 language tag (`und` when unknown).
+    pub language: String,
+    pub channels: u32,
+    /// The audio media playlist, relative to the master.
+    pub uri: String,
+}
+
 /// The master playlist, variants in ascending bandwidth order.
 pub fn master_playlist(variants: &[VariantInfo], version: usize) -> MasterPlaylist {
+    master_playlist_with_audio(variants, None, version)
+}
+
+/// The master playlist, with the audio in its own rendition group when `audio` is given: one
+/// EXT-X-MEDIA TYPE=AUDIO (DEFAULT and AUTOSELECT, so every player picks it) and AUDIO=group on each
+/// variant. The variants' BANDWIDTH and CODECS must already cover the audio (RFC 8216 4.3.4.2: the
+/// renditions played together).
+pub fn master_playlist_with_audio(
+    variants: &[VariantInfo],
+    audio: Option<&AudioRendition>,
+    version: usize,
+) -> MasterPlaylist {
     let mut sorted: Vec<&VariantInfo> = variants.iter().collect();
     sorted.sort_by_key(|v| (v.bitrates.peak, v.bitrates.average));
     MasterPlaylist {
         version: Some(version),
         independent_segments: true,
+        alternatives: audio
+            .map(|a| AlternativeMedia {
+                media_type: AlternativeMediaType::Audio,
+                uri: Some(a.uri.clone()),
+                group_id: a.group_id.clone(),
+                language: Some(a.language.clone()),
+                name: a.name.clone(),
+                default: true,
+                autoselect: true,
+                channels: Some(a.channels.to_string()),
+                ..AlternativeMedia::default()
+            })
+            .into_iter()
+            .collect(),
         variants: sorted
             .into_iter()
             .map(|v| VariantStream {
@@ -136,6 +193,7 @@ pub fn master_playlist(variants: &[VariantInfo], version: usize) -> MasterPlayli
                 codecs: Some(v.codecs.clone()),
                 resolution: Some(Resolution { width: u64::from(v.width), height: u64::from(v.height) }),
                 frame_rate: Some((v.frame_rate * 1000.0).round() / 1000.0),
+                audio: audio.map(|a| a.group_id.clone()),
                 ..VariantStream::default()
             })
             .collect(),
@@ -203,6 +261,12 @@ mod tests {
         assert_eq!(target_duration(&[seg(0, 1.001, 1)], 1.0), 1);
         assert_eq!(target_duration(&[seg(0, 2.4, 1)], 2.0), 3);
         assert_eq!(target_duration(&[], 0.5), 1);
+        // An audio segment one 21.3 ms AAC frame over 2 s keeps the video's target with its slack.
+        assert_eq!(target_duration(&[seg(0, 2.0213, 1)], 2.0), 3);
+        assert_eq!(target_duration_with_slack(&[seg(0, 2.0213, 1)], 2.0, 0.022), 2);
+        assert_eq!(target_duration_with_slack(&[seg(0, 2.4, 1)], 2.0, 0.022), 3);
+        // Slack never reaches half a second, where rounding EXTINF would exceed the target.
+        assert_eq!(target_duration_with_slack(&[seg(0, 2.6, 1)], 2.0, 5.0), 3);
     }
 
     #[test]
@@ -211,6 +275,7 @@ mod tests {
             init_uri: Some("init.mp4".into()),
             key_uri: Some("../enc.key".into()),
             nominal_duration: 2.0,
+            duration_slack: VIDEO_DURATION_SLACK,
         };
         let text = String::from_utf8(render_media(&media_playlist(
             &[seg(0, 2.0, 10), seg(1, 1.5, 10)],
@@ -235,7 +300,8 @@ mod tests {
 
     #[test]
     fn live_window_advances_media_sequence_without_endlist() {
-        let options = MediaOptions { init_uri: None, key_uri: None, nominal_duration: 2.0 };
+        let options =
+            MediaOptions { init_uri: None, key_uri: None, nominal_duration: 2.0, duration_slack: VIDEO_DURATION_SLACK };
         let playlist =
             media_playlist(&[seg(5, 2.0, 1), seg(6, 2.0, 1)], &options, &Presentation::Live { ended: false });
         let text = String::from_utf8(render_media(&playlist)).unwrap();
@@ -263,6 +329,42 @@ mod tests {
         assert!(text.contains(
             "BANDWIDTH=400,AVERAGE-BANDWIDTH=399,CODECS=\"avc1.64001e,mp4a.40.2\",RESOLUTION=426x240,FRAME-RATE=30"
         ));
+    }
+
+    #[test]
+    fn master_with_a_separate_audio_group() {
+        let variant = |uri: &str, peak: u64| VariantInfo {
+            uri: uri.into(),
+            bitrates: Bitrates { average: peak - 1, peak },
+            width: 426,
+            height: 240,
+            codecs: "avc1.64001e,mp4a.40.2".into(),
+            frame_rate: 30.0,
+        };
+        let audio = AudioRendition {
+            group_id: "aud".into(),
+            name: "Audio".into(),
+            language: "pt-BR".into(),
+            channels: 2,
+            uri: "audio/index.m3u8".into(),
+        };
+        let master =
+            master_playlist_with_audio(&[variant("b/index.m3u8", 900), variant("a/index.m3u8", 400)], Some(&audio), 6);
+        let text = String::from_utf8(render_master(&master)).unwrap();
+        let media: Vec<&str> = text.lines().filter(|l| l.starts_with("#EXT-X-MEDIA:")).collect();
+        assert_eq!(
+            media,
+            ["#EXT-X-MEDIA:TYPE=AUDIO,URI=\"audio/index.m3u8\",GROUP-ID=\"aud\",LANGUAGE=\"pt-BR\",NAME=\"Audio\",\
+              DEFAULT=YES,AUTOSELECT=YES,CHANNELS=\"2\""]
+        );
+        let variants: Vec<&str> = text.lines().filter(|l| l.starts_with("#EXT-X-STREAM-INF:")).collect();
+        assert_eq!(variants.len(), 2);
+        assert!(variants.iter().all(|v| v.contains("AUDIO=\"aud\"")), "{text}");
+        // The EXT-X-MEDIA tag comes before the variants that refer to its group.
+        assert!(text.find("#EXT-X-MEDIA:").unwrap() < text.find("#EXT-X-STREAM-INF:").unwrap());
+        // Without audio nothing changes.
+        let plain = String::from_utf8(render_master(&master_playlist(&[variant("a/index.m3u8", 400)], 6))).unwrap();
+        assert!(!plain.contains("EXT-X-MEDIA") && !plain.contains("AUDIO="), "{plain}");
     }
 
     #[test]

@@ -8,16 +8,22 @@ use gst::prelude::*;
 use gstreamer as gst;
 use serde::Serialize;
 
+use crate::audio::AudioSegmenter;
 use crate::codecs;
 use crate::crypto;
 use crate::error::PackageError;
 use crate::ladder::{self, Rung};
 use crate::output::{RenditionWriter, INIT_SEGMENT, KEY_FILE, MEDIA_PLAYLIST};
 use crate::pipeline::{self, Built, Format, PipelinePlan, Produced, RungPlan, Source};
-use crate::playlist::{self, Bitrates, MediaOptions, VariantInfo};
+use crate::playlist::{self, AudioRendition, Bitrates, MediaOptions, VariantInfo};
 
 /// The master playlist's file name in the output folder.
 pub const MASTER_PLAYLIST: &str = "master.m3u8";
+/// The separate audio rendition's folder in the output folder (never a ladder rung's name: those are
+/// heights such as `480p`).
+pub const AUDIO_RENDITION: &str = "audio";
+/// The GROUP-ID of the separate audio rendition, named by every variant's AUDIO attribute.
+pub const AUDIO_GROUP: &str = "aud";
 
 #[derive(Debug, Clone)]
 pub struct PackageConfig {
@@ -32,6 +38,58 @@ pub struct PackageConfig {
     pub live_window: Option<usize>,
     /// x264 speed preset; `None` picks one for the source (see [`default_preset`]).
     pub preset: Option<String>,
+}
+
+/// How much longer than a video segment an audio segment may be: two AAC frames (21.3 ms each at
+/// 48 kHz) and 1 ms. Cuts land on the frame nearest each video boundary, so a segment can gain up to
+/// one frame; and the encoder's padding makes the audio about one frame longer than the video, which
+/// the last segment keeps rather than leaving it a sliver of its own.
+const AUDIO_DURATION_SLACK_NS: u64 =
+    2 * pipeline::AAC_FRAME_SAMPLES as u64 * 1_000_000_000 / pipeline::AUDIO_SAMPLE_RATE as u64 + 1_000_000;
+
+/// Where the audio goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AudioLayout {
+    /// Muxed into every video rendition (MPEG-TS or fMP4).
+    #[default]
+    Muxed,
+    /// An audio-only fMP4 rendition of its own (`EXT-X-MEDIA:TYPE=AUDIO`), which every variant names
+    /// in its AUDIO attribute; the video renditions carry no audio. `language` is the rendition's
+    /// LANGUAGE, an RFC 5646 tag (`und` when unknown).
+    Separate { language: String },
+}
+
+impl AudioLayout {
+    /// A separate audio rendition of unknown language.
+    pub fn separate() -> Self {
+        AudioLayout::Separate { language: "und".to_string() }
+    }
+}
+
+/// Options that came after [`PackageConfig`]: kept apart so that code building a `PackageConfig`
+/// (the origin's jobs) keeps compiling; [`package`] uses the defaults. Build one with
+/// `PackageOptions::default()` and the `with_` methods.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct PackageOptions {
+    pub audio: AudioLayout,
+}
+
+impl PackageOptions {
+    pub fn with_audio(mut self, audio: AudioLayout) -> Self {
+        self.audio = audio;
+        self
+    }
+}
+
+/// Whether `tag` looks like an RFC 5646 language tag: subtags of 1 to 8 letters or digits joined by
+/// `-`, the first 2 to 8 letters (`en`, `pt-BR`, `zh-Hant`, `und`). The check keeps the LANGUAGE
+/// attribute's quotes intact; it does not look tags up in the registry.
+pub fn is_language_tag(tag: &str) -> bool {
+    let mut subtags = tag.split('-');
+    let first_ok =
+        subtags.next().is_some_and(|s| (2..=8).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphabetic()));
+    first_ok && subtags.all(|s| (1..=8).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphanumeric()))
 }
 
 /// Progress reports for a progress bar.
@@ -50,9 +108,21 @@ pub struct RenditionSummary {
     pub height: u32,
     /// Requested video bitrate (bit/s).
     pub target_video_bitrate: u64,
-    /// Measured over the whole file, audio and container included (bit/s).
+    /// Measured over the whole file, container included, and audio when it is muxed (bit/s).
     pub average_bitrate: u64,
     /// Highest single-segment bitrate (bit/s).
+    pub peak_bitrate: u64,
+    pub segments: usize,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// The separate audio rendition, measured like a video rendition.
+#[derive(Debug, Clone, Serialize)]
+pub struct AudioSummary {
+    pub name: String,
+    pub language: String,
+    pub average_bitrate: u64,
     pub peak_bitrate: u64,
     pub segments: usize,
     pub bytes: u64,
@@ -63,6 +133,9 @@ pub struct RenditionSummary {
 pub struct Summary {
     pub master: PathBuf,
     pub renditions: Vec<RenditionSummary>,
+    /// The separate audio rendition, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio: Option<AudioSummary>,
     /// Ladder rungs not made because they are taller than the source.
     pub skipped: Vec<String>,
     pub wall_seconds: f64,
@@ -77,12 +150,34 @@ pub fn default_preset(source: &Source) -> &'static str {
     }
 }
 
+/// Packages with the default [`PackageOptions`] (audio muxed into every rendition).
 pub fn package(config: &PackageConfig, progress: &mut dyn FnMut(Progress)) -> Result<Summary, PackageError> {
+    package_with(config, &PackageOptions::default(), progress)
+}
+
+pub fn package_with(
+    config: &PackageConfig,
+    options: &PackageOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Summary, PackageError> {
     let started = std::time::Instant::now();
     let out = config.out_dir.as_path();
     let output_error = |path: &Path| {
         let path = path.to_path_buf();
         move |source| PackageError::Output { path, source }
+    };
+    // Option conflicts first: they need neither GStreamer nor the input.
+    let audio_language = match &options.audio {
+        AudioLayout::Muxed => None,
+        AudioLayout::Separate { language } => {
+            if config.format != Format::Fmp4 {
+                return Err(PackageError::SeparateAudioNeedsFmp4);
+            }
+            if !is_language_tag(language) {
+                return Err(PackageError::BadLanguage(language.clone()));
+            }
+            Some(language.clone())
+        }
     };
     // Every element the job could need is there, before anything is probed or written.
     pipeline::preflight()?;
@@ -98,6 +193,13 @@ pub fn package(config: &PackageConfig, progress: &mut dyn FnMut(Progress)) -> Re
     let (rungs, skipped) = ladder::fit_to_source(&config.ladder, tallest.unwrap_or(info.height));
     for rung in &skipped {
         tracing::info!("skipping rung {}: taller than the {}-line source", rung.name, info.height);
+    }
+    if audio_language.is_some() && !info.has_audio {
+        let input = match &config.source {
+            Source::File(path) => path.clone(),
+            Source::TestPattern { .. } => PathBuf::from("the test pattern"),
+        };
+        return Err(PackageError::NoAudio(input));
     }
     if rungs.is_empty() {
         return Err(PackageError::NothingToMake {
@@ -125,6 +227,7 @@ pub fn package(config: &PackageConfig, progress: &mut dyn FnMut(Progress)) -> Re
         init_uri: (config.format == Format::Fmp4).then(|| INIT_SEGMENT.to_string()),
         key_uri: key.map(|_| format!("../{KEY_FILE}")),
         nominal_duration: config.segment_duration,
+        duration_slack: playlist::VIDEO_DURATION_SLACK,
     };
     let mut writers = Vec::new();
     let mut plans = Vec::new();
@@ -147,6 +250,23 @@ pub fn package(config: &PackageConfig, progress: &mut dyn FnMut(Progress)) -> Re
         });
         writers.push(writer);
     }
+    let audio = match audio_language {
+        Some(language) => {
+            let options =
+                MediaOptions { duration_slack: AUDIO_DURATION_SLACK_NS as f64 / 1e9, ..media_options.clone() };
+            let writer = RenditionWriter::create(
+                out,
+                AUDIO_RENDITION,
+                config.format.segment_extension(),
+                options,
+                key,
+                config.live_window,
+            )
+            .map_err(output_error(&out.join(AUDIO_RENDITION)))?;
+            Some(AudioTrack { writer, segmenter: None, cut: 0, language })
+        }
+        None => None,
+    };
     let plan = PipelinePlan {
         source: config.source.clone(),
         info: info.clone(),
@@ -154,6 +274,7 @@ pub fn package(config: &PackageConfig, progress: &mut dyn FnMut(Progress)) -> Re
         format: config.format,
         segment_duration: config.segment_duration,
         preset: config.preset.clone().unwrap_or_else(|| default_preset(&config.source).to_string()),
+        separate_audio: audio.is_some(),
     };
     if config.encrypt && config.format == Format::Fmp4 {
         tracing::warn!(
@@ -162,11 +283,11 @@ pub fn package(config: &PackageConfig, progress: &mut dyn FnMut(Progress)) -> Re
         );
     }
     let built = pipeline::build(&plan)?;
-    let mut job = Job { config, plan: &plan, writers, master_written: false };
+    let mut job = Job { config, plan: &plan, writers, audio, master_written: false };
     let result = job.run(&built, progress);
     let _ = built.pipeline.set_state(gst::State::Null);
     if let Err(error) = result.and_then(|()| job.finish(&built, progress)) {
-        for writer in &job.writers {
+        for writer in job.writers.iter().chain(job.audio.as_ref().map(|a| &a.writer)) {
             writer.discard_unfinished();
         }
         return Err(error);
@@ -192,9 +313,23 @@ pub fn package(config: &PackageConfig, progress: &mut dyn FnMut(Progress)) -> Re
             }
         })
         .collect();
+    let audio = job.audio.as_ref().map(|audio| {
+        let written = audio.writer.written();
+        let rates = playlist::measure_bitrates(written, config.segment_duration);
+        AudioSummary {
+            name: AUDIO_RENDITION.to_string(),
+            language: audio.language.clone(),
+            average_bitrate: rates.average,
+            peak_bitrate: rates.peak,
+            segments: written.len(),
+            bytes: written.iter().map(|s| s.bytes).sum(),
+            seconds: written.iter().map(|s| s.duration).sum(),
+        }
+    });
     Ok(Summary {
         master: master_path,
         renditions,
+        audio,
         skipped: skipped.into_iter().map(|r| r.name).collect(),
         wall_seconds: started.elapsed().as_secs_f64(),
     })
@@ -204,7 +339,20 @@ struct Job<'a> {
     config: &'a PackageConfig,
     plan: &'a PipelinePlan,
     writers: Vec<RenditionWriter>,
+    /// The separate audio rendition, when there is one.
+    audio: Option<AudioTrack>,
     master_written: bool,
+}
+
+/// The separate audio rendition while it is being made.
+struct AudioTrack {
+    writer: RenditionWriter,
+    /// Made when the init section (which gives the track's timescale) arrives.
+    segmenter: Option<AudioSegmenter>,
+    /// Video segments whose audio has been cut (an empty cut writes no segment, so this can run
+    /// ahead of the segments written).
+    cut: usize,
+    language: String,
 }
 
 impl Job<'_> {
@@ -274,6 +422,24 @@ impl Job<'_> {
                     .map_err(|source| PackageError::Output { path: writer.dir().join(INIT_SEGMENT), source });
             }
             Produced::Segment { rung, bytes } => (rung, bytes),
+            Produced::AudioInit { bytes, track_id, timescale } => {
+                let audio = self.audio.as_mut().ok_or_else(|| PackageError::Pipeline("unexpected audio".into()))?;
+                audio.segmenter = Some(AudioSegmenter::new(track_id, timescale));
+                return audio
+                    .writer
+                    .write_init(&bytes)
+                    .map_err(|source| PackageError::Output { path: audio.writer.dir().join(INIT_SEGMENT), source });
+            }
+            Produced::AudioSamples(samples) => {
+                let segmenter = self
+                    .audio
+                    .as_mut()
+                    .and_then(|a| a.segmenter.as_mut())
+                    .ok_or_else(|| PackageError::Pipeline("audio samples before the audio init section".into()))?;
+                segmenter.push(samples);
+                self.cut_audio(built, false)?;
+                return self.announce_live_master(built, progress);
+            }
         };
         let index = self.writers[rung].written().len();
         let duration = built.timelines[rung].lock().ok().and_then(|t| t.segment_duration(index)).ok_or_else(|| {
@@ -286,14 +452,62 @@ impl Job<'_> {
         writer
             .add_segment(&bytes, duration)
             .map_err(|source| PackageError::Output { path: writer.dir().to_path_buf(), source })?;
-        // Live: once every rendition has a playlist, the master can point at them.
+        if rung == 0 {
+            // The next video boundary may now be known.
+            self.cut_audio(built, false)?;
+        }
+        self.announce_live_master(built, progress)
+    }
+
+    /// Live: once every rendition has a playlist, the master can point at them.
+    fn announce_live_master(&mut self, built: &Built, progress: &mut dyn FnMut(Progress)) -> Result<(), PackageError> {
+        let audio_ready = self.audio.as_ref().is_none_or(|a| !a.writer.written().is_empty());
         if self.config.live_window.is_some()
             && !self.master_written
+            && audio_ready
             && self.writers.iter().all(|w| !w.written().is_empty())
         {
             self.write_master(built, false)?;
             self.master_written = true;
             progress(Progress::MasterWritten);
+        }
+        Ok(())
+    }
+
+    /// Cuts the separate audio rendition's segments at the video's segment boundaries (the first
+    /// rung's keyframes; every rung has them on the same frames): each one as soon as the samples on
+    /// both sides of its end boundary are in, or, `at_end`, all that is left.
+    fn cut_audio(&mut self, built: &Built, at_end: bool) -> Result<(), PackageError> {
+        let Some(audio) = self.audio.as_mut() else { return Ok(()) };
+        let Some(segmenter) = audio.segmenter.as_mut() else { return Ok(()) };
+        let (keyframes, video_end) = match built.timelines.first().and_then(|t| t.lock().ok()) {
+            Some(timeline) => (timeline.keyframes.clone(), timeline.end),
+            None => return Ok(()),
+        };
+        let Some(first) = keyframes.first().copied() else { return Ok(()) };
+        let mut segments = Vec::new();
+        // Video segment k ends at keyframe k + 1; both timelines count from their first sample.
+        while let Some(next) = keyframes.get(audio.cut + 1) {
+            let boundary = segmenter.ticks(next.saturating_sub(first).nseconds());
+            if !at_end && !segmenter.ready(boundary) {
+                break;
+            }
+            segments.extend(segmenter.cut(Some(boundary)));
+            audio.cut += 1;
+        }
+        if at_end {
+            // The last video segment ends with its last frame; audio running past it is cut every
+            // segment duration, into segments no longer than the audio playlist's target allows.
+            let end = segmenter.ticks(video_end.saturating_sub(first).nseconds());
+            let step = segmenter.ticks((self.config.segment_duration * 1e9) as u64);
+            let longest = step + segmenter.ticks(AUDIO_DURATION_SLACK_NS);
+            segments.extend(segmenter.finish(end, step, longest));
+        }
+        for segment in segments {
+            audio
+                .writer
+                .add_segment(&segment.bytes, segment.duration)
+                .map_err(|source| PackageError::Output { path: audio.writer.dir().to_path_buf(), source })?;
         }
         Ok(())
     }
@@ -306,7 +520,16 @@ impl Job<'_> {
                 self.writers.iter().map(|w| format!("{}: {}", w.name, w.written().len())).collect();
             return Err(PackageError::Misaligned(format!("segment counts differ or are zero ({})", detail.join(", "))));
         }
-        for writer in &self.writers {
+        self.cut_audio(built, true)?;
+        if let Some(audio) = &self.audio {
+            if audio.writer.written().is_empty() {
+                return Err(PackageError::Misaligned(format!(
+                    "the audio rendition has no segments (the video has {})",
+                    counts[0]
+                )));
+            }
+        }
+        for writer in self.writers.iter().chain(self.audio.as_ref().map(|a| &a.writer)) {
             writer
                 .write_playlist(true)
                 .map_err(|source| PackageError::Output { path: writer.dir().join(MEDIA_PLAYLIST), source })?;
@@ -317,13 +540,19 @@ impl Job<'_> {
     }
 
     fn variants(&self, sps: &[Option<[u8; 3]>], measured: bool) -> Vec<VariantInfo> {
+        // A separate audio rendition is played with every variant: its bitrates are added to each.
+        let audio = match (&self.audio, measured) {
+            (Some(audio), true) => playlist::measure_bitrates(audio.writer.written(), self.config.segment_duration),
+            _ => Bitrates::default(),
+        };
         self.writers
             .iter()
             .zip(&self.plan.rungs)
             .zip(sps)
             .map(|((writer, rung), sps)| {
                 let bitrates = if measured {
-                    playlist::measure_bitrates(writer.written(), self.config.segment_duration)
+                    let video = playlist::measure_bitrates(writer.written(), self.config.segment_duration);
+                    Bitrates { average: video.average + audio.average, peak: video.peak + audio.peak }
                 } else {
                     // Live: nothing is measured yet; advertise the target plus audio and ~10 %
                     // container overhead.
@@ -332,6 +561,8 @@ impl Job<'_> {
                 };
                 // x264's default for these presets is High profile; used only if no SPS was seen.
                 let video = codecs::avc1(sps.unwrap_or([0x64, 0x00, 0x1f]));
+                // With a separate audio rendition CODECS still lists the audio: it is what a player
+                // must decode to play the variant (RFC 8216 4.3.4.2).
                 let codecs = if self.plan.info.has_audio { format!("{video},{}", codecs::AAC_LC) } else { video };
                 VariantInfo {
                     uri: format!("{}/{MEDIA_PLAYLIST}", rung.name),
@@ -351,16 +582,70 @@ impl Job<'_> {
     }
 
     fn write_master_with(&self, sps: &[Option<[u8; 3]>], measured: bool) -> Result<(), PackageError> {
-        let master = playlist::master_playlist(
+        let audio = self.audio.as_ref().map(|audio| AudioRendition {
+            group_id: AUDIO_GROUP.to_string(),
+            name: if audio.language == "und" { "Audio".to_string() } else { format!("Audio ({})", audio.language) },
+            language: audio.language.clone(),
+            channels: pipeline::AUDIO_CHANNELS,
+            uri: format!("{AUDIO_RENDITION}/{MEDIA_PLAYLIST}"),
+        });
+        let master = playlist::master_playlist_with_audio(
             &self.variants(sps, measured),
+            audio.as_ref(),
             playlist::protocol_version(&MediaOptions {
                 init_uri: (self.config.format == Format::Fmp4).then(String::new),
                 key_uri: None,
                 nominal_duration: self.config.segment_duration,
+                duration_slack: playlist::VIDEO_DURATION_SLACK,
             }),
         );
         let path = self.config.out_dir.join(MASTER_PLAYLIST);
         playlist::write_atomically(&path, &playlist::render_master(&master))
             .map_err(|source| PackageError::Output { path, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn language_tags() {
+        for tag in ["und", "en", "pt-BR", "zh-Hant", "es-419", "sr-Latn-RS"] {
+            assert!(is_language_tag(tag), "{tag}");
+        }
+        for tag in ["", "e", "english!", "en_US", "en-", "-en", "1a", "en\"", "en,fr", "toolongtag"] {
+            assert!(!is_language_tag(tag), "{tag}");
+        }
+    }
+
+    #[test]
+    fn audio_stays_muxed_unless_asked() {
+        assert_eq!(PackageOptions::default().audio, AudioLayout::Muxed);
+        assert_eq!(AudioLayout::separate(), AudioLayout::Separate { language: "und".into() });
+    }
+
+    #[test]
+    fn separate_audio_with_ts_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let mut config = PackageConfig {
+            source: Source::TestPattern { duration: Duration::from_secs(1), live: false },
+            out_dir: out.clone(),
+            ladder: ladder::parse_ladder("240p:300k").unwrap(),
+            segment_duration: 1.0,
+            format: Format::Ts,
+            encrypt: false,
+            live_window: None,
+            preset: None,
+        };
+        let separate = PackageOptions::default().with_audio(AudioLayout::separate());
+        let error = package_with(&config, &separate, &mut |_| {}).unwrap_err();
+        assert!(matches!(error, PackageError::SeparateAudioNeedsFmp4), "{error}");
+        config.format = Format::Fmp4;
+        let bad_language = PackageOptions::default().with_audio(AudioLayout::Separate { language: "e\"n".into() });
+        let error = package_with(&config, &bad_language, &mut |_| {}).unwrap_err();
+        assert!(matches!(error, PackageError::BadLanguage(ref tag) if tag == "e\"n"), "{error}");
+        assert!(!out.exists());
     }
 }

@@ -1,6 +1,7 @@
 //! `eddy-package` end to end: package short test patterns (and a small generated file) and check the
-//! result with real tools — the playlists' text, `ffprobe` for keyframes, `openssl` for the AES-128
-//! layout, and GStreamer's own `playbin` playing the master playlist headless to the end.
+//! result with real tools — the playlists' text, `ffprobe` for keyframes and for what each rendition
+//! holds, `openssl` for the AES-128 layout, and GStreamer's own `playbin` playing the master playlist
+//! headless to the end (a separate audio rendition included).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -223,6 +224,9 @@ fn fmp4_ladder_has_init_segments_and_plays() -> Result<()> {
     package(dir.path(), &["--test-pattern", "4s", "--ladder", LADDER, "--segment-duration", "2", "--format", "fmp4"])?;
     let master = std::fs::read_to_string(dir.path().join("master.m3u8"))?;
     ensure!(master.contains("#EXT-X-VERSION:6"), "fMP4 needs protocol version 6:\n{master}");
+    // Audio stays muxed unless asked otherwise.
+    ensure!(!master.contains("#EXT-X-MEDIA") && !master.contains("AUDIO="), "no audio group by default:\n{master}");
+    ensure!(!dir.path().join("audio").exists(), "no audio rendition by default");
     for (name, _) in RUNGS {
         let init = std::fs::read(dir.path().join(name).join("init.mp4"))?;
         ensure!(&init[4..8] == b"ftyp", "{name}/init.mp4 does not start with ftyp");
@@ -318,6 +322,237 @@ fn file_input_skips_taller_rungs_and_plays() -> Result<()> {
         ensure!(media.segments.len() == 3, "3 s at 1 s per segment: {}", media.segments.len());
     }
     ensure!(playbin_plays(&out.join("master.m3u8"))?, "playbin did not play the packaged file");
+    Ok(())
+}
+
+/// What ffprobe finds in `path`: each stream's type and codec, and how many frames it decoded.
+fn ffprobe_streams(path: &Path) -> Result<Vec<(String, String, u64)>> {
+    let output = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-show_entries", "stream=codec_type,codec_name,nb_read_frames"])
+        .args(["-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .context("running ffprobe")?;
+    ensure!(output.status.success(), "ffprobe {}: {}", path.display(), String::from_utf8_lossy(&output.stderr));
+    let mut streams = Vec::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines().filter(|l| !l.trim().is_empty()) {
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        let [name, kind, frames] = fields[..] else { bail!("ffprobe line '{line}'") };
+        streams.push((kind.to_string(), name.to_string(), frames.parse().unwrap_or(0)));
+    }
+    Ok(streams)
+}
+
+/// ffprobe's duration of `path`, in seconds.
+fn ffprobe_duration(path: &Path) -> Result<f64> {
+    let output = Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .context("running ffprobe")?;
+    Ok(String::from_utf8_lossy(&output.stdout).trim().parse()?)
+}
+
+/// A rendition's init section and segments (decrypted with `key` when given), one after the other in
+/// `into`: the file a player's demuxer sees.
+fn join_rendition(dir: &Path, media: &Media, key: Option<&[u8]>, into: &Path) -> Result<()> {
+    let mut joined = std::fs::read(dir.join(media.map.as_ref().context("EXT-X-MAP missing")?))?;
+    for (sequence, (uri, _)) in media.segments.iter().enumerate() {
+        match key {
+            Some(key) => {
+                let plain = into.with_extension("plain");
+                openssl_decrypt(key, sequence as u64, &dir.join(uri), &plain)?;
+                joined.extend(std::fs::read(&plain)?);
+            }
+            None => joined.extend(std::fs::read(dir.join(uri))?),
+        }
+    }
+    std::fs::write(into, joined)?;
+    Ok(())
+}
+
+/// Highest bitrate of a segment at least half the nominal length, from the bytes on disk.
+fn peak_bitrate(dir: &Path, media: &Media, segment: f64) -> Result<f64> {
+    let mut peak = 0f64;
+    for (uri, duration) in &media.segments {
+        if *duration >= segment / 2.0 {
+            peak = peak.max(std::fs::metadata(dir.join(uri))?.len() as f64 * 8.0 / duration);
+        }
+    }
+    Ok(peak)
+}
+
+/// The `#EXT-X-MEDIA` lines of a master playlist, as attributes.
+fn media_tags(out: &Path) -> Result<Vec<HashMap<String, String>>> {
+    let text = std::fs::read_to_string(out.join("master.m3u8")).context("reading master.m3u8")?;
+    Ok(text.lines().filter(|l| l.starts_with("#EXT-X-MEDIA:")).map(attributes).collect())
+}
+
+/// The checks of a package with a separate audio rendition: one EXT-X-MEDIA TYPE=AUDIO that every
+/// variant names, CODECS and BANDWIDTH that cover the audio, an audio playlist whose segments decode
+/// as audio only, cut within an AAC frame of the video's boundaries and lasting as long as the video
+/// within a segment, and video renditions without audio. Returns the audio media playlist.
+fn check_separate_audio(out: &Path, language: &str, segment: f64, key: Option<&[u8]>) -> Result<Media> {
+    let media = media_tags(out)?;
+    ensure!(media.len() == 1, "expected exactly one EXT-X-MEDIA, got {media:?}");
+    let audio = &media[0];
+    let expect = |name: &str, value: &str| -> Result<()> {
+        ensure!(audio.get(name).map(String::as_str) == Some(value), "EXT-X-MEDIA {name} should be {value}: {audio:?}");
+        Ok(())
+    };
+    expect("TYPE", "AUDIO")?;
+    expect("DEFAULT", "YES")?;
+    expect("AUTOSELECT", "YES")?;
+    expect("LANGUAGE", language)?;
+    expect("CHANNELS", "2")?;
+    let group = audio.get("GROUP-ID").context("GROUP-ID")?;
+    let uri = audio.get("URI").context("EXT-X-MEDIA without URI")?;
+    ensure!(audio.get("NAME").is_some_and(|n| !n.is_empty()), "NAME missing: {audio:?}");
+    let audio_playlist = out.join(uri);
+    let audio_dir = audio_playlist.parent().context("audio folder")?.to_path_buf();
+    let audio_media = media_playlist(&audio_playlist)?;
+    for tag in ["#EXT-X-PLAYLIST-TYPE:VOD", "#EXT-X-INDEPENDENT-SEGMENTS", "#EXT-X-ENDLIST"] {
+        ensure!(audio_media.text.contains(tag), "audio playlist: {tag} missing");
+    }
+    ensure!(audio_media.key.is_some() == key.is_some(), "audio EXT-X-KEY: {:?}", audio_media.key);
+    for (uri, duration) in &audio_media.segments {
+        ensure!(duration.round() <= audio_media.target, "audio/{uri}: {duration} s over the target");
+    }
+    let audio_peak = peak_bitrate(&audio_dir, &audio_media, segment)?;
+    let audio_total: f64 = audio_media.segments.iter().map(|(_, d)| d).sum();
+
+    // The audio decodes, and it is all there is in its rendition.
+    let joined = out.join("audio-joined.mp4");
+    join_rendition(&audio_dir, &audio_media, key, &joined)?;
+    let streams = ffprobe_streams(&joined)?;
+    ensure!(
+        streams.len() == 1 && streams[0].0 == "audio" && streams[0].1 == "aac" && streams[0].2 > 0,
+        "the audio rendition should hold one decodable AAC stream, ffprobe found {streams:?}"
+    );
+    let decoded = ffprobe_duration(&joined)?;
+    ensure!((decoded - audio_total).abs() < 0.05, "audio decodes to {decoded} s, the playlist lists {audio_total} s");
+
+    let variants = master_variants(out)?;
+    ensure!(!variants.is_empty(), "no variants");
+    for variant in &variants {
+        let name = &variant.uri;
+        ensure!(
+            variant.attrs.get("AUDIO") == Some(group),
+            "{name}: AUDIO should name group {group}: {:?}",
+            variant.attrs
+        );
+        let codecs = variant.attrs.get("CODECS").context("CODECS")?;
+        ensure!(codecs.contains("avc1.") && codecs.contains("mp4a.40.2"), "{name}: CODECS {codecs}");
+        let video_media = media_playlist(&out.join(name))?;
+        let video_dir = out.join(name).parent().context("rendition folder")?.to_path_buf();
+        // BANDWIDTH covers the video and the audio played with it (RFC 8216 4.3.4.2).
+        let advertised: f64 = variant.attrs.get("BANDWIDTH").context("BANDWIDTH")?.parse()?;
+        let expected = peak_bitrate(&video_dir, &video_media, segment)? + audio_peak;
+        ensure!((advertised - expected).abs() / expected < 0.01, "{name}: BANDWIDTH {advertised}, expected {expected}");
+        // The video rendition carries no audio.
+        let joined = out.join("video-joined.mp4");
+        join_rendition(&video_dir, &video_media, key, &joined)?;
+        let streams = ffprobe_streams(&joined)?;
+        ensure!(
+            streams.len() == 1 && streams[0].0 == "video" && streams[0].2 > 0,
+            "{name} should hold video only, ffprobe found {streams:?}"
+        );
+        // Same length within a segment, and every audio cut within an AAC frame (21.3 ms) of the video's.
+        let video_total: f64 = video_media.segments.iter().map(|(_, d)| d).sum();
+        ensure!((audio_total - video_total).abs() <= segment, "audio {audio_total} s vs video {video_total} s");
+        let (mut audio_start, mut video_start) = (0f64, 0f64);
+        for ((audio_uri, audio_duration), (_, video_duration)) in audio_media.segments.iter().zip(&video_media.segments)
+        {
+            ensure!(
+                (audio_start - video_start).abs() < 0.0215,
+                "audio/{audio_uri} starts at {audio_start} s, its video segment at {video_start} s"
+            );
+            audio_start += audio_duration;
+            video_start += video_duration;
+        }
+    }
+    let _ = std::fs::remove_file(out.join("audio-joined.mp4"));
+    let _ = std::fs::remove_file(out.join("video-joined.mp4"));
+    Ok(audio_media)
+}
+
+/// `--audio separate`: the alternate audio rendition, from an uploaded file with audio.
+#[test]
+fn separate_audio_rendition_is_its_own_group_and_plays() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("upload.mp4");
+    make_input_file(&input, true)?;
+    let out = dir.path().join("out");
+    let args = [input.to_str().context("path")?, "--ladder", "240p:300k,360p:700k", "--segment-duration", "1"];
+    let output =
+        package(&out, &[&args[..], &["--format", "fmp4", "--audio", "separate", "--audio-lang", "en"]].concat())?;
+    let summary = String::from_utf8_lossy(&output.stdout);
+    ensure!(summary.lines().any(|l| l.starts_with("audio") && l.contains("lang en")), "summary table:\n{summary}");
+    let audio = check_separate_audio(&out, "en", 1.0, None)?;
+    ensure!(audio.segments.len() >= 3, "3 s of audio in 1 s segments: {:?}", audio.segments);
+    let init = std::fs::read(out.join("audio/init.mp4"))?;
+    ensure!(&init[4..8] == b"ftyp" && !init.windows(4).any(|w| w == b"moof"), "audio/init.mp4 is a header only");
+    ensure!(playbin_plays(&out.join("master.m3u8"))?, "playbin did not play the package with separate audio");
+    Ok(())
+}
+
+/// The separate audio rendition is encrypted like the video ones: one key, the implicit IV.
+#[test]
+fn separate_audio_rendition_is_encrypted_with_the_package() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("enc");
+    let mut args = vec!["--test-pattern", "4s", "--ladder", "240p:300k", "--segment-duration", "2", "--format", "fmp4"];
+    args.extend(["--audio", "separate", "--encrypt"]);
+    package(&out, &args)?;
+    let key = std::fs::read(out.join("enc.key"))?;
+    let audio = check_separate_audio(&out, "und", 2.0, Some(&key))?;
+    let key_tag = audio.key.as_ref().context("audio EXT-X-KEY")?;
+    ensure!(key_tag.get("URI").map(String::as_str) == Some("../enc.key"), "audio key URI {key_tag:?}");
+    ensure!(audio.segments.len() == 2, "4 s in 2 s segments: {:?}", audio.segments);
+    for (uri, _) in &audio.segments {
+        ensure!(std::fs::metadata(out.join("audio").join(uri))?.len() % 16 == 0, "audio/{uri} is not AES blocks");
+    }
+    Ok(())
+}
+
+/// `--audio separate` where it cannot work: a clear error that names the conflict or the input, a
+/// failed exit, and nothing written.
+#[test]
+fn separate_audio_refuses_ts_and_inputs_without_audio() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let silent = dir.path().join("silent.mp4");
+    make_input_file(&silent, false)?;
+    let silent = silent.to_str().context("path")?.to_string();
+    let cases: Vec<(Vec<&str>, Vec<String>)> = vec![
+        // MPEG-TS, the default format, and named.
+        (vec!["--test-pattern", "2s", "--audio", "separate"], vec!["--audio separate needs --format fmp4".into()]),
+        (
+            vec!["--test-pattern", "2s", "--format", "ts", "--audio", "separate"],
+            vec!["--audio separate needs --format fmp4".into()],
+        ),
+        // An input without audio is named.
+        (
+            vec![&silent, "--format", "fmp4", "--audio", "separate"],
+            vec![format!("input {silent} has no audio stream"), "muxed audio".into()],
+        ),
+        // The language goes with a separate rendition only, and must be a tag.
+        (vec!["--test-pattern", "2s", "--audio-lang", "en"], vec!["--audio-lang".into(), "--audio separate".into()]),
+        (
+            vec!["--test-pattern", "2s", "--format", "fmp4", "--audio", "separate", "--audio-lang", "english!"],
+            vec!["'english!' is not a language tag".into()],
+        ),
+        (vec!["--test-pattern", "2s", "--audio", "both"], vec!["invalid value 'both' for '--audio".into()]),
+    ];
+    for (i, (args, expected)) in cases.into_iter().enumerate() {
+        let out = dir.path().join(format!("out-{i}"));
+        let stderr = package_fails(&out, &args)?;
+        for expected in expected {
+            ensure!(stderr.contains(&expected), "{args:?}: expected '{expected}' in:\n{stderr}");
+        }
+        ensure!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
+        // Refused before the output folder is touched.
+        ensure!(!out.exists(), "{args:?} created {}", out.display());
+    }
     Ok(())
 }
 
