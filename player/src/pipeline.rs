@@ -245,6 +245,21 @@ fn add_source(
     let decodebin = make("decodebin")?;
     pipeline.add_many([appsrc.upcast_ref(), &decodebin]).map_err(setup_error)?;
     appsrc.link(&decodebin).map_err(setup_error)?;
+    // A demuxer drops a stream's pad when the stream ends mid-playback (a discontinuity into another
+    // codec: tsdemux starts a new program). Its branch would then never see end-of-stream, and the
+    // pipeline posts EOS only once every sink has: the branch is ended here instead.
+    // decodebin unlinks the pad before it says so, hence the record of which branch each pad fed.
+    let branches: Arc<std::sync::Mutex<Vec<(gst::Pad, gst::Pad)>>> = Arc::default();
+    let fed = Arc::clone(&branches);
+    decodebin.connect_pad_removed(move |_, pad| {
+        let branch = fed.lock().ok().and_then(|mut fed| {
+            let position = fed.iter().position(|(source, _)| source == pad)?;
+            Some(fed.swap_remove(position).1)
+        });
+        if let Some(branch) = branch {
+            branch.send_event(gst::event::Eos::new());
+        }
+    });
     let weak = pipeline.downgrade();
     let audio_played_ns = Arc::clone(audio_played_ns);
     decodebin.connect_pad_added(move |_, pad| {
@@ -262,21 +277,27 @@ fn add_source(
             _ => (&["queue", "fakesink"], false),
         };
         let count = (media.starts_with("audio/") && !drop_audio).then_some(&audio_played_ns);
-        if let Err(e) = attach_branch(&pipeline, pad, branch, sync, count) {
-            tracing::error!("cannot attach a sink for {media}: {e}");
+        match attach_branch(&pipeline, pad, branch, sync, count) {
+            Ok(branch_sink) => {
+                if let Ok(mut branches) = branches.lock() {
+                    branches.push((pad.clone(), branch_sink));
+                }
+            }
+            Err(e) => tracing::error!("cannot attach a sink for {media}: {e}"),
         }
     });
     Ok(appsrc)
 }
 
-/// Adds `queue ! ... ! sink` made of `factories` to the running pipeline and links `pad` to it.
+/// Adds `queue ! ... ! sink` made of `factories` to the running pipeline and links `pad` to it;
+/// returns the branch's first sink pad.
 fn attach_branch(
     pipeline: &gst::Pipeline,
     pad: &gst::Pad,
     factories: &[&str],
     sync: bool,
     played_ns: Option<&Arc<AtomicU64>>,
-) -> Result<(), PipelineError> {
+) -> Result<gst::Pad, PipelineError> {
     let elements = factories.iter().map(|factory| make(factory)).collect::<Result<Vec<_>, _>>()?;
     let (Some(first), Some(last)) = (elements.first(), elements.last()) else {
         return Err(setup_error("empty branch"));
@@ -300,7 +321,7 @@ fn attach_branch(
     }
     let sink = first.static_pad("sink").ok_or_else(|| setup_error("branch has no sink pad"))?;
     pad.link(&sink).map_err(setup_error)?;
-    Ok(())
+    Ok(sink)
 }
 
 /// Whether a window can be opened (a display server is advertised).
