@@ -1,6 +1,6 @@
 //! Eddy's adaptive-bitrate HLS player: pure ABR and estimation (`abr`), QoE accounting (`qoe`),
 //! stall detection (`stall`), playlists (`playlist`) and the renditions chosen from them
-//! (`renditions`), the I/O shells around them (`fetch`, `pipeline`, `session`), reports and plots
+//! (`renditions`), WebVTT subtitles (`webvtt`, placed by `timestamps`), the I/O shells around them (`fetch`, `pipeline`, `session`), reports and plots
 //! (`report`), and the virtual-time ABR evaluation (`sim`).
 
 pub mod abr;
@@ -15,3 +15,5 @@ pub mod report;
 pub mod session;
 pub mod sim;
 pub mod stall;
+pub mod timestamps;
+pub mod webvtt;
