@@ -59,6 +59,17 @@ pub enum Event {
         /// Audio buffered ahead after the push.
         buffer_s: f64,
     },
+    /// A cue of the subtitle rendition (`EXT-X-MEDIA:TYPE=SUBTITLES`), once, when its segment is
+    /// fetched (ahead of playback), whether or not subtitles are shown. Times are media time: seconds
+    /// from the start of the stream (of the playback, for a live stream), to the millisecond.
+    Subtitle {
+        start_s: f64,
+        end_s: f64,
+        /// The cue's text without its tags; lines joined by `\n`.
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        language: Option<String>,
+    },
     /// A download abandoned for a lower rendition.
     Abandon { index: u64, rendition: usize, to_rendition: usize, bytes: u64, buffer_s: f64 },
     /// Playback started.
@@ -172,6 +183,8 @@ mod tests {
                 download,
             },
             Event::Abandon { index: 4, rendition: 2, to_rendition: 0, bytes: 10, buffer_s: 1.0 },
+            Event::Subtitle { start_s: 0.5, end_s: 1.5, text: "Hello\nthere".into(), language: Some("en".into()) },
+            Event::Subtitle { start_s: 2.0, end_s: 3.0, text: String::new(), language: None },
             Event::Playing { startup_ms: 10 },
             Event::Stall { played_s: 3.0 },
             Event::Resume { buffer_s: 1.0, total_stall_ms: 400 },

@@ -1,7 +1,8 @@
 //! Eddy's adaptive-bitrate HLS player: pure ABR and estimation (`abr`), QoE accounting (`qoe`),
 //! stall detection (`stall`), playlists (`playlist`) and the renditions chosen from them
-//! (`renditions`), keyboard controls (`controls`), the I/O shells around them (`fetch`, `pipeline`,
-//! `session`), reports and plots (`report`), and the virtual-time ABR evaluation (`sim`).
+//! (`renditions`), WebVTT subtitles (`webvtt`, placed by `timestamps`), keyboard controls
+//! (`controls`), the I/O shells around them (`fetch`, `pipeline`, `session`), reports and plots
+//! (`report`), and the virtual-time ABR evaluation (`sim`).
 
 pub mod abr;
 pub mod controls;
@@ -16,3 +17,5 @@ pub mod report;
 pub mod session;
 pub mod sim;
 pub mod stall;
+pub mod timestamps;
+pub mod webvtt;

@@ -76,6 +76,10 @@ struct PlayArgs {
     /// renditions (`EXT-X-MEDIA`); default: the stream's default rendition.
     #[arg(long, value_name = "LANG")]
     audio_lang: Option<String>,
+    /// Show subtitles in this language (RFC 5646) over the video, from the stream's WebVTT subtitle
+    /// renditions. Without it, the default rendition's cues are still written to `--events`.
+    #[arg(long, value_name = "LANG")]
+    subs: Option<String>,
     /// Print the variants and the audio and subtitle renditions, then exit.
     #[arg(long)]
     list: bool,
@@ -127,6 +131,7 @@ async fn run_player(args: PlayArgs) -> Result<()> {
         events: args.events,
         quiet: args.quiet,
         audio_lang: args.audio_lang,
+        subs: args.subs,
     };
     let played = play(config).await?;
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) && !args.quiet {

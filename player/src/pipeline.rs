@@ -2,11 +2,12 @@
 //! bytes; decodebin finds the demuxer (caps `video/mpegts,systemstream=true` for TS, typefinding for
 //! fMP4) and renegotiates when the rendition's picture size changes. Video goes to a window
 //! (`autovideosink`) and audio to `autoaudiosink`, or both to real-time `fakesink sync=true` when
-//! headless. Elements are created only from [`REQUIRED_ELEMENTS`]; [`preflight`] checks those and the
-//! decoders decodebin needs before playback starts.
+//! headless. With subtitles, a `textoverlay` on the video branch draws the cue the session sets.
+//! Elements are created only from [`REQUIRED_ELEMENTS`]; [`preflight`] checks those and the decoders
+//! decodebin needs before playback starts.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use eddy_shared::gst_elements::MissingElements;
 use gstreamer as gst;
@@ -39,6 +40,8 @@ pub const REQUIRED_ELEMENTS: &[&str] = &[
     "audioconvert",
     "audioresample",
     "autoaudiosink",
+    // Subtitles drawn over the video, with a window or headless.
+    "textoverlay",
 ];
 
 /// What decodebin must find to decode the streams Eddy packages (H.264 and AAC in MPEG-TS or fMP4).
@@ -110,19 +113,49 @@ pub struct Pipeline {
     /// Nanoseconds of decoded audio that reached the audio sink: silence from a stream whose audio
     /// was never decoded shows as 0 here.
     audio_played_ns: Arc<AtomicU64>,
+    /// The subtitle overlays on the video branch, made when decodebin exposes the video, and the text
+    /// they show. `None` without subtitles.
+    overlay: Option<Arc<Mutex<Overlay>>>,
+}
+
+/// The `textoverlay`s of the video branch (decodebin may expose the video again after a rendition
+/// switch) and the text set last, which a new overlay starts with.
+#[derive(Default)]
+struct Overlay {
+    elements: Vec<gst::Element>,
+    markup: String,
 }
 
 impl Pipeline {
     /// `audio`: the container of a separate audio rendition (`EXT-X-MEDIA` with a URI), fed through
     /// its own `appsrc → decodebin`. Both sources run on the pipeline's one clock; fMP4 timestamps
-    /// (`tfdt`) line the two up.
-    pub fn new(container: Container, audio: Option<Container>, headless: bool) -> Result<Self, PipelineError> {
+    /// (`tfdt`) line the two up. `subtitles`: the video branch gets a `textoverlay` for
+    /// [`Pipeline::set_subtitle`].
+    pub fn new(
+        container: Container,
+        audio: Option<Container>,
+        headless: bool,
+        subtitles: bool,
+    ) -> Result<Self, PipelineError> {
         gst::init().map_err(setup_error)?;
         let pipeline = gst::Pipeline::new();
         let played = Arc::new(AtomicU64::new(0));
-        let main = add_source(&pipeline, container, headless, audio.is_some(), &played)?;
-        let audio = audio.map(|container| add_source(&pipeline, container, headless, false, &played)).transpose()?;
-        Ok(Self { pipeline, main, audio, audio_played_ns: played })
+        let overlay = subtitles.then(|| Arc::new(Mutex::new(Overlay::default())));
+        let main = add_source(&pipeline, container, headless, audio.is_some(), &played, overlay.as_ref())?;
+        let audio =
+            audio.map(|container| add_source(&pipeline, container, headless, false, &played, None)).transpose()?;
+        Ok(Self { pipeline, main, audio, audio_played_ns: played, overlay })
+    }
+
+    /// Shows `text` over the video (plain text) until the next call; `None` clears it. Does nothing
+    /// without subtitles.
+    pub fn set_subtitle(&self, text: Option<&str>) {
+        let Some(overlay) = &self.overlay else { return };
+        let mut overlay = overlay.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        overlay.markup = text.map(pango_escape).unwrap_or_default();
+        for element in &overlay.elements {
+            element.set_property("text", overlay.markup.as_str());
+        }
     }
 
     fn source(&self, track: Track) -> Result<&gst_app::AppSrc, PipelineError> {
@@ -232,6 +265,7 @@ fn add_source(
     headless: bool,
     drop_audio: bool,
     audio_played_ns: &Arc<AtomicU64>,
+    overlay: Option<&Arc<Mutex<Overlay>>>,
 ) -> Result<gst_app::AppSrc, PipelineError> {
     let appsrc = make("appsrc")?.downcast::<gst_app::AppSrc>().map_err(|_| setup_error("appsrc is not an AppSrc"))?;
     appsrc.set_format(gst::Format::Bytes);
@@ -262,6 +296,7 @@ fn add_source(
     });
     let weak = pipeline.downgrade();
     let audio_played_ns = Arc::clone(audio_played_ns);
+    let overlay = overlay.map(Arc::clone);
     decodebin.connect_pad_added(move |_, pad| {
         let Some(pipeline) = weak.upgrade() else {
             return;
@@ -269,18 +304,31 @@ fn add_source(
         let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
         let media = caps.structure(0).map(|s| s.name().to_string()).unwrap_or_default();
         // (elements, whether a fakesink at the end syncs to the clock, i.e. plays in real time)
+        let subtitles = overlay.is_some();
         let (branch, sync): (&[&str], bool) = match (media.split('/').next(), headless) {
             (Some("audio"), _) if drop_audio => (&["queue", "fakesink"], false),
+            // Headless, the overlay is there too (drawing into the frames the fakesink drops), so
+            // that headless playback and the tests go through the same elements as a window.
+            (Some("video"), true) if subtitles => (&["queue", "textoverlay", "fakesink"], true),
             (Some("video"), true) | (Some("audio"), true) => (&["queue", "fakesink"], true),
+            // The overlay draws into the formats it knows: videoconvert gives it one, and converts
+            // its output to what the window takes.
+            (Some("video"), false) if subtitles => {
+                (&["queue", "videoconvert", "textoverlay", "videoconvert", "videoscale", "autovideosink"], true)
+            }
             (Some("video"), false) => (&["queue", "videoconvert", "videoscale", "autovideosink"], true),
             (Some("audio"), false) => (&["queue", "audioconvert", "audioresample", "autoaudiosink"], true),
             _ => (&["queue", "fakesink"], false),
         };
         let count = (media.starts_with("audio/") && !drop_audio).then_some(&audio_played_ns);
         match attach_branch(&pipeline, pad, branch, sync, count) {
-            Ok(branch_sink) => {
-                if let Ok(mut branches) = branches.lock() {
+            Ok(elements) => {
+                let branch_sink = elements.first().and_then(|first| first.static_pad("sink"));
+                if let (Some(branch_sink), Ok(mut branches)) = (branch_sink, branches.lock()) {
                     branches.push((pad.clone(), branch_sink));
+                }
+                if let Some(overlay) = &overlay {
+                    add_overlays(overlay, elements);
                 }
             }
             Err(e) => tracing::error!("cannot attach a sink for {media}: {e}"),
@@ -289,15 +337,47 @@ fn add_source(
     Ok(appsrc)
 }
 
-/// Adds `queue ! ... ! sink` made of `factories` to the running pipeline and links `pad` to it;
-/// returns the branch's first sink pad.
+/// Registers the branch's `textoverlay`s (if any) with the text set so far; they draw it at the bottom
+/// on a shaded band, like a player's subtitles.
+fn add_overlays(overlay: &Mutex<Overlay>, elements: Vec<gst::Element>) {
+    let mut overlay = overlay.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for element in elements {
+        if element.factory().is_some_and(|f| f.name() == "textoverlay") {
+            element.set_property_from_str("valignment", "bottom");
+            element.set_property("shaded-background", true);
+            element.set_property("text", overlay.markup.as_str());
+            overlay.elements.push(element);
+        }
+    }
+}
+
+/// `text` for a property that takes Pango markup (`textoverlay`'s `text` goes to
+/// `pango_layout_set_markup`): the characters markup gives meaning to are escaped, as
+/// `g_markup_escape_text` does.
+fn pango_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Adds `queue ! ... ! sink` made of `factories` to the running pipeline and links `pad` to it.
+/// Returns the elements.
 fn attach_branch(
     pipeline: &gst::Pipeline,
     pad: &gst::Pad,
     factories: &[&str],
     sync: bool,
     played_ns: Option<&Arc<AtomicU64>>,
-) -> Result<gst::Pad, PipelineError> {
+) -> Result<Vec<gst::Element>, PipelineError> {
     let elements = factories.iter().map(|factory| make(factory)).collect::<Result<Vec<_>, _>>()?;
     let (Some(first), Some(last)) = (elements.first(), elements.last()) else {
         return Err(setup_error("empty branch"));
@@ -306,7 +386,11 @@ fn attach_branch(
         last.set_property("sync", sync);
     }
     pipeline.add_many(&elements).map_err(setup_error)?;
-    gst::Element::link_many(&elements).map_err(setup_error)?;
+    for pair in elements.windows(2) {
+        // textoverlay has two inputs: a plain link could pick the text one.
+        let input = pair[1].static_pad("video_sink").map(|_| "video_sink");
+        pair[0].link_pads(None, &pair[1], input).map_err(setup_error)?;
+    }
     for element in elements.iter().rev() {
         element.sync_state_with_parent().map_err(setup_error)?;
     }
@@ -321,7 +405,7 @@ fn attach_branch(
     }
     let sink = first.static_pad("sink").ok_or_else(|| setup_error("branch has no sink pad"))?;
     pad.link(&sink).map_err(setup_error)?;
-    Ok(sink)
+    Ok(elements)
 }
 
 /// Whether a window can be opened (a display server is advertised).
@@ -338,6 +422,14 @@ mod tests {
         assert!(can_decode("audio/mpeg, mpegversion=(int)4"), "AAC (gstreamer1.0-libav)");
         assert!(!can_decode("audio/x-no-such-codec"));
         assert!(!can_decode("not caps at all ,,,"));
+    }
+
+    #[test]
+    fn subtitle_text_is_escaped_for_pango_markup() {
+        assert_eq!(
+            pango_escape("<b>Tom & \"Jerry's\"</b>\nnext"),
+            "&lt;b&gt;Tom &amp; &quot;Jerry&#39;s&quot;&lt;/b&gt;\nnext"
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::fetch::{FetchError, Outcome};
 use crate::pipeline::Track;
 use crate::playlist::{InitSection, Segment};
 use crate::report::SegmentRecord;
+use crate::timestamps;
 
 /// What the download loop leaves for the report.
 #[derive(Debug, Default)]
@@ -295,12 +296,14 @@ impl<F: Fetch> Downloader<'_, F> {
         let data = self.keys.decrypt(self.fetcher, &segment, data, &mut self.done.bytes).await?;
         let switched = previous.is_some_and(|c| c != rung);
         let init_changed = segment.init.is_some() && segment.init != self.last_init;
+        let mut init_pushed = None;
         if init_changed {
             if let Some(init) = &segment.init {
                 let init_data = self.fetcher.get(&init.uri, init.range).await?;
                 self.done.bytes += init_data.len() as u64;
                 lock(self.shared).sink.push(Track::Main, init_data.to_vec(), true)?;
                 self.last_init = segment.init.clone();
+                init_pushed = Some(init_data);
             }
         }
         let variant = &self.ladder.variants[rung];
@@ -319,6 +322,11 @@ impl<F: Fetch> Downloader<'_, F> {
             duration_s: segment.duration_s,
         };
         let mut state = lock(self.shared);
+        if state.play_requested_at.is_none() {
+            // Where the video starts, for subtitles' X-TIMESTAMP-MAP (the first segment comes with
+            // its init section).
+            state.first_video_pts = timestamps::first_pts(init_pushed.as_deref(), &data);
+        }
         state.sink.push(Track::Main, data, (switched || segment.discontinuity) && !init_changed)?;
         state.pushed_media_s += segment.duration_s;
         if state.play_requested_at.is_none() {

@@ -6,6 +6,7 @@
 //! - `playlists`: media playlists per variant, live reloads, the ladder;
 //! - `downloader`: the download loop (one segment at a time);
 //! - `audio`: a separate audio rendition's loop, beside the download loop;
+//! - `subtitles`: the subtitle rendition's loop (cues to events and the overlay), beside it too;
 //! - `keys`: segment keys, fetched once;
 //! - `monitor`: the periodic buffer, stall and status-line check;
 //! - `state`: the playback state the two share;
@@ -18,6 +19,7 @@ mod monitor;
 mod playlists;
 mod seams;
 mod state;
+mod subtitles;
 #[cfg(test)]
 mod tests;
 
@@ -43,6 +45,7 @@ use downloader::{Downloaded, Downloader};
 use keys::Keys;
 use playlists::{build_ladder, LoadedPlaylist, Playlists};
 use state::{lock, AudioTrack, Finish, Playback};
+use subtitles::{SubtitleLoader, SubtitleTrack};
 
 #[derive(Debug, Clone)]
 pub struct PlayerConfig {
@@ -60,6 +63,8 @@ pub struct PlayerConfig {
     pub quiet: bool,
     /// `--audio-lang`: the audio rendition's language (RFC 5646), instead of the stream's default.
     pub audio_lang: Option<String>,
+    /// `--subs`: show the subtitle rendition in this language (RFC 5646) over the video.
+    pub subs: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -136,6 +141,15 @@ pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
         }
         None => None,
     };
+    let subtitle_rendition: Option<Rendition> = match &master {
+        Some(master) => renditions::select_subtitles(master, &ladder.variants, config.subs.as_deref())?.cloned(),
+        None => match &config.subs {
+            Some(wanted) => {
+                return Err(SelectError::NoSubtitleLanguage { wanted: wanted.clone(), available: "none".into() }.into())
+            }
+            None => None,
+        },
+    };
     // The lowest rung's playlist tells the container and the start position (all rungs align).
     let first_rung = 0;
     let first = playlists.load(&fetcher, &ladder.variants[first_rung]).await?.playlist.clone();
@@ -167,8 +181,9 @@ pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
         }
         None => None,
     };
+    let mut subtitles = subtitle_rendition.as_ref().and_then(|rendition| SubtitleLoader::new(&fetcher, rendition));
     let shared = Arc::new(Mutex::new(Playback::new(
-        Box::new(Pipeline::new(container, audio_container, config.headless)?),
+        Box::new(Pipeline::new(container, audio_container, config.headless, subtitles.is_some())?),
         started_at,
         StallTracker::new(RESUME_THRESHOLD_S.min(config.buffer_target_s)),
         config.duration_s,
@@ -179,6 +194,17 @@ pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
         state.audio = Some(AudioTrack::default());
         let uri = rendition.uri.as_ref().map(Url::to_string).unwrap_or_default();
         state.event(Event::Audio { name: rendition.name.clone(), language: rendition.language.clone(), uri });
+    }
+    if subtitles.is_some() {
+        let mut state = lock(&shared);
+        // Where playback starts on the stream's timeline (a live one's starts where it joins).
+        let media_start_s = if first.ended {
+            first.segments.iter().take_while(|s| s.sequence < start_sequence).map(|s| s.duration_s).sum()
+        } else {
+            0.0
+        };
+        state.subtitles = Some(SubtitleTrack { media_start_s, ..SubtitleTrack::default() });
+        state.subtitles_visible = config.subs.is_some();
     }
     let monitor = tokio::spawn(monitor::run(Arc::clone(&shared), config.quiet));
     let interrupt = {
@@ -216,12 +242,17 @@ pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
         }
         result.map(|()| audio.bytes)
     };
-    let (result, audio_result) = tokio::join!(video, audio_loop);
+    let subtitle_loop = async {
+        let Some(subtitles) = &mut subtitles else { return 0 };
+        subtitles.run(&shared, config.start_at_s).await;
+        subtitles.bytes
+    };
+    let (result, audio_result, subtitle_bytes) = tokio::join!(video, audio_loop, subtitle_loop);
     let _ = monitor.await;
     interrupt.abort();
     let mut done = downloader.done;
     result?;
-    done.bytes = done.bytes.saturating_add(audio_result?);
+    done.bytes = done.bytes.saturating_add(audio_result?).saturating_add(subtitle_bytes);
     let mut state = lock(&shared);
     let finish = state.finish.clone().unwrap_or(Finish::EndOfStream);
     if let Finish::Failed(message) = &finish {

@@ -1,13 +1,14 @@
 //! The monitor: every [`MONITOR_INTERVAL`] it reads the pipeline's messages, measures the buffer
 //! ahead of the playback position, pauses on a stall and resumes after it (the decisions are
 //! `crate::stall`'s), ends playback at `--duration` or when the pipeline stops, records the
-//! `--plot` timeline and prints the status line.
+//! `--plot` timeline, prints the status line and updates the subtitle overlay.
 
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::state::{lock, Finish, Playback, Status};
+use super::subtitles;
 use crate::events::Event;
 use crate::pipeline::PipelineEvent;
 use crate::report::TimelinePoint;
@@ -100,6 +101,7 @@ fn tick(shared: &mut Playback, quiet: bool, last_status: &mut Instant, last_poin
         }
         StallAction::None => {}
     }
+    subtitles::render(shared);
     if last_point.elapsed() >= TIMELINE_INTERVAL {
         *last_point = Instant::now();
         let point = TimelinePoint {

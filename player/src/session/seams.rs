@@ -64,6 +64,8 @@ pub trait MediaSink: Send {
     fn audio_played_s(&self) -> f64 {
         0.0
     }
+    /// Shows `text` over the video until the next call; `None` shows nothing.
+    fn set_subtitle(&self, _text: Option<&str>) {}
     fn stop(&self);
 }
 
@@ -88,6 +90,9 @@ impl MediaSink for Pipeline {
     }
     fn audio_played_s(&self) -> f64 {
         Pipeline::audio_played_s(self)
+    }
+    fn set_subtitle(&self, text: Option<&str>) {
+        Pipeline::set_subtitle(self, text)
     }
     fn stop(&self) {
         Pipeline::stop(self)

@@ -5,6 +5,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::seams::MediaSink;
+use super::subtitles::SubtitleTrack;
 use crate::events::{EndReason, Event, EventRecord, EventWriter};
 use crate::report::TimelinePoint;
 use crate::stall::StallTracker;
@@ -49,6 +50,13 @@ pub(super) struct Playback {
     pub all_pushed: bool,
     /// A separate audio rendition's track, when one plays.
     pub audio: Option<AudioTrack>,
+    /// The subtitle rendition's cues, when one is fetched.
+    pub subtitles: Option<SubtitleTrack>,
+    /// Whether cues are drawn over the video: `--subs` turns them on.
+    pub subtitles_visible: bool,
+    /// The first presentation timestamp (90 kHz) of the first video segment pushed, when it could be
+    /// read: what WebVTT's `X-TIMESTAMP-MAP` is relative to (RFC 8216 §3.5).
+    pub first_video_pts: Option<u64>,
     pub stall: StallTracker,
     /// Played seconds frozen while the pipeline is paused for a stall.
     pub frozen_played_s: Option<f64>,
@@ -78,6 +86,9 @@ impl Playback {
             pushed_media_s: 0.0,
             all_pushed: false,
             audio: None,
+            subtitles: None,
+            subtitles_visible: false,
+            first_video_pts: None,
             stall,
             frozen_played_s: None,
             finish: None,

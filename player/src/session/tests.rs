@@ -221,6 +221,7 @@ async fn run(
         events: Some(events_path.clone()),
         quiet: true,
         audio_lang: None,
+        subs: None,
     };
     let ladder = build_ladder(variants, &config).unwrap_or_else(|e| panic!("{e}"));
     let sink = FakeSink::default();
