@@ -43,6 +43,17 @@ pub enum Event {
         buffer_s: f64,
         /// The transfer as the ABR recorded it (seconds since the player started).
         download: Download,
+        /// The segment's `EXT-X-PROGRAM-DATE-TIME` (RFC 3339), tagged or carried from an earlier tag.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        program_date_time: Option<String>,
+    },
+    /// An `EXT-X-GAP` segment: not fetched; playback runs on through the gap's duration without
+    /// counting it as a stall.
+    Gap {
+        index: u64,
+        duration_s: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        program_date_time: Option<String>,
     },
     /// Once, before the first audio segment: the separate audio rendition (`EXT-X-MEDIA`) that plays.
     Audio {
@@ -181,6 +192,7 @@ mod tests {
                 estimate_bps: 1e6,
                 buffer_s: 2.0,
                 download,
+                program_date_time: Some("2026-12-01T10:00:02.000Z".into()),
             },
             Event::Abandon { index: 4, rendition: 2, to_rendition: 0, bytes: 10, buffer_s: 1.0 },
             Event::Subtitle { start_s: 0.5, end_s: 1.5, text: "Hello\nthere".into(), language: Some("en".into()) },

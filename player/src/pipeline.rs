@@ -7,7 +7,7 @@
 //! decodebin needs before playback starts.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use eddy_shared::gst_elements::MissingElements;
 use gstreamer as gst;
@@ -108,14 +108,36 @@ pub enum Track {
 
 pub struct Pipeline {
     pipeline: gst::Pipeline,
-    main: gst_app::AppSrc,
-    audio: Option<gst_app::AppSrc>,
+    headless: bool,
+    main: Mutex<Source>,
+    audio: Option<Mutex<Source>>,
     /// Nanoseconds of decoded audio that reached the audio sink: silence from a stream whose audio
     /// was never decoded shows as 0 here.
     audio_played_ns: Arc<AtomicU64>,
     /// The subtitle overlays on the video branch, made when decodebin exposes the video, and the text
     /// they show. `None` without subtitles.
     overlay: Option<Arc<Mutex<Overlay>>>,
+}
+
+/// One track's input: the `appsrc → decodebin` fed now (a new one after each discontinuity), how to
+/// make the next, and where its media's running time started.
+struct Source {
+    appsrc: gst_app::AppSrc,
+    container: Container,
+    drop_audio: bool,
+    /// The running time of the track's first decoded buffer: `restart`'s `at_s` counts from there.
+    first_ns: Arc<OnceLock<u64>>,
+}
+
+/// When a source's decoded streams should start: `None` for a track's first source (they start
+/// where their timestamps say), else `at_ns` after the track's first buffer.
+#[derive(Clone)]
+struct Alignment {
+    first_ns: Arc<OnceLock<u64>>,
+    at_ns: Option<u64>,
+    /// The running-time offset of this source, fixed by its first decoded buffer (any stream), so
+    /// that its audio and video keep their relative timing.
+    offset_ns: Arc<OnceLock<i64>>,
 }
 
 /// The `textoverlay`s of the video branch (decodebin may expose the video again after a rendition
@@ -141,10 +163,22 @@ impl Pipeline {
         let pipeline = gst::Pipeline::new();
         let played = Arc::new(AtomicU64::new(0));
         let overlay = subtitles.then(|| Arc::new(Mutex::new(Overlay::default())));
-        let main = add_source(&pipeline, container, headless, audio.is_some(), &played, overlay.as_ref())?;
-        let audio =
-            audio.map(|container| add_source(&pipeline, container, headless, false, &played, None)).transpose()?;
-        Ok(Self { pipeline, main, audio, audio_played_ns: played, overlay })
+        let first = |container: Container, drop_audio: bool| -> Result<Mutex<Source>, PipelineError> {
+            let first_ns = Arc::new(OnceLock::new());
+            let alignment = Alignment { first_ns: Arc::clone(&first_ns), at_ns: None, offset_ns: Arc::default() };
+            let appsrc = add_source(&pipeline, container, headless, drop_audio, &played, overlay.as_ref(), alignment)?;
+            Ok(Mutex::new(Source { appsrc, container, drop_audio, first_ns }))
+        };
+        let main = first(container, audio.is_some())?;
+        let audio = audio
+            .map(|container| {
+                let first_ns = Arc::new(OnceLock::new());
+                let alignment = Alignment { first_ns: Arc::clone(&first_ns), at_ns: None, offset_ns: Arc::default() };
+                let appsrc = add_source(&pipeline, container, headless, false, &played, None, alignment)?;
+                Ok::<_, PipelineError>(Mutex::new(Source { appsrc, container, drop_audio: false, first_ns }))
+            })
+            .transpose()?;
+        Ok(Self { pipeline, headless, main, audio, audio_played_ns: played, overlay })
     }
 
     /// Shows `text` over the video (plain text) until the next call; `None` clears it. Does nothing
@@ -158,11 +192,42 @@ impl Pipeline {
         }
     }
 
-    fn source(&self, track: Track) -> Result<&gst_app::AppSrc, PipelineError> {
-        match track {
-            Track::Main => Ok(&self.main),
-            Track::Audio => self.audio.as_ref().ok_or_else(|| setup_error("no separate audio track")),
-        }
+    fn track(&self, track: Track) -> Result<MutexGuard<'_, Source>, PipelineError> {
+        let source = match track {
+            Track::Main => &self.main,
+            Track::Audio => self.audio.as_ref().ok_or_else(|| setup_error("no separate audio track"))?,
+        };
+        Ok(source.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    fn source(&self, track: Track) -> Result<gst_app::AppSrc, PipelineError> {
+        Ok(self.track(track)?.appsrc.clone())
+    }
+
+    /// Starts `track` over on a fresh `appsrc → decodebin` (RFC 8216 §4.3.2.3, EXT-X-DISCONTINUITY:
+    /// the timestamps, the codecs or the container may all change). The old source ends and plays
+    /// out what it holds; the new one's media is shifted to start `at_s` after the track's first
+    /// media, where the old one's ends. A demuxer fed the new media after the old would see its
+    /// timestamps go back (shown at once, not in time) and, for MPEG-TS, a new program that
+    /// decodebin waits on forever. hlsdemux2 likewise resets its demuxer at a discontinuity.
+    pub fn restart(&self, track: Track, at_s: f64) -> Result<(), PipelineError> {
+        let mut source = self.track(track)?;
+        let _ = source.appsrc.end_of_stream();
+        let at_ns = (at_s.max(0.0) * 1e9).min(u64::MAX as f64) as u64;
+        let alignment =
+            Alignment { first_ns: Arc::clone(&source.first_ns), at_ns: Some(at_ns), offset_ns: Arc::default() };
+        let overlay = if track == Track::Main { self.overlay.as_ref() } else { None };
+        let appsrc = add_source(
+            &self.pipeline,
+            source.container,
+            self.headless,
+            source.drop_audio,
+            &self.audio_played_ns,
+            overlay,
+            alignment,
+        )?;
+        source.appsrc = appsrc;
+        Ok(())
     }
 
     /// Starts playing (the pipeline reaches PLAYING once it has prerolled).
@@ -266,6 +331,7 @@ fn add_source(
     drop_audio: bool,
     audio_played_ns: &Arc<AtomicU64>,
     overlay: Option<&Arc<Mutex<Overlay>>>,
+    alignment: Alignment,
 ) -> Result<gst_app::AppSrc, PipelineError> {
     let appsrc = make("appsrc")?.downcast::<gst_app::AppSrc>().map_err(|_| setup_error("appsrc is not an AppSrc"))?;
     appsrc.set_format(gst::Format::Bytes);
@@ -279,6 +345,11 @@ fn add_source(
     let decodebin = make("decodebin")?;
     pipeline.add_many([appsrc.upcast_ref(), &decodebin]).map_err(setup_error)?;
     appsrc.link(&decodebin).map_err(setup_error)?;
+    if pipeline.current_state() != gst::State::Null {
+        // Added to a running pipeline (a restart): sinks first, as attach_branch does.
+        decodebin.sync_state_with_parent().map_err(setup_error)?;
+        appsrc.sync_state_with_parent().map_err(setup_error)?;
+    }
     // A demuxer drops a stream's pad when the stream ends mid-playback (a discontinuity into another
     // codec: tsdemux starts a new program). Its branch would then never see end-of-stream, and the
     // pipeline posts EOS only once every sink has: the branch is ended here instead.
@@ -323,6 +394,13 @@ fn add_source(
         let count = (media.starts_with("audio/") && !drop_audio).then_some(&audio_played_ns);
         match attach_branch(&pipeline, pad, branch, sync, count) {
             Ok(elements) => {
+                if let (Some(first), Some(queue_src)) =
+                    (elements.first(), elements.first().and_then(|queue| queue.static_pad("src")))
+                {
+                    if let Some(queue_sink) = first.static_pad("sink") {
+                        align(&queue_sink, queue_src, alignment.clone());
+                    }
+                }
                 let branch_sink = elements.first().and_then(|first| first.static_pad("sink"));
                 if let (Some(branch_sink), Ok(mut branches)) = (branch_sink, branches.lock()) {
                     branches.push((pad.clone(), branch_sink));
@@ -335,6 +413,37 @@ fn add_source(
         }
     });
     Ok(appsrc)
+}
+
+/// The offset that starts media whose first buffer runs at `first_ns` at `target_ns` (both running
+/// times, in ns), saturating.
+pub fn start_offset_ns(target_ns: u64, first_ns: u64) -> i64 {
+    let difference = i128::from(target_ns) - i128::from(first_ns);
+    difference.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+}
+
+/// On the first decoded buffer entering a branch (`queue_sink`): a track's first source records its
+/// running time; a later source sets the running-time offset on the branch's queue output
+/// (`gst_pad_set_offset`) that starts its media `at_ns` after the track's first buffer.
+fn align(queue_sink: &gst::Pad, queue_src: gst::Pad, alignment: Alignment) {
+    queue_sink.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        let Some(pts) = info.buffer().and_then(|b| b.pts()) else { return gst::PadProbeReturn::Ok };
+        let running = pad
+            .sticky_event::<gst::event::Segment>(0)
+            .and_then(|event| event.segment().downcast_ref::<gst::ClockTime>().and_then(|s| s.to_running_time(pts)))
+            .map_or(0, gst::ClockTime::nseconds);
+        match alignment.at_ns {
+            None => {
+                alignment.first_ns.get_or_init(|| running);
+            }
+            Some(at_ns) => {
+                let first = alignment.first_ns.get().copied().unwrap_or(0);
+                let offset = *alignment.offset_ns.get_or_init(|| start_offset_ns(first.saturating_add(at_ns), running));
+                queue_src.set_offset(offset);
+            }
+        }
+        gst::PadProbeReturn::Remove
+    });
 }
 
 /// Registers the branch's `textoverlay`s (if any) with the text set so far; they draw it at the bottom
@@ -430,6 +539,15 @@ mod tests {
             pango_escape("<b>Tom & \"Jerry's\"</b>\nnext"),
             "&lt;b&gt;Tom &amp; &quot;Jerry&#39;s&quot;&lt;/b&gt;\nnext"
         );
+    }
+
+    #[test]
+    fn a_restarted_source_is_shifted_to_start_where_the_last_one_ended() {
+        // The first media ran from 1.4 s; 11 s later comes media whose timestamps start over at 1.4 s.
+        assert_eq!(start_offset_ns(1_400_000_000 + 11_000_000_000, 1_400_000_000), 11_000_000_000);
+        // Media running ahead of where it should start is held back.
+        assert_eq!(start_offset_ns(0, 5), -5);
+        assert_eq!(start_offset_ns(u64::MAX, 0), i64::MAX);
     }
 
     #[test]

@@ -118,6 +118,11 @@ pub struct Segment {
     pub key: Option<SegmentKey>,
     pub init: Option<InitSection>,
     pub discontinuity: bool,
+    /// `EXT-X-GAP` (draft-pantos-hls-rfc8216bis §4.4.4.7): the segment is missing; it is not fetched.
+    pub gap: bool,
+    /// When the segment's first sample was captured (`EXT-X-PROGRAM-DATE-TIME`, RFC 8216 §4.3.2.6),
+    /// tagged or worked out from the last tag and the durations since (until a discontinuity).
+    pub program_date_time: Option<chrono::DateTime<chrono::FixedOffset>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -452,6 +457,7 @@ fn media_playlist(media: m3u8_rs::MediaPlaylist, base: &Url) -> Result<MediaPlay
     let mut key: Option<(Url, Option<[u8; 16]>)> = None;
     let mut init: Option<InitSection> = None;
     let mut next_offset: Option<(Url, u64)> = None;
+    let mut next_date_time: Option<chrono::DateTime<chrono::FixedOffset>> = None;
     for (position, segment) in media.segments.iter().enumerate() {
         // Each segment's number, with room for the one after it (which the session asks for next).
         let sequence =
@@ -465,8 +471,10 @@ fn media_playlist(media: m3u8_rs::MediaPlaylist, base: &Url) -> Result<MediaPlay
         // backwards), which is how encryption ends (RFC 8216 §4.3.2.4); ignoring it would decrypt clear
         // segments with the previous key.
         let mut key_ends = false;
+        let mut gap = false;
         for tag in &segment.unknown_tags {
             match tag.tag.as_str() {
+                "X-GAP" => gap = true,
                 "X-KEY" if method_none(tag.rest.as_deref()) => key_ends = true,
                 "X-KEY" | "X-MAP" => return Err(invalid(format!("unreadable {}", tag_text(tag)))),
                 _ => {}
@@ -524,6 +532,14 @@ fn media_playlist(media: m3u8_rs::MediaPlaylist, base: &Url) -> Result<MediaPlay
         };
         let duration_s =
             duration(f64::from(segment.duration), &format!("EXTINF of segment {sequence}")).map_err(invalid)?;
+        // A date carries over to the segments after it, but not across a discontinuity (§4.3.2.6).
+        if segment.discontinuity {
+            next_date_time = None;
+        }
+        let program_date_time = segment.program_date_time.or(next_date_time);
+        next_date_time = program_date_time.and_then(|date_time| {
+            date_time.checked_add_signed(chrono::TimeDelta::milliseconds((duration_s * 1000.0).round() as i64))
+        });
         segments.push(Segment {
             sequence,
             uri,
@@ -535,6 +551,8 @@ fn media_playlist(media: m3u8_rs::MediaPlaylist, base: &Url) -> Result<MediaPlay
             }),
             init: init.clone(),
             discontinuity: segment.discontinuity,
+            gap,
+            program_date_time,
         });
     }
     Ok(MediaPlaylist { target_duration_s, segments, ended: media.end_list })

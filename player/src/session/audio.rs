@@ -84,6 +84,12 @@ impl<'a, F: Fetch> AudioLoader<'a, F> {
                 }
                 Some(Next::Segment(segment)) => *segment,
             };
+            if segment.gap {
+                let mut state = lock(shared);
+                state.audio.get_or_insert_with(AudioTrack::default).pushed_s += segment.duration_s;
+                sequence = segment.sequence.saturating_add(1);
+                continue;
+            }
             let requested_at = Instant::now();
             let data = self
                 .fetcher
@@ -94,6 +100,14 @@ impl<'a, F: Fetch> AudioLoader<'a, F> {
             let bytes = data.len() as u64;
             self.bytes = self.bytes.saturating_add(bytes);
             let data = self.keys.decrypt(self.fetcher, &segment, data.to_vec(), &mut self.bytes).await?;
+            {
+                let state = lock(shared);
+                let pushed_s = state.audio.as_ref().map_or(0.0, |a| a.pushed_s);
+                if segment.discontinuity && pushed_s > 0.0 {
+                    state.sink.restart(Track::Audio, pushed_s)?;
+                    self.last_init = None;
+                }
+            }
             let init_changed = segment.init.is_some() && segment.init != self.last_init;
             if let Some(init) = segment.init.as_ref().filter(|_| init_changed) {
                 let init_data = self.fetcher.get(&init.uri, init.range).await?;

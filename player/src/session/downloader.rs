@@ -96,6 +96,17 @@ impl<F: Fetch> Downloader<'_, F> {
                 }
                 Some(Next::Segment(segment)) => *segment,
             };
+            if segment.gap {
+                // Nothing to fetch (draft-pantos-hls-rfc8216bis §4.4.4.7): the media position moves on
+                // by the gap, so the buffer accounting does not read the missing media as a stall.
+                let mut state = lock(self.shared);
+                state.pushed_media_s += segment.duration_s;
+                let program_date_time = date_time_text(segment.program_date_time.as_ref());
+                state.event(Event::Gap { index: segment.sequence, duration_s: segment.duration_s, program_date_time });
+                tracing::info!("segment {} is a gap: skipped", segment.sequence);
+                sequence = segment.sequence.saturating_add(1);
+                continue;
+            }
             let previous = self.history.current();
             let Some(fetched) = self.fetch_at_some_rung(segment, rung, &stop).await? else {
                 return Ok(());
@@ -295,6 +306,14 @@ impl<F: Fetch> Downloader<'_, F> {
         let Fetched { segment, rung, data, download, download_ms, abandoned } = fetched;
         let data = self.keys.decrypt(self.fetcher, &segment, data, &mut self.done.bytes).await?;
         let switched = previous.is_some_and(|c| c != rung);
+        {
+            let state = lock(self.shared);
+            if segment.discontinuity && state.pushed_media_s > 0.0 {
+                state.sink.restart(Track::Main, state.pushed_media_s)?;
+                // The fresh source needs the init section, whether or not it changed.
+                self.last_init = None;
+            }
+        }
         let init_changed = segment.init.is_some() && segment.init != self.last_init;
         let mut init_pushed = None;
         if init_changed {
@@ -351,9 +370,15 @@ impl<F: Fetch> Downloader<'_, F> {
             estimate_bps: estimate_bps.round(),
             buffer_s,
             download,
+            program_date_time: date_time_text(segment.program_date_time.as_ref()),
         });
         drop(state);
         self.done.records.push(record);
         Ok(())
     }
+}
+
+/// A segment's date as the events write it: RFC 3339 in UTC, to the millisecond.
+pub(super) fn date_time_text(date_time: Option<&chrono::DateTime<chrono::FixedOffset>>) -> Option<String> {
+    date_time.map(|d| d.with_timezone(&chrono::Utc).to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }

@@ -54,6 +54,11 @@ pub trait MediaSink: Send {
     fn push(&self, track: Track, data: Vec<u8>, discontinuity: bool) -> Result<(), PipelineError>;
     fn play(&self) -> Result<(), PipelineError>;
     fn pause(&self) -> Result<(), PipelineError>;
+    /// `track` starts over on a fresh source at a discontinuity, its media placed `at_s` after the
+    /// track's first media.
+    fn restart(&self, _track: Track, _at_s: f64) -> Result<(), PipelineError> {
+        Ok(())
+    }
     /// Nothing more will be pushed to `track`.
     fn end_of_stream(&self, track: Track) -> Result<(), PipelineError>;
     /// Media played so far (the clock's running time), once playing.
@@ -78,6 +83,9 @@ impl MediaSink for Pipeline {
     }
     fn pause(&self) -> Result<(), PipelineError> {
         Pipeline::pause(self)
+    }
+    fn restart(&self, track: Track, at_s: f64) -> Result<(), PipelineError> {
+        Pipeline::restart(self, track, at_s)
     }
     fn end_of_stream(&self, track: Track) -> Result<(), PipelineError> {
         Pipeline::end_of_stream(self, track)

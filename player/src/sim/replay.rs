@@ -111,6 +111,7 @@ mod tests {
             estimate_bps: 0.0,
             buffer_s: 0.0,
             download,
+            program_date_time: None,
         }
     }
 
