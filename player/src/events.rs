@@ -89,6 +89,15 @@ pub enum Event {
     Stall { played_s: f64 },
     /// Playback resumed after a stall.
     Resume { buffer_s: f64, total_stall_ms: u64 },
+    /// Paused from the keyboard, at `played_s` of playback.
+    Paused { played_s: f64 },
+    /// Resumed from the keyboard.
+    Unpaused { played_s: f64 },
+    /// A seek, from and to a position on the stream's timeline (media seconds); `to_s` is the start
+    /// of the segment playback resumes from.
+    Seek { from_s: f64, to_s: f64 },
+    /// A rung pinned from the keyboard (`None`: back to the ABR's choice).
+    Pin { rung: Option<usize> },
     /// Playback ended.
     End {
         reason: EndReason,
@@ -118,6 +127,8 @@ pub enum EndReason {
     DurationReached,
     /// Ctrl-C.
     Interrupted,
+    /// `q` at the keyboard.
+    Quit,
     /// The pipeline or the stream failed.
     Failed,
 }

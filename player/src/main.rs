@@ -80,6 +80,10 @@ struct PlayArgs {
     /// renditions. Without it, the default rendition's cues are still written to `--events`.
     #[arg(long, value_name = "LANG")]
     subs: Option<String>,
+    /// Seek to TO seconds of the stream once AT seconds have played (VOD; the ←/→ keys' equivalent for
+    /// scripts), e.g. `--seek-to 20@2`.
+    #[arg(long, value_name = "TO@AT", value_parser = parse_seek)]
+    seek_to: Option<(f64, f64)>,
     /// Print the variants and the audio and subtitle renditions, then exit.
     #[arg(long)]
     list: bool,
@@ -87,6 +91,15 @@ struct PlayArgs {
 
 fn parse_bitrate(text: &str) -> Result<u64, String> {
     eddy_shared::size::parse_bitrate(text).map_err(|e| e.to_string())
+}
+
+fn parse_seek(text: &str) -> Result<(f64, f64), String> {
+    let (to, at) = text.split_once('@').ok_or_else(|| format!("'{text}': expected TO@AT, e.g. 20@2"))?;
+    let seconds = |what: &str, value: &str| match value.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("'{text}': {what} must be zero or more seconds, got '{value}'")),
+    };
+    Ok((seconds("TO", to)?, seconds("AT", at)?))
 }
 
 fn positive_seconds(name: &str, value: f64) -> Result<()> {
@@ -131,6 +144,8 @@ async fn run_player(args: PlayArgs) -> Result<()> {
         events: args.events,
         quiet: args.quiet,
         audio_lang: args.audio_lang,
+        seek_to: args.seek_to,
+        keys: true,
         subs: args.subs,
     };
     let played = play(config).await?;

@@ -123,11 +123,16 @@ pub struct Pipeline {
 /// make the next, and where its media's running time started.
 struct Source {
     appsrc: gst_app::AppSrc,
+    /// Every element of the current source's chain (appsrc, decodebin, each branch), for a flush.
+    elements: ChainElements,
     container: Container,
     drop_audio: bool,
     /// The running time of the track's first decoded buffer: `restart`'s `at_s` counts from there.
     first_ns: Arc<OnceLock<u64>>,
 }
+
+/// The elements of one source's chain, shared with the callback that adds its branches.
+type ChainElements = Arc<Mutex<Vec<gst::Element>>>;
 
 /// When a source's decoded streams should start: `None` for a track's first source (they start
 /// where their timestamps say), else `at_ns` after the track's first buffer.
@@ -166,16 +171,17 @@ impl Pipeline {
         let first = |container: Container, drop_audio: bool| -> Result<Mutex<Source>, PipelineError> {
             let first_ns = Arc::new(OnceLock::new());
             let alignment = Alignment { first_ns: Arc::clone(&first_ns), at_ns: None, offset_ns: Arc::default() };
-            let appsrc = add_source(&pipeline, container, headless, drop_audio, &played, overlay.as_ref(), alignment)?;
-            Ok(Mutex::new(Source { appsrc, container, drop_audio, first_ns }))
+            let (appsrc, elements) =
+                add_source(&pipeline, container, headless, drop_audio, &played, overlay.as_ref(), alignment)?;
+            Ok(Mutex::new(Source { appsrc, elements, container, drop_audio, first_ns }))
         };
         let main = first(container, audio.is_some())?;
         let audio = audio
             .map(|container| {
                 let first_ns = Arc::new(OnceLock::new());
                 let alignment = Alignment { first_ns: Arc::clone(&first_ns), at_ns: None, offset_ns: Arc::default() };
-                let appsrc = add_source(&pipeline, container, headless, false, &played, None, alignment)?;
-                Ok::<_, PipelineError>(Mutex::new(Source { appsrc, container, drop_audio: false, first_ns }))
+                let (appsrc, elements) = add_source(&pipeline, container, headless, false, &played, None, alignment)?;
+                Ok::<_, PipelineError>(Mutex::new(Source { appsrc, elements, container, drop_audio: false, first_ns }))
             })
             .transpose()?;
         Ok(Self { pipeline, headless, main, audio, audio_played_ns: played, overlay })
@@ -210,14 +216,26 @@ impl Pipeline {
     /// media, where the old one's ends. A demuxer fed the new media after the old would see its
     /// timestamps go back (shown at once, not in time) and, for MPEG-TS, a new program that
     /// decodebin waits on forever. hlsdemux2 likewise resets its demuxer at a discontinuity.
-    pub fn restart(&self, track: Track, at_s: f64) -> Result<(), PipelineError> {
+    ///
+    /// `flush` (a seek): the old source's media is dropped instead: its elements are stopped and
+    /// taken out of the pipeline at once, and the new media starts `at_s` in.
+    pub fn restart(&self, track: Track, at_s: f64, flush: bool) -> Result<(), PipelineError> {
         let mut source = self.track(track)?;
-        let _ = source.appsrc.end_of_stream();
+        if flush {
+            let elements = std::mem::take(&mut *source.elements.lock().unwrap_or_else(|p| p.into_inner()));
+            // Upstream first, so that no element pushes into one already stopped.
+            for element in &elements {
+                let _ = element.set_state(gst::State::Null);
+                let _ = self.pipeline.remove(element);
+            }
+        } else {
+            let _ = source.appsrc.end_of_stream();
+        }
         let at_ns = (at_s.max(0.0) * 1e9).min(u64::MAX as f64) as u64;
         let alignment =
             Alignment { first_ns: Arc::clone(&source.first_ns), at_ns: Some(at_ns), offset_ns: Arc::default() };
         let overlay = if track == Track::Main { self.overlay.as_ref() } else { None };
-        let appsrc = add_source(
+        let (appsrc, elements) = add_source(
             &self.pipeline,
             source.container,
             self.headless,
@@ -227,6 +245,7 @@ impl Pipeline {
             alignment,
         )?;
         source.appsrc = appsrc;
+        source.elements = elements;
         Ok(())
     }
 
@@ -332,7 +351,7 @@ fn add_source(
     audio_played_ns: &Arc<AtomicU64>,
     overlay: Option<&Arc<Mutex<Overlay>>>,
     alignment: Alignment,
-) -> Result<gst_app::AppSrc, PipelineError> {
+) -> Result<(gst_app::AppSrc, ChainElements), PipelineError> {
     let appsrc = make("appsrc")?.downcast::<gst_app::AppSrc>().map_err(|_| setup_error("appsrc is not an AppSrc"))?;
     appsrc.set_format(gst::Format::Bytes);
     appsrc.set_is_live(false);
@@ -345,6 +364,8 @@ fn add_source(
     let decodebin = make("decodebin")?;
     pipeline.add_many([appsrc.upcast_ref(), &decodebin]).map_err(setup_error)?;
     appsrc.link(&decodebin).map_err(setup_error)?;
+    let chain = Arc::new(Mutex::new(vec![appsrc.clone().upcast::<gst::Element>(), decodebin.clone()]));
+    let chain_elements = Arc::clone(&chain);
     if pipeline.current_state() != gst::State::Null {
         // Added to a running pipeline (a restart): sinks first, as attach_branch does.
         decodebin.sync_state_with_parent().map_err(setup_error)?;
@@ -401,6 +422,9 @@ fn add_source(
                         align(&queue_sink, queue_src, alignment.clone());
                     }
                 }
+                if let Ok(mut chain) = chain_elements.lock() {
+                    chain.extend(elements.iter().cloned());
+                }
                 let branch_sink = elements.first().and_then(|first| first.static_pad("sink"));
                 if let (Some(branch_sink), Ok(mut branches)) = (branch_sink, branches.lock()) {
                     branches.push((pad.clone(), branch_sink));
@@ -412,7 +436,7 @@ fn add_source(
             Err(e) => tracing::error!("cannot attach a sink for {media}: {e}"),
         }
     });
-    Ok(appsrc)
+    Ok((appsrc, chain))
 }
 
 /// The offset that starts media whose first buffer runs at `first_ns` at `target_ns` (both running

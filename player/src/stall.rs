@@ -37,6 +37,11 @@ impl StallTracker {
         Self { stalled_since_s: None, resume_threshold_s, count: 0, total_s: 0.0 }
     }
 
+    /// The buffer playback resumes at after running dry (a seek refills to it too).
+    pub fn resume_threshold_s(&self) -> f64 {
+        self.resume_threshold_s
+    }
+
     pub fn is_stalled(&self) -> bool {
         self.stalled_since_s.is_some()
     }

@@ -68,15 +68,46 @@ impl<'a, F: Fetch> AudioLoader<'a, F> {
             None if !first.ended => first.live_start_sequence().unwrap_or(0),
             None => first.segments.first().map_or(0, |s| s.sequence),
         };
+        let mut generation = 0;
         loop {
-            if !self.wait_for_room(shared).await {
+            if let Some(seek) = self.follow_seek(shared, &mut generation)? {
+                sequence = seek;
+            }
+            if !self.wait_for_room(shared, generation).await {
                 return Ok(());
             }
+            if lock(shared).seek.generation != generation {
+                continue;
+            }
             let stopping = Arc::clone(shared);
-            let stop = move || lock(&stopping).finish.is_some();
+            let stop = move || {
+                let state = lock(&stopping);
+                state.finish.is_some() || state.seek.generation != generation
+            };
             let segment = match self.playlists.next(self.fetcher, &self.playlist, sequence, &stop).await? {
+                None if lock(shared).finish.is_none() => continue,
                 None => return Ok(()),
-                Some(Next::End) => break,
+                Some(Next::End) => {
+                    {
+                        let mut state = lock(shared);
+                        state.audio.get_or_insert_with(AudioTrack::default).all_pushed = true;
+                        state.sink.end_of_stream(Track::Audio)?;
+                    }
+                    // A seek back can still come before the end.
+                    loop {
+                        {
+                            let state = lock(shared);
+                            if state.finish.is_some() {
+                                return Ok(());
+                            }
+                            if state.seek.generation != generation {
+                                break;
+                            }
+                        }
+                        tokio::time::sleep(MONITOR_INTERVAL).await;
+                    }
+                    continue;
+                }
                 Some(Next::Skip(to)) => {
                     tracing::warn!("audio fell behind the live window: skipping from {sequence} to {to}");
                     sequence = to;
@@ -100,11 +131,15 @@ impl<'a, F: Fetch> AudioLoader<'a, F> {
             let bytes = data.len() as u64;
             self.bytes = self.bytes.saturating_add(bytes);
             let data = self.keys.decrypt(self.fetcher, &segment, data.to_vec(), &mut self.bytes).await?;
+            if lock(shared).seek.generation != generation {
+                // A seek came while this segment downloaded: it belongs to the old position.
+                continue;
+            }
             {
                 let state = lock(shared);
                 let pushed_s = state.audio.as_ref().map_or(0.0, |a| a.pushed_s);
                 if segment.discontinuity && pushed_s > 0.0 {
-                    state.sink.restart(Track::Audio, pushed_s)?;
+                    state.sink.restart(Track::Audio, pushed_s, false)?;
                     self.last_init = None;
                 }
             }
@@ -124,14 +159,33 @@ impl<'a, F: Fetch> AudioLoader<'a, F> {
             drop(state);
             sequence = segment.sequence.saturating_add(1);
         }
+    }
+
+    /// After a seek the download loop carried out: the audio source starts over where the video's
+    /// did, from the audio segment holding the seek's position. Returns that segment's number.
+    fn follow_seek(&mut self, shared: &Mutex<Playback>, generation: &mut u64) -> Result<Option<u64>, PlayError> {
         let mut state = lock(shared);
-        state.audio.get_or_insert_with(AudioTrack::default).all_pushed = true;
-        state.sink.end_of_stream(Track::Audio)?;
-        Ok(())
+        if state.seek.generation == *generation {
+            return Ok(None);
+        }
+        let seek = state.seek;
+        *generation = seek.generation;
+        let Some(loaded) = self.playlists.loaded.get(&self.playlist.index) else { return Ok(None) };
+        let playlist = &loaded.playlist;
+        let sequence = playlist.sequence_at(seek.media_s).or(playlist.last_sequence()).unwrap_or(0);
+        let start_s: f64 = playlist.segments.iter().take_while(|s| s.sequence < sequence).map(|s| s.duration_s).sum();
+        // Where this audio segment starts, relative to the video's seek point.
+        let at_s = (seek.running_s + start_s - seek.media_s).max(0.0);
+        state.sink.restart(Track::Audio, at_s, true)?;
+        let track = state.audio.get_or_insert_with(AudioTrack::default);
+        track.pushed_s = at_s;
+        track.all_pushed = false;
+        self.last_init = None;
+        Ok(Some(sequence))
     }
 
     /// Waits while the audio buffered ahead is at its target. False when the loop should stop.
-    async fn wait_for_room(&self, shared: &Mutex<Playback>) -> bool {
+    async fn wait_for_room(&self, shared: &Mutex<Playback>, generation: u64) -> bool {
         loop {
             let (ahead, stop) = {
                 let state = lock(shared);
@@ -142,7 +196,7 @@ impl<'a, F: Fetch> AudioLoader<'a, F> {
             if stop {
                 return false;
             }
-            if ahead < self.config.buffer_target_s {
+            if ahead < self.config.buffer_target_s || lock(shared).seek.generation != generation {
                 return true;
             }
             tokio::time::sleep(MONITOR_INTERVAL).await;

@@ -10,7 +10,7 @@ use super::keys::Keys;
 use super::monitor::MONITOR_INTERVAL;
 use super::playlists::{Ladder, Next, Playlists};
 use super::seams::Fetch;
-use super::state::{lock, Playback, Status};
+use super::state::{lock, Playback, SeekDone, Status};
 use super::{PlayError, PlayerConfig};
 use crate::abr::history::{self, AbandonPoint, DecisionPoint, Download, History};
 use crate::abr::{AbrAlgorithm, PartialTransfer};
@@ -42,6 +42,13 @@ pub(super) struct Downloader<'a, F: Fetch> {
     /// The init section last pushed (fMP4): pushed again when it changes (rendition switch).
     pub last_init: Option<InitSection>,
     pub done: Downloaded,
+}
+
+/// What the look-ahead says.
+enum Room {
+    Go,
+    Stop,
+    Seek,
 }
 
 /// A segment fetched at some rung.
@@ -76,22 +83,67 @@ impl<F: Fetch> Downloader<'_, F> {
         let start = Event::Start { url: self.config.url.to_string(), ladder, max_rung: self.ladder.max_rung };
         lock(self.shared).event(start);
         loop {
-            if !self.wait_for_room().await {
+            self.play_from(&mut sequence).await?;
+            {
+                let mut state = lock(self.shared);
+                // Finished, or enough pushed for --duration (the stream itself goes on).
+                if state.finish.is_some() || (state.enough_pushed() && state.seek_request.is_none()) {
+                    return Ok(());
+                }
+                if state.seek_request.is_none() {
+                    state.all_pushed = true;
+                    if state.play_requested_at.is_none() {
+                        return Err(PlayError::NoRendition("the stream has no segment to play".into()));
+                    }
+                    state.sink.end_of_stream(Track::Main)?;
+                }
+            }
+            // Everything is pushed: a seek back can still come before the end, when seeks can come.
+            if !self.config.keys && self.config.seek_to.is_none() {
                 return Ok(());
             }
-            let current = &self.ladder.variants[self.history.current().unwrap_or(0)];
-            if self.playlists.is_past_end(current, sequence) {
-                break;
+            loop {
+                {
+                    let state = lock(self.shared);
+                    if state.finish.is_some() {
+                        return Ok(());
+                    }
+                    if state.seek_request.is_some() {
+                        break;
+                    }
+                }
+                tokio::time::sleep(MONITOR_INTERVAL).await;
             }
-            let rung = self.decide(sequence);
+        }
+    }
+
+    /// Pushes from `sequence` until the stream ends (returns), playback finishes or a seek is asked
+    /// for (returns, with the seek carried out on the next call).
+    async fn play_from(&mut self, sequence: &mut u64) -> Result<(), PlayError> {
+        loop {
+            let seek = lock(self.shared).seek_request.take();
+            if let Some(to_s) = seek {
+                *sequence = self.seek(to_s)?;
+            }
+            match self.wait_for_room().await {
+                Room::Stop => return Ok(()),
+                Room::Seek => continue,
+                Room::Go => {}
+            }
+            let current = &self.ladder.variants[self.history.current().unwrap_or(0)];
+            if self.playlists.is_past_end(current, *sequence) {
+                return Ok(());
+            }
+            let rung = self.decide(*sequence);
             let shared = Arc::clone(self.shared);
-            let stop = move || lock(&shared).finish.is_some();
-            let segment = match self.playlists.next(self.fetcher, &self.ladder.variants[rung], sequence, &stop).await? {
+            let stop = move || lock(&shared).interrupted();
+            let segment = match self.playlists.next(self.fetcher, &self.ladder.variants[rung], *sequence, &stop).await?
+            {
                 None => return Ok(()),
-                Some(Next::End) => break,
+                Some(Next::End) => return Ok(()),
                 Some(Next::Skip(to)) => {
                     tracing::warn!("fell behind the live window: skipping from {sequence} to {to}");
-                    sequence = to;
+                    *sequence = to;
                     continue;
                 }
                 Some(Next::Segment(segment)) => *segment,
@@ -104,38 +156,77 @@ impl<F: Fetch> Downloader<'_, F> {
                 let program_date_time = date_time_text(segment.program_date_time.as_ref());
                 state.event(Event::Gap { index: segment.sequence, duration_s: segment.duration_s, program_date_time });
                 tracing::info!("segment {} is a gap: skipped", segment.sequence);
-                sequence = segment.sequence.saturating_add(1);
+                *sequence = segment.sequence.saturating_add(1);
                 continue;
             }
             let previous = self.history.current();
             let Some(fetched) = self.fetch_at_some_rung(segment, rung, &stop).await? else {
+                // Stopped: by the end of playback, or by a seek (carried out at the top).
+                if lock(self.shared).seek_request.is_some() {
+                    continue;
+                }
                 return Ok(());
             };
-            sequence = fetched.segment.sequence + 1;
+            *sequence = fetched.segment.sequence + 1;
             self.push(fetched, previous).await?;
         }
-        let mut state = lock(self.shared);
-        state.all_pushed = true;
-        if state.play_requested_at.is_none() {
-            return Err(PlayError::NoRendition("the stream has no segment to play".into()));
-        }
-        state.sink.end_of_stream(Track::Main)?;
-        Ok(())
     }
 
-    /// Bounded look-ahead: waits while the buffer is at its target. False when the loop should
-    /// stop (playback finished, or enough pushed for `--duration`).
-    async fn wait_for_room(&self) -> bool {
+    /// Carries out a seek to `to_s` (media seconds, VOD): the pipeline drops what it holds and is
+    /// paused while the buffer refills; the media from the segment holding `to_s` is placed where the
+    /// running time is now. Returns that segment's sequence number.
+    fn seek(&mut self, to_s: f64) -> Result<u64, PlayError> {
+        let variant = &self.ladder.variants[self.history.current().unwrap_or(0)];
+        let Some(loaded) = self.playlists.loaded.get(&variant.index) else {
+            return Err(PlayError::NoRendition("seek: the playlist is not loaded".into()));
+        };
+        let playlist = &loaded.playlist;
+        let sequence = playlist.sequence_at(to_s).or(playlist.last_sequence()).unwrap_or(0);
+        let start_s: f64 = playlist.segments.iter().take_while(|s| s.sequence < sequence).map(|s| s.duration_s).sum();
+        let mut state = lock(self.shared);
+        let at_s = state.played_s();
+        let from_s = state.position_s();
+        // Paused first, so that the old source's sinks render nothing more while it is taken down.
+        if !state.user_paused && !state.stall.is_stalled() {
+            state.sink.pause()?;
+        }
+        state.sink.restart(Track::Main, at_s, true)?;
+        state.frozen_played_s = Some(at_s);
+        state.seek_refilling = true;
+        state.pushed_media_s = at_s;
+        state.all_pushed = false;
+        state.all_played_at = None;
+        let origin_s = start_s - at_s;
+        state.media_origin_s = origin_s;
+        if let Some(subtitles) = &mut state.subtitles {
+            subtitles.media_start_s = origin_s;
+        }
+        state.seek =
+            SeekDone { generation: state.seek.generation.saturating_add(1), media_s: start_s, running_s: at_s };
+        tracing::info!("seek from {from_s:.1} s to {start_s:.1} s (segment {sequence})");
+        state.event(Event::Seek { from_s, to_s: start_s });
+        drop(state);
+        // The fresh source needs the init section; the estimate stays, the buffer is empty.
+        self.last_init = None;
+        self.history.interrupted();
+        Ok(sequence)
+    }
+
+    /// Bounded look-ahead: waits while the buffer is at its target.
+    async fn wait_for_room(&self) -> Room {
         loop {
-            let (ahead, stop) = {
+            let (ahead, stop, seek) = {
                 let state = lock(self.shared);
-                (state.buffer_ahead_s(), state.finish.is_some() || state.enough_pushed())
+                (state.buffer_ahead_s(), state.finish.is_some() || state.enough_pushed(), state.seek_request.is_some())
             };
+            if seek {
+                return Room::Seek;
+            }
             if stop {
-                return false;
+                return Room::Stop;
             }
             if ahead < self.config.buffer_target_s {
-                return true;
+                return Room::Go;
             }
             tokio::time::sleep(MONITOR_INTERVAL).await;
         }
@@ -152,7 +243,9 @@ impl<F: Fetch> Downloader<'_, F> {
         let upcoming = self.playlists.upcoming(&ladder.variants[current.unwrap_or(0)], sequence);
         let at = DecisionPoint { now_s, buffer_s, buffer_target_s: self.config.buffer_target_s, upcoming };
         let input = self.history.input(&ladder.rungs, ladder.max_rung, &at);
-        let rung = history::choose(self.abr.as_mut(), &input);
+        let chosen = history::choose(self.abr.as_mut(), &input);
+        // A rung pinned from the keyboard overrides the ABR (which still ran, to keep its state).
+        let rung = lock(self.shared).pinned_rung.map_or(chosen, |pin| pin.min(ladder.max_rung));
         let estimate_bps = input.estimate_bps;
         if let Some(from) = current.filter(|&c| c != rung) {
             tracing::info!(
@@ -217,7 +310,11 @@ impl<F: Fetch> Downloader<'_, F> {
             .range
             .map(|r| r.length)
             .unwrap_or((ladder.rungs[rung].bitrate_bps as f64 * segment.duration_s / 8.0) as u64);
-        let can_abandon = history::may_abandon(rung, lock(shared).playing_since.is_some(), abandoned_already);
+        let can_abandon = {
+            let state = lock(shared);
+            // A rung pinned from the keyboard is kept, however the download goes.
+            state.pinned_rung.is_none() && history::may_abandon(rung, state.playing_since.is_some(), abandoned_already)
+        };
         let mut lower = None;
         let mut stopped = false;
         let outcome = self
@@ -225,7 +322,7 @@ impl<F: Fetch> Downloader<'_, F> {
             .download(&segment.uri, segment.range, |progress| {
                 let state = lock(shared);
                 // Playback is over (--duration, Ctrl-C, an error): stop downloading now.
-                if state.finish.is_some() {
+                if state.interrupted() {
                     stopped = true;
                     return true;
                 }
@@ -309,7 +406,7 @@ impl<F: Fetch> Downloader<'_, F> {
         {
             let state = lock(self.shared);
             if segment.discontinuity && state.pushed_media_s > 0.0 {
-                state.sink.restart(Track::Main, state.pushed_media_s)?;
+                state.sink.restart(Track::Main, state.pushed_media_s, false)?;
                 // The fresh source needs the init section, whether or not it changed.
                 self.last_init = None;
             }
@@ -353,6 +450,7 @@ impl<F: Fetch> Downloader<'_, F> {
             state.play_requested_at = Some(Instant::now());
         }
         let estimate_bps = self.history.estimate_bps(state.now_s());
+        state.current_rung = rung;
         state.status = Status {
             rendition: variant.index,
             resolution: variant.resolution,

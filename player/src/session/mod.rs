@@ -13,6 +13,7 @@
 //! - `seams`: the fetch and pipeline traits the loop is written against.
 
 mod audio;
+mod commands;
 mod downloader;
 mod keys;
 mod monitor;
@@ -61,6 +62,10 @@ pub struct PlayerConfig {
     pub duration_s: Option<f64>,
     pub events: Option<PathBuf>,
     pub quiet: bool,
+    /// `--seek-to TO@AT`: seek to TO seconds of media once AT seconds have played (the keys' flag).
+    pub seek_to: Option<(f64, f64)>,
+    /// Read keys from the terminal (when stdin is one).
+    pub keys: bool,
     /// `--audio-lang`: the audio rendition's language (RFC 5646), instead of the stream's default.
     pub audio_lang: Option<String>,
     /// `--subs`: show the subtitle rendition in this language (RFC 5646) over the video.
@@ -206,6 +211,34 @@ pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
         state.subtitles = Some(SubtitleTrack { media_start_s, ..SubtitleTrack::default() });
         state.subtitles_visible = config.subs.is_some();
     }
+    {
+        let mut state = lock(&shared);
+        if first.ended {
+            state.stream_duration_s = Some(first.segments.iter().map(|s| s.duration_s).sum());
+            state.media_origin_s =
+                first.segments.iter().take_while(|s| s.sequence < start_sequence).map(|s| s.duration_s).sum();
+        }
+        state.scripted_seek = config.seek_to;
+    }
+    // Keys, when stdin is a terminal; the guard restores the terminal when playback ends.
+    let controls = if config.keys { crate::controls::Controls::start() } else { None };
+    let keys = controls.map(|(guard, mut commands)| {
+        if !config.quiet {
+            eprintln!("{}", crate::controls::HELP);
+        }
+        let shared = Arc::clone(&shared);
+        let top_rung = ladder.max_rung;
+        let task = tokio::spawn(async move {
+            while let Some(command) = commands.recv().await {
+                let mut state = lock(&shared);
+                commands::apply(&mut state, command, top_rung);
+                if state.finish.is_some() {
+                    break;
+                }
+            }
+        });
+        (guard, task)
+    });
     let monitor = tokio::spawn(monitor::run(Arc::clone(&shared), config.quiet));
     let interrupt = {
         let shared = Arc::clone(&shared);
@@ -250,6 +283,11 @@ pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
     let (result, audio_result, subtitle_bytes) = tokio::join!(video, audio_loop, subtitle_loop);
     let _ = monitor.await;
     interrupt.abort();
+    if let Some((guard, task)) = keys {
+        task.abort();
+        // The terminal is itself again before the summary is printed.
+        drop(guard);
+    }
     let mut done = downloader.done;
     result?;
     done.bytes = done.bytes.saturating_add(audio_result?).saturating_add(subtitle_bytes);
@@ -281,7 +319,7 @@ fn totals(config: &PlayerConfig, state: &Playback, finish: &Finish, done: Downlo
         stall_s: state.stall.total_at(state.now_s()),
         bytes: done.bytes,
         abandoned_downloads: done.abandoned,
-        interrupted: *finish == Finish::Interrupted,
+        interrupted: matches!(finish, Finish::Interrupted | Finish::Quit),
         audio_played_s: state.sink.audio_played_s(),
         segments: played_segments(done.records, played_s),
     }

@@ -7,6 +7,7 @@ use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::commands;
 use super::state::{lock, Finish, Playback, Status};
 use super::subtitles;
 use crate::events::Event;
@@ -82,24 +83,25 @@ fn tick(shared: &mut Playback, quiet: bool, last_status: &mut Instant, last_poin
             return;
         }
     }
-    match shared.stall.update(now, ahead, nothing_more) {
-        StallAction::Pause => {
-            shared.frozen_played_s = Some(played);
-            if let Err(e) = shared.sink.pause() {
-                shared.finish(Finish::Failed(e.to_string()));
-            }
-            tracing::info!("stall at {played:.1} s of media");
-            shared.event(Event::Stall { played_s: played });
+    if let Some((to_s, at_s)) = shared.scripted_seek {
+        if played >= at_s {
+            shared.scripted_seek = None;
+            commands::request_seek_by(shared, to_s - shared.position_s());
         }
-        StallAction::Resume => {
-            shared.frozen_played_s = None;
-            if let Err(e) = shared.sink.play() {
-                shared.finish(Finish::Failed(e.to_string()));
+    }
+    if shared.seek_refilling {
+        // A seek's refill is the viewer's doing, not the network's: no stall is counted.
+        if ahead >= shared.stall.resume_threshold_s() || nothing_more {
+            shared.seek_refilling = false;
+            if !shared.user_paused {
+                shared.frozen_played_s = None;
+                if let Err(e) = shared.sink.play() {
+                    shared.finish(Finish::Failed(e.to_string()));
+                }
             }
-            let stall_ms = (shared.stall.total_s * 1000.0).round() as u64;
-            shared.event(Event::Resume { buffer_s: ahead, total_stall_ms: stall_ms });
         }
-        StallAction::None => {}
+    } else if !shared.user_paused {
+        stall_check(shared, now, ahead, played, nothing_more);
     }
     subtitles::render(shared);
     if last_point.elapsed() >= TIMELINE_INTERVAL {
@@ -121,6 +123,29 @@ fn tick(shared: &mut Playback, quiet: bool, last_status: &mut Instant, last_poin
         } else {
             eprintln!("{line}");
         }
+    }
+}
+
+/// The network's stalls: pause when the buffer runs dry, resume once it refilled.
+fn stall_check(state: &mut Playback, now: f64, ahead: f64, played: f64, nothing_more: bool) {
+    match state.stall.update(now, ahead, nothing_more) {
+        StallAction::Pause => {
+            state.frozen_played_s = Some(played);
+            if let Err(e) = state.sink.pause() {
+                state.finish(Finish::Failed(e.to_string()));
+            }
+            tracing::info!("stall at {played:.1} s of media");
+            state.event(Event::Stall { played_s: played });
+        }
+        StallAction::Resume => {
+            state.frozen_played_s = None;
+            if let Err(e) = state.sink.play() {
+                state.finish(Finish::Failed(e.to_string()));
+            }
+            let stall_ms = (state.stall.total_s * 1000.0).round() as u64;
+            state.event(Event::Resume { buffer_s: ahead, total_stall_ms: stall_ms });
+        }
+        StallAction::None => {}
     }
 }
 

@@ -16,6 +16,8 @@ pub(super) enum Finish {
     EndOfStream,
     DurationReached,
     Interrupted,
+    /// `q` at the keyboard.
+    Quit,
     Failed(String),
 }
 
@@ -26,6 +28,7 @@ impl Finish {
             Finish::EndOfStream => (EndReason::EndOfStream, None),
             Finish::DurationReached => (EndReason::DurationReached, None),
             Finish::Interrupted => (EndReason::Interrupted, None),
+            Finish::Quit => (EndReason::Quit, None),
             Finish::Failed(message) => (EndReason::Failed, Some(message.clone())),
         }
     }
@@ -67,7 +70,35 @@ pub(super) struct Playback {
     pub all_played_at: Option<Instant>,
     pub status: Status,
     pub timeline: Vec<TimelinePoint>,
+    /// Paused from the keyboard (space): no stall is detected, and a stall's end does not resume.
+    pub user_paused: bool,
+    /// A rung pinned from the keyboard (↑/↓), instead of the ABR's choice; `a` clears it.
+    pub pinned_rung: Option<usize>,
+    /// The rung of the last segment pushed.
+    pub current_rung: usize,
+    /// Where the media playing now sits on the stream's timeline: `media_origin_s + played_s()`.
+    pub media_origin_s: f64,
+    /// A VOD stream's length (seeks stay within it); `None` for live.
+    pub stream_duration_s: Option<f64>,
+    /// A seek asked for (media seconds), not yet carried out by the download loop.
+    pub seek_request: Option<f64>,
+    /// The last seek carried out: its number (the audio loop follows each), where its media starts
+    /// on the stream's timeline and on the pipeline's running time.
+    pub seek: SeekDone,
+    /// A seek's refill: the pipeline is paused until the buffer reaches the resume threshold (not a
+    /// stall: the viewer asked for it).
+    pub seek_refilling: bool,
+    /// `--seek-to TO@AT`: a seek to TO once AT seconds have played.
+    pub scripted_seek: Option<(f64, f64)>,
     events: EventWriter,
+}
+
+/// The last seek the download loop carried out.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(super) struct SeekDone {
+    pub generation: u64,
+    pub media_s: f64,
+    pub running_s: f64,
 }
 
 impl Playback {
@@ -96,6 +127,15 @@ impl Playback {
             all_played_at: None,
             status: Status::default(),
             timeline: Vec::new(),
+            user_paused: false,
+            pinned_rung: None,
+            current_rung: 0,
+            media_origin_s: 0.0,
+            stream_duration_s: None,
+            seek_request: None,
+            seek: SeekDone::default(),
+            seek_refilling: false,
+            scripted_seek: None,
             events,
         }
     }
@@ -162,6 +202,16 @@ impl Playback {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let t_s = (self.now_s() * 1000.0).round() / 1000.0;
         self.events.write(&EventRecord { event, t_s, unix_ms });
+    }
+
+    /// Where playback is on the stream's timeline (media seconds).
+    pub fn position_s(&self) -> f64 {
+        self.media_origin_s + self.played_s()
+    }
+
+    /// Whether the download loops should drop what they are doing: playback finished, or a seek.
+    pub fn interrupted(&self) -> bool {
+        self.finish.is_some() || self.seek_request.is_some()
     }
 
     pub fn finish(&mut self, finish: Finish) {

@@ -221,6 +221,8 @@ async fn run(
         events: Some(events_path.clone()),
         quiet: true,
         audio_lang: None,
+        seek_to: None,
+        keys: false,
         subs: None,
     };
     let ladder = build_ladder(variants, &config).unwrap_or_else(|e| panic!("{e}"));
