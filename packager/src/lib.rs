@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod error;
 pub mod fmp4;
 pub mod ladder;
+pub mod ll_hls;
 pub mod output;
 pub mod pipeline;
 pub mod playlist;
