@@ -18,6 +18,6 @@ mod run;
 
 pub use error::PackageError;
 pub use run::{
-    is_language_tag, package, package_with, AudioLayout, AudioSummary, PackageConfig, PackageOptions, Progress,
-    RenditionSummary, Summary, AUDIO_GROUP, AUDIO_RENDITION, MASTER_PLAYLIST,
+    is_language_tag, package, package_with, AudioLayout, AudioSummary, LowLatency, PackageConfig, PackageOptions,
+    Progress, RenditionSummary, Summary, AUDIO_GROUP, AUDIO_RENDITION, MASTER_PLAYLIST,
 };

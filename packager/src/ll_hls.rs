@@ -33,7 +33,7 @@ pub fn parts_per_segment(segment: f64, part: f64) -> Option<usize> {
     }
     let ratio = segment / part;
     let whole = ratio.round();
-    ((ratio - whole).abs() <= 0.01 * whole && whole >= 1.0 && whole <= 1000.0).then_some(whole as usize)
+    ((ratio - whole).abs() <= 0.01 * whole && (1.0..=1000.0).contains(&whole)).then_some(whole as usize)
 }
 
 /// The file name of part `index` of segment `sequence`: beside `seg_00012.m4s` its parts are
