@@ -18,6 +18,8 @@ pub enum PackageError {
     NoAudio(PathBuf),
     #[error("a separate audio rendition needs fMP4 output: MPEG-TS renditions carry their audio muxed")]
     SeparateAudioNeedsFmp4,
+    #[error("low-latency HLS {0}")]
+    LowLatency(String),
     #[error("audio language '{0}' is not a language tag such as en, pt-BR or und (RFC 5646)")]
     BadLanguage(String),
     #[error(transparent)]

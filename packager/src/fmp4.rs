@@ -48,11 +48,24 @@ pub struct Fmp4Splitter {
     trex_flags: HashMap<u32, u32>,
     current: Vec<u8>,
     current_has_video: bool,
+    /// Video samples in `current`.
+    current_video_samples: u64,
+    /// Close a piece as soon as it holds this many video samples (one whole GOP), instead of when
+    /// the next keyframe's fragment arrives.
+    frames_per_piece: Option<u64>,
 }
 
 impl Fmp4Splitter {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A splitter that closes each piece once it holds `frames` video samples. With a fixed GOP of
+    /// `frames` frames (and the keyframe rule as a fallback) the pieces are the same, but each leaves
+    /// as soon as mp4mux writes its last frame rather than one fragment later, when the next
+    /// keyframe's fragment closes: for low-latency parts that is up to a fragment duration sooner.
+    pub fn with_frames_per_piece(frames: u32) -> Self {
+        Self { frames_per_piece: Some(u64::from(frames.max(1))), ..Self::default() }
     }
 
     /// Feeds the next bytes of the stream; returns the pieces completed by them.
@@ -84,17 +97,24 @@ impl Fmp4Splitter {
                     self.init.extend_from_slice(whole);
                 }
                 b"moof" => {
-                    let video_key = self.video_fragment_starts_with_key(payload)?;
-                    if let Some(is_key) = video_key {
+                    if let Some((is_key, samples)) = self.video_fragment(payload)? {
                         if is_key && self.current_has_video {
                             out.push(Piece::Segment(std::mem::take(&mut self.current)));
-                            self.current_has_video = false;
+                            self.current_video_samples = 0;
                         }
                         self.current_has_video = true;
+                        self.current_video_samples = self.current_video_samples.saturating_add(samples);
                     }
                     self.current.extend_from_slice(whole);
                 }
-                b"mdat" => self.current.extend_from_slice(whole),
+                b"mdat" => {
+                    self.current.extend_from_slice(whole);
+                    if self.frames_per_piece.is_some_and(|frames| self.current_video_samples >= frames) {
+                        out.push(Piece::Segment(std::mem::take(&mut self.current)));
+                        self.current_has_video = false;
+                        self.current_video_samples = 0;
+                    }
+                }
                 // `mfra`, `free`, `sidx`... after the header: indexes of the whole file that no
                 // segment needs.
                 _ => {}
@@ -104,21 +124,25 @@ impl Fmp4Splitter {
         Ok(out)
     }
 
-    /// The stream ended: returns the last segment.
+    /// The stream ended: returns the last segment. With a frame count, audio muxed after the last
+    /// whole GOP (less than a fragment of it) is dropped: it cannot join the piece that already left,
+    /// and a piece without video would be a part without a keyframe.
     pub fn finish(&mut self) -> Result<Vec<Piece>, Fmp4Error> {
         if !self.pending.is_empty() {
             return Err(Fmp4Error::TrailingBytes(self.pending.len()));
         }
-        if self.current.is_empty() {
+        if self.current.is_empty() || (self.frames_per_piece.is_some() && !self.current_has_video) {
+            self.current.clear();
             return Ok(Vec::new());
         }
         self.current_has_video = false;
+        self.current_video_samples = 0;
         Ok(vec![Piece::Segment(std::mem::take(&mut self.current))])
     }
 
-    /// `Some(true)` when this `moof` carries the video track and its first sample is a sync sample,
-    /// `Some(false)` for a video fragment starting mid-GOP, `None` when it has no video.
-    fn video_fragment_starts_with_key(&self, moof: &[u8]) -> Result<Option<bool>, Fmp4Error> {
+    /// For a `moof` that carries the video track: whether its first sample is a sync sample, and how
+    /// many video samples it holds; `None` when it has no video.
+    fn video_fragment(&self, moof: &[u8]) -> Result<Option<(bool, u64)>, Fmp4Error> {
         let video = self.video_track.ok_or(Fmp4Error::NoVideoTrack)?;
         for traf in children(moof, b"traf")? {
             let Some(tfhd) = children(traf, b"tfhd")?.into_iter().next() else {
@@ -128,12 +152,17 @@ impl Fmp4Splitter {
             if track != video {
                 continue;
             }
-            let Some(trun) = children(traf, b"trun")?.into_iter().next() else {
+            let truns = children(traf, b"trun")?;
+            let Some(trun) = truns.first() else {
                 continue;
             };
             let default = tfhd_default.or_else(|| self.trex_flags.get(&track).copied()).unwrap_or(0);
             let flags = first_sample_flags(trun)?.unwrap_or(default);
-            return Ok(Some(flags & NON_SYNC == 0));
+            let mut samples = 0u64;
+            for trun in &truns {
+                samples = samples.saturating_add(u64::from(be32(trun, 4, "trun")?));
+            }
+            return Ok(Some((flags & NON_SYNC == 0, samples)));
         }
         Ok(None)
     }
@@ -333,6 +362,31 @@ mod tests {
         let first = [fragment(1, key, 1), fragment(2, None, 2), fragment(1, None, 3)].concat();
         assert_eq!(pieces[1], Piece::Segment(first));
         assert_eq!(pieces[2], Piece::Segment([fragment(1, key, 4), fragment(2, None, 5)].concat()));
+    }
+
+    /// With a frame count the piece leaves with its last video frame: no waiting for the next
+    /// keyframe's fragment. Audio that follows joins the next piece.
+    #[test]
+    fn a_whole_gop_leaves_without_waiting_for_the_next_keyframe() {
+        let key = Some(0x0200_0000);
+        let mut splitter = Fmp4Splitter::with_frames_per_piece(2);
+        let mut pieces = splitter.push(&header()).unwrap();
+        pieces.extend(splitter.push(&[fragment(1, key, 1), fragment(2, None, 2)].concat()).unwrap());
+        assert_eq!(pieces.len(), 1, "one frame of two: not yet");
+        pieces.extend(splitter.push(&fragment(1, None, 3)).unwrap());
+        assert_eq!(pieces.len(), 2, "the second frame completes the piece");
+        assert_eq!(
+            pieces[1],
+            Piece::Segment([fragment(1, key, 1), fragment(2, None, 2), fragment(1, None, 3)].concat())
+        );
+        pieces.extend(splitter.push(&[fragment(2, None, 4), fragment(1, key, 5)].concat()).unwrap());
+        pieces.extend(splitter.finish().unwrap());
+        assert_eq!(pieces[2..], [Piece::Segment([fragment(2, None, 4), fragment(1, key, 5)].concat())]);
+        // Audio after the last whole GOP makes no piece of its own.
+        let mut splitter = Fmp4Splitter::with_frames_per_piece(1);
+        let mut pieces = splitter.push(&[header(), fragment(1, key, 1), fragment(2, None, 2)].concat()).unwrap();
+        pieces.extend(splitter.finish().unwrap());
+        assert_eq!(pieces[1..], [Piece::Segment(fragment(1, key, 1))]);
     }
 
     #[test]

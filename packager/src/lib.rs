@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod error;
 pub mod fmp4;
 pub mod ladder;
+pub mod ll_hls;
 pub mod output;
 pub mod pipeline;
 pub mod playlist;
@@ -17,6 +18,6 @@ mod run;
 
 pub use error::PackageError;
 pub use run::{
-    is_language_tag, package, package_with, AudioLayout, AudioSummary, PackageConfig, PackageOptions, Progress,
-    RenditionSummary, Summary, AUDIO_GROUP, AUDIO_RENDITION, MASTER_PLAYLIST,
+    is_language_tag, package, package_with, AudioLayout, AudioSummary, LowLatency, PackageConfig, PackageOptions,
+    Progress, RenditionSummary, Summary, AUDIO_GROUP, AUDIO_RENDITION, MASTER_PLAYLIST,
 };

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use eddy_packager::ladder::{parse_ladder, DEFAULT_LADDER};
 use eddy_packager::pipeline::{Format, Source};
-use eddy_packager::{package_with, AudioLayout, PackageConfig, PackageOptions, Progress, Summary};
+use eddy_packager::{package_with, AudioLayout, LowLatency, PackageConfig, PackageOptions, Progress, Summary};
 use eddy_shared::size::format_size;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -45,9 +45,9 @@ struct Cli {
     /// Renditions as HEIGHTp:VIDEO_BITRATE, comma-separated.
     #[arg(long, default_value = DEFAULT_LADDER)]
     ladder: String,
-    /// Segment (and GOP) duration in seconds.
-    #[arg(long, default_value_t = 2.0)]
-    segment_duration: f64,
+    /// Segment (and GOP) duration in seconds [default: 2, or 4 with --low-latency].
+    #[arg(long)]
+    segment_duration: Option<f64>,
     #[arg(long, value_enum, default_value = "ts")]
     format: FormatArg,
     /// Where the audio goes.
@@ -66,6 +66,15 @@ struct Cli {
     /// Segments per live playlist.
     #[arg(long, default_value_t = 6, requires = "live")]
     window: usize,
+    /// Low-Latency HLS (with --live and --format fmp4): every segment is also published as parts
+    /// while it is made, each its own file starting with a keyframe, with blocking-reload playlists
+    /// (EXT-X-PART, EXT-X-PRELOAD-HINT, EXT-X-SERVER-CONTROL). Serve the folder through eddy-edge,
+    /// whose directory origin holds `_HLS_msn` requests.
+    #[arg(long)]
+    low_latency: bool,
+    /// Seconds per part (and GOP) with --low-latency; segments must be a whole number of parts.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    part_duration: f64,
     /// x264 speed preset (ultrafast, superfast, veryfast, ...); default ultrafast for the test
     /// pattern, veryfast for files.
     #[arg(long)]
@@ -104,13 +113,37 @@ fn options_from(cli: &Cli) -> Result<PackageOptions> {
             AudioLayout::Separate { language: cli.audio_lang.clone() }
         }
     };
-    Ok(PackageOptions::default().with_audio(audio))
+    let options = PackageOptions::default().with_audio(audio);
+    if !cli.low_latency {
+        if cli.part_duration != LowLatency::default().part_duration {
+            bail!("--part-duration sets the parts of --low-latency: it needs --low-latency");
+        }
+        return Ok(options);
+    }
+    // The library refuses these too; here the message can name the flags.
+    if !cli.live {
+        bail!("--low-latency needs --live: partial segments exist only at a live stream's edge");
+    }
+    if matches!(cli.format, FormatArg::Ts) {
+        bail!("--low-latency needs --format fmp4: partial segments are CMAF chunks (--format ts is the default)");
+    }
+    if cli.encrypt {
+        bail!("--low-latency cannot be combined with --encrypt: AES-128 encrypts whole segments, not parts");
+    }
+    Ok(options.with_low_latency(LowLatency { part_duration: cli.part_duration }))
+}
+
+/// `--segment-duration`, or its default: 2 s, and 4 s with `--low-latency`, where parts carry the
+/// latency and longer segments cost nothing in it (Apple suggests 4 to 6 s with 1 s parts).
+fn segment_duration(cli: &Cli) -> f64 {
+    cli.segment_duration.unwrap_or(if cli.low_latency { 4.0 } else { 2.0 })
 }
 
 fn config_from(cli: &Cli) -> Result<PackageConfig> {
     let ladder = parse_ladder(&cli.ladder).with_context(|| format!("--ladder '{}'", cli.ladder))?;
-    if !(cli.segment_duration.is_finite() && (0.5..=30.0).contains(&cli.segment_duration)) {
-        bail!("--segment-duration {} must be between 0.5 and 30 seconds", cli.segment_duration);
+    let segment_duration = segment_duration(cli);
+    if !(segment_duration.is_finite() && (0.5..=30.0).contains(&segment_duration)) {
+        bail!("--segment-duration {segment_duration} must be between 0.5 and 30 seconds");
     }
     if cli.live && cli.window < 2 {
         bail!("--window {} must be at least 2 segments", cli.window);
@@ -131,7 +164,7 @@ fn config_from(cli: &Cli) -> Result<PackageConfig> {
         source,
         out_dir: cli.out.clone(),
         ladder,
-        segment_duration: cli.segment_duration,
+        segment_duration,
         format: match cli.format {
             FormatArg::Ts => Format::Ts,
             FormatArg::Fmp4 => Format::Fmp4,
@@ -191,8 +224,8 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<()> {
-    let config = config_from(cli)?;
     let options = options_from(cli)?;
+    let config = config_from(cli)?;
     let live = config.live_window.is_some();
     let bar = ProgressBar::new(1000);
     bar.set_style(
@@ -228,6 +261,25 @@ fn run(cli: &Cli) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn low_latency_flags() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["eddy-package", "--out", "o"], args].concat());
+        let live = ["--test-pattern", "10s", "--live", "--format", "fmp4", "--low-latency"];
+        let cli = parse(&live).unwrap();
+        let options = options_from(&cli).unwrap();
+        assert_eq!(options.low_latency, Some(LowLatency { part_duration: 1.0 }));
+        assert_eq!(config_from(&cli).unwrap().segment_duration, 4.0, "4 s segments by default");
+        let cli = parse(&[&live[..], &["--part-duration", "0.5", "--segment-duration", "2"]].concat()).unwrap();
+        assert_eq!(options_from(&cli).unwrap().low_latency, Some(LowLatency { part_duration: 0.5 }));
+        assert_eq!(config_from(&cli).unwrap().segment_duration, 2.0);
+        assert_eq!(config_from(&parse(&["--test-pattern", "1s"]).unwrap()).unwrap().segment_duration, 2.0);
+        let refused = |args: &[&str]| options_from(&parse(args).unwrap()).unwrap_err().to_string();
+        assert!(refused(&["--test-pattern", "5s", "--format", "fmp4", "--low-latency"]).contains("needs --live"));
+        assert!(refused(&["--test-pattern", "5s", "--live", "--low-latency"]).contains("needs --format fmp4"));
+        assert!(refused(&[&live[..], &["--encrypt"]].concat()).contains("--encrypt"));
+        assert!(refused(&["--test-pattern", "5s", "--part-duration", "0.5"]).contains("needs --low-latency"));
+    }
 
     #[test]
     fn durations() {

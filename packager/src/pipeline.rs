@@ -13,6 +13,10 @@
 //! segments at the video's segment boundaries (see [`crate::audio`]).
 //! x264 gets a fixed GOP of exactly fps × segment duration frames with scene-cut keyframes off, so
 //! every rendition has its keyframes on the same frames and each segment holds exactly one GOP.
+//! Low-latency (`part_duration`): the GOP is one part instead, so every part starts with a keyframe
+//! (INDEPENDENT=YES: a player can join or switch at any part) and the splitter's pieces are parts; the
+//! encoder runs without lookahead and the muxers write short fragments, to keep the delay from
+//! capture to a published part small.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -163,12 +167,14 @@ pub struct PipelinePlan {
     pub preset: String,
     /// The audio goes to its own muxer (a separate audio rendition) instead of every rung's.
     pub separate_audio: bool,
+    /// Low-latency: seconds per part (and GOP); the splitter's pieces are parts.
+    pub part_duration: Option<f64>,
 }
 
 impl PipelinePlan {
-    /// Frames per GOP: one GOP per segment.
+    /// Frames per GOP: one GOP per segment, or per part when low-latency.
     pub fn gop_frames(&self) -> u32 {
-        (self.info.fps_f64() * self.segment_duration).round().max(1.0) as u32
+        (self.info.fps_f64() * self.part_duration.unwrap_or(self.segment_duration)).round().max(1.0) as u32
     }
 }
 
@@ -181,6 +187,12 @@ pub struct VideoTimeline {
     pub end: gst::ClockTime,
     /// profile, constraints, level from the SPS.
     pub sps: Option<[u8; 3]>,
+    /// The running time of the first keyframe: for a live source, when it was captured on the
+    /// pipeline's clock. (Encoders shift timestamps, x264enc by 1000 hours, and say so in the segment
+    /// event; the running time is what stays.)
+    pub first_running_time: Option<gst::ClockTime>,
+    /// The stream's time segment, from its last segment event.
+    segment: Option<gst::FormattedSegment<gst::ClockTime>>,
 }
 
 impl VideoTimeline {
@@ -545,6 +557,11 @@ fn build_rung_video(
     encoder.set_property("key-int-max", plan.gop_frames());
     // No scene-cut keyframes: keyframes only every GOP, identical in every rendition.
     encoder.set_property("option-string", format!("scenecut=0:keyint-min={}", plan.gop_frames()));
+    if plan.part_duration.is_some() {
+        // No lookahead, no B-frames, no frame threads: each frame leaves the encoder as soon as it is
+        // coded (x264's defaults hold dozens of frames, over a second at 30 fps).
+        encoder.set_property_from_str("tune", "zerolatency");
+    }
     let parse = make("h264parse")?;
     let out_queue = make("queue")?;
     chain.extend([encoder, parse.clone(), out_queue.clone()]);
@@ -561,6 +578,9 @@ fn build_rung_video(
         match &info.data {
             Some(gst::PadProbeData::Buffer(buffer)) => record_buffer(&mut timeline, buffer),
             Some(gst::PadProbeData::Event(event)) => {
+                if let gst::EventView::Segment(segment) = event.view() {
+                    timeline.segment = segment.segment().downcast_ref::<gst::ClockTime>().cloned();
+                }
                 if let gst::EventView::Caps(caps) = event.view() {
                     let codec_data = caps.caps().structure(0).and_then(|s| s.get::<gst::Buffer>("codec_data").ok());
                     if let Some(data) = codec_data {
@@ -585,6 +605,9 @@ fn record_buffer(timeline: &mut VideoTimeline, buffer: &gst::Buffer) {
     if !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT) {
         if timeline.keyframes.last().is_none_or(|last| *last < pts) {
             timeline.keyframes.push(pts);
+        }
+        if timeline.first_running_time.is_none() {
+            timeline.first_running_time = timeline.segment.as_ref().and_then(|s| s.to_running_time(pts));
         }
         if timeline.sps.is_none() {
             if let Ok(map) = buffer.map_readable() {
@@ -636,8 +659,12 @@ fn build_ts_mux(
 }
 
 /// The fragment length of every mp4mux: short fragments keep audio close to the video it belongs to
-/// (muxed) or reach the audio segmenter soon (separate audio).
+/// (muxed) or reach the audio segmenter soon (separate audio). Low-latency: as short as allowed, since
+/// a part (or an audio cut) waits for the fragment holding its last samples.
 fn fragment_ms(plan: &PipelinePlan) -> u32 {
+    if plan.part_duration.is_some() {
+        return 100;
+    }
     ((plan.segment_duration * 1000.0 / 4.0) as u32).clamp(100, 1000)
 }
 
@@ -724,7 +751,12 @@ fn build_fmp4_mux(
     }
     link_all(&[&mux, sink.upcast_ref()])?;
 
-    let splitter = Arc::new(Mutex::new(Fmp4Splitter::new()));
+    // Low-latency: a part leaves as soon as its GOP is whole (see `Fmp4Splitter::with_frames_per_piece`).
+    let splitter = match plan.part_duration {
+        Some(_) => Fmp4Splitter::with_frames_per_piece(plan.gop_frames()),
+        None => Fmp4Splitter::new(),
+    };
+    let splitter = Arc::new(Mutex::new(splitter));
     let rung_name = rung.name.clone();
     let forward =
         move |sender: &mpsc::Sender<Produced>, result: Result<Vec<Piece>, crate::fmp4::Fmp4Error>| match result {
@@ -783,7 +815,8 @@ mod tests {
     #[test]
     fn segment_durations_come_from_keyframe_times() {
         let s = gst::ClockTime::from_mseconds;
-        let timeline = VideoTimeline { keyframes: vec![s(0), s(2000), s(4000)], end: s(5033), sps: None };
+        let timeline =
+            VideoTimeline { keyframes: vec![s(0), s(2000), s(4000)], end: s(5033), ..VideoTimeline::default() };
         assert_eq!(timeline.segment_duration(0), Some(2.0));
         assert_eq!(timeline.segment_duration(1), Some(2.0));
         // The last segment runs to the end of the last frame.
@@ -814,9 +847,13 @@ mod tests {
             segment_duration: seconds,
             preset: "ultrafast".into(),
             separate_audio: false,
+            part_duration: None,
         };
         assert_eq!(plan(gst::Fraction::new(30, 1), 2.0).gop_frames(), 60);
         assert_eq!(plan(gst::Fraction::new(30000, 1001), 1.0).gop_frames(), 30);
         assert_eq!(plan(gst::Fraction::new(25, 1), 0.5).gop_frames(), 13);
+        // Low-latency: one GOP per part.
+        let low_latency = PipelinePlan { part_duration: Some(0.5), ..plan(gst::Fraction::new(30, 1), 2.0) };
+        assert_eq!(low_latency.gop_frames(), 15);
     }
 }

@@ -2,7 +2,7 @@
 //! the playlists — the master last, so a failed run never leaves a master pointing at missing files.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use gst::prelude::*;
 use gstreamer as gst;
@@ -13,7 +13,8 @@ use crate::codecs;
 use crate::crypto;
 use crate::error::PackageError;
 use crate::ladder::{self, Rung};
-use crate::output::{RenditionWriter, INIT_SEGMENT, KEY_FILE, MEDIA_PLAYLIST};
+use crate::ll_hls::{self, RenditionReport};
+use crate::output::{LowLatencyLayout, RenditionWriter, INIT_SEGMENT, KEY_FILE, MEDIA_PLAYLIST};
 use crate::pipeline::{self, Built, Format, PipelinePlan, Produced, RungPlan, Source};
 use crate::playlist::{self, AudioRendition, Bitrates, MediaOptions, VariantInfo};
 
@@ -69,10 +70,12 @@ impl AudioLayout {
 /// Options that came after [`PackageConfig`]: kept apart so that code building a `PackageConfig`
 /// (the origin's jobs) keeps compiling; [`package`] uses the defaults. Build one with
 /// `PackageOptions::default()` and the `with_` methods.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 #[non_exhaustive]
 pub struct PackageOptions {
     pub audio: AudioLayout,
+    /// Low-Latency HLS: live fMP4 published part by part.
+    pub low_latency: Option<LowLatency>,
 }
 
 impl PackageOptions {
@@ -80,6 +83,72 @@ impl PackageOptions {
         self.audio = audio;
         self
     }
+
+    pub fn with_low_latency(mut self, low_latency: LowLatency) -> Self {
+        self.low_latency = Some(low_latency);
+        self
+    }
+}
+
+/// Low-Latency HLS (draft-pantos-hls-rfc8216bis): every segment is published as parts of
+/// `part_duration` seconds while it is being made, each a file of its own starting with a keyframe,
+/// with blocking-reload-ready playlists. Needs a live fMP4 package without encryption, and segments
+/// that are a whole number of parts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LowLatency {
+    pub part_duration: f64,
+}
+
+impl Default for LowLatency {
+    /// One-second parts: with blocking reloads a player can sit about three parts behind the live edge
+    /// (PART-HOLD-BACK), a few seconds from capture.
+    fn default() -> Self {
+        LowLatency { part_duration: 1.0 }
+    }
+}
+
+/// Checks a low-latency package's settings that need nothing but the configuration; returns the
+/// parts per segment.
+fn check_low_latency(config: &PackageConfig, low_latency: &LowLatency) -> Result<usize, PackageError> {
+    let refuse = |reason: String| Err(PackageError::LowLatency(reason));
+    let Some(window) = config.live_window else {
+        return refuse("needs a live package: parts exist only at the live edge".into());
+    };
+    if config.format != Format::Fmp4 {
+        return refuse("needs fMP4 output: partial segments are CMAF chunks (moof + mdat), not MPEG-TS".into());
+    }
+    if config.encrypt {
+        return refuse("cannot be encrypted: AES-128 encrypts whole segments, which parts cannot be cut from".into());
+    }
+    let part = low_latency.part_duration;
+    if !(part.is_finite() && (ll_hls::MIN_PART_DURATION..=ll_hls::MAX_PART_DURATION).contains(&part)) {
+        return refuse(format!(
+            "part duration {part} s must be between {} and {} s",
+            ll_hls::MIN_PART_DURATION,
+            ll_hls::MAX_PART_DURATION
+        ));
+    }
+    let Some(parts) = ll_hls::parts_per_segment(config.segment_duration, part) else {
+        return refuse(format!("the {} s segments are not a whole number of {part} s parts", config.segment_duration));
+    };
+    // RFC 8216bis 6.2.2: a live playlist never lasts less than three target durations.
+    let target = playlist::target_duration(&[], config.segment_duration);
+    if (window as f64) * config.segment_duration < 3.0 * target as f64 {
+        return refuse(format!(
+            "a window of {window} segments of {} s is shorter than three target durations ({} s)",
+            config.segment_duration,
+            3 * target
+        ));
+    }
+    Ok(parts)
+}
+
+/// Frames per part at `fps`, when a part is a whole number of frames (within 1 %: 1 s at 29.97 fps): every part is one
+/// GOP, and a GOP is a frame count.
+fn frames_per_part(part: f64, fps: f64) -> Option<u32> {
+    let frames = part * fps;
+    let whole = frames.round();
+    ((frames - whole).abs() <= 0.01 * whole && whole >= 1.0).then_some(whole as u32)
 }
 
 /// Whether `tag` looks like an RFC 5646 language tag: subtags of 1 to 8 letters or digits joined by
@@ -167,6 +236,10 @@ pub fn package_with(
         move |source| PackageError::Output { path, source }
     };
     // Option conflicts first: they need neither GStreamer nor the input.
+    let parts_per_segment = match &options.low_latency {
+        Some(low_latency) => Some(check_low_latency(config, low_latency)?),
+        None => None,
+    };
     let audio_language = match &options.audio {
         AudioLayout::Muxed => None,
         AudioLayout::Separate { language } => {
@@ -207,6 +280,24 @@ pub fn package_with(
             skipped: skipped.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", "),
         });
     }
+    let low_latency = match (&options.low_latency, parts_per_segment) {
+        (Some(low_latency), Some(parts_per_segment)) => {
+            let fps = info.fps_f64();
+            let frames = frames_per_part(low_latency.part_duration, fps).ok_or_else(|| {
+                PackageError::LowLatency(format!(
+                    "a {} s part is not a whole number of frames at {fps} fps",
+                    low_latency.part_duration
+                ))
+            })?;
+            // Every part is one GOP of `frames` frames. A separate audio rendition's parts are cut on
+            // the AAC frame nearest each video part boundary, so they can run over by its slack; the
+            // same PART-TARGET (and so SERVER-CONTROL) goes in every playlist (RFC 8216bis 6.2.4).
+            let slack = if audio_language.is_some() { AUDIO_DURATION_SLACK_NS as f64 / 1e9 } else { 0.0 };
+            let video_part = f64::from(frames) / fps;
+            Some(LowLatencyLayout { parts_per_segment, part_target: ll_hls::part_target(video_part + slack) })
+        }
+        _ => None,
+    };
 
     std::fs::create_dir_all(out).map_err(output_error(out))?;
     // An earlier master would point at renditions this run is about to replace.
@@ -232,7 +323,7 @@ pub fn package_with(
     let mut writers = Vec::new();
     let mut plans = Vec::new();
     for rung in &rungs {
-        let writer = RenditionWriter::create(
+        let mut writer = RenditionWriter::create(
             out,
             &rung.name,
             config.format.segment_extension(),
@@ -241,6 +332,9 @@ pub fn package_with(
             config.live_window,
         )
         .map_err(output_error(&out.join(&rung.name)))?;
+        if let Some(layout) = &low_latency {
+            writer = writer.with_low_latency(layout.clone());
+        }
         plans.push(RungPlan {
             name: rung.name.clone(),
             width: ladder::width_for_height(rung.height, info.display_aspect),
@@ -254,7 +348,7 @@ pub fn package_with(
         Some(language) => {
             let options =
                 MediaOptions { duration_slack: AUDIO_DURATION_SLACK_NS as f64 / 1e9, ..media_options.clone() };
-            let writer = RenditionWriter::create(
+            let mut writer = RenditionWriter::create(
                 out,
                 AUDIO_RENDITION,
                 config.format.segment_extension(),
@@ -263,6 +357,9 @@ pub fn package_with(
                 config.live_window,
             )
             .map_err(output_error(&out.join(AUDIO_RENDITION)))?;
+            if let Some(layout) = &low_latency {
+                writer = writer.with_low_latency(layout.clone());
+            }
             Some(AudioTrack { writer, segmenter: None, cut: 0, language })
         }
         None => None,
@@ -275,6 +372,7 @@ pub fn package_with(
         segment_duration: config.segment_duration,
         preset: config.preset.clone().unwrap_or_else(|| default_preset(&config.source).to_string()),
         separate_audio: audio.is_some(),
+        part_duration: options.low_latency.map(|l| l.part_duration),
     };
     if config.encrypt && config.format == Format::Fmp4 {
         tracing::warn!(
@@ -283,7 +381,15 @@ pub fn package_with(
         );
     }
     let built = pipeline::build(&plan)?;
-    let mut job = Job { config, plan: &plan, writers, audio, master_written: false };
+    let mut job = Job {
+        config,
+        plan: &plan,
+        writers,
+        audio,
+        master_written: false,
+        low_latency: low_latency.is_some(),
+        wall_clock_zero: None,
+    };
     let result = job.run(&built, progress);
     let _ = built.pipeline.set_state(gst::State::Null);
     if let Err(error) = result.and_then(|()| job.finish(&built, progress)) {
@@ -342,6 +448,18 @@ struct Job<'a> {
     /// The separate audio rendition, when there is one.
     audio: Option<AudioTrack>,
     master_written: bool,
+    /// The muxers' pieces are parts, published one by one.
+    low_latency: bool,
+    /// The wall-clock time of the pipeline's running time 0 (live: buffers carry the running time at
+    /// which they were captured), learnt once the pipeline runs.
+    wall_clock_zero: Option<SystemTime>,
+}
+
+/// Which rendition a rendition report is being made for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rendition {
+    Video(usize),
+    Audio,
 }
 
 /// The separate audio rendition while it is being made.
@@ -441,17 +559,29 @@ impl Job<'_> {
                 return self.announce_live_master(built, progress);
             }
         };
-        let index = self.writers[rung].written().len();
+        // Low-latency: the pieces are parts (one GOP each); otherwise segments.
+        let index =
+            if self.low_latency { self.writers[rung].parts_written() } else { self.writers[rung].written().len() };
         let duration = built.timelines[rung].lock().ok().and_then(|t| t.segment_duration(index)).ok_or_else(|| {
             PackageError::Misaligned(format!(
-                "rendition {} produced segment {index} without a keyframe to start it",
-                self.writers[rung].name
+                "rendition {} produced {} {index} without a keyframe to start it",
+                self.writers[rung].name,
+                if self.low_latency { "part" } else { "segment" }
             ))
         })?;
-        let writer = &mut self.writers[rung];
-        writer
-            .add_segment(&bytes, duration)
-            .map_err(|source| PackageError::Output { path: writer.dir().to_path_buf(), source })?;
+        if self.low_latency {
+            let start = if index == 0 { self.first_capture_time(built) } else { None };
+            let reports = self.reports(Rendition::Video(rung));
+            let writer = &mut self.writers[rung];
+            writer
+                .add_part(&bytes, duration, start, reports)
+                .map_err(|source| PackageError::Output { path: writer.dir().to_path_buf(), source })?;
+        } else {
+            let writer = &mut self.writers[rung];
+            writer
+                .add_segment(&bytes, duration)
+                .map_err(|source| PackageError::Output { path: writer.dir().to_path_buf(), source })?;
+        }
         if rung == 0 {
             // The next video boundary may now be known.
             self.cut_audio(built, false)?;
@@ -459,13 +589,38 @@ impl Job<'_> {
         self.announce_live_master(built, progress)
     }
 
-    /// Live: once every rendition has a playlist, the master can point at them.
+    /// When the first video frame was captured, on the wall clock: the program date-time of every
+    /// rendition's first part (the audio is cut from the same instant). Live sources stamp buffers
+    /// with the running time at capture, so it is the wall clock at running time 0 plus that stamp.
+    fn first_capture_time(&mut self, built: &Built) -> Option<SystemTime> {
+        let first = built.timelines.first()?.lock().ok()?.first_running_time?;
+        if self.wall_clock_zero.is_none() {
+            let running = built.pipeline.current_running_time()?;
+            self.wall_clock_zero = SystemTime::now().checked_sub(Duration::from_nanos(running.nseconds()));
+        }
+        self.wall_clock_zero?.checked_add(Duration::from_nanos(first.nseconds()))
+    }
+
+    /// Low-latency: where every rendition but `to` is, for `to`'s playlist (RFC 8216bis 4.4.5.4).
+    fn reports(&self, to: Rendition) -> Vec<RenditionReport> {
+        let videos = self.writers.iter().enumerate().filter(|(i, _)| to != Rendition::Video(*i)).map(|(_, w)| w);
+        let audio = self.audio.as_ref().filter(|_| to != Rendition::Audio).map(|a| &a.writer);
+        videos
+            .chain(audio)
+            .filter_map(|w| {
+                let (last_msn, last_part) = w.last_part()?;
+                Some(RenditionReport { uri: format!("../{}/{MEDIA_PLAYLIST}", w.name), last_msn, last_part })
+            })
+            .collect()
+    }
+
+    /// Live: once every rendition has a playlist with media, the master can point at them.
     fn announce_live_master(&mut self, built: &Built, progress: &mut dyn FnMut(Progress)) -> Result<(), PackageError> {
-        let audio_ready = self.audio.as_ref().is_none_or(|a| !a.writer.written().is_empty());
+        let audio_ready = self.audio.as_ref().is_none_or(|a| a.writer.has_media());
         if self.config.live_window.is_some()
             && !self.master_written
             && audio_ready
-            && self.writers.iter().all(|w| !w.written().is_empty())
+            && self.writers.iter().all(RenditionWriter::has_media)
         {
             self.write_master(built, false)?;
             self.master_written = true;
@@ -478,6 +633,16 @@ impl Job<'_> {
     /// rung's keyframes; every rung has them on the same frames): each one as soon as the samples on
     /// both sides of its end boundary are in, or, `at_end`, all that is left.
     fn cut_audio(&mut self, built: &Built, at_end: bool) -> Result<(), PackageError> {
+        // Low-latency: the video's keyframes start parts, so the cuts make audio parts.
+        let (reports, start) = match &self.audio {
+            Some(audio) if self.low_latency => {
+                let start = if audio.writer.parts_written() == 0 { self.first_capture_time(built) } else { None };
+                (self.reports(Rendition::Audio), start)
+            }
+            _ => (Vec::new(), None),
+        };
+        let step_seconds = self.plan.part_duration.unwrap_or(self.config.segment_duration);
+        let low_latency = self.low_latency;
         let Some(audio) = self.audio.as_mut() else { return Ok(()) };
         let Some(segmenter) = audio.segmenter.as_mut() else { return Ok(()) };
         let (keyframes, video_end) = match built.timelines.first().and_then(|t| t.lock().ok()) {
@@ -499,21 +664,30 @@ impl Job<'_> {
             // The last video segment ends with its last frame; audio running past it is cut every
             // segment duration, into segments no longer than the audio playlist's target allows.
             let end = segmenter.ticks(video_end.saturating_sub(first).nseconds());
-            let step = segmenter.ticks((self.config.segment_duration * 1e9) as u64);
+            let step = segmenter.ticks((step_seconds * 1e9) as u64);
             let longest = step + segmenter.ticks(AUDIO_DURATION_SLACK_NS);
             segments.extend(segmenter.finish(end, step, longest));
         }
+        let mut start = start;
         for segment in segments {
-            audio
-                .writer
-                .add_segment(&segment.bytes, segment.duration)
-                .map_err(|source| PackageError::Output { path: audio.writer.dir().to_path_buf(), source })?;
+            let written = if low_latency {
+                audio.writer.add_part(&segment.bytes, segment.duration, start.take(), reports.clone())
+            } else {
+                audio.writer.add_segment(&segment.bytes, segment.duration).map(|_| ())
+            };
+            written.map_err(|source| PackageError::Output { path: audio.writer.dir().to_path_buf(), source })?;
         }
         Ok(())
     }
 
     /// Checks the renditions line up, writes the final media playlists, then the master.
     fn finish(&mut self, built: &Built, progress: &mut dyn FnMut(Progress)) -> Result<(), PackageError> {
+        // Low-latency: the parts of an unfinished segment make the last one.
+        for writer in &mut self.writers {
+            writer
+                .finish_parts()
+                .map_err(|source| PackageError::Output { path: writer.dir().to_path_buf(), source })?;
+        }
         let counts: Vec<usize> = self.writers.iter().map(|w| w.written().len()).collect();
         if counts.iter().any(|c| *c != counts[0]) || counts[0] == 0 {
             let detail: Vec<String> =
@@ -521,6 +695,12 @@ impl Job<'_> {
             return Err(PackageError::Misaligned(format!("segment counts differ or are zero ({})", detail.join(", "))));
         }
         self.cut_audio(built, true)?;
+        if let Some(audio) = &mut self.audio {
+            audio
+                .writer
+                .finish_parts()
+                .map_err(|source| PackageError::Output { path: audio.writer.dir().to_path_buf(), source })?;
+        }
         if let Some(audio) = &self.audio {
             if audio.writer.written().is_empty() {
                 return Err(PackageError::Misaligned(format!(
@@ -623,6 +803,59 @@ mod tests {
     fn audio_stays_muxed_unless_asked() {
         assert_eq!(PackageOptions::default().audio, AudioLayout::Muxed);
         assert_eq!(AudioLayout::separate(), AudioLayout::Separate { language: "und".into() });
+    }
+
+    /// Low-latency settings that cannot work are refused before GStreamer runs or anything is written.
+    #[test]
+    fn impossible_low_latency_packages_are_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let live = PackageConfig {
+            source: Source::TestPattern { duration: Duration::from_secs(1), live: true },
+            out_dir: out.clone(),
+            ladder: ladder::parse_ladder("240p:300k").unwrap(),
+            segment_duration: 2.0,
+            format: Format::Fmp4,
+            encrypt: false,
+            live_window: Some(3),
+            preset: None,
+        };
+        let parts = |part_duration: f64| PackageOptions::default().with_low_latency(LowLatency { part_duration });
+        assert_eq!(check_low_latency(&live, &LowLatency::default()).unwrap(), 2);
+        assert_eq!(
+            check_low_latency(
+                &PackageConfig { segment_duration: 4.0, ..live.clone() },
+                &LowLatency { part_duration: 0.5 }
+            )
+            .unwrap(),
+            8
+        );
+        let cases = [
+            (PackageConfig { live_window: None, ..live.clone() }, parts(1.0), "needs a live package"),
+            (PackageConfig { format: Format::Ts, ..live.clone() }, parts(1.0), "needs fMP4 output"),
+            (PackageConfig { encrypt: true, ..live.clone() }, parts(1.0), "cannot be encrypted"),
+            (live.clone(), parts(0.1), "part duration 0.1 s must be between"),
+            (live.clone(), parts(f64::NAN), "must be between"),
+            (live.clone(), parts(0.3), "not a whole number of 0.3 s parts"),
+            (PackageConfig { live_window: Some(2), ..live.clone() }, parts(1.0), "shorter than three target durations"),
+            // 7.5 frames at 30 fps: found once the source is known, still before anything is written.
+            (
+                PackageConfig { segment_duration: 1.0, live_window: Some(4), ..live.clone() },
+                parts(0.25),
+                "not a whole number of frames",
+            ),
+        ];
+        for (config, options, expected) in cases {
+            let error = package_with(&config, &options, &mut |_| {}).unwrap_err();
+            assert!(matches!(error, PackageError::LowLatency(_)), "{error}");
+            assert!(error.to_string().contains(expected), "{error}: expected '{expected}'");
+            assert!(!out.exists(), "{expected}: the output folder was created");
+        }
+        assert_eq!(frames_per_part(1.0, 30.0), Some(30));
+        assert_eq!(frames_per_part(1.0, 30_000.0 / 1001.0), Some(30));
+        assert_eq!(frames_per_part(0.2, 30.0), Some(6));
+        assert_eq!(frames_per_part(0.25, 30.0), None);
+        assert_eq!(frames_per_part(0.01, 30.0), None);
     }
 
     #[test]
