@@ -188,3 +188,39 @@ fn audio_the_player_cannot_decode_is_an_error_never_silent_video() -> Result<()>
     );
     Ok(())
 }
+
+#[test]
+fn plays_our_own_packager_s_separate_audio_rendition() -> Result<()> {
+    let work = tempdir()?;
+    let root = work.path().join("root");
+    let mut command = Command::new(eddy_tests::bin_path("eddy-package"));
+    command.args(["--test-pattern", "4s", "--out"]).arg(root.join("own")).args([
+        "--format",
+        "fmp4",
+        "--audio",
+        "separate",
+        "--audio-lang",
+        "en",
+        "--segment-duration",
+        "1",
+    ]);
+    let output = eddy_tests::run_to_end(command, Duration::from_secs(120))?;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let edge = edge_for(&root)?;
+
+    let run = play(&edge.url("/own/master.m3u8"), &[], work.path())?;
+    assert!(run.success, "{}", run.stderr);
+    let report = run.report.context("no report")?;
+    assert_eq!(report["stall_count"], 0, "{report}");
+    let audio = report["audio_played_s"].as_f64().unwrap_or(0.0);
+    assert!(audio >= 3.5, "only {audio} s of audio played: {report}");
+    let chosen = run.events.iter().find_map(|r| match &r.event {
+        Event::Audio { language, uri, .. } => Some((language.clone(), uri.clone())),
+        _ => None,
+    });
+    assert!(
+        matches!(&chosen, Some((Some(l), uri)) if l == "en" && uri.ends_with("/own/audio/index.m3u8")),
+        "{chosen:?}"
+    );
+    Ok(())
+}
