@@ -43,6 +43,22 @@ pub struct Variant {
     pub subtitles_group: Option<String>,
 }
 
+impl Variant {
+    /// A media playlist played on its own (no master, or a rendition's), as a one-rung ladder.
+    pub fn media_playlist(uri: Url) -> Self {
+        Variant {
+            index: 0,
+            uri,
+            bandwidth_bps: 0,
+            average_bandwidth_bps: None,
+            resolution: None,
+            codecs: None,
+            audio_group: None,
+            subtitles_group: None,
+        }
+    }
+}
+
 /// What an `EXT-X-MEDIA` rendition carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MediaKind {

@@ -31,17 +31,7 @@ pub(super) struct AudioLoader<'a, F: Fetch> {
 
 impl<'a, F: Fetch> AudioLoader<'a, F> {
     pub fn new(config: &'a PlayerConfig, fetcher: &'a F, rendition: &Rendition) -> Option<Self> {
-        let uri = rendition.uri.clone()?;
-        let playlist = Variant {
-            index: 0,
-            uri,
-            bandwidth_bps: 0,
-            average_bandwidth_bps: None,
-            resolution: None,
-            codecs: None,
-            audio_group: None,
-            subtitles_group: None,
-        };
+        let playlist = Variant::media_playlist(rendition.uri.clone()?);
         Some(AudioLoader {
             config,
             fetcher,

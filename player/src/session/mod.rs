@@ -122,16 +122,7 @@ pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
         Parsed::Master(master) => (master.variants.clone(), Some(master)),
         Parsed::Media(media) => {
             playlists.loaded.insert(0, LoadedPlaylist { playlist: media, loaded_at: Instant::now(), unchanged: false });
-            let variant = Variant {
-                index: 0,
-                uri: config.url.clone(),
-                bandwidth_bps: 0,
-                average_bandwidth_bps: None,
-                resolution: None,
-                codecs: None,
-                audio_group: None,
-                subtitles_group: None,
-            };
+            let variant = Variant::media_playlist(config.url.clone());
             (vec![variant], None)
         }
     };

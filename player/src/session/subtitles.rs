@@ -50,16 +50,7 @@ pub(super) struct SubtitleLoader<'a, F: Fetch> {
 
 impl<'a, F: Fetch> SubtitleLoader<'a, F> {
     pub fn new(fetcher: &'a F, rendition: &Rendition) -> Option<Self> {
-        let playlist = Variant {
-            index: 0,
-            uri: rendition.uri.clone()?,
-            bandwidth_bps: 0,
-            average_bandwidth_bps: None,
-            resolution: None,
-            codecs: None,
-            audio_group: None,
-            subtitles_group: None,
-        };
+        let playlist = Variant::media_playlist(rendition.uri.clone()?);
         Some(SubtitleLoader {
             fetcher,
             playlist,
