@@ -36,6 +36,7 @@ pub const REQUIRED_ELEMENTS: &[&str] = &[
     // With a display: a window and the sound card.
     "videoconvert",
     "videoscale",
+    "capsfilter",
     "autovideosink",
     "audioconvert",
     "audioresample",
@@ -108,15 +109,23 @@ pub enum Track {
 
 pub struct Pipeline {
     pipeline: gst::Pipeline,
-    headless: bool,
+    outputs: Outputs,
     main: Mutex<Source>,
     audio: Option<Mutex<Source>>,
-    /// Nanoseconds of decoded audio that reached the audio sink: silence from a stream whose audio
-    /// was never decoded shows as 0 here.
-    audio_played_ns: Arc<AtomicU64>,
     /// The subtitle overlays on the video branch, made when decodebin exposes the video, and the text
     /// they show. `None` without subtitles.
     overlay: Option<Arc<Mutex<Overlay>>>,
+}
+
+/// Where every source's decoded streams go, shared by the sources of all tracks.
+#[derive(Clone)]
+struct Outputs {
+    headless: bool,
+    /// Nanoseconds of decoded audio that reached the audio sink: silence from a stream whose audio
+    /// was never decoded shows as 0 here.
+    audio_played_ns: Arc<AtomicU64>,
+    /// The window's video size (`set_window_size`): the largest rendition's.
+    window: Arc<OnceLock<(u64, u64)>>,
 }
 
 /// One track's input: the `appsrc → decodebin` fed now (a new one after each discontinuity), how to
@@ -166,13 +175,13 @@ impl Pipeline {
     ) -> Result<Self, PipelineError> {
         gst::init().map_err(setup_error)?;
         let pipeline = gst::Pipeline::new();
-        let played = Arc::new(AtomicU64::new(0));
+        let outputs = Outputs { headless, audio_played_ns: Arc::default(), window: Arc::default() };
         let overlay = subtitles.then(|| Arc::new(Mutex::new(Overlay::default())));
         let first = |container: Container, drop_audio: bool| -> Result<Mutex<Source>, PipelineError> {
             let first_ns = Arc::new(OnceLock::new());
             let alignment = Alignment { first_ns: Arc::clone(&first_ns), at_ns: None, offset_ns: Arc::default() };
             let (appsrc, elements) =
-                add_source(&pipeline, container, headless, drop_audio, &played, overlay.as_ref(), alignment)?;
+                add_source(&pipeline, container, drop_audio, &outputs, overlay.as_ref(), alignment)?;
             Ok(Mutex::new(Source { appsrc, elements, container, drop_audio, first_ns }))
         };
         let main = first(container, audio.is_some())?;
@@ -180,11 +189,17 @@ impl Pipeline {
             .map(|container| {
                 let first_ns = Arc::new(OnceLock::new());
                 let alignment = Alignment { first_ns: Arc::clone(&first_ns), at_ns: None, offset_ns: Arc::default() };
-                let (appsrc, elements) = add_source(&pipeline, container, headless, false, &played, None, alignment)?;
+                let (appsrc, elements) = add_source(&pipeline, container, false, &outputs, None, alignment)?;
                 Ok::<_, PipelineError>(Mutex::new(Source { appsrc, elements, container, drop_audio: false, first_ns }))
             })
             .transpose()?;
-        Ok(Self { pipeline, headless, main, audio, audio_played_ns: played, overlay })
+        Ok(Self { pipeline, outputs, main, audio, overlay })
+    }
+
+    /// The size the window's video is scaled to, set once before playing (the largest rendition's),
+    /// so that the window does not jump at each switch. Headless, nothing to size.
+    pub fn set_window_size(&self, width: u64, height: u64) {
+        let _ = self.outputs.window.set((width, height));
     }
 
     /// Shows `text` over the video (plain text) until the next call; `None` clears it. Does nothing
@@ -235,15 +250,8 @@ impl Pipeline {
         let alignment =
             Alignment { first_ns: Arc::clone(&source.first_ns), at_ns: Some(at_ns), offset_ns: Arc::default() };
         let overlay = if track == Track::Main { self.overlay.as_ref() } else { None };
-        let (appsrc, elements) = add_source(
-            &self.pipeline,
-            source.container,
-            self.headless,
-            source.drop_audio,
-            &self.audio_played_ns,
-            overlay,
-            alignment,
-        )?;
+        let (appsrc, elements) =
+            add_source(&self.pipeline, source.container, source.drop_audio, &self.outputs, overlay, alignment)?;
         source.appsrc = appsrc;
         source.elements = elements;
         Ok(())
@@ -284,7 +292,7 @@ impl Pipeline {
 
     /// Seconds of decoded audio the audio sink has received.
     pub fn audio_played_s(&self) -> f64 {
-        self.audio_played_ns.load(Ordering::Relaxed) as f64 / 1e9
+        self.outputs.audio_played_ns.load(Ordering::Relaxed) as f64 / 1e9
     }
 
     pub fn is_playing(&self) -> bool {
@@ -346,9 +354,8 @@ impl Drop for Pipeline {
 fn add_source(
     pipeline: &gst::Pipeline,
     container: Container,
-    headless: bool,
     drop_audio: bool,
-    audio_played_ns: &Arc<AtomicU64>,
+    outputs: &Outputs,
     overlay: Option<&Arc<Mutex<Overlay>>>,
     alignment: Alignment,
 ) -> Result<(gst_app::AppSrc, ChainElements), PipelineError> {
@@ -387,7 +394,7 @@ fn add_source(
         }
     });
     let weak = pipeline.downgrade();
-    let audio_played_ns = Arc::clone(audio_played_ns);
+    let Outputs { headless, audio_played_ns, window } = outputs.clone();
     let overlay = overlay.map(Arc::clone);
     decodebin.connect_pad_added(move |_, pad| {
         let Some(pipeline) = weak.upgrade() else {
@@ -405,16 +412,24 @@ fn add_source(
             (Some("video"), true) | (Some("audio"), true) => (&["queue", "fakesink"], true),
             // The overlay draws into the formats it knows: videoconvert gives it one, and converts
             // its output to what the window takes.
-            (Some("video"), false) if subtitles => {
-                (&["queue", "videoconvert", "textoverlay", "videoconvert", "videoscale", "autovideosink"], true)
-            }
-            (Some("video"), false) => (&["queue", "videoconvert", "videoscale", "autovideosink"], true),
+            // The window keeps the largest rendition's size: a switch scales the picture, not the window.
+            (Some("video"), false) if subtitles => (
+                &["queue", "videoconvert", "textoverlay", "videoconvert", "videoscale", "capsfilter", "autovideosink"],
+                true,
+            ),
+            (Some("video"), false) => (&["queue", "videoconvert", "videoscale", "capsfilter", "autovideosink"], true),
             (Some("audio"), false) => (&["queue", "audioconvert", "audioresample", "autoaudiosink"], true),
             _ => (&["queue", "fakesink"], false),
         };
         let count = (media.starts_with("audio/") && !drop_audio).then_some(&audio_played_ns);
         match attach_branch(&pipeline, pad, branch, sync, count) {
             Ok(elements) => {
+                if let (Some(caps), Some(filter)) = (
+                    window.get().map(|&(width, height)| window_caps(width, height)),
+                    elements.iter().find(|e| e.factory().is_some_and(|f| f.name() == "capsfilter")),
+                ) {
+                    filter.set_property("caps", caps);
+                }
                 if let (Some(first), Some(queue_src)) =
                     (elements.first(), elements.first().and_then(|queue| queue.static_pad("src")))
                 {
@@ -437,6 +452,17 @@ fn add_source(
         }
     });
     Ok((appsrc, chain))
+}
+
+/// The caps a window's video is scaled to: the largest rendition's size in square pixels (videoscale
+/// letterboxes a picture of another shape).
+fn window_caps(width: u64, height: u64) -> gst::Caps {
+    let clamp = |v: u64| i32::try_from(v.clamp(16, 8192)).unwrap_or(8192);
+    gst::Caps::builder("video/x-raw")
+        .field("width", clamp(width))
+        .field("height", clamp(height))
+        .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+        .build()
 }
 
 /// The offset that starts media whose first buffer runs at `first_ns` at `target_ns` (both running
@@ -572,6 +598,17 @@ mod tests {
         // Media running ahead of where it should start is held back.
         assert_eq!(start_offset_ns(0, 5), -5);
         assert_eq!(start_offset_ns(u64::MAX, 0), i64::MAX);
+    }
+
+    #[test]
+    fn the_window_is_sized_to_the_rendition_given_in_square_pixels_within_bounds() {
+        let _ = gst::init();
+        let caps = window_caps(1280, 720);
+        let structure = caps.structure(0).map(|s| s.to_string()).unwrap_or_default();
+        assert!(structure.contains("width=(int)1280") && structure.contains("height=(int)720"), "{structure}");
+        assert!(structure.contains("pixel-aspect-ratio=(fraction)1/1"), "{structure}");
+        let huge = window_caps(u64::MAX, 0).structure(0).map(|s| s.to_string()).unwrap_or_default();
+        assert!(huge.contains("width=(int)8192") && huge.contains("height=(int)16"), "{huge}");
     }
 
     #[test]

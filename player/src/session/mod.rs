@@ -178,8 +178,12 @@ pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
         None => None,
     };
     let mut subtitles = subtitle_rendition.as_ref().and_then(|rendition| SubtitleLoader::new(&fetcher, rendition));
+    let pipeline = Pipeline::new(container, audio_container, config.headless, subtitles.is_some())?;
+    if let Some(size) = ladder.variants.iter().filter_map(|v| v.resolution).max_by_key(|&(w, h)| w.saturating_mul(h)) {
+        pipeline.set_window_size(size.0, size.1);
+    }
     let shared = Arc::new(Mutex::new(Playback::new(
-        Box::new(Pipeline::new(container, audio_container, config.headless, subtitles.is_some())?),
+        Box::new(pipeline),
         started_at,
         StallTracker::new(RESUME_THRESHOLD_S.min(config.buffer_target_s)),
         config.duration_s,
