@@ -148,10 +148,15 @@ type ChainElements = Arc<Mutex<Vec<gst::Element>>>;
 #[derive(Clone)]
 struct Alignment {
     first_ns: Arc<OnceLock<u64>>,
-    at_ns: Option<u64>,
+    /// Negative when a separate audio rendition's segment starts before the video's seek point.
+    at_ns: Option<i64>,
     /// The running-time offset of this source, fixed by its first decoded buffer (any stream), so
     /// that its audio and video keep their relative timing.
     offset_ns: Arc<OnceLock<i64>>,
+    /// After a seek: decoded media that would run before this (ns after the track's first buffer) is
+    /// dropped. A separate audio rendition's segment seldom starts where the video's does; without
+    /// this its first part would play late, at once or not, and put the sound out of step.
+    clip_before_ns: Option<u64>,
 }
 
 /// The `textoverlay`s of the video branch (decodebin may expose the video again after a rendition
@@ -179,7 +184,12 @@ impl Pipeline {
         let overlay = subtitles.then(|| Arc::new(Mutex::new(Overlay::default())));
         let first = |container: Container, drop_audio: bool| -> Result<Mutex<Source>, PipelineError> {
             let first_ns = Arc::new(OnceLock::new());
-            let alignment = Alignment { first_ns: Arc::clone(&first_ns), at_ns: None, offset_ns: Arc::default() };
+            let alignment = Alignment {
+                first_ns: Arc::clone(&first_ns),
+                at_ns: None,
+                offset_ns: Arc::default(),
+                clip_before_ns: None,
+            };
             let (appsrc, elements) =
                 add_source(&pipeline, container, drop_audio, &outputs, overlay.as_ref(), alignment)?;
             Ok(Mutex::new(Source { appsrc, elements, container, drop_audio, first_ns }))
@@ -188,7 +198,12 @@ impl Pipeline {
         let audio = audio
             .map(|container| {
                 let first_ns = Arc::new(OnceLock::new());
-                let alignment = Alignment { first_ns: Arc::clone(&first_ns), at_ns: None, offset_ns: Arc::default() };
+                let alignment = Alignment {
+                    first_ns: Arc::clone(&first_ns),
+                    at_ns: None,
+                    offset_ns: Arc::default(),
+                    clip_before_ns: None,
+                };
                 let (appsrc, elements) = add_source(&pipeline, container, false, &outputs, None, alignment)?;
                 Ok::<_, PipelineError>(Mutex::new(Source { appsrc, elements, container, drop_audio: false, first_ns }))
             })
@@ -232,23 +247,31 @@ impl Pipeline {
     /// timestamps go back (shown at once, not in time) and, for MPEG-TS, a new program that
     /// decodebin waits on forever. hlsdemux2 likewise resets its demuxer at a discontinuity.
     ///
-    /// `flush` (a seek): the old source's media is dropped instead: its elements are stopped and
-    /// taken out of the pipeline at once, and the new media starts `at_s` in.
-    pub fn restart(&self, track: Track, at_s: f64, flush: bool) -> Result<(), PipelineError> {
+    /// `seek_at_s` (a seek): the old source's media is dropped instead: its elements are stopped and
+    /// taken out of the pipeline at once, and the new media that would run before `seek_at_s` is
+    /// dropped too.
+    pub fn restart(&self, track: Track, at_s: f64, seek_at_s: Option<f64>) -> Result<(), PipelineError> {
         let mut source = self.track(track)?;
-        if flush {
+        if seek_at_s.is_some() {
             let elements = std::mem::take(&mut *source.elements.lock().unwrap_or_else(|p| p.into_inner()));
-            // Upstream first, so that no element pushes into one already stopped.
-            for element in &elements {
+            // Sinks first: stopping them fails the pushes of the threads upstream (flushing), which
+            // otherwise stay blocked on full queues while the pipeline is paused, and an upstream
+            // element can only stop once its streaming thread is back.
+            for element in elements.iter().rev() {
                 let _ = element.set_state(gst::State::Null);
                 let _ = self.pipeline.remove(element);
             }
         } else {
             let _ = source.appsrc.end_of_stream();
         }
-        let at_ns = (at_s.max(0.0) * 1e9).min(u64::MAX as f64) as u64;
-        let alignment =
-            Alignment { first_ns: Arc::clone(&source.first_ns), at_ns: Some(at_ns), offset_ns: Arc::default() };
+        let nanoseconds = |s: f64| (s.max(0.0) * 1e9).min(u64::MAX as f64) as u64;
+        let signed_nanoseconds = |s: f64| (s * 1e9).clamp(i64::MIN as f64, i64::MAX as f64) as i64;
+        let alignment = Alignment {
+            first_ns: Arc::clone(&source.first_ns),
+            at_ns: Some(signed_nanoseconds(at_s)),
+            offset_ns: Arc::default(),
+            clip_before_ns: seek_at_s.map(nanoseconds),
+        };
         let overlay = if track == Track::Main { self.overlay.as_ref() } else { None };
         let (appsrc, elements) =
             add_source(&self.pipeline, source.container, source.drop_audio, &self.outputs, overlay, alignment)?;
@@ -467,8 +490,8 @@ fn window_caps(width: u64, height: u64) -> gst::Caps {
 
 /// The offset that starts media whose first buffer runs at `first_ns` at `target_ns` (both running
 /// times, in ns), saturating.
-pub fn start_offset_ns(target_ns: u64, first_ns: u64) -> i64 {
-    let difference = i128::from(target_ns) - i128::from(first_ns);
+pub fn start_offset_ns(target_ns: i128, first_ns: u64) -> i64 {
+    let difference = target_ns - i128::from(first_ns);
     difference.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
@@ -488,7 +511,16 @@ fn align(queue_sink: &gst::Pad, queue_src: gst::Pad, alignment: Alignment) {
             }
             Some(at_ns) => {
                 let first = alignment.first_ns.get().copied().unwrap_or(0);
-                let offset = *alignment.offset_ns.get_or_init(|| start_offset_ns(first.saturating_add(at_ns), running));
+                let offset = *alignment
+                    .offset_ns
+                    .get_or_init(|| start_offset_ns(i128::from(first) + i128::from(at_ns), running));
+                if let Some(clip) = alignment.clip_before_ns {
+                    let duration = info.buffer().and_then(|b| b.duration()).map_or(0, gst::ClockTime::nseconds);
+                    let end = i128::from(running) + i128::from(duration) + i128::from(offset);
+                    if end <= i128::from(first.saturating_add(clip)) {
+                        return gst::PadProbeReturn::Drop;
+                    }
+                }
                 queue_src.set_offset(offset);
             }
         }
@@ -595,9 +627,11 @@ mod tests {
     fn a_restarted_source_is_shifted_to_start_where_the_last_one_ended() {
         // The first media ran from 1.4 s; 11 s later comes media whose timestamps start over at 1.4 s.
         assert_eq!(start_offset_ns(1_400_000_000 + 11_000_000_000, 1_400_000_000), 11_000_000_000);
+        // An audio segment that starts 0.8 s before the video's seek point, at running time 0.1 s.
+        assert_eq!(start_offset_ns(-800_000_000, 100_000_000), -900_000_000);
         // Media running ahead of where it should start is held back.
         assert_eq!(start_offset_ns(0, 5), -5);
-        assert_eq!(start_offset_ns(u64::MAX, 0), i64::MAX);
+        assert_eq!(start_offset_ns(i128::from(u64::MAX), 0), i64::MAX);
     }
 
     #[test]

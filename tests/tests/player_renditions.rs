@@ -224,3 +224,24 @@ fn plays_our_own_packager_s_separate_audio_rendition() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_seek_restarts_the_separate_audio_in_step_with_the_video() -> Result<()> {
+    let work = tempdir()?;
+    let root = work.path().join("root");
+    make_stream(&root.join("cmaf"), &["en"])?;
+    let edge = edge_for(&root)?;
+    // 6 s of media in 2 s segments: 1 s played, then from 4 s to the end (2 s).
+    let run = play(&edge.url("/cmaf/master.m3u8"), &["--seek-to", "4@1"], work.path())?;
+    assert!(run.success, "{}", run.stderr);
+    let report = run.report.context("no report")?;
+    assert_eq!(report["stall_count"], 0, "{report}");
+    let at = |wanted: fn(&Event) -> bool| run.events.iter().find(|r| wanted(&r.event)).map(|r| r.t_s);
+    let seek = at(|e| matches!(e, Event::Seek { .. })).context("no seek")?;
+    let end = at(|e| matches!(e, Event::End { .. })).context("no end")?;
+    // The audio's segment before the seek point is dropped, not played late: a late one held the
+    // end back by its length, and put the sound that far behind the picture.
+    assert!(end - seek < 3.2, "2 s of media after the seek took {:.2} s", end - seek);
+    assert!(end - seek > 1.5, "2 s of media after the seek took {:.2} s", end - seek);
+    Ok(())
+}

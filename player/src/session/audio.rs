@@ -129,7 +129,7 @@ impl<'a, F: Fetch> AudioLoader<'a, F> {
                 let state = lock(shared);
                 let pushed_s = state.audio.as_ref().map_or(0.0, |a| a.pushed_s);
                 if segment.discontinuity && pushed_s > 0.0 {
-                    state.sink.restart(Track::Audio, pushed_s, false)?;
+                    state.sink.restart(Track::Audio, pushed_s, None)?;
                     self.last_init = None;
                 }
             }
@@ -165,8 +165,8 @@ impl<'a, F: Fetch> AudioLoader<'a, F> {
         let sequence = playlist.sequence_at(seek.media_s).or(playlist.last_sequence()).unwrap_or(0);
         let start_s: f64 = playlist.segments.iter().take_while(|s| s.sequence < sequence).map(|s| s.duration_s).sum();
         // Where this audio segment starts, relative to the video's seek point.
-        let at_s = (seek.running_s + start_s - seek.media_s).max(0.0);
-        state.sink.restart(Track::Audio, at_s, true)?;
+        let at_s = seek.running_s + start_s - seek.media_s;
+        state.sink.restart(Track::Audio, at_s, Some(seek.running_s))?;
         let track = state.audio.get_or_insert_with(AudioTrack::default);
         track.pushed_s = at_s;
         track.all_pushed = false;

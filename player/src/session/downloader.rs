@@ -190,11 +190,17 @@ impl<F: Fetch> Downloader<'_, F> {
         if !state.user_paused && !state.stall.is_stalled() {
             state.sink.pause()?;
         }
-        state.sink.restart(Track::Main, at_s, true)?;
+        state.sink.restart(Track::Main, at_s, Some(at_s))?;
         state.frozen_played_s = Some(at_s);
         state.seek_refilling = true;
         state.pushed_media_s = at_s;
         state.all_pushed = false;
+        // The audio track has nothing at the new position until its loop follows this seek: the
+        // refill waits for it too.
+        if let Some(audio) = &mut state.audio {
+            audio.pushed_s = at_s;
+            audio.all_pushed = false;
+        }
         state.all_played_at = None;
         let origin_s = start_s - at_s;
         state.media_origin_s = origin_s;
@@ -406,7 +412,7 @@ impl<F: Fetch> Downloader<'_, F> {
         {
             let state = lock(self.shared);
             if segment.discontinuity && state.pushed_media_s > 0.0 {
-                state.sink.restart(Track::Main, state.pushed_media_s, false)?;
+                state.sink.restart(Track::Main, state.pushed_media_s, None)?;
                 // The fresh source needs the init section, whether or not it changed.
                 self.last_init = None;
             }

@@ -55,8 +55,9 @@ pub trait MediaSink: Send {
     fn play(&self) -> Result<(), PipelineError>;
     fn pause(&self) -> Result<(), PipelineError>;
     /// `track` starts over on a fresh source, its media placed `at_s` after the track's first media:
-    /// at a discontinuity (the old source plays out), or at a seek (`flush`: it is dropped).
-    fn restart(&self, _track: Track, _at_s: f64, _flush: bool) -> Result<(), PipelineError> {
+    /// at a discontinuity (the old source plays out), or at a seek (`seek_at_s`: it is dropped, and so
+    /// is the new media that would run before `seek_at_s`).
+    fn restart(&self, _track: Track, _at_s: f64, _seek_at_s: Option<f64>) -> Result<(), PipelineError> {
         Ok(())
     }
     /// Nothing more will be pushed to `track`.
@@ -84,8 +85,8 @@ impl MediaSink for Pipeline {
     fn pause(&self) -> Result<(), PipelineError> {
         Pipeline::pause(self)
     }
-    fn restart(&self, track: Track, at_s: f64, flush: bool) -> Result<(), PipelineError> {
-        Pipeline::restart(self, track, at_s, flush)
+    fn restart(&self, track: Track, at_s: f64, seek_at_s: Option<f64>) -> Result<(), PipelineError> {
+        Pipeline::restart(self, track, at_s, seek_at_s)
     }
     fn end_of_stream(&self, track: Track) -> Result<(), PipelineError> {
         Pipeline::end_of_stream(self, track)
