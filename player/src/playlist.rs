@@ -123,6 +123,40 @@ pub struct Segment {
     /// When the segment's first sample was captured (`EXT-X-PROGRAM-DATE-TIME`, RFC 8216 §4.3.2.6),
     /// tagged or worked out from the last tag and the durations since (until a discontinuity).
     pub program_date_time: Option<chrono::DateTime<chrono::FixedOffset>>,
+    /// The segment's partial segments (`EXT-X-PART` before its EXTINF, draft-pantos-hls-rfc8216bis
+    /// §4.4.4.9), in order; empty when the server lists none (or no longer does).
+    pub parts: Vec<Part>,
+}
+
+/// A partial segment (`EXT-X-PART`, draft-pantos-hls-rfc8216bis §4.4.4.9): for fMP4, a CMAF chunk
+/// (moof + mdat) that plays after the segment's init section like the whole segment does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Part {
+    pub uri: Url,
+    pub duration_s: f64,
+    /// `INDEPENDENT=YES`: the part starts with an independent frame, so playback can join there.
+    pub independent: bool,
+    pub range: Option<Range>,
+}
+
+/// `EXT-X-SERVER-CONTROL` (draft-pantos-hls-rfc8216bis §4.4.3.8); everything off when absent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServerControl {
+    /// `CAN-BLOCK-RELOAD=YES`: the server holds `_HLS_msn`/`_HLS_part` reloads (§6.2.5.2).
+    pub can_block_reload: bool,
+    /// `HOLD-BACK`: how far from the end a client should start (segments).
+    pub hold_back_s: Option<f64>,
+    /// `PART-HOLD-BACK`: the same when playing parts.
+    pub part_hold_back_s: Option<f64>,
+}
+
+/// `EXT-X-RENDITION-REPORT` (draft-pantos-hls-rfc8216bis §4.4.5.4): where another rendition's
+/// playlist ends, so a switch can ask it for the right blocking reload at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenditionReport {
+    pub uri: Url,
+    pub last_msn: Option<u64>,
+    pub last_part: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -131,6 +165,31 @@ pub struct MediaPlaylist {
     pub segments: Vec<Segment>,
     /// EXT-X-ENDLIST seen: nothing more will be added (VOD, or a live stream that ended).
     pub ended: bool,
+    /// `EXT-X-MEDIA-SEQUENCE`: the first segment's number (also when no segment is listed yet).
+    pub media_sequence: u64,
+    /// `EXT-X-PART-INF:PART-TARGET` (§4.4.3.7): the playlist is low-latency.
+    pub part_target_s: Option<f64>,
+    pub server_control: ServerControl,
+    /// The parts listed after the last EXTINF: those of the segment being made (its sequence number
+    /// is the last segment's plus one).
+    pub trailing_parts: Vec<Part>,
+    /// When the segment being made began (its `EXT-X-PROGRAM-DATE-TIME`, or the last segment's date
+    /// plus its duration).
+    pub trailing_date_time: Option<chrono::DateTime<chrono::FixedOffset>>,
+    /// The init section (`EXT-X-MAP`) in force for the trailing parts: m3u8-rs gives it to segments
+    /// only, and a live playlist's first parts come before any segment.
+    pub trailing_init: Option<InitSection>,
+    /// `EXT-X-PRELOAD-HINT:TYPE=PART` (§4.4.5.3): the part that comes next. Kept for information
+    /// only: it is never fetched before it is listed (a 404 for it would be cached by the edge).
+    pub preload_hint: Option<Url>,
+    pub rendition_reports: Vec<RenditionReport>,
+}
+
+/// A part's place: segment `msn`, part `part` (from 0) in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PartPosition {
+    pub msn: u64,
+    pub part: u64,
 }
 
 impl MediaPlaylist {
@@ -168,9 +227,56 @@ impl MediaPlaylist {
         None
     }
 
+    /// The sequence number of the segment whose parts are `trailing_parts`.
+    pub fn in_progress_sequence(&self) -> u64 {
+        self.last_sequence().map_or(self.media_sequence, |last| last.saturating_add(1))
+    }
+
+    /// The parts listed for segment `msn`: a complete segment's, or the trailing ones.
+    pub fn parts_of(&self, msn: u64) -> Option<&[Part]> {
+        if !self.trailing_parts.is_empty() && msn == self.in_progress_sequence() {
+            return Some(&self.trailing_parts);
+        }
+        self.segment(msn).filter(|s| !s.parts.is_empty()).map(|s| s.parts.as_slice())
+    }
+
+    /// The part at `at`, if listed.
+    pub fn part(&self, at: PartPosition) -> Option<&Part> {
+        self.parts_of(at.msn)?.get(usize::try_from(at.part).ok()?)
+    }
+
+    /// Where a low-latency live stream starts: the last INDEPENDENT part from which at least
+    /// `delay_s` of listed parts remain (draft-pantos-hls-rfc8216bis §6.3.3: a client SHOULD NOT
+    /// play closer to the end than PART-HOLD-BACK). `None` when the playlist lists no part.
+    pub fn live_start_part(&self, delay_s: f64) -> Option<PartPosition> {
+        let mut all: Vec<(PartPosition, &Part)> = Vec::new();
+        for segment in &self.segments {
+            for (k, part) in segment.parts.iter().enumerate() {
+                all.push((PartPosition { msn: segment.sequence, part: k as u64 }, part));
+            }
+        }
+        let msn = self.in_progress_sequence();
+        for (k, part) in self.trailing_parts.iter().enumerate() {
+            all.push((PartPosition { msn, part: k as u64 }, part));
+        }
+        let mut remaining = 0.0;
+        let mut candidate = None;
+        for (position, part) in all.iter().rev() {
+            remaining += part.duration_s;
+            if part.independent {
+                candidate = Some(*position);
+                if remaining >= delay_s {
+                    break;
+                }
+            }
+        }
+        candidate
+    }
+
     /// Whether the segments use fragmented MP4 (an init section).
     pub fn is_fmp4(&self) -> bool {
-        self.segments.iter().any(|s| s.init.is_some())
+        // A low-latency playlist that just began may list parts only: its EXT-X-MAP is the trailing one.
+        self.segments.iter().any(|s| s.init.is_some()) || self.trailing_init.is_some()
     }
 }
 
@@ -293,7 +399,13 @@ pub fn parse(bytes: &[u8], base: &Url) -> Result<Parsed, PlaylistError> {
             }
             Ok(Parsed::Master(Master { variants, renditions }))
         }
-        Playlist::MediaPlaylist(media) => Ok(Parsed::Media(media_playlist(media, base)?)),
+        Playlist::MediaPlaylist(media) => {
+            let mut playlist = media_playlist(media, base)?;
+            // m3u8-rs read the whole text (checked above), so it is UTF-8.
+            let text = std::str::from_utf8(bytes).map_err(|e| invalid(format!("not UTF-8: {e}")))?;
+            low_latency_tags(text, base, &mut playlist)?;
+            Ok(Parsed::Media(playlist))
+        }
     }
 }
 
@@ -553,9 +665,278 @@ fn media_playlist(media: m3u8_rs::MediaPlaylist, base: &Url) -> Result<MediaPlay
             discontinuity: segment.discontinuity,
             gap,
             program_date_time,
+            parts: Vec::new(),
         });
     }
-    Ok(MediaPlaylist { target_duration_s, segments, ended: media.end_list })
+    Ok(MediaPlaylist {
+        target_duration_s,
+        segments,
+        ended: media.end_list,
+        media_sequence: media.media_sequence,
+        part_target_s: None,
+        server_control: ServerControl::default(),
+        trailing_parts: Vec::new(),
+        trailing_date_time: None,
+        trailing_init: None,
+        preload_hint: None,
+        rendition_reports: Vec::new(),
+    })
+}
+
+/// An attribute list (RFC 8216 §4.2) read strictly: `NAME=value` pairs, each name once, a quoted
+/// value kept without its quotes. `tag` names the tag in errors.
+fn attributes(tag: &str, list: &str) -> Result<Vec<(String, String, bool)>, String> {
+    let mut out: Vec<(String, String, bool)> = Vec::new();
+    let mut rest = list.trim();
+    while !rest.is_empty() {
+        let (name, after) = rest.split_once('=').ok_or_else(|| format!("{tag}: attribute without '=' in {list:?}"))?;
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-') {
+            return Err(format!("{tag}: bad attribute name {name:?}"));
+        }
+        let (value, quoted, after) = match after.strip_prefix('"') {
+            Some(quoted) => {
+                let (value, after) =
+                    quoted.split_once('"').ok_or_else(|| format!("{tag}: {name} has an unterminated quoted string"))?;
+                (value, true, after)
+            }
+            None => {
+                let (value, after) = after.split_at(after.find(',').unwrap_or(after.len()));
+                (value, false, after)
+            }
+        };
+        if out.iter().any(|(n, _, _)| n == name) {
+            return Err(format!("{tag}: {name} appears twice"));
+        }
+        out.push((name.to_string(), value.to_string(), quoted));
+        rest = match after.strip_prefix(',') {
+            Some(next) => next,
+            None if after.is_empty() => after,
+            None => return Err(format!("{tag}: unexpected {after:?} after {name}")),
+        };
+    }
+    Ok(out)
+}
+
+/// The low-latency tags of a media playlist (draft-pantos-hls-rfc8216bis §4.4.3.7, §4.4.3.8,
+/// §4.4.4.9, §4.4.5.3, §4.4.5.4), which m3u8-rs 6 does not know: it keeps them as unknown tags of
+/// the next segment and drops those after the last one, so they are read here from the text, each
+/// `EXT-X-PART` going to the segment whose URI line follows it.
+fn low_latency_tags(text: &str, base: &Url, playlist: &mut MediaPlaylist) -> Result<(), PlaylistError> {
+    let invalid = |reason: String| PlaylistError::Invalid { url: base.to_string(), reason };
+    let mut pending: Vec<Part> = Vec::new();
+    let mut segment_index = 0usize;
+    // Where the next BYTERANGE without an offset starts (same URI only, as for EXT-X-BYTERANGE).
+    let mut next_offset: Option<(Url, u64)> = None;
+    let mut server_control_seen = false;
+    // An EXT-X-PROGRAM-DATE-TIME since the last URI line: the date of the segment being made.
+    let mut pending_date_time = None;
+    // The last EXT-X-MAP (RFC 8216 §4.3.2.5: it applies to every segment after it).
+    let mut map: Option<InitSection> = None;
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if !line.starts_with('#') {
+            // A URI line: the segment the pending parts belong to.
+            if let Some(segment) = playlist.segments.get_mut(segment_index) {
+                segment.parts = std::mem::take(&mut pending);
+            }
+            segment_index += 1;
+            pending_date_time = None;
+            continue;
+        }
+        let Some((tag, value)) = line.split_once(':') else { continue };
+        let tag = tag.trim_start_matches('#');
+        let at = |reason: String| invalid(format!("line {}: {reason}", number + 1));
+        match tag {
+            // m3u8-rs read it already (for the segment after it); it is only kept here for parts
+            // after the last segment, whose date m3u8-rs drops.
+            "EXT-X-PROGRAM-DATE-TIME" => pending_date_time = chrono::DateTime::parse_from_rfc3339(value).ok(),
+            "EXT-X-MAP" => {
+                // m3u8-rs read (and check_tag_values checked) it; only its URI and range matter here.
+                let (mut uri, mut range) = (None, None);
+                for (name, value, _) in attributes(tag, value).map_err(at)? {
+                    match name.as_str() {
+                        "URI" => uri = Some(resolve(base, &value)?),
+                        "BYTERANGE" => {
+                            let bad = || at(format!("{tag}: BYTERANGE {value:?} is not <n>[@<o>]"));
+                            let (n, o) = value.split_once('@').unwrap_or((&value, "0"));
+                            let (length, offset) = (
+                                integer(tag, &name, n).map_err(|_| bad())?,
+                                integer(tag, &name, o).map_err(|_| bad())?,
+                            );
+                            range = Some(byte_range(length, offset, "EXT-X-MAP BYTERANGE").map_err(at)?);
+                        }
+                        _ => {}
+                    }
+                }
+                map = uri.map(|uri| InitSection { uri, range });
+            }
+            "EXT-X-PART-INF" => {
+                let mut target = None;
+                for (name, value, _) in attributes(tag, value).map_err(at)? {
+                    if name == "PART-TARGET" {
+                        target = Some(seconds(tag, &name, &value).map_err(at)?);
+                    }
+                }
+                let target = target.ok_or_else(|| at(format!("{tag} without PART-TARGET")))?;
+                if target <= 0.0 {
+                    return Err(at(format!("{tag}: PART-TARGET must be more than 0 s")));
+                }
+                playlist.part_target_s = Some(target);
+            }
+            "EXT-X-SERVER-CONTROL" => {
+                if server_control_seen {
+                    return Err(at(format!("{tag} appears twice")));
+                }
+                server_control_seen = true;
+                for (name, value, _) in attributes(tag, value).map_err(at)? {
+                    let control = &mut playlist.server_control;
+                    match name.as_str() {
+                        "CAN-BLOCK-RELOAD" => control.can_block_reload = yes_no(tag, &name, &value).map_err(at)?,
+                        "HOLD-BACK" => control.hold_back_s = Some(seconds(tag, &name, &value).map_err(at)?),
+                        "PART-HOLD-BACK" => control.part_hold_back_s = Some(seconds(tag, &name, &value).map_err(at)?),
+                        // CAN-SKIP-UNTIL, CAN-SKIP-DATERANGES: delta updates are not asked for.
+                        _ => {}
+                    }
+                }
+            }
+            "EXT-X-PART" => {
+                let (mut uri, mut duration_s, mut independent, mut range_text) = (None, None, false, None);
+                for (name, value, quoted) in attributes(tag, value).map_err(at)? {
+                    match name.as_str() {
+                        "URI" if quoted => uri = Some(resolve(base, &value)?),
+                        "URI" => return Err(at(format!("{tag}: URI must be a quoted string"))),
+                        "DURATION" => duration_s = Some(seconds(tag, &name, &value).map_err(at)?),
+                        "INDEPENDENT" => independent = yes_no(tag, &name, &value).map_err(at)?,
+                        "BYTERANGE" => range_text = Some(value),
+                        // GAP=YES parts are not produced by Eddy's packager; other attributes are
+                        // ignored as §4.4.4.9 lets clients ignore unknown ones.
+                        _ => {}
+                    }
+                }
+                let uri = uri.ok_or_else(|| at(format!("{tag} without URI")))?;
+                let duration_s = duration_s.ok_or_else(|| at(format!("{tag} without DURATION")))?;
+                let range = match range_text {
+                    None => {
+                        next_offset = None;
+                        None
+                    }
+                    Some(text) => {
+                        let bad = || at(format!("{tag}: BYTERANGE {text:?} is not <n>[@<o>]"));
+                        let number = |t: &str| {
+                            (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+                                .then(|| t.parse::<u64>().ok())
+                                .flatten()
+                        };
+                        let (length, offset) = match text.split_once('@') {
+                            Some((n, o)) => (number(n).ok_or_else(bad)?, number(o).ok_or_else(bad)?),
+                            None => {
+                                let length = number(&text).ok_or_else(bad)?;
+                                match &next_offset {
+                                    Some((previous, end)) if *previous == uri => (length, *end),
+                                    _ => {
+                                        return Err(at(format!(
+                                            "{tag}: BYTERANGE without offset follows no range of the same URI"
+                                        )))
+                                    }
+                                }
+                            }
+                        };
+                        let range = byte_range(length, offset, "EXT-X-PART BYTERANGE").map_err(at)?;
+                        next_offset = Some((uri.clone(), range.offset.saturating_add(range.length)));
+                        Some(range)
+                    }
+                };
+                pending.push(Part { uri, duration_s, independent, range });
+            }
+            "EXT-X-PRELOAD-HINT" => {
+                let (mut kind, mut uri) = (None, None);
+                for (name, value, quoted) in attributes(tag, value).map_err(at)? {
+                    match name.as_str() {
+                        "TYPE" => kind = Some(value),
+                        "URI" if quoted => uri = Some(resolve(base, &value)?),
+                        "URI" => return Err(at(format!("{tag}: URI must be a quoted string"))),
+                        _ => {}
+                    }
+                }
+                let uri = uri.ok_or_else(|| at(format!("{tag} without URI")))?;
+                match kind.as_deref() {
+                    Some("PART") => playlist.preload_hint = Some(uri),
+                    Some("MAP") => {}
+                    other => return Err(at(format!("{tag}: TYPE {other:?} is neither PART nor MAP"))),
+                }
+            }
+            "EXT-X-RENDITION-REPORT" => {
+                let (mut uri, mut last_msn, mut last_part) = (None, None, None);
+                for (name, value, quoted) in attributes(tag, value).map_err(at)? {
+                    match name.as_str() {
+                        "URI" if quoted => uri = Some(resolve(base, &value)?),
+                        "URI" => return Err(at(format!("{tag}: URI must be a quoted string"))),
+                        "LAST-MSN" => last_msn = Some(integer(tag, &name, &value).map_err(at)?),
+                        "LAST-PART" => last_part = Some(integer(tag, &name, &value).map_err(at)?),
+                        _ => {}
+                    }
+                }
+                let uri = uri.ok_or_else(|| at(format!("{tag} without URI")))?;
+                playlist.rendition_reports.push(RenditionReport { uri, last_msn, last_part });
+            }
+            _ => {}
+        }
+    }
+    if segment_index != playlist.segments.len() {
+        return Err(invalid(format!(
+            "{} URI lines for {} segments: the parts cannot be placed",
+            segment_index,
+            playlist.segments.len()
+        )));
+    }
+    if !playlist.ended {
+        playlist.trailing_parts = pending;
+        playlist.trailing_init = map;
+        playlist.trailing_date_time = pending_date_time.or_else(|| {
+            let last = playlist.segments.last()?;
+            let milliseconds = (last.duration_s * 1000.0).round() as i64;
+            last.program_date_time?.checked_add_signed(chrono::TimeDelta::milliseconds(milliseconds))
+        });
+    } else if !pending.is_empty() {
+        return Err(invalid("EXT-X-PART after the last segment of an ended playlist".into()));
+    }
+    let has_parts = !playlist.trailing_parts.is_empty() || playlist.segments.iter().any(|s| !s.parts.is_empty());
+    if has_parts && playlist.part_target_s.is_none() {
+        // §4.4.3.7: EXT-X-PART-INF is REQUIRED when the playlist contains EXT-X-PART.
+        return Err(invalid("EXT-X-PART without EXT-X-PART-INF".into()));
+    }
+    Ok(())
+}
+
+/// A decimal-floating-point attribute in seconds, within [`duration`]'s bounds.
+fn seconds(tag: &str, name: &str, value: &str) -> Result<f64, String> {
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    let (whole, fraction) = value.split_once('.').unwrap_or((value, "0"));
+    if !digits(whole) || !digits(fraction) {
+        return Err(format!("{tag}: {name}={value:?} is not a number of seconds"));
+    }
+    let number = value.parse::<f64>().map_err(|_| format!("{tag}: {name}={value:?} is not a number of seconds"))?;
+    duration(number, &format!("{tag} {name}"))
+}
+
+/// A decimal-integer attribute (RFC 8216 §4.2).
+fn integer(tag: &str, name: &str, value: &str) -> Result<u64, String> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{tag}: {name}={value:?} is not a decimal integer"));
+    }
+    value.parse().map_err(|_| format!("{tag}: {name}={value:?} is too large"))
+}
+
+/// A YES/NO enumerated attribute.
+fn yes_no(tag: &str, name: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "YES" => Ok(true),
+        "NO" => Ok(false),
+        _ => Err(format!("{tag}: {name}={value:?} is neither YES nor NO")),
+    }
 }
 
 /// Turns a command-line argument (URL or file path) into a URL.
