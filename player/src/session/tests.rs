@@ -224,6 +224,7 @@ async fn run(
         seek_to: None,
         keys: false,
         subs: None,
+        live_delay_s: None,
     };
     let ladder = build_ladder(variants, &config).unwrap_or_else(|e| panic!("{e}"));
     let sink = FakeSink::default();
@@ -237,11 +238,12 @@ async fn run(
         fetcher: fetch,
         ladder: &ladder,
         shared: &shared,
-        playlists: Playlists { loaded: HashMap::new() },
+        playlists: Playlists::default(),
         abr,
         history: History::default(),
         keys: Keys::default(),
         last_init: None,
+        part: None,
         done: Downloaded::default(),
     };
     let result = downloader.run(0).await;
