@@ -1070,6 +1070,136 @@ v0.m3u8
         assert_eq!(media.live_start_sequence(), Some(103));
     }
 
+    /// What `eddy-package --live --low-latency` writes (draft-pantos-hls-rfc8216bis §4.4.3.7-§4.4.5.4).
+    const LL: &str = "#EXTM3U
+#EXT-X-VERSION:6
+#EXT-X-TARGETDURATION:2
+#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,HOLD-BACK=6.000,PART-HOLD-BACK=3.000,CAN-SKIP-UNTIL=12.0
+#EXT-X-PART-INF:PART-TARGET=1.000
+#EXT-X-MEDIA-SEQUENCE:7
+#EXT-X-MAP:URI=\"init.mp4\"
+#EXT-X-PROGRAM-DATE-TIME:2026-12-01T10:00:00.000Z
+#EXTINF:2.000,
+seg_00007.m4s
+#EXT-X-PROGRAM-DATE-TIME:2026-12-01T10:00:02.000Z
+#EXT-X-PART:DURATION=1.000,URI=\"seg_00008.part0.m4s\",INDEPENDENT=YES
+#EXT-X-PART:DURATION=1.000,URI=\"seg_00008.part1.m4s\"
+#EXTINF:2.000,
+seg_00008.m4s
+#EXT-X-PROGRAM-DATE-TIME:2026-12-01T10:00:04.000Z
+#EXT-X-PART:DURATION=1.000,URI=\"seg_00009.part0.m4s\",INDEPENDENT=YES
+#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"seg_00009.part1.m4s\"
+#EXT-X-RENDITION-REPORT:URI=\"../360p/index.m3u8\",LAST-MSN=9,LAST-PART=0
+";
+
+    fn media_of(text: &str) -> Result<MediaPlaylist, PlaylistError> {
+        match parse(text.as_bytes(), &base())? {
+            Parsed::Media(media) => Ok(media),
+            Parsed::Master(_) => panic!("media expected"),
+        }
+    }
+
+    #[test]
+    fn low_latency_tags_give_parts_server_control_hints_and_reports() {
+        let media = media_of(LL).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(media.part_target_s, Some(1.0));
+        let control = &media.server_control;
+        assert!(control.can_block_reload);
+        assert_eq!((control.hold_back_s, control.part_hold_back_s), (Some(6.0), Some(3.0)));
+        assert!(media.segments[0].parts.is_empty(), "segment 7 lists no parts");
+        let parts = &media.segments[1].parts;
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].uri.as_str(), "http://example.test/live/seg_00008.part0.m4s");
+        assert!(parts[0].independent && !parts[1].independent);
+        assert_eq!(media.in_progress_sequence(), 9);
+        assert_eq!(media.trailing_parts.len(), 1);
+        assert_eq!(media.trailing_init.as_ref().map(|i| i.uri.as_str()), Some("http://example.test/live/init.mp4"));
+        assert_eq!(media.trailing_date_time.map(|d| d.to_rfc3339()).as_deref(), Some("2026-12-01T10:00:04+00:00"));
+        assert_eq!(media.preload_hint.as_ref().map(Url::as_str), Some("http://example.test/live/seg_00009.part1.m4s"));
+        let report = &media.rendition_reports[0];
+        assert_eq!(report.uri.as_str(), "http://example.test/360p/index.m3u8");
+        assert_eq!((report.last_msn, report.last_part), (Some(9), Some(0)));
+        assert_eq!(media.part(PartPosition { msn: 9, part: 0 }).map(|p| p.duration_s), Some(1.0));
+        assert!(media.part(PartPosition { msn: 9, part: 1 }).is_none(), "a hint is not a listed part");
+        assert!(media.part(PartPosition { msn: 7, part: 0 }).is_none());
+        assert!(media.is_fmp4());
+    }
+
+    #[test]
+    fn live_start_joins_at_an_independent_part_the_delay_from_the_end() {
+        let media = media_of(LL).unwrap_or_else(|e| panic!("{e}"));
+        // 9.0 (1 s), 8.1 (2 s, not independent), 8.0 (3 s).
+        assert_eq!(media.live_start_part(3.0), Some(PartPosition { msn: 8, part: 0 }));
+        assert_eq!(media.live_start_part(2.0), Some(PartPosition { msn: 8, part: 0 }), "8.1 is not independent");
+        assert_eq!(media.live_start_part(1.0), Some(PartPosition { msn: 9, part: 0 }));
+        assert_eq!(media.live_start_part(60.0), Some(PartPosition { msn: 8, part: 0 }), "as far back as parts go");
+        let only_parts = LL.replace("#EXTINF:2.000,\nseg_00007.m4s\n", "");
+        let media = media_of(&only_parts).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(media.live_start_part(3.0), Some(PartPosition { msn: 7, part: 0 }));
+        let plain = media_of(&LL.lines().filter(|l| !l.contains("PART")).collect::<Vec<_>>().join("\n"));
+        assert_eq!(plain.map(|m| m.live_start_part(3.0)).ok(), Some(None));
+    }
+
+    #[test]
+    fn a_playlist_of_parts_only_is_fmp4_and_numbers_them_from_the_media_sequence() {
+        let text = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-PART-INF:PART-TARGET=1.0\n#EXT-X-MEDIA-SEQUENCE:3\n#EXT-X-MAP:URI=\"i.mp4\"\n#EXT-X-PART:DURATION=1.0,URI=\"p.m4s\",INDEPENDENT=YES\n";
+        let media = media_of(text).unwrap_or_else(|e| panic!("{e}"));
+        assert!(media.segments.is_empty() && media.is_fmp4());
+        assert_eq!(media.in_progress_sequence(), 3);
+        assert!(media.part(PartPosition { msn: 3, part: 0 }).is_some());
+    }
+
+    #[test]
+    fn part_byte_ranges_follow_on_within_one_uri() {
+        let text = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-PART-INF:PART-TARGET=1.0\n#EXT-X-PART:DURATION=1.0,URI=\"s.mp4\",BYTERANGE=\"100@0\"\n#EXT-X-PART:DURATION=1.0,URI=\"s.mp4\",BYTERANGE=\"50\"\n";
+        let media = media_of(text).unwrap_or_else(|e| panic!("{e}"));
+        let ranges: Vec<_> = media.trailing_parts.iter().map(|p| p.range).collect();
+        assert_eq!(ranges, vec![Some(Range { offset: 0, length: 100 }), Some(Range { offset: 100, length: 50 })]);
+    }
+
+    #[test]
+    fn bad_low_latency_tags_are_refused_naming_the_tag() {
+        let head = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-PART-INF:PART-TARGET=1.0\n";
+        for (line, wanted) in [
+            ("#EXT-X-PART:DURATION=1.0", "EXT-X-PART without URI"),
+            ("#EXT-X-PART:URI=\"p.m4s\"", "EXT-X-PART without DURATION"),
+            ("#EXT-X-PART:DURATION=-1,URI=\"p.m4s\"", "DURATION"),
+            ("#EXT-X-PART:DURATION=1e9,URI=\"p.m4s\"", "DURATION"),
+            ("#EXT-X-PART:DURATION=99999999,URI=\"p.m4s\"", "EXT-X-PART DURATION"),
+            ("#EXT-X-PART:DURATION=1.0,URI=p.m4s", "quoted"),
+            ("#EXT-X-PART:DURATION=1.0,URI=\"p.m4s\",INDEPENDENT=yes", "INDEPENDENT"),
+            ("#EXT-X-PART:DURATION=1.0,URI=\"p.m4s\",DURATION=2.0", "twice"),
+            ("#EXT-X-PART:DURATION=1.0,URI=\"p.m4s", "unterminated"),
+            ("#EXT-X-PART:DURATION=1.0,URI=\"p.m4s\",BYTERANGE=\"10\"", "without offset"),
+            ("#EXT-X-PART:DURATION=1.0,URI=\"p.m4s\",BYTERANGE=\"0@5\"", "empty"),
+            ("#EXT-X-PART:DURATION=1.0,URI=\"p.m4s\",BYTERANGE=\"1@18446744073709551615\"", "2^64"),
+            ("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=1", "CAN-BLOCK-RELOAD"),
+            ("#EXT-X-SERVER-CONTROL:PART-HOLD-BACK=x", "PART-HOLD-BACK"),
+            ("#EXT-X-SERVER-CONTROL:HOLD-BACK=1\n#EXT-X-SERVER-CONTROL:HOLD-BACK=2", "twice"),
+            ("#EXT-X-PART-INF:PART-TARGET=0", "PART-TARGET"),
+            ("#EXT-X-PART-INF:X=1", "without PART-TARGET"),
+            ("#EXT-X-PRELOAD-HINT:TYPE=SEGMENT,URI=\"p\"", "neither PART nor MAP"),
+            ("#EXT-X-PRELOAD-HINT:TYPE=PART", "without URI"),
+            ("#EXT-X-RENDITION-REPORT:URI=\"../a.m3u8\",LAST-MSN=-1", "LAST-MSN"),
+            ("#EXT-X-RENDITION-REPORT:URI=\"../a.m3u8\",LAST-PART=99999999999999999999", "LAST-PART"),
+            ("#EXT-X-RENDITION-REPORT:URI=\"ftp://x/a.m3u8\"", "scheme"),
+        ] {
+            let error = media_of(&format!("{head}{line}\n")).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(error.contains(wanted), "{line}: {error:?} lacks {wanted:?}");
+        }
+        let no_part_inf = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-PART:DURATION=1.0,URI=\"p.m4s\"\n";
+        assert!(media_of(no_part_inf).err().is_some_and(|e| e.to_string().contains("without EXT-X-PART-INF")));
+    }
+
+    proptest! {
+        /// Any text after an LL tag is read or refused, never a panic.
+        #[test]
+        fn low_latency_tag_values_never_panic(tag in prop::sample::select(vec!["PART", "PART-INF", "SERVER-CONTROL", "PRELOAD-HINT", "RENDITION-REPORT"]), value in "[ -~]{0,40}") {
+            let text = format!("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-PART-INF:PART-TARGET=1.0\n#EXT-X-{tag}:{value}\n");
+            let _ = parse(text.as_bytes(), &base());
+        }
+    }
+
     #[test]
     fn garbage_is_refused_with_the_url() {
         let error = parse(b"<html>not found</html>", &base()).err().map(|e| e.to_string());

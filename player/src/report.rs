@@ -242,6 +242,14 @@ mod tests {
     }
 
     #[test]
+    fn percentiles_are_nearest_rank() {
+        assert_eq!(Percentiles::of(&[]), None);
+        let samples: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(Percentiles::of(&samples), Some(Percentiles { p50: 50.0, p95: 95.0 }));
+        assert_eq!(Percentiles::of(&[2.5, f64::NAN]), Some(Percentiles { p50: 2.5, p95: 2.5 }));
+    }
+
+    #[test]
     fn report_fields_follow_the_segments() {
         let segments = vec![segment(0, 1_000_000), segment(1, 3_000_000), segment(2, 3_000_000)];
         let report = Report::build(PlaybackTotals {

@@ -361,3 +361,48 @@ pub(super) fn build_ladder(mut variants: Vec<Variant>, config: &PlayerConfig) ->
     };
     Ok(Ladder { variants, rungs, max_rung })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(text: &str) -> Url {
+        Url::parse(text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// §6.2.5.1: the directives go after the URI's own query (a signed token stays), replacing any.
+    #[test]
+    fn blocking_urls_keep_the_query_and_replace_old_directives() {
+        let plain = url("http://e.test/v/index.m3u8");
+        assert_eq!(blocking_url(&plain, 5, Some(2)).as_str(), "http://e.test/v/index.m3u8?_HLS_msn=5&_HLS_part=2");
+        assert_eq!(blocking_url(&plain, 5, None).as_str(), "http://e.test/v/index.m3u8?_HLS_msn=5");
+        let signed = url("http://e.test/v/index.m3u8?token=T&_HLS_msn=1&_HLS_part=0");
+        assert_eq!(
+            blocking_url(&signed, 6, Some(0)).as_str(),
+            "http://e.test/v/index.m3u8?token=T&_HLS_msn=6&_HLS_part=0"
+        );
+        assert_eq!(without_directives(&signed).as_str(), "http://e.test/v/index.m3u8?token=T");
+        assert_eq!(without_directives(&url("http://e.test/i.m3u8?_HLS_msn=1")).as_str(), "http://e.test/i.m3u8");
+        assert!(same_resource(&signed, &plain));
+    }
+
+    /// A part played alone carries its segment's init section and a date moved on by the parts before.
+    #[test]
+    fn a_part_as_a_segment_has_its_own_date_and_the_segments_init() {
+        let text = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-PART-INF:PART-TARGET=0.5\n#EXT-X-MAP:URI=\"init.mp4\"\n#EXT-X-PROGRAM-DATE-TIME:2026-12-01T10:00:00.000Z\n#EXT-X-PART:DURATION=0.5,URI=\"a.0.m4s\",INDEPENDENT=YES\n#EXT-X-PART:DURATION=0.5,URI=\"a.1.m4s\",INDEPENDENT=YES\n#EXTINF:1.0,\na.m4s\n#EXT-X-PROGRAM-DATE-TIME:2026-12-01T10:00:01.000Z\n#EXT-X-PART:DURATION=0.5,URI=\"b.0.m4s\",INDEPENDENT=YES\n#EXT-X-PART:DURATION=0.5,URI=\"b.1.m4s\",INDEPENDENT=YES\n";
+        let Ok(Parsed::Media(playlist)) = playlist::parse(text.as_bytes(), &url("http://e.test/v/index.m3u8")) else {
+            panic!("media expected")
+        };
+        for (at, uri, date) in [
+            (PartPosition { msn: 0, part: 1 }, "a.1.m4s", "2026-12-01T10:00:00.500+00:00"),
+            (PartPosition { msn: 1, part: 1 }, "b.1.m4s", "2026-12-01T10:00:01.500+00:00"),
+        ] {
+            let part = playlist.part(at).unwrap_or_else(|| panic!("{at:?} listed"));
+            let segment = part_as_segment(&playlist, at, part).unwrap_or_else(|| panic!("{at:?}"));
+            assert_eq!(segment.uri.as_str(), format!("http://e.test/v/{uri}"));
+            assert_eq!((segment.sequence, segment.duration_s), (at.msn, 0.5));
+            assert_eq!(segment.init.map(|i| i.uri.to_string()).as_deref(), Some("http://e.test/v/init.mp4"));
+            assert_eq!(segment.program_date_time.map(|d| d.to_rfc3339()).as_deref(), Some(date));
+        }
+    }
+}
