@@ -283,7 +283,8 @@ impl MediaPlaylist {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Parsed {
     Master(Master),
-    Media(MediaPlaylist),
+    /// Boxed: a media playlist is several times the size of a master's summary.
+    Media(Box<MediaPlaylist>),
 }
 
 /// Resolves a playlist URI against the playlist's own URL (RFC 8216 §4.1: relative URIs are relative
@@ -404,7 +405,7 @@ pub fn parse(bytes: &[u8], base: &Url) -> Result<Parsed, PlaylistError> {
             // m3u8-rs read the whole text (checked above), so it is UTF-8.
             let text = std::str::from_utf8(bytes).map_err(|e| invalid(format!("not UTF-8: {e}")))?;
             low_latency_tags(text, base, &mut playlist)?;
-            Ok(Parsed::Media(playlist))
+            Ok(Parsed::Media(Box::new(playlist)))
         }
     }
 }
@@ -1094,7 +1095,7 @@ seg_00008.m4s
 
     fn media_of(text: &str) -> Result<MediaPlaylist, PlaylistError> {
         match parse(text.as_bytes(), &base())? {
-            Parsed::Media(media) => Ok(media),
+            Parsed::Media(media) => Ok(*media),
             Parsed::Master(_) => panic!("media expected"),
         }
     }
@@ -1536,7 +1537,7 @@ seg_00008.m4s
 
     fn media(text: &str, base: &Url) -> Result<MediaPlaylist, String> {
         match parse(text.as_bytes(), base) {
-            Ok(Parsed::Media(media)) => Ok(media),
+            Ok(Parsed::Media(media)) => Ok(*media),
             Ok(Parsed::Master(_)) => Err("a master playlist".into()),
             Err(e) => Err(e.to_string()),
         }

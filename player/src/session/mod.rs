@@ -123,7 +123,9 @@ pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
     let (variants, master) = match playlist::parse(&body, &from)? {
         Parsed::Master(master) => (master.variants.clone(), Some(master)),
         Parsed::Media(media) => {
-            playlists.loaded.insert(0, LoadedPlaylist { playlist: media, loaded_at: Instant::now(), unchanged: false });
+            playlists
+                .loaded
+                .insert(0, LoadedPlaylist { playlist: *media, loaded_at: Instant::now(), unchanged: false });
             let variant = Variant {
                 index: 0,
                 uri: config.url.clone(),

@@ -322,7 +322,7 @@ async fn fetch_media_playlist(fetcher: &impl Fetch, url: &Url) -> Result<MediaPl
     let (body, from) = fetcher.get_playlist(url).await?;
     let from = without_directives(&from);
     match playlist::parse(&body, &from)? {
-        Parsed::Media(media) => Ok(media),
+        Parsed::Media(media) => Ok(*media),
         Parsed::Master(_) => Err(PlaylistError::Unsupported {
             url: url.to_string(),
             reason: "a master playlist where a media playlist was expected".into(),
