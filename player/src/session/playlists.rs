@@ -11,6 +11,7 @@ use super::seams::Fetch;
 use super::{PlayError, PlayerConfig};
 use crate::abr::history::Upcoming;
 use crate::abr::Rung;
+use crate::fetch::FetchError;
 use crate::playlist::{self, MediaPlaylist, Parsed, Part, PartPosition, PlaylistError, Segment, Variant};
 
 /// Media playlists per variant, reloaded on schedule for live streams.
@@ -200,8 +201,21 @@ impl Playlists {
             Some(at) => blocking_url(&variant.uri, at.msn, (at.part != u64::MAX).then_some(at.part)),
             None => variant.uri.clone(),
         };
-        let previous_last = self.loaded.get(&variant.index).and_then(|l| l.playlist.last_sequence());
-        let fresh = fetch_media_playlist(fetcher, &url).await?;
+        let previous = self.loaded.get(&variant.index).map(|l| &l.playlist);
+        let previous_last = previous.and_then(MediaPlaylist::last_sequence);
+        let wait_s = previous.and_then(|p| p.part_target_s).unwrap_or(0.5);
+        let fresh = match fetch_media_playlist(fetcher, &url).await {
+            // §6.2.5.2: a server answers 400 to a request too far ahead of the playlist (a rendition
+            // behind the one switched from, say). Not fatal: a plain reload a part target later.
+            Err(PlayError::Fetch(FetchError::Status { status, .. }))
+                if at.is_some() && (400..500).contains(&status) =>
+            {
+                tracing::warn!("blocking reload {url} answered {status}: reloading without directives");
+                tokio::time::sleep(Duration::from_secs_f64(wait_s.clamp(0.1, 2.0))).await;
+                fetch_media_playlist(fetcher, &variant.uri).await?
+            }
+            other => other?,
+        };
         let unchanged = fresh.last_sequence() == previous_last;
         self.note(variant, at, started);
         self.loaded.insert(variant.index, LoadedPlaylist { playlist: fresh, loaded_at: Instant::now(), unchanged });
