@@ -43,9 +43,30 @@ pub enum Event {
         buffer_s: f64,
         /// The transfer as the ABR recorded it (seconds since the player started).
         download: Download,
-        /// The segment's `EXT-X-PROGRAM-DATE-TIME` (RFC 3339), tagged or carried from an earlier tag.
+        /// The segment's `EXT-X-PROGRAM-DATE-TIME` (RFC 3339), tagged or carried from an earlier tag
+        /// (for a part: the date of its first frame).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         program_date_time: Option<String>,
+        /// Low-latency live: this is part `part` of segment `index` (draft-pantos-hls-rfc8216bis
+        /// §4.4.4.9), fetched alone.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        part: Option<u64>,
+        /// The live latency measured last (wall clock minus the date of the frame playing), when
+        /// the stream is dated.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        live_latency_s: Option<f64>,
+    },
+    /// A live media playlist reload: `blocking` when it asked the server to hold it until segment
+    /// `msn` (part `part`) is listed (draft-pantos-hls-rfc8216bis §6.2.5.2), instead of polling.
+    Reload {
+        rendition: usize,
+        blocking: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        msn: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        part: Option<u64>,
+        /// How long the request took (the server's hold included).
+        wait_ms: u64,
     },
     /// An `EXT-X-GAP` segment: not fetched; playback runs on through the gap's duration without
     /// counting it as a stall.
@@ -204,7 +225,11 @@ mod tests {
                 buffer_s: 2.0,
                 download,
                 program_date_time: Some("2026-12-01T10:00:02.000Z".into()),
+                part: Some(2),
+                live_latency_s: Some(2.5),
             },
+            Event::Reload { rendition: 2, blocking: true, msn: Some(4), part: Some(1), wait_ms: 480 },
+            Event::Reload { rendition: 2, blocking: false, msn: None, part: None, wait_ms: 3 },
             Event::Abandon { index: 4, rendition: 2, to_rendition: 0, bytes: 10, buffer_s: 1.0 },
             Event::Subtitle { start_s: 0.5, end_s: 1.5, text: "Hello\nthere".into(), language: Some("en".into()) },
             Event::Subtitle { start_s: 2.0, end_s: 3.0, text: String::new(), language: None },

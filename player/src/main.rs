@@ -84,6 +84,10 @@ struct PlayArgs {
     /// scripts), e.g. `--seek-to 20@2`.
     #[arg(long, value_name = "TO@AT", value_parser = parse_seek)]
     seek_to: Option<(f64, f64)>,
+    /// Low-latency live (LL-HLS): join this many seconds behind the end of the playlist instead of
+    /// the server's PART-HOLD-BACK (at least two part targets are kept, the draft's least hold-back).
+    #[arg(long, value_name = "SECS")]
+    live_delay: Option<f64>,
     /// Print the variants and the audio and subtitle renditions, then exit.
     #[arg(long)]
     list: bool,
@@ -120,6 +124,9 @@ async fn run_player(args: PlayArgs) -> Result<()> {
     if let Some(duration) = args.duration {
         positive_seconds("duration", duration)?;
     }
+    if let Some(delay) = args.live_delay {
+        positive_seconds("live-delay", delay)?;
+    }
     if let Some(start) = args.start_at {
         if !start.is_finite() || start < 0.0 {
             bail!("--start-at must be zero or more seconds, got {start}");
@@ -147,6 +154,7 @@ async fn run_player(args: PlayArgs) -> Result<()> {
         seek_to: args.seek_to,
         keys: true,
         subs: args.subs,
+        live_delay_s: args.live_delay,
     };
     let played = play(config).await?;
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) && !args.quiet {

@@ -139,6 +139,40 @@ pub struct Segment {
     /// When the segment's first sample was captured (`EXT-X-PROGRAM-DATE-TIME`, RFC 8216 §4.3.2.6),
     /// tagged or worked out from the last tag and the durations since (until a discontinuity).
     pub program_date_time: Option<chrono::DateTime<chrono::FixedOffset>>,
+    /// The segment's partial segments (`EXT-X-PART` before its EXTINF, draft-pantos-hls-rfc8216bis
+    /// §4.4.4.9), in order; empty when the server lists none (or no longer does).
+    pub parts: Vec<Part>,
+}
+
+/// A partial segment (`EXT-X-PART`, draft-pantos-hls-rfc8216bis §4.4.4.9): for fMP4, a CMAF chunk
+/// (moof + mdat) that plays after the segment's init section like the whole segment does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Part {
+    pub uri: Url,
+    pub duration_s: f64,
+    /// `INDEPENDENT=YES`: the part starts with an independent frame, so playback can join there.
+    pub independent: bool,
+    pub range: Option<Range>,
+}
+
+/// `EXT-X-SERVER-CONTROL` (draft-pantos-hls-rfc8216bis §4.4.3.8); everything off when absent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServerControl {
+    /// `CAN-BLOCK-RELOAD=YES`: the server holds `_HLS_msn`/`_HLS_part` reloads (§6.2.5.2).
+    pub can_block_reload: bool,
+    /// `HOLD-BACK`: how far from the end a client should start (segments).
+    pub hold_back_s: Option<f64>,
+    /// `PART-HOLD-BACK`: the same when playing parts.
+    pub part_hold_back_s: Option<f64>,
+}
+
+/// `EXT-X-RENDITION-REPORT` (draft-pantos-hls-rfc8216bis §4.4.5.4): where another rendition's
+/// playlist ends, so a switch can ask it for the right blocking reload at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenditionReport {
+    pub uri: Url,
+    pub last_msn: Option<u64>,
+    pub last_part: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -147,6 +181,31 @@ pub struct MediaPlaylist {
     pub segments: Vec<Segment>,
     /// EXT-X-ENDLIST seen: nothing more will be added (VOD, or a live stream that ended).
     pub ended: bool,
+    /// `EXT-X-MEDIA-SEQUENCE`: the first segment's number (also when no segment is listed yet).
+    pub media_sequence: u64,
+    /// `EXT-X-PART-INF:PART-TARGET` (§4.4.3.7): the playlist is low-latency.
+    pub part_target_s: Option<f64>,
+    pub server_control: ServerControl,
+    /// The parts listed after the last EXTINF: those of the segment being made (its sequence number
+    /// is the last segment's plus one).
+    pub trailing_parts: Vec<Part>,
+    /// When the segment being made began (its `EXT-X-PROGRAM-DATE-TIME`, or the last segment's date
+    /// plus its duration).
+    pub trailing_date_time: Option<chrono::DateTime<chrono::FixedOffset>>,
+    /// The init section (`EXT-X-MAP`) in force for the trailing parts: m3u8-rs gives it to segments
+    /// only, and a live playlist's first parts come before any segment.
+    pub trailing_init: Option<InitSection>,
+    /// `EXT-X-PRELOAD-HINT:TYPE=PART` (§4.4.5.3): the part that comes next. Kept for information
+    /// only: it is never fetched before it is listed (a 404 for it would be cached by the edge).
+    pub preload_hint: Option<Url>,
+    pub rendition_reports: Vec<RenditionReport>,
+}
+
+/// A part's place: segment `msn`, part `part` (from 0) in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PartPosition {
+    pub msn: u64,
+    pub part: u64,
 }
 
 impl MediaPlaylist {
@@ -184,16 +243,64 @@ impl MediaPlaylist {
         None
     }
 
+    /// The sequence number of the segment whose parts are `trailing_parts`.
+    pub fn in_progress_sequence(&self) -> u64 {
+        self.last_sequence().map_or(self.media_sequence, |last| last.saturating_add(1))
+    }
+
+    /// The parts listed for segment `msn`: a complete segment's, or the trailing ones.
+    pub fn parts_of(&self, msn: u64) -> Option<&[Part]> {
+        if !self.trailing_parts.is_empty() && msn == self.in_progress_sequence() {
+            return Some(&self.trailing_parts);
+        }
+        self.segment(msn).filter(|s| !s.parts.is_empty()).map(|s| s.parts.as_slice())
+    }
+
+    /// The part at `at`, if listed.
+    pub fn part(&self, at: PartPosition) -> Option<&Part> {
+        self.parts_of(at.msn)?.get(usize::try_from(at.part).ok()?)
+    }
+
+    /// Where a low-latency live stream starts: the last INDEPENDENT part from which at least
+    /// `delay_s` of listed parts remain (draft-pantos-hls-rfc8216bis §6.3.3: a client SHOULD NOT
+    /// play closer to the end than PART-HOLD-BACK). `None` when the playlist lists no part.
+    pub fn live_start_part(&self, delay_s: f64) -> Option<PartPosition> {
+        let mut all: Vec<(PartPosition, &Part)> = Vec::new();
+        for segment in &self.segments {
+            for (k, part) in segment.parts.iter().enumerate() {
+                all.push((PartPosition { msn: segment.sequence, part: k as u64 }, part));
+            }
+        }
+        let msn = self.in_progress_sequence();
+        for (k, part) in self.trailing_parts.iter().enumerate() {
+            all.push((PartPosition { msn, part: k as u64 }, part));
+        }
+        let mut remaining = 0.0;
+        let mut candidate = None;
+        for (position, part) in all.iter().rev() {
+            remaining += part.duration_s;
+            if part.independent {
+                candidate = Some(*position);
+                if remaining >= delay_s {
+                    break;
+                }
+            }
+        }
+        candidate
+    }
+
     /// Whether the segments use fragmented MP4 (an init section).
     pub fn is_fmp4(&self) -> bool {
-        self.segments.iter().any(|s| s.init.is_some())
+        // A low-latency playlist that just began may list parts only: its EXT-X-MAP is the trailing one.
+        self.segments.iter().any(|s| s.init.is_some()) || self.trailing_init.is_some()
     }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Parsed {
     Master(Master),
-    Media(MediaPlaylist),
+    /// Boxed: a media playlist is several times the size of a master's summary.
+    Media(Box<MediaPlaylist>),
 }
 
 /// Resolves a playlist URI against the playlist's own URL (RFC 8216 §4.1: relative URIs are relative
@@ -309,7 +416,13 @@ pub fn parse(bytes: &[u8], base: &Url) -> Result<Parsed, PlaylistError> {
             }
             Ok(Parsed::Master(Master { variants, renditions }))
         }
-        Playlist::MediaPlaylist(media) => Ok(Parsed::Media(media_playlist(media, base)?)),
+        Playlist::MediaPlaylist(media) => {
+            let mut playlist = media_playlist(media, base)?;
+            // m3u8-rs read the whole text (checked above), so it is UTF-8.
+            let text = std::str::from_utf8(bytes).map_err(|e| invalid(format!("not UTF-8: {e}")))?;
+            low_latency_tags(text, base, &mut playlist)?;
+            Ok(Parsed::Media(Box::new(playlist)))
+        }
     }
 }
 
@@ -569,9 +682,278 @@ fn media_playlist(media: m3u8_rs::MediaPlaylist, base: &Url) -> Result<MediaPlay
             discontinuity: segment.discontinuity,
             gap,
             program_date_time,
+            parts: Vec::new(),
         });
     }
-    Ok(MediaPlaylist { target_duration_s, segments, ended: media.end_list })
+    Ok(MediaPlaylist {
+        target_duration_s,
+        segments,
+        ended: media.end_list,
+        media_sequence: media.media_sequence,
+        part_target_s: None,
+        server_control: ServerControl::default(),
+        trailing_parts: Vec::new(),
+        trailing_date_time: None,
+        trailing_init: None,
+        preload_hint: None,
+        rendition_reports: Vec::new(),
+    })
+}
+
+/// An attribute list (RFC 8216 §4.2) read strictly: `NAME=value` pairs, each name once, a quoted
+/// value kept without its quotes. `tag` names the tag in errors.
+fn attributes(tag: &str, list: &str) -> Result<Vec<(String, String, bool)>, String> {
+    let mut out: Vec<(String, String, bool)> = Vec::new();
+    let mut rest = list.trim();
+    while !rest.is_empty() {
+        let (name, after) = rest.split_once('=').ok_or_else(|| format!("{tag}: attribute without '=' in {list:?}"))?;
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-') {
+            return Err(format!("{tag}: bad attribute name {name:?}"));
+        }
+        let (value, quoted, after) = match after.strip_prefix('"') {
+            Some(quoted) => {
+                let (value, after) =
+                    quoted.split_once('"').ok_or_else(|| format!("{tag}: {name} has an unterminated quoted string"))?;
+                (value, true, after)
+            }
+            None => {
+                let (value, after) = after.split_at(after.find(',').unwrap_or(after.len()));
+                (value, false, after)
+            }
+        };
+        if out.iter().any(|(n, _, _)| n == name) {
+            return Err(format!("{tag}: {name} appears twice"));
+        }
+        out.push((name.to_string(), value.to_string(), quoted));
+        rest = match after.strip_prefix(',') {
+            Some(next) => next,
+            None if after.is_empty() => after,
+            None => return Err(format!("{tag}: unexpected {after:?} after {name}")),
+        };
+    }
+    Ok(out)
+}
+
+/// The low-latency tags of a media playlist (draft-pantos-hls-rfc8216bis §4.4.3.7, §4.4.3.8,
+/// §4.4.4.9, §4.4.5.3, §4.4.5.4), which m3u8-rs 6 does not know: it keeps them as unknown tags of
+/// the next segment and drops those after the last one, so they are read here from the text, each
+/// `EXT-X-PART` going to the segment whose URI line follows it.
+fn low_latency_tags(text: &str, base: &Url, playlist: &mut MediaPlaylist) -> Result<(), PlaylistError> {
+    let invalid = |reason: String| PlaylistError::Invalid { url: base.to_string(), reason };
+    let mut pending: Vec<Part> = Vec::new();
+    let mut segment_index = 0usize;
+    // Where the next BYTERANGE without an offset starts (same URI only, as for EXT-X-BYTERANGE).
+    let mut next_offset: Option<(Url, u64)> = None;
+    let mut server_control_seen = false;
+    // An EXT-X-PROGRAM-DATE-TIME since the last URI line: the date of the segment being made.
+    let mut pending_date_time = None;
+    // The last EXT-X-MAP (RFC 8216 §4.3.2.5: it applies to every segment after it).
+    let mut map: Option<InitSection> = None;
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if !line.starts_with('#') {
+            // A URI line: the segment the pending parts belong to.
+            if let Some(segment) = playlist.segments.get_mut(segment_index) {
+                segment.parts = std::mem::take(&mut pending);
+            }
+            segment_index += 1;
+            pending_date_time = None;
+            continue;
+        }
+        let Some((tag, value)) = line.split_once(':') else { continue };
+        let tag = tag.trim_start_matches('#');
+        let at = |reason: String| invalid(format!("line {}: {reason}", number + 1));
+        match tag {
+            // m3u8-rs read it already (for the segment after it); it is only kept here for parts
+            // after the last segment, whose date m3u8-rs drops.
+            "EXT-X-PROGRAM-DATE-TIME" => pending_date_time = chrono::DateTime::parse_from_rfc3339(value).ok(),
+            "EXT-X-MAP" => {
+                // m3u8-rs read (and check_tag_values checked) it; only its URI and range matter here.
+                let (mut uri, mut range) = (None, None);
+                for (name, value, _) in attributes(tag, value).map_err(at)? {
+                    match name.as_str() {
+                        "URI" => uri = Some(resolve(base, &value)?),
+                        "BYTERANGE" => {
+                            let bad = || at(format!("{tag}: BYTERANGE {value:?} is not <n>[@<o>]"));
+                            let (n, o) = value.split_once('@').unwrap_or((&value, "0"));
+                            let (length, offset) = (
+                                integer(tag, &name, n).map_err(|_| bad())?,
+                                integer(tag, &name, o).map_err(|_| bad())?,
+                            );
+                            range = Some(byte_range(length, offset, "EXT-X-MAP BYTERANGE").map_err(at)?);
+                        }
+                        _ => {}
+                    }
+                }
+                map = uri.map(|uri| InitSection { uri, range });
+            }
+            "EXT-X-PART-INF" => {
+                let mut target = None;
+                for (name, value, _) in attributes(tag, value).map_err(at)? {
+                    if name == "PART-TARGET" {
+                        target = Some(seconds(tag, &name, &value).map_err(at)?);
+                    }
+                }
+                let target = target.ok_or_else(|| at(format!("{tag} without PART-TARGET")))?;
+                if target <= 0.0 {
+                    return Err(at(format!("{tag}: PART-TARGET must be more than 0 s")));
+                }
+                playlist.part_target_s = Some(target);
+            }
+            "EXT-X-SERVER-CONTROL" => {
+                if server_control_seen {
+                    return Err(at(format!("{tag} appears twice")));
+                }
+                server_control_seen = true;
+                for (name, value, _) in attributes(tag, value).map_err(at)? {
+                    let control = &mut playlist.server_control;
+                    match name.as_str() {
+                        "CAN-BLOCK-RELOAD" => control.can_block_reload = yes_no(tag, &name, &value).map_err(at)?,
+                        "HOLD-BACK" => control.hold_back_s = Some(seconds(tag, &name, &value).map_err(at)?),
+                        "PART-HOLD-BACK" => control.part_hold_back_s = Some(seconds(tag, &name, &value).map_err(at)?),
+                        // CAN-SKIP-UNTIL, CAN-SKIP-DATERANGES: delta updates are not asked for.
+                        _ => {}
+                    }
+                }
+            }
+            "EXT-X-PART" => {
+                let (mut uri, mut duration_s, mut independent, mut range_text) = (None, None, false, None);
+                for (name, value, quoted) in attributes(tag, value).map_err(at)? {
+                    match name.as_str() {
+                        "URI" if quoted => uri = Some(resolve(base, &value)?),
+                        "URI" => return Err(at(format!("{tag}: URI must be a quoted string"))),
+                        "DURATION" => duration_s = Some(seconds(tag, &name, &value).map_err(at)?),
+                        "INDEPENDENT" => independent = yes_no(tag, &name, &value).map_err(at)?,
+                        "BYTERANGE" => range_text = Some(value),
+                        // GAP=YES parts are not produced by Eddy's packager; other attributes are
+                        // ignored as §4.4.4.9 lets clients ignore unknown ones.
+                        _ => {}
+                    }
+                }
+                let uri = uri.ok_or_else(|| at(format!("{tag} without URI")))?;
+                let duration_s = duration_s.ok_or_else(|| at(format!("{tag} without DURATION")))?;
+                let range = match range_text {
+                    None => {
+                        next_offset = None;
+                        None
+                    }
+                    Some(text) => {
+                        let bad = || at(format!("{tag}: BYTERANGE {text:?} is not <n>[@<o>]"));
+                        let number = |t: &str| {
+                            (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+                                .then(|| t.parse::<u64>().ok())
+                                .flatten()
+                        };
+                        let (length, offset) = match text.split_once('@') {
+                            Some((n, o)) => (number(n).ok_or_else(bad)?, number(o).ok_or_else(bad)?),
+                            None => {
+                                let length = number(&text).ok_or_else(bad)?;
+                                match &next_offset {
+                                    Some((previous, end)) if *previous == uri => (length, *end),
+                                    _ => {
+                                        return Err(at(format!(
+                                            "{tag}: BYTERANGE without offset follows no range of the same URI"
+                                        )))
+                                    }
+                                }
+                            }
+                        };
+                        let range = byte_range(length, offset, "EXT-X-PART BYTERANGE").map_err(at)?;
+                        next_offset = Some((uri.clone(), range.offset.saturating_add(range.length)));
+                        Some(range)
+                    }
+                };
+                pending.push(Part { uri, duration_s, independent, range });
+            }
+            "EXT-X-PRELOAD-HINT" => {
+                let (mut kind, mut uri) = (None, None);
+                for (name, value, quoted) in attributes(tag, value).map_err(at)? {
+                    match name.as_str() {
+                        "TYPE" => kind = Some(value),
+                        "URI" if quoted => uri = Some(resolve(base, &value)?),
+                        "URI" => return Err(at(format!("{tag}: URI must be a quoted string"))),
+                        _ => {}
+                    }
+                }
+                let uri = uri.ok_or_else(|| at(format!("{tag} without URI")))?;
+                match kind.as_deref() {
+                    Some("PART") => playlist.preload_hint = Some(uri),
+                    Some("MAP") => {}
+                    other => return Err(at(format!("{tag}: TYPE {other:?} is neither PART nor MAP"))),
+                }
+            }
+            "EXT-X-RENDITION-REPORT" => {
+                let (mut uri, mut last_msn, mut last_part) = (None, None, None);
+                for (name, value, quoted) in attributes(tag, value).map_err(at)? {
+                    match name.as_str() {
+                        "URI" if quoted => uri = Some(resolve(base, &value)?),
+                        "URI" => return Err(at(format!("{tag}: URI must be a quoted string"))),
+                        "LAST-MSN" => last_msn = Some(integer(tag, &name, &value).map_err(at)?),
+                        "LAST-PART" => last_part = Some(integer(tag, &name, &value).map_err(at)?),
+                        _ => {}
+                    }
+                }
+                let uri = uri.ok_or_else(|| at(format!("{tag} without URI")))?;
+                playlist.rendition_reports.push(RenditionReport { uri, last_msn, last_part });
+            }
+            _ => {}
+        }
+    }
+    if segment_index != playlist.segments.len() {
+        return Err(invalid(format!(
+            "{} URI lines for {} segments: the parts cannot be placed",
+            segment_index,
+            playlist.segments.len()
+        )));
+    }
+    if !playlist.ended {
+        playlist.trailing_parts = pending;
+        playlist.trailing_init = map;
+        playlist.trailing_date_time = pending_date_time.or_else(|| {
+            let last = playlist.segments.last()?;
+            let milliseconds = (last.duration_s * 1000.0).round() as i64;
+            last.program_date_time?.checked_add_signed(chrono::TimeDelta::milliseconds(milliseconds))
+        });
+    } else if !pending.is_empty() {
+        return Err(invalid("EXT-X-PART after the last segment of an ended playlist".into()));
+    }
+    let has_parts = !playlist.trailing_parts.is_empty() || playlist.segments.iter().any(|s| !s.parts.is_empty());
+    if has_parts && playlist.part_target_s.is_none() {
+        // §4.4.3.7: EXT-X-PART-INF is REQUIRED when the playlist contains EXT-X-PART.
+        return Err(invalid("EXT-X-PART without EXT-X-PART-INF".into()));
+    }
+    Ok(())
+}
+
+/// A decimal-floating-point attribute in seconds, within [`duration`]'s bounds.
+fn seconds(tag: &str, name: &str, value: &str) -> Result<f64, String> {
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    let (whole, fraction) = value.split_once('.').unwrap_or((value, "0"));
+    if !digits(whole) || !digits(fraction) {
+        return Err(format!("{tag}: {name}={value:?} is not a number of seconds"));
+    }
+    let number = value.parse::<f64>().map_err(|_| format!("{tag}: {name}={value:?} is not a number of seconds"))?;
+    duration(number, &format!("{tag} {name}"))
+}
+
+/// A decimal-integer attribute (RFC 8216 §4.2).
+fn integer(tag: &str, name: &str, value: &str) -> Result<u64, String> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{tag}: {name}={value:?} is not a decimal integer"));
+    }
+    value.parse().map_err(|_| format!("{tag}: {name}={value:?} is too large"))
+}
+
+/// A YES/NO enumerated attribute.
+fn yes_no(tag: &str, name: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "YES" => Ok(true),
+        "NO" => Ok(false),
+        _ => Err(format!("{tag}: {name}={value:?} is neither YES nor NO")),
+    }
 }
 
 /// Turns a command-line argument (URL or file path) into a URL.
@@ -703,6 +1085,136 @@ v0.m3u8
         let Ok(Parsed::Media(media)) = parse(text.as_bytes(), &base()) else { panic!("media expected") };
         assert!(!media.ended);
         assert_eq!(media.live_start_sequence(), Some(103));
+    }
+
+    /// What `eddy-package --live --low-latency` writes (draft-pantos-hls-rfc8216bis §4.4.3.7-§4.4.5.4).
+    const LL: &str = "#EXTM3U
+#EXT-X-VERSION:6
+#EXT-X-TARGETDURATION:2
+#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,HOLD-BACK=6.000,PART-HOLD-BACK=3.000,CAN-SKIP-UNTIL=12.0
+#EXT-X-PART-INF:PART-TARGET=1.000
+#EXT-X-MEDIA-SEQUENCE:7
+#EXT-X-MAP:URI=\"init.mp4\"
+#EXT-X-PROGRAM-DATE-TIME:2026-12-01T10:00:00.000Z
+#EXTINF:2.000,
+seg_00007.m4s
+#EXT-X-PROGRAM-DATE-TIME:2026-12-01T10:00:02.000Z
+#EXT-X-PART:DURATION=1.000,URI=\"seg_00008.part0.m4s\",INDEPENDENT=YES
+#EXT-X-PART:DURATION=1.000,URI=\"seg_00008.part1.m4s\"
+#EXTINF:2.000,
+seg_00008.m4s
+#EXT-X-PROGRAM-DATE-TIME:2026-12-01T10:00:04.000Z
+#EXT-X-PART:DURATION=1.000,URI=\"seg_00009.part0.m4s\",INDEPENDENT=YES
+#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"seg_00009.part1.m4s\"
+#EXT-X-RENDITION-REPORT:URI=\"../360p/index.m3u8\",LAST-MSN=9,LAST-PART=0
+";
+
+    fn media_of(text: &str) -> Result<MediaPlaylist, PlaylistError> {
+        match parse(text.as_bytes(), &base())? {
+            Parsed::Media(media) => Ok(*media),
+            Parsed::Master(_) => panic!("media expected"),
+        }
+    }
+
+    #[test]
+    fn low_latency_tags_give_parts_server_control_hints_and_reports() {
+        let media = media_of(LL).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(media.part_target_s, Some(1.0));
+        let control = &media.server_control;
+        assert!(control.can_block_reload);
+        assert_eq!((control.hold_back_s, control.part_hold_back_s), (Some(6.0), Some(3.0)));
+        assert!(media.segments[0].parts.is_empty(), "segment 7 lists no parts");
+        let parts = &media.segments[1].parts;
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].uri.as_str(), "http://example.test/live/seg_00008.part0.m4s");
+        assert!(parts[0].independent && !parts[1].independent);
+        assert_eq!(media.in_progress_sequence(), 9);
+        assert_eq!(media.trailing_parts.len(), 1);
+        assert_eq!(media.trailing_init.as_ref().map(|i| i.uri.as_str()), Some("http://example.test/live/init.mp4"));
+        assert_eq!(media.trailing_date_time.map(|d| d.to_rfc3339()).as_deref(), Some("2026-12-01T10:00:04+00:00"));
+        assert_eq!(media.preload_hint.as_ref().map(Url::as_str), Some("http://example.test/live/seg_00009.part1.m4s"));
+        let report = &media.rendition_reports[0];
+        assert_eq!(report.uri.as_str(), "http://example.test/360p/index.m3u8");
+        assert_eq!((report.last_msn, report.last_part), (Some(9), Some(0)));
+        assert_eq!(media.part(PartPosition { msn: 9, part: 0 }).map(|p| p.duration_s), Some(1.0));
+        assert!(media.part(PartPosition { msn: 9, part: 1 }).is_none(), "a hint is not a listed part");
+        assert!(media.part(PartPosition { msn: 7, part: 0 }).is_none());
+        assert!(media.is_fmp4());
+    }
+
+    #[test]
+    fn live_start_joins_at_an_independent_part_the_delay_from_the_end() {
+        let media = media_of(LL).unwrap_or_else(|e| panic!("{e}"));
+        // 9.0 (1 s), 8.1 (2 s, not independent), 8.0 (3 s).
+        assert_eq!(media.live_start_part(3.0), Some(PartPosition { msn: 8, part: 0 }));
+        assert_eq!(media.live_start_part(2.0), Some(PartPosition { msn: 8, part: 0 }), "8.1 is not independent");
+        assert_eq!(media.live_start_part(1.0), Some(PartPosition { msn: 9, part: 0 }));
+        assert_eq!(media.live_start_part(60.0), Some(PartPosition { msn: 8, part: 0 }), "as far back as parts go");
+        let only_parts = LL.replace("#EXTINF:2.000,\nseg_00007.m4s\n", "");
+        let media = media_of(&only_parts).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(media.live_start_part(3.0), Some(PartPosition { msn: 7, part: 0 }));
+        let plain = media_of(&LL.lines().filter(|l| !l.contains("PART")).collect::<Vec<_>>().join("\n"));
+        assert_eq!(plain.map(|m| m.live_start_part(3.0)).ok(), Some(None));
+    }
+
+    #[test]
+    fn a_playlist_of_parts_only_is_fmp4_and_numbers_them_from_the_media_sequence() {
+        let text = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-PART-INF:PART-TARGET=1.0\n#EXT-X-MEDIA-SEQUENCE:3\n#EXT-X-MAP:URI=\"i.mp4\"\n#EXT-X-PART:DURATION=1.0,URI=\"p.m4s\",INDEPENDENT=YES\n";
+        let media = media_of(text).unwrap_or_else(|e| panic!("{e}"));
+        assert!(media.segments.is_empty() && media.is_fmp4());
+        assert_eq!(media.in_progress_sequence(), 3);
+        assert!(media.part(PartPosition { msn: 3, part: 0 }).is_some());
+    }
+
+    #[test]
+    fn part_byte_ranges_follow_on_within_one_uri() {
+        let text = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-PART-INF:PART-TARGET=1.0\n#EXT-X-PART:DURATION=1.0,URI=\"s.mp4\",BYTERANGE=\"100@0\"\n#EXT-X-PART:DURATION=1.0,URI=\"s.mp4\",BYTERANGE=\"50\"\n";
+        let media = media_of(text).unwrap_or_else(|e| panic!("{e}"));
+        let ranges: Vec<_> = media.trailing_parts.iter().map(|p| p.range).collect();
+        assert_eq!(ranges, vec![Some(Range { offset: 0, length: 100 }), Some(Range { offset: 100, length: 50 })]);
+    }
+
+    #[test]
+    fn bad_low_latency_tags_are_refused_naming_the_tag() {
+        let head = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-PART-INF:PART-TARGET=1.0\n";
+        for (line, wanted) in [
+            ("#EXT-X-PART:DURATION=1.0", "EXT-X-PART without URI"),
+            ("#EXT-X-PART:URI=\"p.m4s\"", "EXT-X-PART without DURATION"),
+            ("#EXT-X-PART:DURATION=-1,URI=\"p.m4s\"", "DURATION"),
+            ("#EXT-X-PART:DURATION=1e9,URI=\"p.m4s\"", "DURATION"),
+            ("#EXT-X-PART:DURATION=99999999,URI=\"p.m4s\"", "EXT-X-PART DURATION"),
+            ("#EXT-X-PART:DURATION=1.0,URI=p.m4s", "quoted"),
+            ("#EXT-X-PART:DURATION=1.0,URI=\"p.m4s\",INDEPENDENT=yes", "INDEPENDENT"),
+            ("#EXT-X-PART:DURATION=1.0,URI=\"p.m4s\",DURATION=2.0", "twice"),
+            ("#EXT-X-PART:DURATION=1.0,URI=\"p.m4s", "unterminated"),
+            ("#EXT-X-PART:DURATION=1.0,URI=\"p.m4s\",BYTERANGE=\"10\"", "without offset"),
+            ("#EXT-X-PART:DURATION=1.0,URI=\"p.m4s\",BYTERANGE=\"0@5\"", "empty"),
+            ("#EXT-X-PART:DURATION=1.0,URI=\"p.m4s\",BYTERANGE=\"1@18446744073709551615\"", "2^64"),
+            ("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=1", "CAN-BLOCK-RELOAD"),
+            ("#EXT-X-SERVER-CONTROL:PART-HOLD-BACK=x", "PART-HOLD-BACK"),
+            ("#EXT-X-SERVER-CONTROL:HOLD-BACK=1\n#EXT-X-SERVER-CONTROL:HOLD-BACK=2", "twice"),
+            ("#EXT-X-PART-INF:PART-TARGET=0", "PART-TARGET"),
+            ("#EXT-X-PART-INF:X=1", "without PART-TARGET"),
+            ("#EXT-X-PRELOAD-HINT:TYPE=SEGMENT,URI=\"p\"", "neither PART nor MAP"),
+            ("#EXT-X-PRELOAD-HINT:TYPE=PART", "without URI"),
+            ("#EXT-X-RENDITION-REPORT:URI=\"../a.m3u8\",LAST-MSN=-1", "LAST-MSN"),
+            ("#EXT-X-RENDITION-REPORT:URI=\"../a.m3u8\",LAST-PART=99999999999999999999", "LAST-PART"),
+            ("#EXT-X-RENDITION-REPORT:URI=\"ftp://x/a.m3u8\"", "scheme"),
+        ] {
+            let error = media_of(&format!("{head}{line}\n")).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(error.contains(wanted), "{line}: {error:?} lacks {wanted:?}");
+        }
+        let no_part_inf = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-PART:DURATION=1.0,URI=\"p.m4s\"\n";
+        assert!(media_of(no_part_inf).err().is_some_and(|e| e.to_string().contains("without EXT-X-PART-INF")));
+    }
+
+    proptest! {
+        /// Any text after an LL tag is read or refused, never a panic.
+        #[test]
+        fn low_latency_tag_values_never_panic(tag in prop::sample::select(vec!["PART", "PART-INF", "SERVER-CONTROL", "PRELOAD-HINT", "RENDITION-REPORT"]), value in "[ -~]{0,40}") {
+            let text = format!("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-PART-INF:PART-TARGET=1.0\n#EXT-X-{tag}:{value}\n");
+            let _ = parse(text.as_bytes(), &base());
+        }
     }
 
     #[test]
@@ -1041,7 +1553,7 @@ v0.m3u8
 
     fn media(text: &str, base: &Url) -> Result<MediaPlaylist, String> {
         match parse(text.as_bytes(), base) {
-            Ok(Parsed::Media(media)) => Ok(media),
+            Ok(Parsed::Media(media)) => Ok(*media),
             Ok(Parsed::Master(_)) => Err("a master playlist".into()),
             Err(e) => Err(e.to_string()),
         }

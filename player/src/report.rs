@@ -21,6 +21,33 @@ pub struct SegmentRecord {
     pub abandoned: bool,
     /// Seconds of media.
     pub duration_s: f64,
+    /// Low-latency live: the segment was fetched as this many parts (`bytes`, `download_ms` and
+    /// `duration_s` are their sums; a segment joined part-way counts only the parts played).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<u32>,
+}
+
+/// The median and 95th percentile of a series.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p95: f64,
+}
+
+impl Percentiles {
+    /// Nearest-rank percentiles, rounded to the millisecond; `None` for no sample.
+    pub fn of(samples: &[f64]) -> Option<Percentiles> {
+        let mut sorted: Vec<f64> = samples.iter().copied().filter(|v| v.is_finite()).collect();
+        if sorted.is_empty() {
+            return None;
+        }
+        sorted.sort_by(f64::total_cmp);
+        let rank = |p: f64| {
+            let index = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+            (sorted[index] * 1000.0).round() / 1000.0
+        };
+        Some(Percentiles { p50: rank(0.50), p95: rank(0.95) })
+    }
 }
 
 /// The `--report` JSON.
@@ -44,6 +71,10 @@ pub struct Report {
     /// Seconds of decoded audio that reached the audio sink (0 for a stream without audio, or one
     /// whose audio never played).
     pub audio_played_s: f64,
+    /// Live streams with EXT-X-PROGRAM-DATE-TIME: how far behind capture the media playing was
+    /// (wall clock minus the date of the frame on screen), sampled while playing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_latency_s: Option<Percentiles>,
     pub segments: Vec<SegmentRecord>,
 }
 
@@ -60,6 +91,8 @@ pub struct PlaybackTotals {
     pub abandoned_downloads: u32,
     pub interrupted: bool,
     pub audio_played_s: f64,
+    /// Live latency samples (seconds).
+    pub latency_samples: Vec<f64>,
     /// The segments that (at least partly) played, in order.
     pub segments: Vec<SegmentRecord>,
 }
@@ -76,6 +109,7 @@ impl Report {
             abandoned_downloads,
             interrupted,
             audio_played_s,
+            latency_samples,
             segments,
         } = totals;
         let bitrates: Vec<u64> = segments.iter().map(|s| s.bitrate_bps).collect();
@@ -95,6 +129,7 @@ impl Report {
             abandoned_downloads,
             interrupted,
             audio_played_s: (audio_played_s * 1000.0).round() / 1000.0,
+            live_latency_s: Percentiles::of(&latency_samples),
             segments,
         }
     }
@@ -202,7 +237,16 @@ mod tests {
             download_ms: 10,
             abandoned: false,
             duration_s: 2.0,
+            parts: None,
         }
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        assert_eq!(Percentiles::of(&[]), None);
+        let samples: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(Percentiles::of(&samples), Some(Percentiles { p50: 50.0, p95: 95.0 }));
+        assert_eq!(Percentiles::of(&[2.5, f64::NAN]), Some(Percentiles { p50: 2.5, p95: 2.5 }));
     }
 
     #[test]
@@ -218,6 +262,7 @@ mod tests {
             abandoned_downloads: 0,
             interrupted: false,
             audio_played_s: 0.0,
+            latency_samples: Vec::new(),
             segments,
         });
         assert_eq!(report.switches, 1);

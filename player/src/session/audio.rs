@@ -36,7 +36,7 @@ impl<'a, F: Fetch> AudioLoader<'a, F> {
             config,
             fetcher,
             playlist,
-            playlists: Playlists { loaded: Default::default() },
+            playlists: Playlists::default(),
             keys: Keys::default(),
             last_init: None,
             bytes: 0,

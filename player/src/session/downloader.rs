@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::keys::Keys;
 use super::monitor::MONITOR_INTERVAL;
-use super::playlists::{Ladder, Next, Playlists};
+use super::playlists::{Ladder, Next, NextPart, Playlists};
 use super::seams::Fetch;
 use super::state::{lock, Playback, SeekDone, Status};
 use super::{PlayError, PlayerConfig};
@@ -17,7 +17,7 @@ use crate::abr::{AbrAlgorithm, PartialTransfer};
 use crate::events::{Event, LadderRung};
 use crate::fetch::{FetchError, Outcome};
 use crate::pipeline::Track;
-use crate::playlist::{InitSection, Segment};
+use crate::playlist::{InitSection, PartPosition, Segment};
 use crate::report::SegmentRecord;
 use crate::timestamps;
 
@@ -41,6 +41,9 @@ pub(super) struct Downloader<'a, F: Fetch> {
     pub keys: Keys,
     /// The init section last pushed (fMP4): pushed again when it changes (rendition switch).
     pub last_init: Option<InitSection>,
+    /// Low-latency live (draft-pantos-hls-rfc8216bis §4.4.4.9): the next part of the current segment
+    /// to fetch; `None` when whole segments are fetched.
+    pub part: Option<u64>,
     pub done: Downloaded,
 }
 
@@ -134,11 +137,18 @@ impl<F: Fetch> Downloader<'_, F> {
             if self.playlists.is_past_end(current, *sequence) {
                 return Ok(());
             }
+            if let Some(part) = self.part {
+                if self.play_part(sequence, part).await? {
+                    continue;
+                }
+                return Ok(());
+            }
             let rung = self.decide(*sequence);
             let shared = Arc::clone(self.shared);
             let stop = move || lock(&shared).interrupted();
-            let segment = match self.playlists.next(self.fetcher, &self.ladder.variants[rung], *sequence, &stop).await?
-            {
+            let next = self.playlists.next(self.fetcher, &self.ladder.variants[rung], *sequence, &stop).await;
+            self.reload_events();
+            let segment = match next? {
                 None => return Ok(()),
                 Some(Next::End) => return Ok(()),
                 Some(Next::Skip(to)) => {
@@ -168,7 +178,92 @@ impl<F: Fetch> Downloader<'_, F> {
                 return Ok(());
             };
             *sequence = fetched.segment.sequence + 1;
-            self.push(fetched, previous).await?;
+            self.push(fetched, previous, None).await?;
+        }
+    }
+
+    /// One step of low-latency live playback at part `part` of segment `sequence`: fetches and pushes
+    /// the part (or the whole segment when its parts left the playlist), or moves on to the next
+    /// segment. The ABR decides at segment boundaries only: a part is too short a download to
+    /// measure, and the switch needs an independent part, which part 0 always is (§4.4.4.9 allows
+    /// others not to be). Returns false when playback should stop (the stream ended, or stopped).
+    async fn play_part(&mut self, sequence: &mut u64, part: u64) -> Result<bool, PlayError> {
+        let rung = match self.history.current() {
+            Some(current) if part > 0 => current,
+            _ => self.decide(*sequence),
+        };
+        let shared = Arc::clone(self.shared);
+        let stop = move || lock(&shared).interrupted();
+        let at = PartPosition { msn: *sequence, part };
+        let next = self.playlists.next_part(self.fetcher, &self.ladder.variants[rung], at, &stop).await;
+        self.reload_events();
+        let (segment, whole) = match next? {
+            None | Some(NextPart::End) => return Ok(false),
+            Some(NextPart::Skip(to)) => {
+                tracing::warn!("fell behind the live window: skipping from {sequence} to {to}");
+                *sequence = to;
+                self.part = Some(0);
+                return Ok(true);
+            }
+            Some(NextPart::SegmentDone) => {
+                *sequence = sequence.saturating_add(1);
+                self.part = Some(0);
+                return Ok(true);
+            }
+            Some(NextPart::Whole(segment)) => (*segment, true),
+            Some(NextPart::Part(segment)) => (*segment, false),
+        };
+        if segment.key.is_some() && !whole {
+            // AES-128 (RFC 8216 §4.3.2.4) encrypts whole segments in CBC: a part alone cannot be
+            // decrypted with the segment's IV.
+            return Err(PlayError::Segment { sequence: *sequence, reason: "encrypted parts are not supported".into() });
+        }
+        let previous = self.history.current();
+        // No abandonment of a part: it is a fraction of a second of media, at the live edge.
+        let fetched = match self.fetch_segment(&segment, rung, true).await {
+            Ok(SegmentFetch::Done { data, download, download_ms }) => {
+                Fetched { segment, rung, data, download, download_ms, abandoned: false }
+            }
+            Ok(SegmentFetch::Stopped | SegmentFetch::Abandoned(_)) => {
+                return Ok(lock(self.shared).seek_request.is_some());
+            }
+            Err(error) => {
+                let what = if whole { String::new() } else { format!(" part {part}") };
+                return Err(PlayError::Segment {
+                    sequence: *sequence,
+                    reason: format!("{what} {error}").trim().into(),
+                });
+            }
+        };
+        self.push(fetched, previous, (!whole).then_some(part)).await?;
+        if whole {
+            *sequence = sequence.saturating_add(1);
+            self.part = Some(0);
+        } else {
+            self.part = Some(part.saturating_add(1));
+        }
+        Ok(true)
+    }
+
+    /// The `reload` events of the live playlist reloads done since the last call.
+    fn reload_events(&mut self) {
+        let reloads = std::mem::take(&mut self.playlists.reloads);
+        if reloads.is_empty() {
+            return;
+        }
+        let mut state = lock(self.shared);
+        for reload in reloads {
+            let (msn, part) = match reload.blocking {
+                Some(at) => (Some(at.msn), (at.part != u64::MAX).then_some(at.part)),
+                None => (None, None),
+            };
+            state.event(Event::Reload {
+                rendition: reload.rendition,
+                blocking: reload.blocking.is_some(),
+                msn,
+                part,
+                wait_ms: reload.wait_ms,
+            });
         }
     }
 
@@ -405,7 +500,8 @@ impl<F: Fetch> Downloader<'_, F> {
     }
 
     /// Decrypts, pushes the init section when it changed and the segment, and records it.
-    async fn push(&mut self, fetched: Fetched, previous: Option<usize>) -> Result<(), PlayError> {
+    /// `part`: the part of the segment this is, when it is one.
+    async fn push(&mut self, fetched: Fetched, previous: Option<usize>, part: Option<u64>) -> Result<(), PlayError> {
         let Fetched { segment, rung, data, download, download_ms, abandoned } = fetched;
         let data = self.keys.decrypt(self.fetcher, &segment, data, &mut self.done.bytes).await?;
         let switched = previous.is_some_and(|c| c != rung);
@@ -442,6 +538,7 @@ impl<F: Fetch> Downloader<'_, F> {
             download_ms,
             abandoned,
             duration_s: segment.duration_s,
+            parts: part.map(|_| 1),
         };
         let mut state = lock(self.shared);
         if state.play_requested_at.is_none() {
@@ -450,6 +547,11 @@ impl<F: Fetch> Downloader<'_, F> {
             state.first_video_pts = timestamps::first_pts(init_pushed.as_deref(), &data);
         }
         state.sink.push(Track::Main, data, (switched || segment.discontinuity) && !init_changed)?;
+        if let Some(date_time) = segment.program_date_time {
+            // Where this media sits on the wall clock: what the monitor's live latency is measured from.
+            let start_s = state.pushed_media_s;
+            state.dates.push_back((start_s, date_time.with_timezone(&chrono::Utc)));
+        }
         state.pushed_media_s += segment.duration_s;
         if state.play_requested_at.is_none() {
             state.sink.play()?;
@@ -464,6 +566,7 @@ impl<F: Fetch> Downloader<'_, F> {
             estimate_bps,
         };
         let buffer_s = state.buffer_ahead_s();
+        let live_latency_s = state.latency_samples.last().map(|l| (l * 1000.0).round() / 1000.0);
         state.event(Event::Segment {
             index: record.index,
             rendition: record.rendition,
@@ -475,8 +578,20 @@ impl<F: Fetch> Downloader<'_, F> {
             buffer_s,
             download,
             program_date_time: date_time_text(segment.program_date_time.as_ref()),
+            part,
+            live_latency_s,
         });
         drop(state);
+        // The parts of one segment make one record, as the whole segment would.
+        if let (Some(part), Some(last)) = (part, self.done.records.last_mut()) {
+            if part > 0 && last.index == record.index && last.rendition == record.rendition && last.parts.is_some() {
+                last.bytes += record.bytes;
+                last.download_ms += record.download_ms;
+                last.duration_s += record.duration_s;
+                last.parts = last.parts.map(|n| n.saturating_add(1));
+                return Ok(());
+            }
+        }
         self.done.records.push(record);
         Ok(())
     }

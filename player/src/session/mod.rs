@@ -24,7 +24,6 @@ mod subtitles;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -70,6 +69,9 @@ pub struct PlayerConfig {
     pub audio_lang: Option<String>,
     /// `--subs`: show the subtitle rendition in this language (RFC 5646) over the video.
     pub subs: Option<String>,
+    /// `--live-delay`: how far behind the end of a low-latency live playlist to join, instead of
+    /// its PART-HOLD-BACK (draft-pantos-hls-rfc8216bis §4.4.3.8); never under two part targets.
+    pub live_delay_s: Option<f64>,
 }
 
 #[derive(Debug, Error)]
@@ -117,11 +119,13 @@ pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
     let started_at = Instant::now();
     let fetcher = Fetcher::new()?;
     let (body, from) = fetcher.get_playlist(&config.url).await?;
-    let mut playlists = Playlists { loaded: HashMap::new() };
+    let mut playlists = Playlists::default();
     let (variants, master) = match playlist::parse(&body, &from)? {
         Parsed::Master(master) => (master.variants.clone(), Some(master)),
         Parsed::Media(media) => {
-            playlists.loaded.insert(0, LoadedPlaylist { playlist: media, loaded_at: Instant::now(), unchanged: false });
+            playlists
+                .loaded
+                .insert(0, LoadedPlaylist { playlist: *media, loaded_at: Instant::now(), unchanged: false });
             let variant = Variant::media_playlist(config.url.clone());
             (vec![variant], None)
         }
@@ -162,6 +166,22 @@ pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
             .ok_or_else(|| PlayError::NoRendition(format!("--start-at {seconds} is past the end of the stream")))?,
         None if !first.ended => first.live_start_sequence().unwrap_or(0),
         None => first.segments.first().map_or(0, |s| s.sequence),
+    };
+    // Low-latency live: join at a part (draft-pantos-hls-rfc8216bis §6.3.3), PART-HOLD-BACK from the
+    // end unless --live-delay says otherwise.
+    let start_part = match (config.start_at_s, first.part_target_s) {
+        (None, Some(part_target_s)) if !first.ended => {
+            let delay_s = live_delay_s(&first, part_target_s, config.live_delay_s);
+            first.live_start_part(delay_s)
+        }
+        _ => None,
+    };
+    let (start_sequence, start_part) = match start_part {
+        Some(at) => {
+            tracing::info!("low-latency live: joining at part {} of segment {}", at.part, at.msn);
+            (at.msn, Some(at.part))
+        }
+        None => (start_sequence, None),
     };
     let events = EventWriter::create(config.events.as_deref()).map_err(|e| {
         PlayError::Output(format!("{}: {e}", config.events.as_deref().unwrap_or(std::path::Path::new("")).display()))
@@ -253,6 +273,7 @@ pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
         history: History::default(),
         keys: Keys::default(),
         last_init: None,
+        part: start_part,
         done: Downloaded { bytes: body.len() as u64, ..Downloaded::default() },
     };
     let video = async {
@@ -298,6 +319,19 @@ pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
     Ok(Played { report, timeline: std::mem::take(&mut state.timeline) })
 }
 
+/// How far behind the end of a low-latency playlist to join: `--live-delay` if given, else the
+/// server's PART-HOLD-BACK, else three part targets (§4.4.3.8 recommends that much). Never under two
+/// part targets, the least PART-HOLD-BACK may be (§4.4.3.8): closer, the next part is not made yet
+/// when the buffer runs out.
+fn live_delay_s(playlist: &playlist::MediaPlaylist, part_target_s: f64, asked_s: Option<f64>) -> f64 {
+    let least_s = 2.0 * part_target_s;
+    let delay_s = asked_s.or(playlist.server_control.part_hold_back_s).unwrap_or(3.0 * part_target_s);
+    if delay_s < least_s {
+        tracing::warn!("live delay {delay_s:.3} s is under two part targets: using {least_s:.3} s");
+    }
+    delay_s.max(least_s)
+}
+
 /// The report's figures from the finished playback.
 fn totals(config: &PlayerConfig, state: &Playback, finish: &Finish, done: Downloaded) -> PlaybackTotals {
     let played_s = match finish {
@@ -316,6 +350,7 @@ fn totals(config: &PlayerConfig, state: &Playback, finish: &Finish, done: Downlo
         abandoned_downloads: done.abandoned,
         interrupted: matches!(finish, Finish::Interrupted | Finish::Quit),
         audio_played_s: state.sink.audio_played_s(),
+        latency_samples: state.latency_samples.clone(),
         segments: played_segments(done.records, played_s),
     }
 }

@@ -103,6 +103,15 @@ fn tick(shared: &mut Playback, quiet: bool, last_status: &mut Instant, last_poin
     } else if !shared.user_paused {
         stall_check(shared, now, ahead, played, nothing_more);
     }
+    // Live only (a VOD stream has a length): a VOD's dates say when it was recorded, not how late it plays.
+    let live = shared.stream_duration_s.is_none();
+    if live && !shared.user_paused && !shared.stall.is_stalled() && !shared.seek_refilling {
+        if let Some(latency) =
+            shared.live_latency_s(chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now()))
+        {
+            shared.latency_samples.push(latency);
+        }
+    }
     subtitles::render(shared);
     if last_point.elapsed() >= TIMELINE_INTERVAL {
         *last_point = Instant::now();

@@ -90,6 +90,12 @@ pub(super) struct Playback {
     pub seek_refilling: bool,
     /// `--seek-to TO@AT`: a seek to TO once AT seconds have played.
     pub scripted_seek: Option<(f64, f64)>,
+    /// Where pushed media sits on the wall clock: (pushed media seconds where a dated segment or part
+    /// starts, its EXT-X-PROGRAM-DATE-TIME), oldest first; those behind the playback position are
+    /// dropped as it passes them.
+    pub dates: std::collections::VecDeque<(f64, chrono::DateTime<chrono::Utc>)>,
+    /// Live latency samples (seconds): wall clock minus the date of the media playing.
+    pub latency_samples: Vec<f64>,
     events: EventWriter,
 }
 
@@ -136,6 +142,8 @@ impl Playback {
             seek: SeekDone::default(),
             seek_refilling: false,
             scripted_seek: None,
+            dates: std::collections::VecDeque::new(),
+            latency_samples: Vec::new(),
             events,
         }
     }
@@ -202,6 +210,22 @@ impl Playback {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let t_s = (self.now_s() * 1000.0).round() / 1000.0;
         self.events.write(&EventRecord { event, t_s, unix_ms });
+    }
+
+    /// The live latency now: the wall clock minus the date of the media at the playback position
+    /// (the last dated push at or before it, plus the media played since). Forgets the dates the
+    /// position has passed. `None` for undated media.
+    pub fn live_latency_s(&mut self, now: chrono::DateTime<chrono::Utc>) -> Option<f64> {
+        let played = self.played_s();
+        while self.dates.len() > 1 && self.dates.get(1).is_some_and(|(start, _)| *start <= played) {
+            self.dates.pop_front();
+        }
+        let (start, date) = self.dates.front().copied()?;
+        if start > played {
+            return None;
+        }
+        let behind_ms = now.signed_duration_since(date).num_milliseconds();
+        Some(behind_ms as f64 / 1000.0 - (played - start))
     }
 
     /// Where playback is on the stream's timeline (media seconds).

@@ -55,7 +55,7 @@ impl<'a, F: Fetch> SubtitleLoader<'a, F> {
             fetcher,
             playlist,
             language: rendition.language.clone(),
-            playlists: Playlists { loaded: Default::default() },
+            playlists: Playlists::default(),
             keys: Keys::default(),
             bytes: 0,
         })

@@ -207,6 +207,18 @@ async fn run(
     duration_s: Option<f64>,
     prepare: impl FnOnce(&mut Playback),
 ) -> Run {
+    run_from(fetch, variants, abr, duration_s, prepare, (0, None)).await
+}
+
+/// [`run`] from segment `start.0`, part `start.1` (LL-HLS) when given.
+async fn run_from(
+    fetch: &FakeFetch,
+    variants: Vec<Variant>,
+    abr: Box<dyn AbrAlgorithm + Send>,
+    duration_s: Option<f64>,
+    prepare: impl FnOnce(&mut Playback),
+    start: (u64, Option<u64>),
+) -> Run {
     let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let events_path = work.path().join("events.jsonl");
     let config = PlayerConfig {
@@ -224,6 +236,7 @@ async fn run(
         seek_to: None,
         keys: false,
         subs: None,
+        live_delay_s: None,
     };
     let ladder = build_ladder(variants, &config).unwrap_or_else(|e| panic!("{e}"));
     let sink = FakeSink::default();
@@ -237,14 +250,15 @@ async fn run(
         fetcher: fetch,
         ladder: &ladder,
         shared: &shared,
-        playlists: Playlists { loaded: HashMap::new() },
+        playlists: Playlists::default(),
         abr,
         history: History::default(),
         keys: Keys::default(),
         last_init: None,
+        part: start.1,
         done: Downloaded::default(),
     };
-    let result = downloader.run(0).await;
+    let result = downloader.run(start.0).await;
     let done = downloader.done;
     drop(shared);
     let text = std::fs::read_to_string(&events_path).unwrap_or_default();
@@ -359,6 +373,67 @@ async fn a_finished_playback_downloads_nothing() {
     assert!(run.result.is_ok());
     assert!(run.pushed.is_empty(), "{:?}", run.pushed);
     assert_eq!(fetch.count("low/0.ts"), 0);
+}
+
+/// An LL-HLS playlist (draft-pantos-hls-rfc8216bis): segment 0 of parts 0.0 and 0.1, then `more`.
+fn ll_playlist(more: &str) -> String {
+    let head = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=2.0\n#EXT-X-PART-INF:PART-TARGET=1.0\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-MAP:URI=\"p/init.mp4\"\n";
+    let first = "#EXT-X-PART:DURATION=1.0,URI=\"p/0.0\",INDEPENDENT=YES\n#EXT-X-PART:DURATION=1.0,URI=\"p/0.1\",INDEPENDENT=YES\n#EXTINF:2.0,\np/0.m4s\n";
+    format!("{head}{first}{more}")
+}
+
+/// Low-latency live: parts pushed one by one from the join point, a blocking reload for the part not
+/// listed yet, and never a whole segment or a hinted part.
+#[tokio::test]
+async fn low_latency_live_pushes_parts_and_blocks_for_the_next_one() {
+    let mut fetch = FakeFetch::default();
+    let first = ll_playlist(
+        "#EXT-X-PART:DURATION=1.0,URI=\"p/1.0\",INDEPENDENT=YES\n#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"p/1.1\"\n",
+    );
+    let parts = "#EXT-X-PART:DURATION=1.0,URI=\"p/1.0\",INDEPENDENT=YES\n#EXT-X-PART:DURATION=1.0,URI=\"p/1.1\",INDEPENDENT=YES\n";
+    let second = ll_playlist(&format!("{parts}#EXTINF:2.0,\np/1.m4s\n#EXT-X-ENDLIST\n"));
+    fetch.serve("live.m3u8", first.clone());
+    fetch.serve("live.m3u8?_HLS_msn=1&_HLS_part=1", second);
+    for body in ["p/init.mp4", "p/0.0", "p/0.1", "p/1.0", "p/1.1"] {
+        fetch.serve(body, body.trim_end_matches(".mp4").to_string());
+    }
+    let variant = Variant {
+        index: 0,
+        uri: url("live.m3u8"),
+        bandwidth_bps: 0,
+        average_bandwidth_bps: None,
+        resolution: None,
+        codecs: None,
+        audio_group: None,
+        subtitles_group: None,
+    };
+    let Ok(crate::playlist::Parsed::Media(playlist)) = crate::playlist::parse(first.as_bytes(), &url("live.m3u8"))
+    else {
+        panic!("media expected")
+    };
+    let start = playlist.live_start_part(2.0).unwrap_or_else(|| panic!("a start part"));
+    assert_eq!((start.msn, start.part), (0, 1), "two parts (PART-HOLD-BACK) from the end");
+    let run = run_from(&fetch, vec![variant], Scripted::new(&[0]), None, |_| {}, (start.msn, Some(start.part))).await;
+    assert!(run.result.is_ok(), "{:?}", run.result.err());
+    assert_eq!(run.pushed, ["p/init (discontinuity)", "p/0.1", "play", "p/1.0", "p/1.1", "end"]);
+    assert_eq!(fetch.count("live.m3u8?_HLS_msn=1&_HLS_part=1"), 1, "one blocking reload");
+    for never in ["p/0.m4s", "p/1.m4s", "p/0.0"] {
+        assert_eq!(fetch.count(never), 0, "{never} fetched");
+    }
+    let records: Vec<(u64, Option<u32>, f64)> =
+        run.done.records.iter().map(|r| (r.index, r.parts, r.duration_s)).collect();
+    assert_eq!(records, [(0, Some(1), 1.0), (1, Some(2), 2.0)], "one record per segment");
+    let reloads: Vec<&Event> = run.events.iter().filter(|e| matches!(e, Event::Reload { .. })).collect();
+    assert!(matches!(reloads[..], [Event::Reload { blocking: true, msn: Some(1), part: Some(1), .. }]), "{reloads:?}");
+    let parts: Vec<Option<u64>> = run
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Segment { part, .. } => Some(*part),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(parts, [Some(1), Some(0), Some(1)]);
 }
 
 #[test]

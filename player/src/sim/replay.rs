@@ -112,6 +112,8 @@ mod tests {
             buffer_s: 0.0,
             download,
             program_date_time: None,
+            part: None,
+            live_latency_s: None,
         }
     }
 
