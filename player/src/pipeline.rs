@@ -6,7 +6,7 @@
 //! Elements are created only from [`REQUIRED_ELEMENTS`]; [`preflight`] checks those and the decoders
 //! decodebin needs before playback starts.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use eddy_shared::gst_elements::MissingElements;
@@ -138,10 +138,40 @@ struct Source {
     drop_audio: bool,
     /// The running time of the track's first decoded buffer: `restart`'s `at_s` counts from there.
     first_ns: Arc<OnceLock<u64>>,
+    /// Sources ended at a discontinuity, still playing out what they hold. Each is taken out of the
+    /// pipeline once all its sinks have ended, so that a stream with a discontinuity every segment
+    /// holds as many sources as its buffer spans, not one per discontinuity since it started.
+    retired: Vec<ChainElements>,
 }
 
-/// The elements of one source's chain, shared with the callback that adds its branches.
-type ChainElements = Arc<Mutex<Vec<gst::Element>>>;
+/// One source's chain (appsrc, decodebin, each branch), shared with the callback that adds branches.
+#[derive(Default)]
+struct Chain {
+    elements: Mutex<Vec<gst::Element>>,
+    /// Branches attached, and those whose sink has had end-of-stream.
+    branches: AtomicUsize,
+    ended: Arc<AtomicUsize>,
+}
+
+impl Chain {
+    fn has_ended(&self) -> bool {
+        let branches = self.branches.load(Ordering::SeqCst);
+        branches > 0 && self.ended.load(Ordering::SeqCst) >= branches
+    }
+
+    /// Stops the chain's elements, sinks first (stopping them fails the pushes of the threads
+    /// upstream, which otherwise stay blocked on full queues while the pipeline is paused; an
+    /// upstream element can only stop once its streaming thread is back), and takes them out.
+    fn remove_from(&self, pipeline: &gst::Pipeline) {
+        let elements = std::mem::take(&mut *self.elements.lock().unwrap_or_else(|p| p.into_inner()));
+        for element in elements.iter().rev() {
+            let _ = element.set_state(gst::State::Null);
+            let _ = pipeline.remove(element);
+        }
+    }
+}
+
+type ChainElements = Arc<Chain>;
 
 /// When a source's decoded streams should start: `None` for a track's first source (they start
 /// where their timestamps say), else `at_ns` after the track's first buffer.
@@ -192,7 +222,7 @@ impl Pipeline {
             };
             let (appsrc, elements) =
                 add_source(&pipeline, container, drop_audio, &outputs, overlay.as_ref(), alignment)?;
-            Ok(Mutex::new(Source { appsrc, elements, container, drop_audio, first_ns }))
+            Ok(Mutex::new(Source { appsrc, elements, container, drop_audio, first_ns, retired: Vec::new() }))
         };
         let main = first(container, audio.is_some())?;
         let audio = audio
@@ -205,7 +235,8 @@ impl Pipeline {
                     clip_before_ns: None,
                 };
                 let (appsrc, elements) = add_source(&pipeline, container, false, &outputs, None, alignment)?;
-                Ok::<_, PipelineError>(Mutex::new(Source { appsrc, elements, container, drop_audio: false, first_ns }))
+                let source = Source { appsrc, elements, container, drop_audio: false, first_ns, retired: Vec::new() };
+                Ok::<_, PipelineError>(Mutex::new(source))
             })
             .transpose()?;
         Ok(Self { pipeline, outputs, main, audio, overlay })
@@ -253,16 +284,22 @@ impl Pipeline {
     pub fn restart(&self, track: Track, at_s: f64, seek_at_s: Option<f64>) -> Result<(), PipelineError> {
         let mut source = self.track(track)?;
         if seek_at_s.is_some() {
-            let elements = std::mem::take(&mut *source.elements.lock().unwrap_or_else(|p| p.into_inner()));
-            // Sinks first: stopping them fails the pushes of the threads upstream (flushing), which
-            // otherwise stay blocked on full queues while the pipeline is paused, and an upstream
-            // element can only stop once its streaming thread is back.
-            for element in elements.iter().rev() {
-                let _ = element.set_state(gst::State::Null);
-                let _ = self.pipeline.remove(element);
+            // Everything the track holds is dropped: the current source and any still playing out.
+            source.elements.remove_from(&self.pipeline);
+            for retired in std::mem::take(&mut source.retired) {
+                retired.remove_from(&self.pipeline);
             }
         } else {
             let _ = source.appsrc.end_of_stream();
+            let current = Arc::clone(&source.elements);
+            source.retired.push(current);
+            let pipeline = &self.pipeline;
+            source.retired.retain(|chain| {
+                if chain.has_ended() {
+                    chain.remove_from(pipeline);
+                }
+                !chain.has_ended() && !chain.elements.lock().map(|e| e.is_empty()).unwrap_or(true)
+            });
         }
         let nanoseconds = |s: f64| (s.max(0.0) * 1e9).min(u64::MAX as f64) as u64;
         let signed_nanoseconds = |s: f64| (s * 1e9).clamp(i64::MIN as f64, i64::MAX as f64) as i64;
@@ -278,6 +315,11 @@ impl Pipeline {
         source.appsrc = appsrc;
         source.elements = elements;
         Ok(())
+    }
+
+    /// How many sources `track` holds: the one fed now and those still playing out.
+    pub fn sources(&self, track: Track) -> usize {
+        self.track(track).map_or(0, |source| 1 + source.retired.len())
     }
 
     /// Starts playing (the pipeline reaches PLAYING once it has prerolled).
@@ -394,7 +436,10 @@ fn add_source(
     let decodebin = make("decodebin")?;
     pipeline.add_many([appsrc.upcast_ref(), &decodebin]).map_err(setup_error)?;
     appsrc.link(&decodebin).map_err(setup_error)?;
-    let chain = Arc::new(Mutex::new(vec![appsrc.clone().upcast::<gst::Element>(), decodebin.clone()]));
+    let chain = Arc::new(Chain {
+        elements: Mutex::new(vec![appsrc.clone().upcast::<gst::Element>(), decodebin.clone()]),
+        ..Chain::default()
+    });
     let chain_elements = Arc::clone(&chain);
     if pipeline.current_state() != gst::State::Null {
         // Added to a running pipeline (a restart): sinks first, as attach_branch does.
@@ -460,8 +505,21 @@ fn add_source(
                         align(&queue_sink, queue_src, alignment.clone());
                     }
                 }
-                if let Ok(mut chain) = chain_elements.lock() {
+                if let Ok(mut chain) = chain_elements.elements.lock() {
                     chain.extend(elements.iter().cloned());
+                }
+                chain_elements.branches.fetch_add(1, Ordering::SeqCst);
+                if let Some(sink_pad) = elements.last().and_then(|sink| sink.static_pad("sink")) {
+                    let ended = Arc::clone(&chain_elements.ended);
+                    sink_pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+                        match info.event().map(|e| e.type_()) {
+                            Some(gst::EventType::Eos) => {
+                                ended.fetch_add(1, Ordering::SeqCst);
+                                gst::PadProbeReturn::Remove
+                            }
+                            _ => gst::PadProbeReturn::Ok,
+                        }
+                    });
                 }
                 let branch_sink = elements.first().and_then(|first| first.static_pad("sink"));
                 if let (Some(branch_sink), Ok(mut branches)) = (branch_sink, branches.lock()) {

@@ -146,3 +146,57 @@ fn plays_through_an_fmp4_discontinuity_with_a_new_init_section_in_time() -> Resu
     let run = play(&edge.url("/cmaf/index.m3u8"), work.path())?;
     assert_played_in_time(&run, 6.0, 6.0)
 }
+
+/// A live stream with a discontinuity at every segment (an ad break at each) must not make the
+/// pipeline keep a source per discontinuity since playback started: sources that have played out
+/// are taken out at the next restart, so what is held is bounded by the buffer, not the stream's age.
+#[test]
+fn sources_that_played_out_are_taken_out_of_the_pipeline() -> Result<()> {
+    use eddy_player::pipeline::{Container, Pipeline, PipelineEvent, Track};
+    let work = tempfile::Builder::new().prefix("eddy-discontinuities").tempdir()?;
+    let dir = work.path().join("segments");
+    std::fs::create_dir_all(&dir)?;
+    ffmpeg(&dir, "a", "testsrc2=size=320x180:rate=25", "sine=frequency=440", 8, 1, false)?;
+    eddy_player::pipeline::preflight()?;
+    let pipeline = Pipeline::new(Container::MpegTs, None, true, false)?;
+    let wait_until = |what: &str, ready: &dyn Fn() -> bool| -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !ready() {
+            if let Some(PipelineEvent::Error(e)) =
+                pipeline.poll().into_iter().find(|e| matches!(e, PipelineEvent::Error(_)))
+            {
+                bail!("pipeline error while waiting for {what}: {e}");
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("timed out waiting for {what}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    };
+    let mut most = 0;
+    for i in 0..8u32 {
+        let data = std::fs::read(dir.join(format!("a{i}.ts")))?;
+        if i > 0 {
+            // Each segment as its own discontinuity, pushed once the one before has mostly played.
+            let played = f64::from(i) - 0.5;
+            wait_until("playback", &|| pipeline.running_time_s().is_some_and(|t| t >= played))?;
+            pipeline.restart(Track::Main, f64::from(i), None)?;
+        }
+        pipeline.push(Track::Main, data, false)?;
+        if i == 0 {
+            pipeline.play()?;
+        }
+        most = most.max(pipeline.sources(Track::Main));
+    }
+    pipeline.end_of_stream(Track::Main)?;
+    let ended = std::cell::Cell::new(false);
+    wait_until("end of stream", &|| {
+        if pipeline.poll().contains(&PipelineEvent::EndOfStream) {
+            ended.set(true);
+        }
+        ended.get()
+    })?;
+    assert!(most <= 3, "{most} sources were held at once for 8 discontinuities");
+    Ok(())
+}
