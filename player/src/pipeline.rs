@@ -212,7 +212,9 @@ impl Pipeline {
         let pipeline = gst::Pipeline::new();
         let outputs = Outputs { headless, audio_played_ns: Arc::default(), window: Arc::default() };
         let overlay = subtitles.then(|| Arc::new(Mutex::new(Overlay::default())));
-        let first = |container: Container, drop_audio: bool| -> Result<Mutex<Source>, PipelineError> {
+        // A track's first source: its media starts where its timestamps say. The variant's drops its
+        // own audio when a separate audio rendition plays; only it draws subtitles.
+        let first = |container: Container, drop_audio: bool, overlay: Option<&Arc<Mutex<Overlay>>>| {
             let first_ns = Arc::new(OnceLock::new());
             let alignment = Alignment {
                 first_ns: Arc::clone(&first_ns),
@@ -220,25 +222,18 @@ impl Pipeline {
                 offset_ns: Arc::default(),
                 clip_before_ns: None,
             };
-            let (appsrc, elements) =
-                add_source(&pipeline, container, drop_audio, &outputs, overlay.as_ref(), alignment)?;
-            Ok(Mutex::new(Source { appsrc, elements, container, drop_audio, first_ns, retired: Vec::new() }))
+            let (appsrc, elements) = add_source(&pipeline, container, drop_audio, &outputs, overlay, alignment)?;
+            Ok::<_, PipelineError>(Mutex::new(Source {
+                appsrc,
+                elements,
+                container,
+                drop_audio,
+                first_ns,
+                retired: Vec::new(),
+            }))
         };
-        let main = first(container, audio.is_some())?;
-        let audio = audio
-            .map(|container| {
-                let first_ns = Arc::new(OnceLock::new());
-                let alignment = Alignment {
-                    first_ns: Arc::clone(&first_ns),
-                    at_ns: None,
-                    offset_ns: Arc::default(),
-                    clip_before_ns: None,
-                };
-                let (appsrc, elements) = add_source(&pipeline, container, false, &outputs, None, alignment)?;
-                let source = Source { appsrc, elements, container, drop_audio: false, first_ns, retired: Vec::new() };
-                Ok::<_, PipelineError>(Mutex::new(source))
-            })
-            .transpose()?;
+        let main = first(container, audio.is_some(), overlay.as_ref())?;
+        let audio = audio.map(|container| first(container, false, None)).transpose()?;
         Ok(Self { pipeline, outputs, main, audio, overlay })
     }
 
