@@ -136,8 +136,6 @@ struct Source {
     elements: ChainElements,
     container: Container,
     drop_audio: bool,
-    /// The running time of the track's first decoded buffer: `restart`'s `at_s` counts from there.
-    first_ns: Arc<OnceLock<u64>>,
     /// Sources ended at a discontinuity, still playing out what they hold. Each is taken out of the
     /// pipeline once all its sinks have ended, so that a stream with a discontinuity every segment
     /// holds as many sources as its buffer spans, not one per discontinuity since it started.
@@ -174,16 +172,16 @@ impl Chain {
 type ChainElements = Arc<Chain>;
 
 /// When a source's decoded streams should start: `None` for a track's first source (they start
-/// where their timestamps say), else `at_ns` after the track's first buffer.
+/// where their timestamps say, which is running time ~0: a demuxer's first segment starts at its
+/// first frame), else at running time `at_ns`.
 #[derive(Clone)]
 struct Alignment {
-    first_ns: Arc<OnceLock<u64>>,
     /// Negative when a separate audio rendition's segment starts before the video's seek point.
     at_ns: Option<i64>,
     /// The running-time offset of this source, fixed by its first decoded buffer (any stream), so
     /// that its audio and video keep their relative timing.
     offset_ns: Arc<OnceLock<i64>>,
-    /// After a seek: decoded media that would run before this (ns after the track's first buffer) is
+    /// After a seek: decoded media that would run before this running time (ns) is
     /// dropped. A separate audio rendition's segment seldom starts where the video's does; without
     /// this its first part would play late, at once or not, and put the sound out of step.
     clip_before_ns: Option<u64>,
@@ -215,22 +213,9 @@ impl Pipeline {
         // A track's first source: its media starts where its timestamps say. The variant's drops its
         // own audio when a separate audio rendition plays; only it draws subtitles.
         let first = |container: Container, drop_audio: bool, overlay: Option<&Arc<Mutex<Overlay>>>| {
-            let first_ns = Arc::new(OnceLock::new());
-            let alignment = Alignment {
-                first_ns: Arc::clone(&first_ns),
-                at_ns: None,
-                offset_ns: Arc::default(),
-                clip_before_ns: None,
-            };
+            let alignment = Alignment { at_ns: None, offset_ns: Arc::default(), clip_before_ns: None };
             let (appsrc, elements) = add_source(&pipeline, container, drop_audio, &outputs, overlay, alignment)?;
-            Ok::<_, PipelineError>(Mutex::new(Source {
-                appsrc,
-                elements,
-                container,
-                drop_audio,
-                first_ns,
-                retired: Vec::new(),
-            }))
+            Ok::<_, PipelineError>(Mutex::new(Source { appsrc, elements, container, drop_audio, retired: Vec::new() }))
         };
         let main = first(container, audio.is_some(), overlay.as_ref())?;
         let audio = audio.map(|container| first(container, false, None)).transpose()?;
@@ -268,8 +253,8 @@ impl Pipeline {
 
     /// Starts `track` over on a fresh `appsrc → decodebin` (RFC 8216 §4.3.2.3, EXT-X-DISCONTINUITY:
     /// the timestamps, the codecs or the container may all change). The old source ends and plays
-    /// out what it holds; the new one's media is shifted to start `at_s` after the track's first
-    /// media, where the old one's ends. A demuxer fed the new media after the old would see its
+    /// out what it holds; the new one's media is shifted to start at running time `at_s`,
+    /// where the old one's ends. A demuxer fed the new media after the old would see its
     /// timestamps go back (shown at once, not in time) and, for MPEG-TS, a new program that
     /// decodebin waits on forever. hlsdemux2 likewise resets its demuxer at a discontinuity.
     ///
@@ -299,7 +284,6 @@ impl Pipeline {
         let nanoseconds = |s: f64| (s.max(0.0) * 1e9).min(u64::MAX as f64) as u64;
         let signed_nanoseconds = |s: f64| (s * 1e9).clamp(i64::MIN as f64, i64::MAX as f64) as i64;
         let alignment = Alignment {
-            first_ns: Arc::clone(&source.first_ns),
             at_ns: Some(signed_nanoseconds(at_s)),
             offset_ns: Arc::default(),
             clip_before_ns: seek_at_s.map(nanoseconds),
@@ -493,12 +477,8 @@ fn add_source(
                 ) {
                     filter.set_property("caps", caps);
                 }
-                if let (Some(first), Some(queue_src)) =
-                    (elements.first(), elements.first().and_then(|queue| queue.static_pad("src")))
-                {
-                    if let Some(queue_sink) = first.static_pad("sink") {
-                        align(&queue_sink, queue_src, alignment.clone());
-                    }
+                if let Some(queue_sink) = elements.first().and_then(|queue| queue.static_pad("sink")) {
+                    align(&queue_sink, alignment.clone());
                 }
                 if let Ok(mut chain) = chain_elements.elements.lock() {
                     chain.extend(elements.iter().cloned());
@@ -548,36 +528,44 @@ pub fn start_offset_ns(target_ns: i128, first_ns: u64) -> i64 {
     difference.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
-/// On the first decoded buffer entering a branch (`queue_sink`): a track's first source records its
-/// running time; a later source sets the running-time offset on the branch's queue output
-/// (`gst_pad_set_offset`) that starts its media `at_ns` after the track's first buffer.
-fn align(queue_sink: &gst::Pad, queue_src: gst::Pad, alignment: Alignment) {
-    queue_sink.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
-        let Some(pts) = info.buffer().and_then(|b| b.pts()) else { return gst::PadProbeReturn::Ok };
-        let running = pad
-            .sticky_event::<gst::event::Segment>(0)
-            .and_then(|event| event.segment().downcast_ref::<gst::ClockTime>().and_then(|s| s.to_running_time(pts)))
-            .map_or(0, gst::ClockTime::nseconds);
-        match alignment.at_ns {
-            None => {
-                alignment.first_ns.get_or_init(|| running);
+/// For a restarted source's branch (`queue_sink`: decoded streams entering the branch): every segment
+/// event gets the running-time offset (as `gst_segment_offset_running_time`) that starts the media at
+/// running time `at_ns`, one offset for all the source's streams so that they keep their relative
+/// timing; after a seek, frames ending before the seek point are dropped.
+fn align(queue_sink: &gst::Pad, alignment: Alignment) {
+    let Some(at_ns) = alignment.at_ns else { return };
+    // The offset goes into the segment event itself, on its way into the queue: set on a pad, it
+    // would race the queue's thread, which may push the old segment and the first frames first.
+    queue_sink.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM | gst::PadProbeType::BUFFER, move |pad, info| {
+        if let Some(gst::PadProbeData::Event(event)) = &info.data {
+            let gst::EventView::Segment(segment) = event.view() else { return gst::PadProbeReturn::Ok };
+            let Ok(mut segment) = segment.segment().clone().downcast::<gst::ClockTime>() else {
+                return gst::PadProbeReturn::Ok;
+            };
+            // The demuxer's segment starts at its first frame: where that frame runs now.
+            let running = segment.start().and_then(|start| segment.to_running_time(start)).map_or(0, |t| t.nseconds());
+            let offset = *alignment.offset_ns.get_or_init(|| start_offset_ns(i128::from(at_ns), running));
+            if segment.offset_running_time(offset).is_ok() {
+                info.data = Some(gst::PadProbeData::Event(gst::event::Segment::new(&segment)));
             }
-            Some(at_ns) => {
-                let first = alignment.first_ns.get().copied().unwrap_or(0);
-                let offset = *alignment
-                    .offset_ns
-                    .get_or_init(|| start_offset_ns(i128::from(first) + i128::from(at_ns), running));
-                if let Some(clip) = alignment.clip_before_ns {
-                    let duration = info.buffer().and_then(|b| b.duration()).map_or(0, gst::ClockTime::nseconds);
-                    let end = i128::from(running) + i128::from(duration) + i128::from(offset);
-                    if end <= i128::from(first.saturating_add(clip)) {
-                        return gst::PadProbeReturn::Drop;
-                    }
-                }
-                queue_src.set_offset(offset);
-            }
+            return gst::PadProbeReturn::Ok;
         }
-        gst::PadProbeReturn::Remove
+        let (Some(clip), Some(buffer)) = (alignment.clip_before_ns, info.buffer()) else {
+            return gst::PadProbeReturn::Ok;
+        };
+        // After a seek: frames that end before the seek point are dropped (the segment in force on
+        // this pad is the offset one).
+        let Some(end) = buffer.pts().map(|pts| pts + buffer.duration().unwrap_or(gst::ClockTime::ZERO)) else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let end_ns = pad
+            .sticky_event::<gst::event::Segment>(0)
+            .and_then(|event| event.segment().downcast_ref::<gst::ClockTime>().and_then(|s| s.to_running_time(end)))
+            .map(gst::ClockTime::nseconds);
+        match end_ns {
+            Some(end_ns) if end_ns <= clip => gst::PadProbeReturn::Drop,
+            _ => gst::PadProbeReturn::Ok,
+        }
     });
 }
 

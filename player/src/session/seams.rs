@@ -54,7 +54,7 @@ pub trait MediaSink: Send {
     fn push(&self, track: Track, data: Vec<u8>, discontinuity: bool) -> Result<(), PipelineError>;
     fn play(&self) -> Result<(), PipelineError>;
     fn pause(&self) -> Result<(), PipelineError>;
-    /// `track` starts over on a fresh source, its media placed `at_s` after the track's first media:
+    /// `track` starts over on a fresh source, its media placed at running time `at_s`:
     /// at a discontinuity (the old source plays out), or at a seek (`seek_at_s`: it is dropped, and so
     /// is the new media that would run before `seek_at_s`).
     fn restart(&self, _track: Track, _at_s: f64, _seek_at_s: Option<f64>) -> Result<(), PipelineError> {
