@@ -205,6 +205,12 @@ pub struct Stats {
     /// coalesced or not.
     #[serde(default)]
     pub blocking_reloads_waiting: u64,
+    /// Playlist files a directory origin watches now for held blocking reloads (one poller each,
+    /// however many reloads wait on the file), and its looks at them since start.
+    #[serde(default)]
+    pub playlist_watchers: u64,
+    #[serde(default)]
+    pub playlist_polls: u64,
     #[serde(default)]
     pub rate_limit: RateLimitStats,
     #[serde(default)]
@@ -286,6 +292,8 @@ pub struct Metrics {
     evictions: Gauge,
     fills_in_flight: Gauge,
     origin_retries: Gauge,
+    playlist_watchers: Gauge,
+    playlist_polls: Gauge,
     rl_decisions: Family<RateLimitLabels, Counter>,
     rl_store_errors: Counter,
     rl_failed_open: Counter,
@@ -336,6 +344,8 @@ pub struct CacheGauges {
     pub evictions: u64,
     pub in_flight: u64,
     pub origin_retries: u64,
+    /// (playlist files watched now, looks at them since start), over the directory origins.
+    pub playlist_watch: (u64, u64),
 }
 
 fn ratio(part: u64, whole: u64) -> f64 {
@@ -402,6 +412,18 @@ impl Metrics {
             "origin_retries",
             "Idempotent origin requests sent again on a new connection after a pooled one closed (total)",
             origin_retries.clone(),
+        );
+        let playlist_watchers = Gauge::default();
+        registry.register(
+            "playlist_watchers",
+            "Playlist files a directory origin watches for held LL-HLS blocking reloads (one poller per file)",
+            playlist_watchers.clone(),
+        );
+        let playlist_polls = Gauge::default();
+        registry.register(
+            "playlist_polls",
+            "Looks (stat calls) at watched playlist files by directory origins (total)",
+            playlist_polls.clone(),
         );
         let rl_decisions = Family::<RateLimitLabels, Counter>::default();
         registry.register(
@@ -527,6 +549,8 @@ impl Metrics {
             evictions,
             fills_in_flight,
             origin_retries,
+            playlist_watchers,
+            playlist_polls,
             rl_decisions,
             rl_store_errors,
             rl_failed_open,
@@ -762,6 +786,8 @@ impl Metrics {
             in_flight: cache.in_flight,
             origin_retries: cache.origin_retries,
             blocking_reloads_waiting: u64::try_from(self.blocking_reloads_waiting.get()).unwrap_or(0),
+            playlist_watchers: cache.playlist_watch.0,
+            playlist_polls: cache.playlist_watch.1,
             rate_limit: self.rate_limit_stats(),
             peer_fills: get(&t.peer_fills),
             peer_fill_errors: get(&t.peer_fill_errors),
@@ -787,6 +813,8 @@ impl Metrics {
         self.evictions.set(cache.evictions as i64);
         self.fills_in_flight.set(cache.in_flight as i64);
         self.origin_retries.set(cache.origin_retries as i64);
+        self.playlist_watchers.set(i64::try_from(cache.playlist_watch.0).unwrap_or(i64::MAX));
+        self.playlist_polls.set(i64::try_from(cache.playlist_watch.1).unwrap_or(i64::MAX));
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();

@@ -188,6 +188,7 @@ impl Edge {
             evictions: self.storage.evictions(),
             in_flight: self.flights.in_flight() as u64,
             origin_retries: self.settings().origins.retried_requests(),
+            playlist_watch: self.settings().origins.playlist_watch(),
         }
     }
 }

@@ -451,3 +451,74 @@ async fn prefetch_learns_from_a_blocking_answer_but_never_refreshes_it() {
     // A refresher of the blocking URL would have run as often: it was read first.
     assert_eq!(origin.count(blocking), 1, "{:?}", origin.requests.lock().expect("requests"));
 }
+
+/// A live LL-HLS media playlist as `eddy-package --live --low-latency` writes it, segments 0..=`last`
+/// with two 1 s parts each.
+fn dir_playlist(last: u64) -> String {
+    let mut text = String::from(
+        "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:2\n#EXT-X-PART-INF:PART-TARGET=1.0\n\
+         #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=3.0\n#EXT-X-MEDIA-SEQUENCE:0\n",
+    );
+    for n in 0..=last {
+        for part in 0..2 {
+            text.push_str(&format!("#EXT-X-PART:DURATION=1.0,URI=\"seg{n}.part{part}.m4s\",INDEPENDENT=YES\n"));
+        }
+        text.push_str(&format!("#EXTINF:2.0,\nseg{n}.m4s\n"));
+    }
+    text
+}
+
+/// Promise: no key ever wedged, and memory and CPU bounded by config, not by a client. Blocking reloads
+/// that a client makes distinct with any extra query parameter defeat coalescing, so a directory origin
+/// holds each one; they must share one watcher of the playlist file (one `stat` per poll interval),
+/// not poll it once each. Before, 300 such holds were 30,000 `stat` calls a second; at the connection
+/// limit, a million.
+#[tokio::test(flavor = "multi_thread")]
+async fn distinct_blocking_reloads_on_one_directory_playlist_share_one_watcher() {
+    const K: usize = 300;
+    let folder = tempfile::tempdir().expect("tempdir");
+    let publish = |last: u64| {
+        let staging = folder.path().join(".index.m3u8.tmp");
+        std::fs::write(&staging, dir_playlist(last)).expect("write");
+        std::fs::rename(&staging, folder.path().join("index.m3u8")).expect("rename");
+    };
+    publish(3);
+    let config = config_file(NO_PREFETCH);
+    let edge = start_edge(&[
+        "--config",
+        config.path().to_str().expect("utf8"),
+        "--origin",
+        folder.path().to_str().expect("utf8"),
+    ])
+    .expect("edge");
+    // One client (a new one per request costs more than the test's patience); each request still has
+    // a connection of its own, since HTTP/1.1 sends one request at a time on each.
+    let shared = client();
+    let waiting: Vec<_> = (0..K)
+        .map(|i| {
+            let request = shared.get(edge.url(&format!("/index.m3u8?_HLS_msn=4&x={i}")));
+            tokio::spawn(async move {
+                let response = request.send().await.expect("response");
+                let status = response.status().as_u16();
+                (status, response.text().await.expect("body"))
+            })
+        })
+        .collect();
+    until_stats(&edge, "all K wait", |s| s["blocking_reloads_waiting"] == K).await;
+    let held = stats(&edge).await;
+    assert_eq!(held["playlist_watchers"], 1, "K holds on one file, one watcher: {held}");
+
+    publish(4);
+    for task in waiting {
+        let (status, body) =
+            tokio::time::timeout(Duration::from_secs(10), task).await.expect("answered").expect("task");
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\nseg4.m4s\n"), "{body}");
+    }
+    // The watcher stops with the last hold, and the metric says so.
+    until_stats(&edge, "the watcher stops", |s| s["playlist_watchers"] == 0).await;
+    let metrics = client().get(edge.admin_url("/metrics")).send().await.expect("metrics").text().await.expect("body");
+    assert!(metrics.contains("eddy_edge_playlist_watchers 0\n"), "{metrics}");
+    let polls = stats(&edge).await["playlist_polls"].as_u64().unwrap_or(0);
+    eprintln!("{K} distinct holds: {polls} looks at the playlist file in all");
+}

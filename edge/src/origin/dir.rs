@@ -10,36 +10,31 @@
 //! end is answered 400 at once; one whose part has not come within three target durations (or the
 //! request's own bound, `origin.blocking_reload_timeout`), 503. A playlist with ENDLIST, or that does
 //! not advertise CAN-BLOCK-RELOAD=YES, is served at once. What a playlist holds is judged by the pure
-//! [`blocking`] module.
+//! [`blocking`] module; the file is watched by one poller shared by all the holds on it
+//! (`super::playlist_watch`).
 
 use std::path::{Component, Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use percent_encoding::percent_decode_str;
 
+use super::playlist_watch::{PlaylistWatchers, Snapshot};
 use super::{path, OriginError, OriginRequest, OriginResponse};
 use crate::cache::policy;
 use eddy_shared::media::content_type_for_path;
 
 /// Files up to this size are read in one call (segments and playlists); larger ones are streamed.
 const WHOLE_READ_LIMIT: u64 = 8 << 20;
-/// How often a held blocking reload looks at its playlist file: one `stat` (a packager publishes by
-/// renaming a new file into place, which changes the inode), and a read only when it changed. A
-/// watcher (inotify) would save at most this much latency per part, for a dependency and a watch per
-/// folder.
-const BLOCKING_POLL: Duration = Duration::from_millis(10);
-/// Playlists larger than this are served but never held: reading one every change would cost more
-/// than it is worth, and no live window is this long.
-const BLOCKING_MAX_PLAYLIST: u64 = 4 << 20;
-
 pub struct DirOrigin {
     name: String,
     root: PathBuf,
     /// Whether paths with a segment starting with `.` are served (they are 404 otherwise).
     serve_dotfiles: bool,
+    /// One poller per playlist file with blocking reloads held on it, however many holds there are.
+    watchers: PlaylistWatchers,
 }
 
 impl DirOrigin {
@@ -49,11 +44,16 @@ impl DirOrigin {
         if !root.is_dir() {
             return Err(OriginError::Invalid { origin: spec.into(), reason: "not a directory".into() });
         }
-        Ok(DirOrigin { name: spec.to_string(), root, serve_dotfiles })
+        Ok(DirOrigin { name: spec.to_string(), root, serve_dotfiles, watchers: PlaylistWatchers::default() })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The playlist files watched for held blocking reloads now, and the looks at them since start.
+    pub fn playlist_watch(&self) -> (u64, u64) {
+        (self.watchers.live(), self.watchers.polls())
     }
 
     pub async fn send(&self, request: &OriginRequest) -> Result<OriginResponse, OriginError> {
@@ -119,36 +119,37 @@ impl DirOrigin {
             return Held::BadRequest("malformed HLS delivery directive\n");
         };
         let Some(msn) = directives.msn else { return Held::Ready };
-        let started = tokio::time::Instant::now();
+        let deadline_from = tokio::time::Instant::now();
         let mut bound = request.first_byte_timeout.unwrap_or(crate::config::DEFAULT_BLOCKING_RELOAD_TIMEOUT);
-        let mut seen = None;
+        let mut watch = self.watchers.subscribe(file);
         loop {
-            // A file that cannot be read is the answer's business (404 and the like), not the hold's.
-            let Ok(metadata) = tokio::fs::metadata(file).await else { return Held::Ready };
-            if metadata.len() > BLOCKING_MAX_PLAYLIST {
-                return Held::Ready;
-            }
-            let stamp = FileStamp::of(&metadata);
-            if seen.as_ref() != Some(&stamp) {
-                let Ok(bytes) = tokio::fs::read(file).await else { return Held::Ready };
-                let playlist = blocking::Playlist::read(&String::from_utf8_lossy(&bytes));
-                match playlist.judge(msn, directives.part) {
-                    blocking::Verdict::Ready => return Held::Ready,
-                    blocking::Verdict::TooFar => {
-                        return Held::BadRequest("the requested segment or part is too far beyond the playlist's end\n")
+            let snapshot = watch.snapshots.borrow_and_update().clone();
+            match snapshot {
+                Snapshot::Pending => {}
+                // A file that cannot be read is the answer's business (404 and the like), not the hold's.
+                Snapshot::Unwatchable => return Held::Ready,
+                Snapshot::Read(playlist) => {
+                    match playlist.judge(msn, directives.part) {
+                        blocking::Verdict::Ready => return Held::Ready,
+                        blocking::Verdict::TooFar => {
+                            return Held::BadRequest(
+                                "the requested segment or part is too far beyond the playlist's end\n",
+                            )
+                        }
+                        blocking::Verdict::Wait => {}
                     }
-                    blocking::Verdict::Wait => {}
+                    // §6.2.5.2: no longer than three target durations.
+                    if let Some(limit) = playlist.hold_limit() {
+                        bound = bound.min(limit);
+                    }
                 }
-                // §6.2.5.2: no longer than three target durations.
-                if let Some(limit) = playlist.hold_limit() {
-                    bound = bound.min(limit);
-                }
-                seen = Some(stamp);
             }
-            if started.elapsed() >= bound {
-                return Held::Unavailable;
+            match tokio::time::timeout_at(deadline_from + bound, watch.snapshots.changed()).await {
+                Err(_elapsed) => return Held::Unavailable,
+                // The poller ended, which only an abort does: serve what is there.
+                Ok(Err(_closed)) => return Held::Ready,
+                Ok(Ok(())) => {}
             }
-            tokio::time::sleep(BLOCKING_POLL).await;
         }
     }
 
@@ -224,25 +225,6 @@ enum Held {
     BadRequest(&'static str),
     /// 503 (§6.2.5.2: after three target durations).
     Unavailable,
-}
-
-/// What tells one version of a file from the next: a packager renames a new file into place (a new
-/// inode); size and modification time catch an edit in place.
-#[derive(Debug, PartialEq, Eq)]
-struct FileStamp {
-    len: u64,
-    modified: Option<SystemTime>,
-    inode: u64,
-}
-
-impl FileStamp {
-    fn of(metadata: &std::fs::Metadata) -> FileStamp {
-        #[cfg(unix)]
-        let inode = std::os::unix::fs::MetadataExt::ino(metadata);
-        #[cfg(not(unix))]
-        let inode = 0;
-        FileStamp { len: metadata.len(), modified: metadata.modified().ok(), inode }
-    }
 }
 
 /// A refusal nothing in front of the origin may keep: the same URL is answered differently once the
@@ -423,6 +405,7 @@ fn not_modified(request: &HeaderMap, etag: &str, modified: SystemTime) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn request(path: &str) -> OriginRequest {
         OriginRequest {

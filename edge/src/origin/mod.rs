@@ -9,6 +9,7 @@
 pub mod dir;
 pub mod http;
 pub mod path;
+mod playlist_watch;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -147,6 +148,18 @@ impl OriginSet {
     /// connection before answering them.
     pub fn retried_requests(&self) -> u64 {
         self.clients.retries()
+    }
+
+    /// Over the directory origins: playlist files watched now for held blocking reloads, and the looks
+    /// at them since start (bounded by the files, not by the holds: see `playlist_watch`).
+    pub fn playlist_watch(&self) -> (u64, u64) {
+        self.origins
+            .iter()
+            .filter_map(|origin| match origin {
+                Origin::Dir(dir) => Some(dir.playlist_watch()),
+                Origin::Http(_) => None,
+            })
+            .fold((0, 0), |(live, polls), (l, p)| (live.saturating_add(l), polls.saturating_add(p)))
     }
 
     /// The longest a whole body may take to arrive.
