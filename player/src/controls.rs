@@ -40,10 +40,6 @@ pub const HELP: &str = "keys: space pause · ←/→ seek 10s · ↑/↓ renditi
 /// How far `←`/`→` seek, in seconds.
 pub const SEEK_STEP_S: f64 = 10.0;
 
-/// How far from the live edge a seek may land, in target durations: the distance from the end of a
-/// live playlist the HLS specification (RFC 8216 §6.3.3) asks a client to start at.
-pub const LIVE_EDGE_TARGET_DURATIONS: f64 = 3.0;
-
 /// How long the reader waits for a key before it looks at its stop flag again: the most dropping
 /// [`Controls`] waits for the reader to end.
 const POLL_EVERY: Duration = Duration::from_millis(50);
@@ -152,16 +148,17 @@ impl SeekWindow {
         SeekWindow { start_s: 0.0, end_s: duration_s }
     }
 
-    /// A live playlist covering `start_s..edge_s`: up to [`LIVE_EDGE_TARGET_DURATIONS`] target
-    /// durations from the live edge, so that a seek forward does not run dry at once (the start when
-    /// the window is shorter than that).
-    pub fn live(start_s: f64, edge_s: f64, target_duration_s: f64) -> Self {
-        let margin_s = (LIVE_EDGE_TARGET_DURATIONS * target_duration_s).max(0.0);
+    /// A live playlist covering `start_s..edge_s`: up to `hold_back_s` from the live edge (the
+    /// distance a client starts at, `MediaPlaylist::hold_back_s`), so that a seek forward does not run
+    /// dry at once (the start when the window is shorter than that).
+    pub fn live(start_s: f64, edge_s: f64, hold_back_s: f64) -> Self {
+        let margin_s = hold_back_s.max(0.0);
         SeekWindow { start_s, end_s: (edge_s - margin_s).max(start_s) }
     }
 }
 
-/// The position after seeking `by_s` seconds from `position_s`, clamped into `window`.
+/// The position after seeking `by_s` seconds from `position_s`, clamped into `window`. A seek forward
+/// never moves back: a live position nearer the edge than the window's end (`--live-delay`) stays.
 ///
 /// Anything not finite (position, step or window), or a window that ends before it starts, leaves
 /// the position unchanged: no seek.
@@ -170,7 +167,11 @@ pub fn seek_target(position_s: f64, by_s: f64, window: SeekWindow) -> f64 {
     if !finite || window.end_s < window.start_s {
         return position_s;
     }
-    (position_s + by_s).clamp(window.start_s, window.end_s)
+    let target = (position_s + by_s).clamp(window.start_s, window.end_s);
+    if by_s > 0.0 && target < position_s {
+        return position_s;
+    }
+    target
 }
 
 /// Keyboard controls while they are on: the key reader thread and the terminal in raw mode.
@@ -519,8 +520,8 @@ mod tests {
 
     #[test]
     fn live_seeks_stay_behind_the_edge() {
-        // A 6 s target duration: at most 18 s from the edge.
-        let live = SeekWindow::live(1000.0, 1060.0, 6.0);
+        // A hold-back of 18 s (three 6 s target durations): at most 18 s from the edge.
+        let live = SeekWindow::live(1000.0, 1060.0, 18.0);
         assert_eq!(live, SeekWindow { start_s: 1000.0, end_s: 1042.0 });
         assert_eq!(seek_target(1030.0, 10.0, live), 1040.0);
         assert_eq!(seek_target(1038.0, 10.0, live), 1042.0);
@@ -528,11 +529,14 @@ mod tests {
         // The window moved on past a paused position: a seek lands back in it.
         assert_eq!(seek_target(900.0, 10.0, live), 1000.0);
         // A window shorter than the margin: only its start.
-        let short = SeekWindow::live(1000.0, 1010.0, 6.0);
+        let short = SeekWindow::live(1000.0, 1010.0, 18.0);
         assert_eq!(short.end_s, 1000.0);
-        assert_eq!(seek_target(1004.0, 10.0, short), 1000.0);
-        // A target duration that is negative or not a number takes no margin.
-        assert_eq!(SeekWindow::live(0.0, 60.0, -6.0).end_s, 60.0);
+        assert_eq!(seek_target(1004.0, -10.0, short), 1000.0);
+        // Forward from nearer the edge than the window's end (joined closer): no move back.
+        assert_eq!(seek_target(1004.0, 10.0, short), 1004.0);
+        assert_eq!(seek_target(1050.0, 10.0, live), 1050.0);
+        // A hold-back that is negative or not a number takes no margin.
+        assert_eq!(SeekWindow::live(0.0, 60.0, -18.0).end_s, 60.0);
         assert_eq!(SeekWindow::live(0.0, 60.0, f64::NAN).end_s, 60.0);
     }
 

@@ -208,7 +208,61 @@ pub struct PartPosition {
     pub part: u64,
 }
 
+/// A known point on a live stream's timeline: segment `sequence` starts at `media_s` on the player's
+/// position axis (seconds of media since it joined, moved by seeks). A live playlist's window slides,
+/// so times are counted from such a point rather than from the playlist's first segment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimelineAnchor {
+    pub sequence: u64,
+    pub media_s: f64,
+}
+
 impl MediaPlaylist {
+    /// Where each listed segment starts on `anchor`'s axis, oldest first, and where the last one ends.
+    /// `None` when the anchor's segment is neither listed nor the one after the last (the window slid
+    /// past it).
+    fn starts_on(&self, anchor: TimelineAnchor) -> Option<(Vec<(u64, f64)>, f64)> {
+        let first = self.segments.first()?.sequence;
+        let index = usize::try_from(anchor.sequence.checked_sub(first)?).ok()?;
+        if index > self.segments.len() || !anchor.media_s.is_finite() {
+            return None;
+        }
+        let before: f64 = self.segments[..index].iter().map(|s| s.duration_s).sum();
+        let mut start = anchor.media_s - before;
+        let mut starts = Vec::with_capacity(self.segments.len());
+        for segment in &self.segments {
+            starts.push((segment.sequence, start));
+            start += segment.duration_s;
+        }
+        Some((starts, start))
+    }
+
+    /// How far from the end of the playlist a client plays: PART-HOLD-BACK when it plays parts (or
+    /// three part targets, §4.4.3.8), HOLD-BACK otherwise (or three target durations, RFC 8216 §6.3.3).
+    pub fn hold_back_s(&self) -> f64 {
+        let (stated, fallback) = match self.part_target_s {
+            Some(part_target) => (self.server_control.part_hold_back_s, 3.0 * part_target),
+            None => (self.server_control.hold_back_s, 3.0 * self.target_duration_s),
+        };
+        stated.filter(|s| s.is_finite() && *s >= 0.0).unwrap_or(fallback)
+    }
+
+    /// The listed media on `anchor`'s axis: (start of the first segment, end of the last, or of the
+    /// last part listed after it).
+    pub fn span_on(&self, anchor: TimelineAnchor) -> Option<(f64, f64)> {
+        let (starts, end) = self.starts_on(anchor)?;
+        let trailing: f64 = self.trailing_parts.iter().map(|p| p.duration_s).sum();
+        Some((starts.first()?.1, end + trailing))
+    }
+
+    /// The segment holding `media_s` on `anchor`'s axis, and where it starts: the first segment for a
+    /// time before the window, the last for one after it.
+    pub fn segment_on(&self, anchor: TimelineAnchor, media_s: f64) -> Option<(u64, f64)> {
+        let (starts, _) = self.starts_on(anchor)?;
+        let first = *starts.first()?;
+        Some(starts.iter().rev().find(|(_, start)| *start <= media_s).copied().unwrap_or(first))
+    }
+
     pub fn segment(&self, sequence: u64) -> Option<&Segment> {
         let first = self.segments.first()?.sequence;
         let position = sequence.checked_sub(first)?;
@@ -1085,6 +1139,29 @@ v0.m3u8
         let Ok(Parsed::Media(media)) = parse(text.as_bytes(), &base()) else { panic!("media expected") };
         assert!(!media.ended);
         assert_eq!(media.live_start_sequence(), Some(103));
+    }
+
+    #[test]
+    fn a_live_window_is_placed_on_the_players_axis_from_a_known_segment() {
+        let mut text = String::from("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:100\n");
+        for (i, duration) in [2.0, 2.0, 1.5, 2.0].iter().enumerate() {
+            text.push_str(&format!("#EXTINF:{duration},\ns{i}.ts\n"));
+        }
+        let Ok(Parsed::Media(media)) = parse(text.as_bytes(), &base()) else { panic!("media expected") };
+        // Segment 102 started at 10 s of the player's position: 100 at 6, the window ends at 13.5.
+        let anchor = TimelineAnchor { sequence: 102, media_s: 10.0 };
+        assert_eq!(media.span_on(anchor), Some((6.0, 13.5)));
+        assert_eq!(media.segment_on(anchor, 9.9), Some((101, 8.0)));
+        assert_eq!(media.segment_on(anchor, 11.5), Some((103, 11.5)));
+        // Outside the window: its first or its last segment.
+        assert_eq!(media.segment_on(anchor, -50.0), Some((100, 6.0)));
+        assert_eq!(media.segment_on(anchor, 99.0), Some((103, 11.5)));
+        // The segment after the last is a known point too (it is being made); one the window slid
+        // past, or not yet made, is not.
+        assert_eq!(media.span_on(TimelineAnchor { sequence: 104, media_s: 20.0 }), Some((12.5, 20.0)));
+        assert_eq!(media.span_on(TimelineAnchor { sequence: 99, media_s: 0.0 }), None);
+        assert_eq!(media.span_on(TimelineAnchor { sequence: 105, media_s: 0.0 }), None);
+        assert_eq!(media.span_on(TimelineAnchor { sequence: 102, media_s: f64::NAN }), None);
     }
 
     /// What `eddy-package --live --low-latency` writes (draft-pantos-hls-rfc8216bis §4.4.3.7-§4.4.5.4).

@@ -108,3 +108,43 @@ fn low_latency_live_plays_part_by_part_with_blocking_reloads_within_three_second
     packager.terminate(Duration::from_secs(10))?;
     Ok(())
 }
+
+/// `←` in a live stream (`--seek-to` is its equivalent for scripts): back to where playback joined,
+/// within the playlist's window. The segment holding that position is played again from its start,
+/// parts or whole, with no stall counted, and playback then runs that much further from the live edge.
+#[test]
+fn a_seek_back_in_a_live_stream_plays_from_earlier_in_the_window() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("ll");
+    let mut command = Command::new(bin_path("eddy-package"));
+    command.arg("--out").arg(&out).args(["--live", "--low-latency", "--format", "fmp4"]);
+    command.args(["--test-pattern", "45s", "--segment-duration", "2", "--window", "10"]);
+    command.args(["--ladder", "240p:300k"]);
+    let mut packager = spawn_until_ready(command, "eddy-package live master at", Duration::from_secs(60))?;
+    let mut edge = start_edge(&["--origin", out.to_str().context("utf8")?])?;
+    wait_for_segments(&out.join("240p/index.m3u8"), 3)?;
+    let played = play(&edge.url("/master.m3u8"), &["--seek-to", "0@5"], dir.path(), "live-seek")?;
+    edge.process.terminate(Duration::from_secs(10))?;
+    packager.terminate(Duration::from_secs(10))?;
+
+    let report = &played.report;
+    ensure!(report["stall_count"] == 0, "a seek is not a stall: {report}");
+    ensure!(report["played_s"].as_f64().is_some_and(|p| p >= 9.9), "played {}", report["played_s"]);
+    let events = &played.events;
+    let seek_at = events.iter().position(|e| e["event"] == "seek").context("no seek event")?;
+    let (from_s, to_s) = (events[seek_at]["from_s"].as_f64(), events[seek_at]["to_s"].as_f64());
+    let (from_s, to_s) = (from_s.context("from_s")?, to_s.context("to_s")?);
+    // From about 5 s to the start of the segment holding 0 s (a segment is 2 s).
+    ensure!((4.5..6.5).contains(&from_s) && (-2.1..=0.0).contains(&to_s), "sought from {from_s} to {to_s}");
+    let index = |e: &Value| e["index"].as_u64();
+    let first = of_kind(&events[..seek_at], "segment").find_map(index).context("nothing played before the seek")?;
+    let after = of_kind(&events[seek_at..], "segment").find_map(index).context("nothing played after the seek")?;
+    ensure!(after <= first, "after the seek, segment {after}; playback joined at {first}");
+    // Before, about PART-HOLD-BACK behind the edge; after, the seek's length further.
+    let latency = &report["live_latency_s"];
+    let (p50, p95) = (latency["p50"].as_f64().context("p50")?, latency["p95"].as_f64().context("p95")?);
+    let moved = from_s - to_s;
+    ensure!(p95 >= 3.0 + moved - 1.0, "latency {latency} after seeking {moved:.1} s back");
+    eprintln!("live seek {from_s:.2} → {to_s:.2} s: segment {first} → {after}, latency p50 {p50:.2} p95 {p95:.2} s");
+    Ok(())
+}

@@ -15,7 +15,7 @@ use super::state::{lock, AudioTrack, Playback};
 use super::{PlayError, PlayerConfig};
 use crate::events::Event;
 use crate::pipeline::Track;
-use crate::playlist::{InitSection, MediaPlaylist, Rendition, Variant};
+use crate::playlist::{InitSection, MediaPlaylist, Rendition, TimelineAnchor, Variant};
 
 pub(super) struct AudioLoader<'a, F: Fetch> {
     pub config: &'a PlayerConfig,
@@ -25,6 +25,8 @@ pub(super) struct AudioLoader<'a, F: Fetch> {
     pub playlists: Playlists,
     pub keys: Keys,
     pub last_init: Option<InitSection>,
+    /// Live: the last audio segment pushed and where it starts on the position axis (see the video's).
+    pub live_anchor: Option<TimelineAnchor>,
     /// Bytes fetched for audio: segments, init sections, keys, playlists.
     pub bytes: u64,
 }
@@ -39,6 +41,7 @@ impl<'a, F: Fetch> AudioLoader<'a, F> {
             playlists: Playlists::default(),
             keys: Keys::default(),
             last_init: None,
+            live_anchor: None,
             bytes: 0,
         })
     }
@@ -142,7 +145,13 @@ impl<'a, F: Fetch> AudioLoader<'a, F> {
             }
             let mut state = lock(shared);
             state.sink.push(Track::Audio, data, segment.discontinuity && !init_changed)?;
+            let media_origin_s = state.media_origin_s;
+            let live = state.stream_duration_s.is_none();
             let track = state.audio.get_or_insert_with(AudioTrack::default);
+            if live {
+                self.live_anchor =
+                    Some(TimelineAnchor { sequence: segment.sequence, media_s: media_origin_s + track.pushed_s });
+            }
             track.pushed_s += segment.duration_s;
             let buffer_s = state.audio_ahead_s().unwrap_or(0.0);
             state.event(Event::AudioSegment { index: segment.sequence, bytes, download_ms, buffer_s });
@@ -162,8 +171,19 @@ impl<'a, F: Fetch> AudioLoader<'a, F> {
         *generation = seek.generation;
         let Some(loaded) = self.playlists.loaded.get(&self.playlist.index) else { return Ok(None) };
         let playlist = &loaded.playlist;
-        let sequence = playlist.sequence_at(seek.media_s).or(playlist.last_sequence()).unwrap_or(0);
-        let start_s: f64 = playlist.segments.iter().take_while(|s| s.sequence < sequence).map(|s| s.duration_s).sum();
+        let (sequence, start_s) = if playlist.ended {
+            let sequence = playlist.sequence_at(seek.media_s).or(playlist.last_sequence()).unwrap_or(0);
+            let start_s = playlist.segments.iter().take_while(|s| s.sequence < sequence).map(|s| s.duration_s).sum();
+            (sequence, start_s)
+        } else {
+            // Live: placed on the same axis from the last audio segment pushed.
+            let placed = self.live_anchor.and_then(|anchor| playlist.segment_on(anchor, seek.media_s));
+            let Some(placed) = placed else {
+                tracing::warn!("audio cannot follow the seek: its live window has moved past this playback");
+                return Ok(None);
+            };
+            placed
+        };
         // Where this audio segment starts, relative to the video's seek point.
         let at_s = seek.running_s + start_s - seek.media_s;
         state.sink.restart(Track::Audio, at_s, Some(seek.running_s))?;

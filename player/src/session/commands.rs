@@ -55,14 +55,19 @@ fn toggle_pause(state: &mut Playback) {
     }
 }
 
-/// Asks the download loop to seek `by_s` from the current position, within a VOD stream.
+/// Asks the download loop to seek `by_s` from the current position: within a VOD stream, or within a
+/// live stream's window (up to a few target durations from its live edge).
 pub(super) fn request_seek_by(state: &mut Playback, by_s: f64) {
-    let Some(duration_s) = state.stream_duration_s else {
-        tracing::warn!("seeking in a live stream is not supported");
-        return;
+    let window = match (state.stream_duration_s, state.live_window) {
+        (Some(duration_s), _) => SeekWindow::vod(duration_s),
+        (None, Some(window)) => window,
+        (None, None) => {
+            tracing::warn!("no seek yet: the live window is known once a segment has started playing");
+            return;
+        }
     };
     let from = state.seek_request.unwrap_or_else(|| state.position_s());
-    state.seek_request = Some(seek_target(from, by_s, SeekWindow::vod(duration_s)));
+    state.seek_request = Some(seek_target(from, by_s, window));
 }
 
 #[cfg(test)]
@@ -126,7 +131,7 @@ mod tests {
     }
 
     #[test]
-    fn seeks_stay_within_a_vod_stream_and_are_refused_live() {
+    fn seeks_stay_within_a_vod_stream_or_the_live_window() {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let mut state = playback(&calls);
         state.media_origin_s = 30.0; // started at 30 s: the position is 42 s
@@ -140,8 +145,16 @@ mod tests {
         assert_eq!(state.seek_request, Some(0.0));
         state.seek_request = None;
         state.stream_duration_s = None;
+        // Live, before any segment start is known: nothing to seek in yet.
         apply(&mut state, Command::Seek { by_s: 10.0 }, 3);
         assert_eq!(state.seek_request, None);
+        // Then within the window the download loop last saw.
+        state.live_window = Some(SeekWindow { start_s: 20.0, end_s: 45.0 });
+        apply(&mut state, Command::Seek { by_s: 10.0 }, 3);
+        assert_eq!(state.seek_request, Some(45.0));
+        state.seek_request = None;
+        apply(&mut state, Command::Seek { by_s: -30.0 }, 3);
+        assert_eq!(state.seek_request, Some(20.0));
     }
 
     #[test]

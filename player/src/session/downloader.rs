@@ -14,10 +14,11 @@ use super::state::{lock, Playback, SeekDone, Status};
 use super::{PlayError, PlayerConfig};
 use crate::abr::history::{self, AbandonPoint, DecisionPoint, Download, History};
 use crate::abr::{AbrAlgorithm, PartialTransfer};
+use crate::controls::SeekWindow;
 use crate::events::{Event, LadderRung};
 use crate::fetch::{FetchError, Outcome};
 use crate::pipeline::Track;
-use crate::playlist::{InitSection, PartPosition, Segment};
+use crate::playlist::{InitSection, PartPosition, Segment, TimelineAnchor};
 use crate::report::SegmentRecord;
 use crate::timestamps;
 
@@ -41,6 +42,9 @@ pub(super) struct Downloader<'a, F: Fetch> {
     pub keys: Keys,
     /// The init section last pushed (fMP4): pushed again when it changes (rendition switch).
     pub last_init: Option<InitSection>,
+    /// Live: the last segment whose start was pushed, and where on the position axis; live seeks
+    /// are placed from it (the playlist's window slides, so its first segment is no reference).
+    pub live_anchor: Option<TimelineAnchor>,
     /// Low-latency live (draft-pantos-hls-rfc8216bis §4.4.4.9): the next part of the current segment
     /// to fetch; `None` when whole segments are fetched.
     pub part: Option<u64>,
@@ -267,17 +271,37 @@ impl<F: Fetch> Downloader<'_, F> {
         }
     }
 
-    /// Carries out a seek to `to_s` (media seconds, VOD): the pipeline drops what it holds and is
-    /// paused while the buffer refills; the media from the segment holding `to_s` is placed where the
-    /// running time is now. Returns that segment's sequence number.
+    /// Carries out a seek to `to_s` (media seconds on the position axis): the pipeline drops what it
+    /// holds and is paused while the buffer refills; the media from the segment holding `to_s` is
+    /// placed where the running time is now. Returns that segment's sequence number. In a live stream
+    /// the segment is found from the live anchor, within the playlist's window as it is now.
     fn seek(&mut self, to_s: f64) -> Result<u64, PlayError> {
         let variant = &self.ladder.variants[self.history.current().unwrap_or(0)];
         let Some(loaded) = self.playlists.loaded.get(&variant.index) else {
             return Err(PlayError::NoRendition("seek: the playlist is not loaded".into()));
         };
         let playlist = &loaded.playlist;
-        let sequence = playlist.sequence_at(to_s).or(playlist.last_sequence()).unwrap_or(0);
-        let start_s: f64 = playlist.segments.iter().take_while(|s| s.sequence < sequence).map(|s| s.duration_s).sum();
+        let (sequence, start_s) = if playlist.ended {
+            let sequence = playlist.sequence_at(to_s).or(playlist.last_sequence()).unwrap_or(0);
+            let start_s = playlist.segments.iter().take_while(|s| s.sequence < sequence).map(|s| s.duration_s).sum();
+            (sequence, start_s)
+        } else {
+            let placed = self.live_anchor.and_then(|anchor| {
+                let (start_s, edge_s) = playlist.span_on(anchor)?;
+                let window = SeekWindow::live(start_s, edge_s, playlist.hold_back_s());
+                playlist.segment_on(anchor, to_s.clamp(window.start_s, window.end_s))
+            });
+            let Some(placed) = placed else {
+                // The window slid past every segment this playback knows of (a long pause): no seek.
+                tracing::warn!("seek to {to_s:.1} s not done: the live window has moved past this playback");
+                return Ok(self.live_anchor.map_or(0, |a| a.sequence));
+            };
+            // Parts, when playing them, from the first of the segment.
+            if self.part.is_some() {
+                self.part = Some(0);
+            }
+            placed
+        };
         let mut state = lock(self.shared);
         let at_s = state.played_s();
         let from_s = state.position_s();
@@ -297,6 +321,8 @@ impl<F: Fetch> Downloader<'_, F> {
             audio.all_pushed = false;
         }
         state.all_played_at = None;
+        // The dates of the media dropped say nothing of what plays next.
+        state.dates.clear();
         let origin_s = start_s - at_s;
         state.media_origin_s = origin_s;
         if let Some(subtitles) = &mut state.subtitles {
@@ -547,6 +573,17 @@ impl<F: Fetch> Downloader<'_, F> {
             state.first_video_pts = timestamps::first_pts(init_pushed.as_deref(), &data);
         }
         state.sink.push(Track::Main, data, (switched || segment.discontinuity) && !init_changed)?;
+        if state.stream_duration_s.is_none() && part.is_none_or(|p| p == 0) {
+            let anchor =
+                TimelineAnchor { sequence: segment.sequence, media_s: state.media_origin_s + state.pushed_media_s };
+            self.live_anchor = Some(anchor);
+        }
+        if let (Some(anchor), Some(loaded)) = (self.live_anchor, self.playlists.loaded.get(&variant.index)) {
+            let playlist = &loaded.playlist;
+            if let Some((start_s, edge_s)) = playlist.span_on(anchor).filter(|_| !playlist.ended) {
+                state.live_window = Some(SeekWindow::live(start_s, edge_s, playlist.hold_back_s()));
+            }
+        }
         if let Some(date_time) = segment.program_date_time {
             // Where this media sits on the wall clock: what the monitor's live latency is measured from.
             let start_s = state.pushed_media_s;

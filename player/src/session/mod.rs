@@ -273,6 +273,7 @@ pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
         history: History::default(),
         keys: Keys::default(),
         last_init: None,
+        live_anchor: None,
         part: start_part,
         done: Downloaded { bytes: body.len() as u64, ..Downloaded::default() },
     };

@@ -80,6 +80,9 @@ pub(super) struct Playback {
     pub media_origin_s: f64,
     /// A VOD stream's length (seeks stay within it); `None` for live.
     pub stream_duration_s: Option<f64>,
+    /// A live stream's window on the position axis, as of the last segment pushed: where seeks may go
+    /// (`None` for VOD, and until a segment start is known).
+    pub live_window: Option<crate::controls::SeekWindow>,
     /// A seek asked for (media seconds), not yet carried out by the download loop.
     pub seek_request: Option<f64>,
     /// The last seek carried out: its number (the audio loop follows each), where its media starts
@@ -138,6 +141,7 @@ impl Playback {
             current_rung: 0,
             media_origin_s: 0.0,
             stream_duration_s: None,
+            live_window: None,
             seek_request: None,
             seek: SeekDone::default(),
             seek_refilling: false,

@@ -255,6 +255,7 @@ async fn run_from(
         history: History::default(),
         keys: Keys::default(),
         last_init: None,
+        live_anchor: None,
         part: start.1,
         done: Downloaded::default(),
     };
