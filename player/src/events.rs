@@ -91,6 +91,9 @@ pub enum Event {
         /// Audio buffered ahead after the push.
         buffer_s: f64,
     },
+    /// The video sink received a new window title (the URL and the rendition playing): at the first
+    /// frame and after each switch. A window shows it; headless, the sink receives it all the same.
+    Title { title: String },
     /// A cue of the subtitle rendition (`EXT-X-MEDIA:TYPE=SUBTITLES`), once, when its segment is
     /// fetched (ahead of playback), whether or not subtitles are shown. Times are media time: seconds
     /// from the start of the stream (of the playback, for a live stream), to the millisecond.
@@ -233,6 +236,7 @@ mod tests {
             Event::Abandon { index: 4, rendition: 2, to_rendition: 0, bytes: 10, buffer_s: 1.0 },
             Event::Subtitle { start_s: 0.5, end_s: 1.5, text: "Hello\nthere".into(), language: Some("en".into()) },
             Event::Subtitle { start_s: 2.0, end_s: 3.0, text: String::new(), language: None },
+            Event::Title { title: "eddy-play · http://x/master.m3u8 · 1280×720 · 2500 kb/s".into() },
             Event::Playing { startup_ms: 10 },
             Event::Stall { played_s: 3.0 },
             Event::Resume { buffer_s: 1.0, total_stall_ms: 400 },

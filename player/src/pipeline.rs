@@ -98,6 +98,8 @@ pub enum PipelineEvent {
     Playing,
     EndOfStream,
     Error(String),
+    /// The video sink received this window title (`set_title`): a window shows it.
+    TitleShown(String),
 }
 
 /// Which appsrc a push goes to: the variant's stream, or a separate audio rendition.
@@ -126,6 +128,16 @@ struct Outputs {
     audio_played_ns: Arc<AtomicU64>,
     /// The window's video size (`set_window_size`): the largest rendition's.
     window: Arc<OnceLock<(u64, u64)>>,
+    title: Arc<Title>,
+}
+
+/// The window title: the one asked for (`set_title`, numbered so each video branch sends each once),
+/// the last the video sink received, and the last `poll` reported.
+#[derive(Default)]
+struct Title {
+    wanted: Mutex<(u64, String)>,
+    shown: Mutex<Option<String>>,
+    reported: Mutex<Option<String>>,
 }
 
 /// One track's input: the `appsrc → decodebin` fed now (a new one after each discontinuity), how to
@@ -208,7 +220,8 @@ impl Pipeline {
     ) -> Result<Self, PipelineError> {
         gst::init().map_err(setup_error)?;
         let pipeline = gst::Pipeline::new();
-        let outputs = Outputs { headless, audio_played_ns: Arc::default(), window: Arc::default() };
+        let outputs =
+            Outputs { headless, audio_played_ns: Arc::default(), window: Arc::default(), title: Arc::default() };
         let overlay = subtitles.then(|| Arc::new(Mutex::new(Overlay::default())));
         // A track's first source: its media starts where its timestamps say. The variant's drops its
         // own audio when a separate audio rendition plays; only it draws subtitles.
@@ -220,6 +233,16 @@ impl Pipeline {
         let main = first(container, audio.is_some(), overlay.as_ref())?;
         let audio = audio.map(|container| first(container, false, None)).transpose()?;
         Ok(Self { pipeline, outputs, main, audio, overlay })
+    }
+
+    /// The window's title (xvimagesink and ximagesink show a title tag there): sent down the video
+    /// branch as a tag event ahead of the next frame, and again by each new branch.
+    pub fn set_title(&self, title: &str) {
+        if let Ok(mut wanted) = self.outputs.title.wanted.lock() {
+            if wanted.1 != title {
+                *wanted = (wanted.0.saturating_add(1), title.to_string());
+            }
+        }
     }
 
     /// The size the window's video is scaled to, set once before playing (the largest rendition's),
@@ -379,6 +402,13 @@ impl Pipeline {
                 _ => {}
             }
         }
+        let title = &self.outputs.title;
+        if let (Ok(shown), Ok(mut reported)) = (title.shown.lock(), title.reported.lock()) {
+            if *shown != *reported {
+                reported.clone_from(&shown);
+                events.extend(shown.clone().map(PipelineEvent::TitleShown));
+            }
+        }
         events
     }
 
@@ -441,7 +471,7 @@ fn add_source(
         }
     });
     let weak = pipeline.downgrade();
-    let Outputs { headless, audio_played_ns, window } = outputs.clone();
+    let Outputs { headless, audio_played_ns, window, title } = outputs.clone();
     let overlay = overlay.map(Arc::clone);
     decodebin.connect_pad_added(move |_, pad| {
         let Some(pipeline) = weak.upgrade() else {
@@ -484,13 +514,27 @@ fn add_source(
                     chain.extend(elements.iter().cloned());
                 }
                 chain_elements.branches.fetch_add(1, Ordering::SeqCst);
+                let video = media.starts_with("video/");
+                if let (true, Some(queue_src)) = (video, elements.first().and_then(|queue| queue.static_pad("src"))) {
+                    send_title(&queue_src, Arc::clone(&title));
+                }
                 if let Some(sink_pad) = elements.last().and_then(|sink| sink.static_pad("sink")) {
                     let ended = Arc::clone(&chain_elements.ended);
+                    let title = Arc::clone(&title);
                     sink_pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
-                        match info.event().map(|e| e.type_()) {
-                            Some(gst::EventType::Eos) => {
+                        let Some(event) = info.event() else { return gst::PadProbeReturn::Ok };
+                        match event.view() {
+                            gst::EventView::Eos(_) => {
                                 ended.fetch_add(1, Ordering::SeqCst);
                                 gst::PadProbeReturn::Remove
+                            }
+                            gst::EventView::Tag(tag) if video => {
+                                if let Some(text) = tag.tag().get::<gst::tags::Title>() {
+                                    if let Ok(mut shown) = title.shown.lock() {
+                                        *shown = Some(text.get().to_string());
+                                    }
+                                }
+                                gst::PadProbeReturn::Ok
                             }
                             _ => gst::PadProbeReturn::Ok,
                         }
@@ -638,6 +682,24 @@ fn attach_branch(
     let sink = first.static_pad("sink").ok_or_else(|| setup_error("branch has no sink pad"))?;
     pad.link(&sink).map_err(setup_error)?;
     Ok(elements)
+}
+
+/// Sends the wanted window title down a video branch from its queue's output, in the streaming
+/// thread ahead of the next frame, whenever it changed since this branch last sent it.
+fn send_title(queue_src: &gst::Pad, title: Arc<Title>) {
+    let sent = AtomicU64::new(0);
+    queue_src.add_probe(gst::PadProbeType::BUFFER, move |pad, _| {
+        let wanted = title.wanted.lock().map(|w| w.clone()).unwrap_or_default();
+        if wanted.0 > sent.load(Ordering::Relaxed) {
+            sent.store(wanted.0, Ordering::Relaxed);
+            let mut tags = gst::TagList::new();
+            if let Some(tags) = tags.get_mut() {
+                tags.add::<gst::tags::Title>(&wanted.1.as_str(), gst::TagMergeMode::Replace);
+            }
+            pad.push_event(gst::event::Tag::new(tags));
+        }
+        gst::PadProbeReturn::Ok
+    });
 }
 
 /// Whether a window can be opened (a display server is advertised).

@@ -341,6 +341,26 @@ fn plays_a_packaged_vod_stream_to_the_end_without_stalls() -> Result<()> {
             requests.iter().filter(|r| r.path.starts_with(&format!("/{rung}/")) && !r.path.ends_with(".m3u8")).count();
         assert!(count >= 1, "no request for rendition {rung}");
     }
+    // The window's title names the stream and the rendition playing; the video sink received one
+    // per run of a rendition, in the order they played.
+    let titles: Vec<&str> = run
+        .events
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Title { title } => Some(title.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut played: Vec<u64> = segments.iter().filter_map(|s| s["rendition"].as_u64()).collect();
+    played.dedup();
+    let expected: Vec<String> = played
+        .iter()
+        .map(|&r| format!("{} · {}", server.url("/master.m3u8"), LADDER[r as usize].1.replace('x', "×")))
+        .collect();
+    assert_eq!(titles.len(), expected.len(), "titles {titles:?} for renditions {played:?}");
+    for (title, expected) in titles.iter().zip(&expected) {
+        assert!(title.starts_with("eddy-play · ") && title.contains(expected.as_str()), "{title} ≠ {expected}");
+    }
     Ok(())
 }
 

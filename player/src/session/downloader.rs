@@ -321,8 +321,9 @@ impl<F: Fetch> Downloader<'_, F> {
             audio.all_pushed = false;
         }
         state.all_played_at = None;
-        // The dates of the media dropped say nothing of what plays next.
+        // The dates and titles of the media dropped say nothing of what plays next.
         state.dates.clear();
+        state.titles.clear();
         let origin_s = start_s - at_s;
         state.media_origin_s = origin_s;
         if let Some(subtitles) = &mut state.subtitles {
@@ -602,6 +603,11 @@ impl<F: Fetch> Downloader<'_, F> {
             bitrate_bps: record.bitrate_bps,
             estimate_bps,
         };
+        let title = window_title(self.config.url.as_str(), variant.resolution, variant.bandwidth_bps);
+        if state.titles.back().is_none_or(|(_, last)| *last != title) {
+            let start_s = state.pushed_media_s - segment.duration_s;
+            state.titles.push_back((start_s, title));
+        }
         let buffer_s = state.buffer_ahead_s();
         let live_latency_s = state.latency_samples.last().map(|l| (l * 1000.0).round() / 1000.0);
         state.event(Event::Segment {
@@ -634,7 +640,36 @@ impl<F: Fetch> Downloader<'_, F> {
     }
 }
 
+/// The window's title: the stream's URL and the rendition playing (its picture size and BANDWIDTH,
+/// when the master playlist gives them).
+fn window_title(url: &str, resolution: Option<(u64, u64)>, bandwidth_bps: u64) -> String {
+    let size = resolution.map(|(width, height)| format!(" · {width}×{height}")).unwrap_or_default();
+    let rate = if bandwidth_bps > 0 {
+        format!(" · {} kb/s", bandwidth_bps.saturating_add(500) / 1000)
+    } else {
+        String::new()
+    };
+    format!("eddy-play · {url}{size}{rate}")
+}
+
 /// A segment's date as the events write it: RFC 3339 in UTC, to the millisecond.
 pub(super) fn date_time_text(date_time: Option<&chrono::DateTime<chrono::FixedOffset>>) -> Option<String> {
     date_time.map(|d| d.with_timezone(&chrono::Utc).to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_title_names_the_stream_and_the_rendition() {
+        let title = window_title("http://127.0.0.1:8080/master.m3u8", Some((1280, 720)), 2_499_600);
+        assert_eq!(title, "eddy-play · http://127.0.0.1:8080/master.m3u8 · 1280×720 · 2500 kb/s");
+        assert_eq!(
+            window_title("http://h/a.m3u8", None, u64::MAX),
+            format!("eddy-play · http://h/a.m3u8 · {} kb/s", u64::MAX / 1000)
+        );
+        // A media playlist alone: no size nor bitrate to name.
+        assert_eq!(window_title("http://h/a.m3u8", None, 0), "eddy-play · http://h/a.m3u8");
+    }
 }

@@ -56,6 +56,7 @@ fn tick(shared: &mut Playback, quiet: bool, last_status: &mut Instant, last_poin
             PipelineEvent::Playing => {}
             PipelineEvent::EndOfStream => shared.finish(Finish::EndOfStream),
             PipelineEvent::Error(message) => shared.finish(Finish::Failed(message)),
+            PipelineEvent::TitleShown(title) => shared.event(Event::Title { title }),
         }
     }
     if shared.playing_since.is_none() {
@@ -113,6 +114,9 @@ fn tick(shared: &mut Playback, quiet: bool, last_status: &mut Instant, last_poin
         }
     }
     subtitles::render(shared);
+    if let Some(title) = shared.title_playing().map(str::to_owned) {
+        shared.sink.set_title(&title);
+    }
     if last_point.elapsed() >= TIMELINE_INTERVAL {
         *last_point = Instant::now();
         let point = TimelinePoint {

@@ -72,6 +72,8 @@ pub trait MediaSink: Send {
     }
     /// Shows `text` over the video until the next call; `None` shows nothing.
     fn set_subtitle(&self, _text: Option<&str>) {}
+    /// The window's title (the URL and the rendition playing).
+    fn set_title(&self, _title: &str) {}
     fn stop(&self);
 }
 
@@ -99,6 +101,9 @@ impl MediaSink for Pipeline {
     }
     fn audio_played_s(&self) -> f64 {
         Pipeline::audio_played_s(self)
+    }
+    fn set_title(&self, title: &str) {
+        Pipeline::set_title(self, title)
     }
     fn set_subtitle(&self, text: Option<&str>) {
         Pipeline::set_subtitle(self, text)

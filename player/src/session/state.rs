@@ -97,6 +97,9 @@ pub(super) struct Playback {
     /// starts, its EXT-X-PROGRAM-DATE-TIME), oldest first; those behind the playback position are
     /// dropped as it passes them.
     pub dates: std::collections::VecDeque<(f64, chrono::DateTime<chrono::Utc>)>,
+    /// The window title of each rendition's run in the pushed media: (pushed media seconds where it
+    /// starts, title), oldest first; the monitor shows the one playing and drops those passed.
+    pub titles: std::collections::VecDeque<(f64, String)>,
     /// Live latency samples (seconds): wall clock minus the date of the media playing.
     pub latency_samples: Vec<f64>,
     events: EventWriter,
@@ -147,6 +150,7 @@ impl Playback {
             seek_refilling: false,
             scripted_seek: None,
             dates: std::collections::VecDeque::new(),
+            titles: std::collections::VecDeque::new(),
             latency_samples: Vec::new(),
             events,
         }
@@ -230,6 +234,16 @@ impl Playback {
         }
         let behind_ms = now.signed_duration_since(date).num_milliseconds();
         Some(behind_ms as f64 / 1000.0 - (played - start))
+    }
+
+    /// The title of the rendition playing now, once its media has started playing; the titles of
+    /// media played past are forgotten.
+    pub fn title_playing(&mut self) -> Option<&str> {
+        let played = self.played_s();
+        while self.titles.len() > 1 && self.titles.get(1).is_some_and(|(start, _)| *start <= played) {
+            self.titles.pop_front();
+        }
+        self.titles.front().filter(|(start, _)| *start <= played).map(|(_, title)| title.as_str())
     }
 
     /// Where playback is on the stream's timeline (media seconds).
