@@ -105,6 +105,9 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         language: Option<String>,
     },
+    /// The overlay's text changed (`--subs`, or `s`): the cue shown from `position_s` (media time, as
+    /// `subtitle`'s), or nothing.
+    SubtitleShown { text: Option<String>, position_s: f64 },
     /// A download abandoned for a lower rendition.
     Abandon { index: u64, rendition: usize, to_rendition: usize, bytes: u64, buffer_s: f64 },
     /// Playback started.
@@ -236,6 +239,8 @@ mod tests {
             Event::Abandon { index: 4, rendition: 2, to_rendition: 0, bytes: 10, buffer_s: 1.0 },
             Event::Subtitle { start_s: 0.5, end_s: 1.5, text: "Hello\nthere".into(), language: Some("en".into()) },
             Event::Subtitle { start_s: 2.0, end_s: 3.0, text: String::new(), language: None },
+            Event::SubtitleShown { text: Some("Hello".into()), position_s: 0.5 },
+            Event::SubtitleShown { text: None, position_s: 1.5 },
             Event::Title { title: "eddy-play · http://x/master.m3u8 · 1280×720 · 2500 kb/s".into() },
             Event::Playing { startup_ms: 10 },
             Event::Stall { played_s: 3.0 },

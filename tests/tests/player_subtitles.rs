@@ -173,6 +173,42 @@ fn subtitle_cues_are_shown_with_subs_and_written_to_the_events_either_way() -> R
     Ok(())
 }
 
+/// A seek back (`←`, or `--seek-to` for scripts) shows the cues of the new position again: the
+/// subtitle loop follows the seek, and the overlay is told what to show from there.
+#[test]
+fn after_a_seek_back_the_cues_of_the_new_position_are_shown_again() -> Result<()> {
+    let work = tempfile::Builder::new().prefix("eddy-subtitles-test").tempdir().context("temporary directory")?;
+    let root = work.path().join("root");
+    make_stream(&root.join("vod"))?;
+    let edge = eddy_tests::start_edge(&["--origin", root.to_str().context("utf-8 path")?])?;
+    let run = play(&edge.url("/vod/master.m3u8"), &["--subs", "en", "--seek-to", "0@4"], work.path(), "seek")?;
+    assert!(run.success, "{}", run.stderr);
+    let report = run.report.as_ref().context("no report")?;
+    assert_eq!(report["stall_count"], 0, "a seek is not a stall: {report}");
+    let seek = run.events.iter().position(|r| matches!(r.event, Event::Seek { .. })).context("no seek event")?;
+    let shown = |events: &[EventRecord]| -> Vec<(String, f64)> {
+        events
+            .iter()
+            .filter_map(|r| match &r.event {
+                Event::SubtitleShown { text: Some(text), position_s } => Some((text.clone(), *position_s)),
+                _ => None,
+            })
+            .collect()
+    };
+    let (before, after) = (shown(&run.events[..seek]), shown(&run.events[seek..]));
+    let first = |shown: &[(String, f64)]| shown.first().cloned();
+    let hello = "Hello & welcome".to_string();
+    assert!(first(&before).is_some_and(|(text, at)| text == hello && (0.4..1.0).contains(&at)), "before: {before:?}");
+    assert!(
+        first(&after).is_some_and(|(text, at)| text == hello && (0.4..1.0).contains(&at)),
+        "after: {after:?}\n{}",
+        run.stderr
+    );
+    // And on to the end, as the first time.
+    assert!(after.iter().any(|(text, _)| text == "Line one\nLine two"), "after: {after:?}");
+    Ok(())
+}
+
 #[test]
 fn broken_subtitles_never_stop_playback_and_a_missing_language_is_named() -> Result<()> {
     let work = tempfile::Builder::new().prefix("eddy-subtitles-test").tempdir().context("temporary directory")?;

@@ -328,6 +328,8 @@ impl<F: Fetch> Downloader<'_, F> {
         state.media_origin_s = origin_s;
         if let Some(subtitles) = &mut state.subtitles {
             subtitles.media_start_s = origin_s;
+            // The subtitle loop fetches the cues of the new position again.
+            subtitles.cues.clear();
         }
         state.seek =
             SeekDone { generation: state.seek.generation.saturating_add(1), media_s: start_s, running_s: at_s };

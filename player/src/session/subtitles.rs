@@ -16,7 +16,7 @@ use super::seams::Fetch;
 use super::state::{lock, Playback};
 use super::PlayError;
 use crate::events::Event;
-use crate::playlist::{Rendition, Variant};
+use crate::playlist::{Rendition, TimelineAnchor, Variant};
 use crate::webvtt::{self, active_cue, Cue, VideoStart, WebVttError};
 
 #[derive(Debug, Error)]
@@ -30,8 +30,12 @@ enum SubtitleError {
 /// What the overlay draws from: the cues fetched (in media time) that have not ended yet.
 #[derive(Debug, Default)]
 pub(super) struct SubtitleTrack {
-    /// Media time of the first video segment played: the pipeline's running time counts from there.
+    /// Media time where the pipeline's running time 0 sits (the first video segment played; moved by
+    /// each seek).
     pub media_start_s: f64,
+    /// Media time of the first video segment pushed, whose timestamp is `Playback::first_video_pts`:
+    /// the pair an `X-TIMESTAMP-MAP` is read against. Unlike `media_start_s`, a seek leaves it.
+    pub first_video_media_s: f64,
     pub cues: Vec<Cue>,
     /// The text the overlay shows now.
     pub shown: Option<String>,
@@ -87,14 +91,30 @@ impl<'a, F: Fetch> SubtitleLoader<'a, F> {
         // Cues already written: a cue that spans a segment boundary is in both segments (RFC 8216
         // §3.5), and is one cue.
         let mut written: HashSet<(i64, i64, String)> = HashSet::new();
+        let mut generation = lock(shared).seek.generation;
         loop {
-            if !wait_for_video(shared, segment_start_s).await {
+            if let Some((at, start_s)) = self.follow_seek(shared, &mut generation, (sequence, segment_start_s)) {
+                (sequence, segment_start_s) = (at, start_s);
+            }
+            if !wait_for_video(shared, segment_start_s, generation).await {
+                // Nothing more to fetch unless a seek comes (back) before playback ends.
+                if wait_for_seek(shared, generation).await {
+                    continue;
+                }
                 return Ok(());
+            }
+            if lock(shared).seek.generation != generation {
+                continue;
             }
             let stopping = Arc::clone(shared);
             let stop = move || lock(&stopping).finish.is_some();
             let segment = match self.playlists.next(self.fetcher, &self.playlist, sequence, &stop).await? {
-                None | Some(Next::End) => return Ok(()),
+                None | Some(Next::End) => {
+                    if wait_for_seek(shared, generation).await {
+                        continue;
+                    }
+                    return Ok(());
+                }
                 Some(Next::Skip(to)) => {
                     tracing::warn!("subtitles fell behind the live window: skipping from {sequence} to {to}");
                     sequence = to;
@@ -107,6 +127,10 @@ impl<'a, F: Fetch> SubtitleLoader<'a, F> {
             let data = self.keys.decrypt(self.fetcher, &segment, data.to_vec(), &mut self.bytes).await?;
             let file =
                 webvtt::parse(&data).map_err(|source| SubtitleError::Cues { url: segment.uri.to_string(), source })?;
+            if lock(shared).seek.generation != generation {
+                // A seek came while this segment downloaded: it belongs to the old position.
+                continue;
+            }
             let video = match file.timestamp_map {
                 Some(_) => video_start(shared),
                 None => None,
@@ -118,23 +142,55 @@ impl<'a, F: Fetch> SubtitleLoader<'a, F> {
                 let start_s = round_ms(cue.start_s + offset_s);
                 let end_s = round_ms(cue.end_s + offset_s);
                 let key = ((start_s * 1000.0) as i64, (end_s * 1000.0) as i64, cue.text.clone());
-                if end_s <= 0.0 || !written.insert(key) {
+                if end_s <= 0.0 {
                     continue;
                 }
-                state.event(Event::Subtitle {
-                    start_s,
-                    end_s,
-                    text: cue.text.clone(),
-                    language: self.language.clone(),
-                });
-                if let Some(track) = &mut state.subtitles {
-                    track.cues.push(Cue { start_s, end_s, text: cue.text });
+                // Written once; after a seek back the cues of the new position are fetched again
+                // (those the loop had passed are written again too).
+                if written.insert(key) {
+                    state.event(Event::Subtitle {
+                        start_s,
+                        end_s,
+                        text: cue.text.clone(),
+                        language: self.language.clone(),
+                    });
+                }
+                let cue = Cue { start_s, end_s, text: cue.text };
+                if let Some(track) = state.subtitles.as_mut().filter(|track| !track.cues.contains(&cue)) {
+                    track.cues.push(cue);
                 }
             }
             drop(state);
             sequence = segment.sequence.saturating_add(1);
             segment_start_s += segment.duration_s;
         }
+    }
+}
+
+impl<F: Fetch> SubtitleLoader<'_, F> {
+    /// After a seek the download loop carried out: the subtitle segment holding the seek's position,
+    /// and where it starts, found from `at` (the next segment and its start, on the same axis).
+    fn follow_seek(&self, shared: &Mutex<Playback>, generation: &mut u64, at: (u64, f64)) -> Option<(u64, f64)> {
+        let seek = {
+            let state = lock(shared);
+            if state.seek.generation == *generation {
+                return None;
+            }
+            *generation = state.seek.generation;
+            state.seek
+        };
+        let playlist = &self.playlists.loaded.get(&self.playlist.index)?.playlist;
+        let anchor = TimelineAnchor { sequence: at.0, media_s: at.1 };
+        let placed = if playlist.ended {
+            let sequence = playlist.sequence_at(seek.media_s).or(playlist.last_sequence())?;
+            Some((sequence, playlist.segments.iter().take_while(|s| s.sequence < sequence).map(|s| s.duration_s).sum()))
+        } else {
+            playlist.segment_on(anchor, seek.media_s)
+        };
+        if placed.is_none() {
+            tracing::warn!("subtitles cannot follow the seek: their window has moved past this playback");
+        }
+        placed
     }
 }
 
@@ -146,19 +202,23 @@ fn round_ms(seconds: f64) -> f64 {
 /// has seen it pushed; `None` if its timestamp could not be read.
 fn video_start(shared: &Mutex<Playback>) -> Option<VideoStart> {
     let state = lock(shared);
-    let media_s = state.subtitles.as_ref().map_or(0.0, |track| track.media_start_s);
+    let media_s = state.subtitles.as_ref().map_or(0.0, |track| track.first_video_media_s);
     state.first_video_pts.map(|pts| VideoStart { pts, media_s })
 }
 
 /// Waits until the video pushed into the pipeline reaches media time `segment_start_s`: subtitles keep
 /// up with the video and no further. False when the loop should stop: playback finished, or the video
-/// will never get there (its last segment, or `--duration`, is pushed).
-async fn wait_for_video(shared: &Mutex<Playback>, segment_start_s: f64) -> bool {
+/// will never get there (its last segment, or `--duration`, is pushed). True at once when a seek
+/// came after `generation`.
+async fn wait_for_video(shared: &Mutex<Playback>, segment_start_s: f64, generation: u64) -> bool {
     loop {
         {
             let state = lock(shared);
             if state.finish.is_some() {
                 return false;
+            }
+            if state.seek.generation != generation {
+                return true;
             }
             let media_start_s = state.subtitles.as_ref().map_or(0.0, |track| track.media_start_s);
             let pushed = state.play_requested_at.is_some();
@@ -167,6 +227,22 @@ async fn wait_for_video(shared: &Mutex<Playback>, segment_start_s: f64) -> bool 
             }
             if state.all_pushed || state.enough_pushed() {
                 return false;
+            }
+        }
+        tokio::time::sleep(MONITOR_INTERVAL).await;
+    }
+}
+
+/// Waits for a seek after `generation` (true) or the end of playback (false).
+async fn wait_for_seek(shared: &Mutex<Playback>, generation: u64) -> bool {
+    loop {
+        {
+            let state = lock(shared);
+            if state.finish.is_some() {
+                return false;
+            }
+            if state.seek.generation != generation {
+                return true;
             }
         }
         tokio::time::sleep(MONITOR_INTERVAL).await;
@@ -183,10 +259,13 @@ pub(super) fn render(state: &mut Playback) {
     let position_s = track.media_start_s + played_s;
     track.cues.retain(|cue| cue.end_s > position_s);
     let text = if visible { active_cue(&track.cues, position_s) } else { None };
-    if text != track.shown.as_deref() {
-        sink.set_subtitle(text);
-        track.shown = text.map(str::to_owned);
+    if text == track.shown.as_deref() {
+        return;
     }
+    sink.set_subtitle(text);
+    track.shown = text.map(str::to_owned);
+    let shown = track.shown.clone();
+    state.event(Event::SubtitleShown { text: shown, position_s: round_ms(position_s) });
 }
 
 #[cfg(test)]
@@ -245,6 +324,7 @@ mod tests {
         // Playback started 10 s into the stream (--start-at 10).
         state.subtitles = Some(SubtitleTrack {
             media_start_s: 10.0,
+            first_video_media_s: 10.0,
             cues: vec![cue(11.0, 12.0, "one"), cue(12.5, 13.0, "two")],
             shown: None,
         });
