@@ -134,6 +134,10 @@ pub struct Segment {
     pub key: Option<SegmentKey>,
     pub init: Option<InitSection>,
     pub discontinuity: bool,
+    /// The discontinuity sequence number (`EXT-X-DISCONTINUITY-SEQUENCE` plus the discontinuities
+    /// before it in the playlist, RFC 8216 §4.3.3.3): the same in every rendition for the same media,
+    /// so it says which of the video's timestamp domains a subtitle segment's `X-TIMESTAMP-MAP` is in.
+    pub discontinuity_sequence: u64,
     /// `EXT-X-GAP` (draft-pantos-hls-rfc8216bis §4.4.4.7): the segment is missing; it is not fetched.
     pub gap: bool,
     /// When the segment's first sample was captured (`EXT-X-PROGRAM-DATE-TIME`, RFC 8216 §4.3.2.6),
@@ -641,6 +645,7 @@ fn media_playlist(media: m3u8_rs::MediaPlaylist, base: &Url) -> Result<MediaPlay
     let mut init: Option<InitSection> = None;
     let mut next_offset: Option<(Url, u64)> = None;
     let mut next_date_time: Option<chrono::DateTime<chrono::FixedOffset>> = None;
+    let mut discontinuity_sequence = media.discontinuity_sequence;
     for (position, segment) in media.segments.iter().enumerate() {
         // Each segment's number, with room for the one after it (which the session asks for next).
         let sequence =
@@ -718,6 +723,7 @@ fn media_playlist(media: m3u8_rs::MediaPlaylist, base: &Url) -> Result<MediaPlay
         // A date carries over to the segments after it, but not across a discontinuity (§4.3.2.6).
         if segment.discontinuity {
             next_date_time = None;
+            discontinuity_sequence = discontinuity_sequence.saturating_add(1);
         }
         let program_date_time = segment.program_date_time.or(next_date_time);
         next_date_time = program_date_time.and_then(|date_time| {
@@ -734,6 +740,7 @@ fn media_playlist(media: m3u8_rs::MediaPlaylist, base: &Url) -> Result<MediaPlay
             }),
             init: init.clone(),
             discontinuity: segment.discontinuity,
+            discontinuity_sequence,
             gap,
             program_date_time,
             parts: Vec::new(),
@@ -1139,6 +1146,15 @@ v0.m3u8
         let Ok(Parsed::Media(media)) = parse(text.as_bytes(), &base()) else { panic!("media expected") };
         assert!(!media.ended);
         assert_eq!(media.live_start_sequence(), Some(103));
+    }
+
+    #[test]
+    fn each_segment_carries_its_discontinuity_sequence_number() {
+        let text = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-DISCONTINUITY-SEQUENCE:5\n#EXTINF:2,\na.ts\n\
+                    #EXT-X-DISCONTINUITY\n#EXTINF:2,\nb.ts\n#EXTINF:2,\nc.ts\n#EXT-X-DISCONTINUITY\n#EXTINF:2,\nd.ts\n";
+        let Ok(Parsed::Media(media)) = parse(text.as_bytes(), &base()) else { panic!("media expected") };
+        let domains: Vec<u64> = media.segments.iter().map(|s| s.discontinuity_sequence).collect();
+        assert_eq!(domains, [5, 6, 6, 7]);
     }
 
     #[test]

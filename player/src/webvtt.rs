@@ -50,8 +50,9 @@ pub struct WebVtt {
     pub cues: Vec<Cue>,
 }
 
-/// Where the video starts: the presentation timestamp of the first video segment played (90 kHz,
-/// as [`crate::timestamps::first_pts`] reads it) and that segment's media time in seconds.
+/// Where the video's timestamps sit: the presentation timestamp of a video segment (90 kHz, as
+/// [`crate::timestamps::first_pts`] reads it; the first pushed of its discontinuity domain) and that
+/// segment's media time in seconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct VideoStart {
     pub pts: u64,

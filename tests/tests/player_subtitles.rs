@@ -209,6 +209,73 @@ fn after_a_seek_back_the_cues_of_the_new_position_are_shown_again() -> Result<()
     Ok(())
 }
 
+/// 4 s of MPEG-TS in two 2 s segments, `{dir}/{prefix}0.ts` and `{prefix}1.ts`, made by a fresh
+/// ffmpeg run (so its timestamps start over); returns its first PTS in 90 kHz ticks.
+fn make_ts(dir: &Path, prefix: &str) -> Result<u64> {
+    std::fs::create_dir_all(dir)?;
+    let status = Command::new("ffmpeg")
+        .current_dir(dir)
+        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30", "-t", "4"])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", "60", "-keyint_min", "60"])
+        .args(["-sc_threshold", "0", "-f", "hls", "-hls_time", "2", "-hls_playlist_type", "vod"])
+        .args(["-hls_segment_filename", &format!("{prefix}%d.ts"), &format!("{prefix}.m3u8")])
+        .status()
+        .context("running ffmpeg")?;
+    if !status.success() {
+        bail!("ffmpeg failed: {status}");
+    }
+    let output = Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "format=start_time", "-of", "default=nw=1:nk=1"])
+        .arg(dir.join(format!("{prefix}0.ts")))
+        .output()
+        .context("running ffprobe")?;
+    let start: f64 = String::from_utf8_lossy(&output.stdout).trim().parse().context("ffprobe start_time")?;
+    Ok((start * 90_000.0).round() as u64)
+}
+
+/// An ad break's worth of discontinuity: the video's timestamps start over at its third segment, and
+/// so do the subtitle segments' `X-TIMESTAMP-MAP`s. Each map is read against the video of its own
+/// discontinuity domain (RFC 8216 §3.5, §4.3.3.3), so the second programme's cue lands at 4.5 s, not
+/// on top of the first's at 0.5 s.
+#[test]
+fn cues_after_a_discontinuity_are_timed_against_the_video_of_their_domain() -> Result<()> {
+    let work = tempfile::Builder::new().prefix("eddy-subtitles-test").tempdir().context("temporary directory")?;
+    let out = work.path().join("root/ads");
+    let (first_pts, second_pts) = (make_ts(&out, "a")?, make_ts(&out, "b")?);
+    let playlist = |segments: [&str; 4]| {
+        let mut text = String::from("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n");
+        text.push_str("#EXT-X-DISCONTINUITY-SEQUENCE:3\n#EXT-X-PLAYLIST-TYPE:VOD\n");
+        for (i, uri) in segments.iter().enumerate() {
+            if i == 2 {
+                text.push_str("#EXT-X-DISCONTINUITY\n");
+            }
+            text.push_str(&format!("#EXTINF:2.000,\n{uri}\n"));
+        }
+        text + "#EXT-X-ENDLIST\n"
+    };
+    std::fs::write(out.join("video.m3u8"), playlist(["a0.ts", "a1.ts", "b0.ts", "b1.ts"]))?;
+    for (i, (pts, text)) in
+        [(first_pts, "first"), (first_pts, ""), (second_pts, "second"), (second_pts, "")].iter().enumerate()
+    {
+        let segment_pts = pts + (i as u64 % 2) * SEGMENT_TICKS;
+        let mut vtt = format!("WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:{segment_pts},LOCAL:00:00:00.000\n\n");
+        if !text.is_empty() {
+            vtt.push_str(&format!("00:00.500 --> 00:01.500\n{text}\n"));
+        }
+        std::fs::write(out.join(format!("s{i}.vtt")), vtt)?;
+    }
+    std::fs::write(out.join("subs.m3u8"), playlist(["s0.vtt", "s1.vtt", "s2.vtt", "s3.vtt"]))?;
+    let master = "#EXTM3U\n#EXT-X-VERSION:3\n\
+        #EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID=\"subs\",NAME=\"English\",LANGUAGE=\"en\",DEFAULT=YES,URI=\"subs.m3u8\"\n\
+        #EXT-X-STREAM-INF:BANDWIDTH=800000,RESOLUTION=320x180,SUBTITLES=\"subs\"\nvideo.m3u8\n";
+    std::fs::write(out.join("master.m3u8"), master)?;
+    let edge = eddy_tests::start_edge(&["--origin", work.path().join("root").to_str().context("utf-8 path")?])?;
+    let run = play(&edge.url("/ads/master.m3u8"), &["--subs", "en"], work.path(), "ads")?;
+    assert!(run.success, "{}", run.stderr);
+    assert_eq!(run.cues(), [cue(0.5, 1.5, "first", "en"), cue(4.5, 5.5, "second", "en")]);
+    Ok(())
+}
+
 #[test]
 fn broken_subtitles_never_stop_playback_and_a_missing_language_is_named() -> Result<()> {
     let work = tempfile::Builder::new().prefix("eddy-subtitles-test").tempdir().context("temporary directory")?;

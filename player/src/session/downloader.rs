@@ -21,6 +21,7 @@ use crate::pipeline::Track;
 use crate::playlist::{InitSection, PartPosition, Segment, TimelineAnchor};
 use crate::report::SegmentRecord;
 use crate::timestamps;
+use crate::webvtt::VideoStart;
 
 /// What the download loop leaves for the report.
 #[derive(Debug, Default)]
@@ -570,10 +571,14 @@ impl<F: Fetch> Downloader<'_, F> {
             parts: part.map(|_| 1),
         };
         let mut state = lock(self.shared);
-        if state.play_requested_at.is_none() {
-            // Where the video starts, for subtitles' X-TIMESTAMP-MAP (the first segment comes with
-            // its init section).
-            state.first_video_pts = timestamps::first_pts(init_pushed.as_deref(), &data);
+        if !state.video_domains.contains_key(&segment.discontinuity_sequence) {
+            // Where this timestamp domain's video sits, for subtitles' X-TIMESTAMP-MAP (its first
+            // segment pushed comes with its init section: the first, and the first after a
+            // discontinuity or a seek).
+            if let Some(pts) = timestamps::first_pts(init_pushed.as_deref(), &data) {
+                let media_s = state.media_origin_s + state.pushed_media_s;
+                state.video_domains.insert(segment.discontinuity_sequence, VideoStart { pts, media_s });
+            }
         }
         state.sink.push(Track::Main, data, (switched || segment.discontinuity) && !init_changed)?;
         if state.stream_duration_s.is_none() && part.is_none_or(|p| p == 0) {

@@ -223,8 +223,7 @@ pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
         } else {
             0.0
         };
-        state.subtitles =
-            Some(SubtitleTrack { media_start_s, first_video_media_s: media_start_s, ..SubtitleTrack::default() });
+        state.subtitles = Some(SubtitleTrack { media_start_s, ..SubtitleTrack::default() });
         state.subtitles_visible = config.subs.is_some();
     }
     {

@@ -309,11 +309,18 @@ fn same_resource(a: &Url, b: &Url) -> bool {
 pub(super) fn part_as_segment(playlist: &MediaPlaylist, at: PartPosition, part: &Part) -> Option<Segment> {
     let parts = playlist.parts_of(at.msn)?;
     let before_s: f64 = parts.iter().take(usize::try_from(at.part).ok()?).map(|p| p.duration_s).sum();
-    let (parent_date, init, key, discontinuity) = match playlist.segment(at.msn) {
-        Some(segment) => (segment.program_date_time, segment.init.clone(), segment.key.clone(), segment.discontinuity),
+    let (parent_date, init, key, discontinuity, discontinuity_sequence) = match playlist.segment(at.msn) {
+        Some(segment) => (
+            segment.program_date_time,
+            segment.init.clone(),
+            segment.key.clone(),
+            segment.discontinuity,
+            segment.discontinuity_sequence,
+        ),
         None => {
             let last = playlist.segments.last();
-            (playlist.trailing_date_time, playlist.trailing_init.clone(), last.and_then(|s| s.key.clone()), false)
+            let (key, domain) = (last.and_then(|s| s.key.clone()), last.map_or(0, |s| s.discontinuity_sequence));
+            (playlist.trailing_date_time, playlist.trailing_init.clone(), key, false, domain)
         }
     };
     let program_date_time = parent_date
@@ -326,6 +333,7 @@ pub(super) fn part_as_segment(playlist: &MediaPlaylist, at: PartPosition, part: 
         key,
         init,
         discontinuity: discontinuity && at.part == 0,
+        discontinuity_sequence,
         gap: false,
         program_date_time,
         parts: Vec::new(),

@@ -57,9 +57,11 @@ pub(super) struct Playback {
     pub subtitles: Option<SubtitleTrack>,
     /// Whether cues are drawn over the video: `--subs` turns them on.
     pub subtitles_visible: bool,
-    /// The first presentation timestamp (90 kHz) of the first video segment pushed, when it could be
-    /// read: what WebVTT's `X-TIMESTAMP-MAP` is relative to (RFC 8216 §3.5).
-    pub first_video_pts: Option<u64>,
+    /// Per discontinuity sequence number, where the video's timestamps sit on the media timeline: the
+    /// first presentation timestamp (90 kHz) of the first video segment pushed in that domain, when it
+    /// could be read, and that segment's media time. What a WebVTT `X-TIMESTAMP-MAP` in the same
+    /// domain is relative to (RFC 8216 §3.5): timestamps start over at a discontinuity.
+    pub video_domains: std::collections::BTreeMap<u64, crate::webvtt::VideoStart>,
     pub stall: StallTracker,
     /// Played seconds frozen while the pipeline is paused for a stall.
     pub frozen_played_s: Option<f64>,
@@ -131,7 +133,7 @@ impl Playback {
             audio: None,
             subtitles: None,
             subtitles_visible: false,
-            first_video_pts: None,
+            video_domains: std::collections::BTreeMap::new(),
             stall,
             frozen_played_s: None,
             finish: None,

@@ -33,9 +33,6 @@ pub(super) struct SubtitleTrack {
     /// Media time where the pipeline's running time 0 sits (the first video segment played; moved by
     /// each seek).
     pub media_start_s: f64,
-    /// Media time of the first video segment pushed, whose timestamp is `Playback::first_video_pts`:
-    /// the pair an `X-TIMESTAMP-MAP` is read against. Unlike `media_start_s`, a seek leaves it.
-    pub first_video_media_s: f64,
     pub cues: Vec<Cue>,
     /// The text the overlay shows now.
     pub shown: Option<String>,
@@ -132,7 +129,7 @@ impl<'a, F: Fetch> SubtitleLoader<'a, F> {
                 continue;
             }
             let video = match file.timestamp_map {
-                Some(_) => video_start(shared),
+                Some(_) => video_start(shared, segment.discontinuity_sequence),
                 None => None,
             };
             let offset_s = file.media_offset_s(video);
@@ -198,12 +195,10 @@ fn round_ms(seconds: f64) -> f64 {
     (seconds * 1000.0).round() / 1000.0
 }
 
-/// Where the video's first pushed segment starts, for a WebVTT `X-TIMESTAMP-MAP`. [`wait_for_video`]
-/// has seen it pushed; `None` if its timestamp could not be read.
-fn video_start(shared: &Mutex<Playback>) -> Option<VideoStart> {
-    let state = lock(shared);
-    let media_s = state.subtitles.as_ref().map_or(0.0, |track| track.first_video_media_s);
-    state.first_video_pts.map(|pts| VideoStart { pts, media_s })
+/// Where the video of discontinuity domain `domain` sits, for a WebVTT `X-TIMESTAMP-MAP` of the same
+/// domain. [`wait_for_video`] has seen it pushed; `None` if its timestamp could not be read.
+fn video_start(shared: &Mutex<Playback>, domain: u64) -> Option<VideoStart> {
+    lock(shared).video_domains.get(&domain).copied()
 }
 
 /// Waits until the video pushed into the pipeline reaches media time `segment_start_s`: subtitles keep
@@ -324,7 +319,6 @@ mod tests {
         // Playback started 10 s into the stream (--start-at 10).
         state.subtitles = Some(SubtitleTrack {
             media_start_s: 10.0,
-            first_video_media_s: 10.0,
             cues: vec![cue(11.0, 12.0, "one"), cue(12.5, 13.0, "two")],
             shown: None,
         });
