@@ -90,6 +90,9 @@ pub enum Event {
         download_ms: u64,
         /// Audio buffered ahead after the push.
         buffer_s: f64,
+        /// Low-latency live: this is part `part` of segment `index`, fetched alone.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        part: Option<u64>,
     },
     /// The video sink received a new window title (the URL and the rendition playing): at the first
     /// frame and after each switch. A window shows it; headless, the sink receives it all the same.
@@ -239,6 +242,8 @@ mod tests {
             Event::Abandon { index: 4, rendition: 2, to_rendition: 0, bytes: 10, buffer_s: 1.0 },
             Event::Subtitle { start_s: 0.5, end_s: 1.5, text: "Hello\nthere".into(), language: Some("en".into()) },
             Event::Subtitle { start_s: 2.0, end_s: 3.0, text: String::new(), language: None },
+            Event::AudioSegment { index: 3, bytes: 10, download_ms: 2, buffer_s: 1.0, part: Some(1) },
+            Event::AudioSegment { index: 4, bytes: 10, download_ms: 2, buffer_s: 1.0, part: None },
             Event::SubtitleShown { text: Some("Hello".into()), position_s: 0.5 },
             Event::SubtitleShown { text: None, position_s: 1.5 },
             Event::Title { title: "eddy-play · http://x/master.m3u8 · 1280×720 · 2500 kb/s".into() },

@@ -148,3 +148,36 @@ fn a_seek_back_in_a_live_stream_plays_from_earlier_in_the_window() -> Result<()>
     eprintln!("live seek {from_s:.2} → {to_s:.2} s: segment {first} → {after}, latency p50 {p50:.2} p95 {p95:.2} s");
     Ok(())
 }
+
+/// Low-latency live with a separate audio rendition (`eddy-package --audio separate`, CMAF audio in
+/// parts of its own): the audio joins where the video did and is played part by part with its own
+/// blocking reloads, so both stay at the live edge; the audio is heard through to the end.
+#[test]
+fn low_latency_live_with_separate_audio_plays_both_part_by_part() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("ll");
+    let mut command = Command::new(bin_path("eddy-package"));
+    command.arg("--out").arg(&out).args(["--live", "--low-latency", "--format", "fmp4", "--audio", "separate"]);
+    command.args(["--test-pattern", "45s", "--segment-duration", "2", "--window", "4", "--ladder", "240p:300k"]);
+    let mut packager = spawn_until_ready(command, "eddy-package live master at", Duration::from_secs(60))?;
+    let mut edge = start_edge(&["--origin", out.to_str().context("utf8")?])?;
+    wait_for_segments(&out.join("audio/index.m3u8"), 3)?;
+    let played = play(&edge.url("/master.m3u8"), &["--live-delay", "2"], dir.path(), "separate-audio")?;
+    edge.process.terminate(Duration::from_secs(10))?;
+    packager.terminate(Duration::from_secs(10))?;
+
+    let p50 = check(&played, "separate audio")?;
+    // The audio's parts are up to 49 AAC frames (1.044 s), so the packager's PART-TARGET is 1.044 s and
+    // the least delay, two part targets, is three 1 s video parts: 3 s plus the pipeline, as muxed
+    // audio would be at that delay. The audio's parts come as soon as the video's: nothing waits on them.
+    ensure!(p50 <= 3.6, "with separate audio and --live-delay 2 the latency p50 is {p50} s");
+    let audio: Vec<&Value> = of_kind(&played.events, "audio_segment").collect();
+    ensure!(audio.len() >= 8, "{} audio fetches in 10 s of 1 s parts", audio.len());
+    ensure!(audio.iter().all(|a| a["part"].is_u64()), "the audio fetched a whole segment: {audio:?}");
+    // It joined where the video did: the same segment first.
+    let first_video = of_kind(&played.events, "segment").find_map(|e| e["index"].as_u64());
+    ensure!(audio[0]["index"].as_u64() == first_video, "audio from {}, video from {first_video:?}", audio[0]["index"]);
+    let heard = played.report["audio_played_s"].as_f64().unwrap_or(0.0);
+    ensure!(heard >= 9.0, "{heard} s of audio reached the sink in 10 s");
+    Ok(())
+}

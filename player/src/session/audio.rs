@@ -9,13 +9,13 @@ use std::time::Instant;
 
 use super::keys::Keys;
 use super::monitor::MONITOR_INTERVAL;
-use super::playlists::{Next, Playlists};
+use super::playlists::{Next, NextPart, Playlists};
 use super::seams::Fetch;
 use super::state::{lock, AudioTrack, Playback};
 use super::{PlayError, PlayerConfig};
 use crate::events::Event;
 use crate::pipeline::Track;
-use crate::playlist::{InitSection, MediaPlaylist, Rendition, TimelineAnchor, Variant};
+use crate::playlist::{InitSection, MediaPlaylist, PartPosition, Rendition, TimelineAnchor, Variant};
 
 pub(super) struct AudioLoader<'a, F: Fetch> {
     pub config: &'a PlayerConfig,
@@ -53,18 +53,35 @@ impl<'a, F: Fetch> AudioLoader<'a, F> {
     }
 
     /// Pushes audio from `start_s` of media (`None`: the live edge, or the start of a VOD) until the
-    /// rendition ends or playback finishes.
-    pub async fn run(&mut self, shared: &Arc<Mutex<Playback>>, start_s: Option<f64>) -> Result<(), PlayError> {
+    /// rendition ends or playback finishes. `video_part`: where the video joined a low-latency live
+    /// stream; a low-latency audio playlist is then played part by part from the same place (media
+    /// sequence numbers line up across renditions, and a packager cuts their parts together).
+    pub async fn run(
+        &mut self,
+        shared: &Arc<Mutex<Playback>>,
+        start_s: Option<f64>,
+        video_part: Option<PartPosition>,
+    ) -> Result<(), PlayError> {
         let first = self.first_playlist().await?;
         let mut sequence = match start_s {
             Some(seconds) => first.sequence_at(seconds).or(first.last_sequence()).unwrap_or(0),
             None if !first.ended => first.live_start_sequence().unwrap_or(0),
             None => first.segments.first().map_or(0, |s| s.sequence),
         };
+        // Low-latency: the next part to fetch; `None` plays whole segments.
+        let mut part = None;
+        if let Some(at) = video_part.filter(|_| first.part_target_s.is_some() && !first.ended) {
+            sequence = at.msn;
+            // A part the audio does not have (fewer, longer parts): from its segment's start.
+            part = Some(if first.part(at).is_some() { at.part } else { 0 });
+        }
         let mut generation = 0;
         loop {
+            // Reloads are the video's to report; the audio's are not kept.
+            self.playlists.reloads.clear();
             if let Some(seek) = self.follow_seek(shared, &mut generation)? {
                 sequence = seek;
+                part = part.map(|_| 0);
             }
             if !self.wait_for_room(shared, generation).await {
                 return Ok(());
@@ -77,7 +94,38 @@ impl<'a, F: Fetch> AudioLoader<'a, F> {
                 let state = lock(&stopping);
                 state.finish.is_some() || state.seek.generation != generation
             };
-            let segment = match self.playlists.next(self.fetcher, &self.playlist, sequence, &stop).await? {
+            // The part this is, when it is one (not a whole segment).
+            let mut this_part = None;
+            let next = match part {
+                Some(at_part) => {
+                    let at = PartPosition { msn: sequence, part: at_part };
+                    match self.playlists.next_part(self.fetcher, &self.playlist, at, &stop).await? {
+                        None => None,
+                        Some(NextPart::End) => Some(Next::End),
+                        Some(NextPart::Skip(to)) => Some(Next::Skip(to)),
+                        Some(NextPart::SegmentDone) => {
+                            (sequence, part) = (sequence.saturating_add(1), Some(0));
+                            continue;
+                        }
+                        Some(NextPart::Whole(segment)) => {
+                            part = Some(0);
+                            Some(Next::Segment(segment))
+                        }
+                        Some(NextPart::Part(segment)) => {
+                            if segment.key.is_some() {
+                                // As for the video's (AES-128-CBC encrypts whole segments).
+                                let reason = "audio: encrypted parts are not supported".to_string();
+                                return Err(PlayError::Segment { sequence, reason });
+                            }
+                            part = Some(at_part.saturating_add(1));
+                            this_part = Some(at_part);
+                            Some(Next::Segment(segment))
+                        }
+                    }
+                }
+                None => self.playlists.next(self.fetcher, &self.playlist, sequence, &stop).await?,
+            };
+            let segment = match next {
                 None if lock(shared).finish.is_none() => continue,
                 None => return Ok(()),
                 Some(Next::End) => {
@@ -104,6 +152,7 @@ impl<'a, F: Fetch> AudioLoader<'a, F> {
                 Some(Next::Skip(to)) => {
                     tracing::warn!("audio fell behind the live window: skipping from {sequence} to {to}");
                     sequence = to;
+                    part = part.map(|_| 0);
                     continue;
                 }
                 Some(Next::Segment(segment)) => *segment,
@@ -148,15 +197,17 @@ impl<'a, F: Fetch> AudioLoader<'a, F> {
             let media_origin_s = state.media_origin_s;
             let live = state.stream_duration_s.is_none();
             let track = state.audio.get_or_insert_with(AudioTrack::default);
-            if live {
+            if live && this_part.is_none_or(|p| p == 0) {
                 self.live_anchor =
                     Some(TimelineAnchor { sequence: segment.sequence, media_s: media_origin_s + track.pushed_s });
             }
             track.pushed_s += segment.duration_s;
             let buffer_s = state.audio_ahead_s().unwrap_or(0.0);
-            state.event(Event::AudioSegment { index: segment.sequence, bytes, download_ms, buffer_s });
+            state.event(Event::AudioSegment { index: segment.sequence, bytes, download_ms, buffer_s, part: this_part });
             drop(state);
-            sequence = segment.sequence.saturating_add(1);
+            if this_part.is_none() {
+                sequence = segment.sequence.saturating_add(1);
+            }
         }
     }
 

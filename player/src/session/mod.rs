@@ -36,7 +36,7 @@ use crate::abr::EddyAbr;
 use crate::events::{Event, EventWriter};
 use crate::fetch::{FetchError, Fetcher};
 use crate::pipeline::{self as gst_pipeline, Container, Pipeline, PipelineError};
-use crate::playlist::{self, Parsed, PlaylistError, Rendition, Variant};
+use crate::playlist::{self, Parsed, PartPosition, PlaylistError, Rendition, Variant};
 use crate::renditions::{self, SelectError};
 use crate::report::{PlaybackTotals, Report, SegmentRecord, TimelinePoint};
 use crate::stall::{StallTracker, RESUME_THRESHOLD_S};
@@ -286,7 +286,8 @@ pub async fn play(config: PlayerConfig) -> Result<Played, PlayError> {
     };
     let audio_loop = async {
         let Some(audio) = &mut audio else { return Ok(0) };
-        let result = audio.run(&shared, config.start_at_s).await;
+        let video_part = start_part.map(|part| PartPosition { msn: start_sequence, part });
+        let result = audio.run(&shared, config.start_at_s, video_part).await;
         if let Err(error) = &result {
             lock(&shared).finish(Finish::Failed(error.to_string()));
         }
