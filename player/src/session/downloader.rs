@@ -23,6 +23,10 @@ use crate::report::SegmentRecord;
 use crate::timestamps;
 use crate::webvtt::VideoStart;
 
+/// How many discontinuity domains' timestamps are kept for the subtitles (`Playback::video_domains`):
+/// far more than a buffer spans.
+const VIDEO_DOMAINS_KEPT: usize = 64;
+
 /// What the download loop leaves for the report.
 #[derive(Debug, Default)]
 pub(super) struct Downloaded {
@@ -578,6 +582,11 @@ impl<F: Fetch> Downloader<'_, F> {
             if let Some(pts) = timestamps::first_pts(init_pushed.as_deref(), &data) {
                 let media_s = state.media_origin_s + state.pushed_media_s;
                 state.video_domains.insert(segment.discontinuity_sequence, VideoStart { pts, media_s });
+                // A live stream with an ad break every few segments would add one a minute for ever;
+                // the subtitles only need the domains around the position.
+                while state.video_domains.len() > VIDEO_DOMAINS_KEPT {
+                    state.video_domains.pop_first();
+                }
             }
         }
         state.sink.push(Track::Main, data, (switched || segment.discontinuity) && !init_changed)?;
