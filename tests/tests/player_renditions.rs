@@ -119,6 +119,16 @@ fn plays_a_separate_audio_rendition_beside_the_video_and_hears_all_of_it() -> Re
         })
         .sum();
     assert!(report["bytes"].as_u64().unwrap_or(0) >= video_bytes + audio_bytes, "{report}");
+    // The ABR's budget for each rung is the variant's BANDWIDTH, which covers its audio rendition
+    // (RFC 8216 §4.3.4.2; ffmpeg adds the 96k audio to each video rate): the rung the ABR weighs for
+    // the 400k video is at least 400k + 96k, so a link that carries the video alone does not look
+    // like enough for the rung.
+    let ladder = run.events.iter().find_map(|r| match &r.event {
+        Event::Start { ladder, .. } => Some(ladder.clone()),
+        _ => None,
+    });
+    let lowest = ladder.as_deref().and_then(|l| l.first()).map(|rung| rung.bitrate_bps).unwrap_or(0);
+    assert!(lowest >= 496_000, "the lowest rung is budgeted at {lowest} b/s: {ladder:?}");
 
     // The variant alone has no audio: the report says none played.
     let run = play(&edge.url("/cmaf/v1/index.m3u8"), &[], work.path())?;
