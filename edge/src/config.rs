@@ -165,6 +165,12 @@ pub struct OriginConfig {
     /// part. Unset: the longer of [`DEFAULT_BLOCKING_RELOAD_TIMEOUT`] and `first_byte_timeout`; see
     /// [`OriginConfig::blocking_reload_timeout`].
     pub blocking_reload_timeout: Option<HumanDuration>,
+    /// Blocking playlist reloads whose fills may be under way at once (after coalescing: identical
+    /// requests share one). Each is held by the origin up to `blocking_reload_timeout` and keeps an
+    /// origin connection: without a bound, one client asking for many distinct ones (any extra query
+    /// parameter makes one distinct) would hold that many connections to the origin, which other
+    /// viewers' fills then lack. Past it, a new one is answered 503 with Retry-After. Read at start.
+    pub max_blocking_reloads: usize,
     pub failure_backoff: HumanDuration,
     pub max_idle_connections: usize,
     /// How long an idle keep-alive connection to an origin is kept. Below the 5 s after which Node.js
@@ -189,6 +195,9 @@ pub struct OriginConfig {
 /// asked-for segment or part exists, at most two segments beyond the live edge (it answers 400 at once
 /// to any further ahead), so about three target durations; 30 s covers target durations up to 10 s.
 pub const DEFAULT_BLOCKING_RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default `origin.max_blocking_reloads`: a few renditions' next parts for hundreds of live
+/// channels, well under the default `max_connections`.
+pub const DEFAULT_MAX_BLOCKING_RELOADS: usize = 2048;
 /// The longest `origin.blocking_reload_timeout` accepted: beyond it a value is a slip of the unit, and
 /// each held request keeps a client and an origin connection.
 pub const MAX_BLOCKING_RELOAD_TIMEOUT: Duration = Duration::from_secs(600);
@@ -237,6 +246,7 @@ impl Default for OriginConfig {
             first_byte_timeout: HumanDuration(Duration::from_secs(5)),
             total_timeout: HumanDuration(Duration::from_secs(30)),
             blocking_reload_timeout: None,
+            max_blocking_reloads: DEFAULT_MAX_BLOCKING_RELOADS,
             failure_backoff: HumanDuration(Duration::from_secs(10)),
             max_idle_connections: 256,
             idle_timeout: HumanDuration(Duration::from_secs(3)),
@@ -637,6 +647,13 @@ impl Config {
                 ));
             }
         }
+        if self.origin.max_blocking_reloads == 0 {
+            return Err(invalid(
+                origin,
+                "origin.max_blocking_reloads",
+                "must be greater than 0: with none, no LL-HLS blocking playlist reload could be answered",
+            ));
+        }
         if self.origin.idle_timeout.0.is_zero() {
             return Err(invalid(origin, "origin.idle_timeout", "must be greater than 0"));
         }
@@ -940,6 +957,14 @@ mod tests {
                 "{text}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn max_blocking_reloads_defaults_to_2048_and_refuses_zero() {
+        assert_eq!(parse("").expect("valid").origin.max_blocking_reloads, 2048);
+        assert_eq!(parse("[origin]\nmax_blocking_reloads = 8\n").expect("valid").origin.max_blocking_reloads, 8);
+        let err = parse("[origin]\nmax_blocking_reloads = 0\n").unwrap_err().to_string();
+        assert!(err.contains("edge.toml") && err.contains("origin.max_blocking_reloads"), "{err}");
     }
 
     #[test]

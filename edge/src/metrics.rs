@@ -303,6 +303,7 @@ pub struct Metrics {
     open_connections: Gauge,
     refused_connections: Counter,
     blocking_reloads_waiting: Gauge,
+    blocking_reloads_refused: Counter,
     prefetch_started: Family<PrefetchLabels, Counter>,
     prefetch_skipped: Family<PrefetchSkipLabels, Counter>,
     prefetch_completed: Family<PrefetchLabels, Counter>,
@@ -468,6 +469,12 @@ impl Metrics {
             "LL-HLS blocking playlist reloads (_HLS_msn) waiting now for the origin's answer, coalesced or not",
             blocking_reloads_waiting.clone(),
         );
+        let blocking_reloads_refused = Counter::default();
+        registry.register(
+            "blocking_reloads_refused",
+            "LL-HLS blocking playlist reloads answered 503 because origin.max_blocking_reloads were under way",
+            blocking_reloads_refused.clone(),
+        );
         let prefetch_started = Family::<PrefetchLabels, Counter>::default();
         registry.register(
             "prefetch_started",
@@ -560,6 +567,7 @@ impl Metrics {
             open_connections,
             refused_connections,
             blocking_reloads_waiting,
+            blocking_reloads_refused,
             fleet_fills,
             fleet_fill_latency,
             fleet_requests,
@@ -748,6 +756,11 @@ impl Metrics {
     pub fn blocking_reload_waiting(&self) -> Waiting {
         self.blocking_reloads_waiting.inc();
         Waiting(self.blocking_reloads_waiting.clone())
+    }
+
+    /// A blocking playlist reload refused with 503: `origin.max_blocking_reloads` were under way.
+    pub fn record_blocking_reload_refused(&self) {
+        self.blocking_reloads_refused.inc();
     }
 
     /// A request refused for want of a valid signed URL; `reason` is a fixed word.

@@ -36,6 +36,9 @@ pub struct Edge {
     pub panic_in_fill_path: Option<String>,
     /// HLS-aware prefetch: what it remembers of playlists, and its concurrency slots.
     pub prefetch: Prefetcher,
+    /// One permit per blocking playlist reload fill under way (`origin.max_blocking_reloads`), held
+    /// by the fill until it ends.
+    pub blocking_reload_slots: Arc<tokio::sync::Semaphore>,
     request_ids: RequestIds,
 }
 
@@ -150,6 +153,7 @@ impl Edge {
             panic_in_fill_path: std::env::var("EDDY_TEST_PANIC_IN_FILL").ok().filter(|p| !p.is_empty()),
             request_ids: RequestIds::new(),
             prefetch: Prefetcher::new(&config.prefetch),
+            blocking_reload_slots: Arc::new(tokio::sync::Semaphore::new(config.origin.max_blocking_reloads)),
             config,
         })
     }

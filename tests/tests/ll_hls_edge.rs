@@ -452,6 +452,37 @@ async fn prefetch_learns_from_a_blocking_answer_but_never_refreshes_it() {
     assert_eq!(origin.count(blocking), 1, "{:?}", origin.requests.lock().expect("requests"));
 }
 
+/// Promise: memory and origin connections bounded by config. Each blocking reload fill keeps an origin
+/// connection for as long as the origin holds it; at most `origin.max_blocking_reloads` are under way.
+/// A distinct one past the bound is answered 503 with Retry-After at once (never stored), while one
+/// identical to a held request still joins it; once the held ones are answered, new ones go through.
+#[tokio::test(flavor = "multi_thread")]
+async fn blocking_reloads_past_the_bound_are_refused_and_identical_ones_still_coalesce() {
+    let origin = LlHlsOrigin::start("max-age=6", 0, 6).await;
+    let (edge, _config) = edge_for(&origin, &format!("{NO_PREFETCH}[origin]\nmax_blocking_reloads = 2\n"));
+    let held: Vec<_> =
+        (1..=2).map(|i| tokio::spawn(get_url(edge.url(&format!("/live/index.m3u8?_HLS_msn=7&v={i}"))))).collect();
+    origin.until_held(2).await;
+    let refused = get(&edge, "/live/index.m3u8?_HLS_msn=7&v=3").await;
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(refused.header("retry-after"), "1");
+    assert_eq!(refused.header("cache-control"), "no-store");
+    assert_eq!(origin.count("/live/index.m3u8?_HLS_msn=7&v=3"), 0, "never sent to the origin");
+    // The same URL as a held one: it shares that fill, which needs no second slot.
+    let follower = tokio::spawn(get_url(edge.url("/live/index.m3u8?_HLS_msn=7&v=1")));
+    until_stats(&edge, "the follower waits", |s| s["blocking_reloads_waiting"] == 3).await;
+    origin.publish(7);
+    for task in held.into_iter().chain([follower]) {
+        let answer = tokio::time::timeout(Duration::from_secs(10), task).await.expect("answered").expect("task");
+        assert!(answer.status == 200 && lists(&answer.body, 7), "{answer:?}");
+    }
+    // The slots are free again: the refused URL goes through now, and was not stored as a 503.
+    let retried = get(&edge, "/live/index.m3u8?_HLS_msn=7&v=3").await;
+    assert!(retried.status == 200 && lists(&retried.body, 7), "{retried:?}");
+    let metrics = client().get(edge.admin_url("/metrics")).send().await.expect("metrics").text().await.expect("body");
+    assert!(metrics.contains("eddy_edge_blocking_reloads_refused_total 1\n"), "{metrics}");
+}
+
 /// A live LL-HLS media playlist as `eddy-package --live --low-latency` writes it, segments 0..=`last`
 /// with two 1 s parts each.
 fn dir_playlist(last: u64) -> String {

@@ -61,11 +61,17 @@ pub struct FlightHead {
 pub struct FlightFailure {
     pub message: String,
     pub timed_out: bool,
+    /// The edge did not start the fetch: too many of its kind were under way (503, not 502).
+    pub busy: bool,
 }
 
 impl FlightFailure {
     pub fn new(message: impl Into<String>) -> Self {
-        FlightFailure { message: message.into(), timed_out: false }
+        FlightFailure { message: message.into(), timed_out: false, busy: false }
+    }
+
+    pub fn busy(message: impl Into<String>) -> Self {
+        FlightFailure { message: message.into(), timed_out: false, busy: true }
     }
 }
 

@@ -205,7 +205,27 @@ pub async fn fetch(
         }
         if let Some(guard) = guard {
             let fill = fill_request(edge, parts, target, key.clone(), stale.clone(), peer, plan == Plan::ForwardRange);
-            tokio::spawn(run_flight(edge.clone(), guard, fill));
+            // A blocking reload's fill holds an origin connection for as long as the origin holds it:
+            // at most `origin.max_blocking_reloads` at once, each permit released with its fill.
+            let slot = match fill.blocking_reload {
+                true => edge.blocking_reload_slots.clone().try_acquire_owned().ok().map(Some),
+                false => Some(None),
+            };
+            match slot {
+                Some(slot) => {
+                    let edge = edge.clone();
+                    tokio::spawn(async move {
+                        let _slot = slot;
+                        run_flight(edge, guard, fill).await
+                    });
+                }
+                None => {
+                    edge.metrics.record_blocking_reload_refused();
+                    // The flight fails for this request and any that joined it: all get the 503.
+                    flight.fail(FlightFailure::busy("origin.max_blocking_reloads are under way"));
+                    drop(guard);
+                }
+            }
         }
         let forwarded_range = plan == Plan::ForwardRange;
         let fallback = stale.as_ref().filter(|_| may_serve_stale);
@@ -457,6 +477,16 @@ fn stale_or_error(
         outcome.cache_status = "fwd=stale; detail=\"must revalidate, origin unreachable\"".into();
         return outcome;
     }
+    if failure.busy {
+        // Not the origin's doing: the client may retry in a moment (RFC 9110 §15.6.4, §10.2.3).
+        let mut outcome =
+            Outcome::error(StatusCode::SERVICE_UNAVAILABLE, "too many requests under way", failure.message.clone());
+        let headers = outcome.response.headers_mut();
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        outcome.cache_status = format!("fwd={}; detail=\"edge busy\"", forward.as_str());
+        return outcome;
+    }
     let mut outcome = Outcome::origin_failed(failure.timed_out, failure.message.clone());
     outcome.cache_status = format!("fwd={}; detail=\"origin failed\"", forward.as_str());
     outcome
@@ -489,7 +519,7 @@ async fn send(edge: &Edge, flight: &Flight, fill: &FillRequest) -> Option<(crate
     match sent {
         Ok(answer) => Some(answer),
         Err(error) => {
-            flight.fail(FlightFailure { message: error.to_string(), timed_out: error.is_timeout() });
+            flight.fail(FlightFailure { timed_out: error.is_timeout(), ..FlightFailure::new(error.to_string()) });
             None
         }
     }
@@ -606,18 +636,14 @@ async fn run_flight(edge: Arc<Edge>, mut guard: FillGuard, mut fill: FillRequest
         match next {
             Err(_) => {
                 edge.metrics.record_origin_error();
-                flight.fail(FlightFailure {
-                    message: format!("origin body not complete within {total_timeout:?}"),
-                    timed_out: true,
-                });
+                let message = format!("origin body not complete within {total_timeout:?}");
+                flight.fail(FlightFailure { timed_out: true, ..FlightFailure::new(message) });
                 return;
             }
             Ok(Some(Err(error))) => {
                 edge.metrics.record_origin_error();
-                flight.fail(FlightFailure {
-                    message: error.to_string(),
-                    timed_out: matches!(error, OriginError::Timeout { .. }),
-                });
+                let timed_out = matches!(error, OriginError::Timeout { .. });
+                flight.fail(FlightFailure { timed_out, ..FlightFailure::new(error.to_string()) });
                 return;
             }
             Ok(Some(Ok(chunk))) => {
