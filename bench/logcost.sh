@@ -30,31 +30,14 @@ if [[ $# -eq 0 ]]; then
 fi
 for bin in "$@"; do [[ -x $bin ]] || die "$bin is not an executable"; done
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-head -c 1024 /dev/urandom >"$WORK/play.m3u8"
+small_hit_work
 
 # run_once BIN RUST_LOG: prints "requests/s µs-of-CPU-per-request log-lines"
 run_once() {
     local bin=$1 filter=$2 dir
     dir=$(mktemp -d -p "$WORK")
-    NO_COLOR=1 RUST_LOG=$filter taskset -c "$SERVER_CORE" "$bin" serve --listen 127.0.0.1:0 \
-        --admin-listen 127.0.0.1:0 --origin "$WORK" --workers 1 >"$dir/stdout" 2>"$dir/stderr" &
-    local pid=$!
-    PIDS+=("$pid")
-    local addr=""
-    for _ in $(seq 200); do
-        addr=$(sed -n 's/^eddy-edge listening on \([^ ]*\) admin on .*/\1/p' "$dir/stdout")
-        [[ -n $addr ]] && break
-        kill -0 "$pid" 2>/dev/null || die "$bin exited: $(tail -n 3 "$dir/stderr")"
-        sleep 0.05
-    done
-    [[ -n $addr ]] || die "$bin did not start"
+    RUST_LOG=$filter EDGE_WRAP="taskset -c $SERVER_CORE" start_edge "$dir" "$bin" --origin "$WORK" --workers 1
+    local pid=$EDGE_PID addr=$EDGE_ADDR
     curl -s -o /dev/null "http://$addr/play.m3u8"
     local before after output
     before=$(awk '{print $14 + $15}' "/proc/$pid/stat")

@@ -22,14 +22,7 @@ command -v wrk >/dev/null || die "wrk is not installed (apt-get install wrk)"
 cargo build --release --quiet -p eddy-edge
 BIN="${CARGO_TARGET_DIR:-target}/release/eddy-edge"
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-head -c 1024 /dev/urandom >"$WORK/play.m3u8"
+small_hit_work
 
 # Per-thread CPU ticks (user + system) of PID, one "tid ticks" line per thread. The thread's name is in
 # parentheses and may hold spaces: fields are counted from the last ')'.
@@ -50,18 +43,8 @@ PY
 run_once() {
     local workers=$1 dir
     dir=$(mktemp -d -p "$WORK")
-    NO_COLOR=1 RUST_LOG=info "$BIN" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --origin "$WORK" \
-        --workers "$workers" >"$dir/stdout" 2>"$dir/stderr" &
-    local pid=$!
-    PIDS+=("$pid")
-    local addr=""
-    for _ in $(seq 200); do
-        addr=$(sed -n 's/^eddy-edge listening on \([^ ]*\) admin on .*/\1/p' "$dir/stdout")
-        [[ -n $addr ]] && break
-        kill -0 "$pid" 2>/dev/null || die "the edge exited: $(tail -n 3 "$dir/stderr")"
-        sleep 0.05
-    done
-    [[ -n $addr ]] || die "the edge did not start"
+    RUST_LOG=info start_edge "$dir" "$BIN" --origin "$WORK" --workers "$workers"
+    local pid=$EDGE_PID addr=$EDGE_ADDR
     curl -s -o /dev/null "http://$addr/play.m3u8"
     local before after output
     before=$(awk '{print $14 + $15}' "/proc/$pid/stat")

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use eddy_tests::{bin_path, run_to_end, spawn_until_ready, start_edge};
+use eddy_tests::{bin_path, run_to_end, spawn_until_ready, start_edge, Edge, Running};
 use serde_json::Value;
 
 /// Waits until the rendition's playlist lists `count` complete segments, so the player joins a stream
@@ -83,18 +83,32 @@ fn check(played: &Played, what: &str) -> Result<f64> {
     Ok(p50)
 }
 
+/// The real packager making a low-latency live test pattern (2 s segments of 1 s parts; `args` add the
+/// window, ladder and audio) into `out`, and a real edge serving that folder; returns once `playlist`
+/// (relative to `out`) lists three segments, so the player joins a stream under way.
+fn start_live(out: &Path, args: &[&str], playlist: &str) -> Result<(Running, Edge)> {
+    let mut command = Command::new(bin_path("eddy-package"));
+    command.arg("--out").arg(out).args(["--live", "--low-latency", "--format", "fmp4"]);
+    command.args(["--test-pattern", "45s", "--segment-duration", "2"]).args(args);
+    let packager = spawn_until_ready(command, "eddy-package live master at", Duration::from_secs(60))?;
+    let edge = start_edge(&["--origin", out.to_str().context("utf8")?])?;
+    wait_for_segments(&out.join(playlist), 3)?;
+    Ok((packager, edge))
+}
+
+/// Stops both, by their PIDs.
+fn stop_live((mut packager, mut edge): (Running, Edge)) -> Result<()> {
+    edge.process.terminate(Duration::from_secs(10))?;
+    packager.terminate(Duration::from_secs(10))?;
+    Ok(())
+}
+
 #[test]
 fn low_latency_live_plays_part_by_part_with_blocking_reloads_within_three_seconds() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let out = dir.path().join("ll");
-    let mut command = Command::new(bin_path("eddy-package"));
-    command.arg("--out").arg(&out).args(["--live", "--low-latency", "--format", "fmp4"]);
-    command.args(["--test-pattern", "45s", "--segment-duration", "2", "--window", "4"]);
-    command.args(["--ladder", "240p:300k,360p:800k"]);
-    let mut packager = spawn_until_ready(command, "eddy-package live master at", Duration::from_secs(60))?;
-    let mut edge = start_edge(&["--origin", out.to_str().context("utf8")?])?;
-    wait_for_segments(&out.join("240p/index.m3u8"), 3)?;
-    let url = edge.url("/master.m3u8");
+    let live = start_live(&out, &["--window", "4", "--ladder", "240p:300k,360p:800k"], "240p/index.m3u8")?;
+    let url = live.1.url("/master.m3u8");
 
     // The server's PART-HOLD-BACK (3 s: three 1 s parts) from the end: measured 3.4 s on loopback.
     let held_back = check(&play(&url, &[], dir.path(), "part-hold-back")?, "PART-HOLD-BACK")?;
@@ -103,10 +117,7 @@ fn low_latency_live_plays_part_by_part_with_blocking_reloads_within_three_second
     let close = check(&play(&url, &["--live-delay", "2"], dir.path(), "live-delay-2")?, "--live-delay 2")?;
     ensure!(close <= 3.0, "with --live-delay 2 the latency p50 is {close} s, over the 3 s goal");
     ensure!(close < held_back, "--live-delay 2 ({close} s) is no closer than PART-HOLD-BACK ({held_back} s)");
-
-    edge.process.terminate(Duration::from_secs(10))?;
-    packager.terminate(Duration::from_secs(10))?;
-    Ok(())
+    stop_live(live)
 }
 
 /// `←` in a live stream (`--seek-to` is its equivalent for scripts): back to where playback joined,
@@ -116,16 +127,10 @@ fn low_latency_live_plays_part_by_part_with_blocking_reloads_within_three_second
 fn a_seek_back_in_a_live_stream_plays_from_earlier_in_the_window() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let out = dir.path().join("ll");
-    let mut command = Command::new(bin_path("eddy-package"));
-    command.arg("--out").arg(&out).args(["--live", "--low-latency", "--format", "fmp4"]);
-    command.args(["--test-pattern", "45s", "--segment-duration", "2", "--window", "10"]);
-    command.args(["--ladder", "240p:300k"]);
-    let mut packager = spawn_until_ready(command, "eddy-package live master at", Duration::from_secs(60))?;
-    let mut edge = start_edge(&["--origin", out.to_str().context("utf8")?])?;
-    wait_for_segments(&out.join("240p/index.m3u8"), 3)?;
-    let played = play(&edge.url("/master.m3u8"), &["--seek-to", "0@5"], dir.path(), "live-seek")?;
-    edge.process.terminate(Duration::from_secs(10))?;
-    packager.terminate(Duration::from_secs(10))?;
+    let live = start_live(&out, &["--window", "10", "--ladder", "240p:300k"], "240p/index.m3u8")?;
+    let played = play(&live.1.url("/master.m3u8"), &["--seek-to", "0@5"], dir.path(), "live-seek");
+    stop_live(live)?;
+    let played = played?;
 
     let report = &played.report;
     ensure!(report["stall_count"] == 0, "a seek is not a stall: {report}");
@@ -156,15 +161,11 @@ fn a_seek_back_in_a_live_stream_plays_from_earlier_in_the_window() -> Result<()>
 fn low_latency_live_with_separate_audio_plays_both_part_by_part() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let out = dir.path().join("ll");
-    let mut command = Command::new(bin_path("eddy-package"));
-    command.arg("--out").arg(&out).args(["--live", "--low-latency", "--format", "fmp4", "--audio", "separate"]);
-    command.args(["--test-pattern", "45s", "--segment-duration", "2", "--window", "4", "--ladder", "240p:300k"]);
-    let mut packager = spawn_until_ready(command, "eddy-package live master at", Duration::from_secs(60))?;
-    let mut edge = start_edge(&["--origin", out.to_str().context("utf8")?])?;
-    wait_for_segments(&out.join("audio/index.m3u8"), 3)?;
-    let played = play(&edge.url("/master.m3u8"), &["--live-delay", "2"], dir.path(), "separate-audio")?;
-    edge.process.terminate(Duration::from_secs(10))?;
-    packager.terminate(Duration::from_secs(10))?;
+    let args = ["--window", "4", "--ladder", "240p:300k", "--audio", "separate"];
+    let live = start_live(&out, &args, "audio/index.m3u8")?;
+    let played = play(&live.1.url("/master.m3u8"), &["--live-delay", "2"], dir.path(), "separate-audio");
+    stop_live(live)?;
+    let played = played?;
 
     let p50 = check(&played, "separate audio")?;
     // The audio's parts are up to 49 AAC frames (1.044 s), so the packager's PART-TARGET is 1.044 s and

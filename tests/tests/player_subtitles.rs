@@ -18,22 +18,28 @@ const SEGMENT_TICKS: u64 = 2 * 90_000;
 
 /// The video (`v0/`, three 2 s MPEG-TS segments) and its first PTS in 90 kHz ticks.
 fn make_video(out: &Path) -> Result<u64> {
-    std::fs::create_dir_all(out.join("v0"))?;
+    ffmpeg_ts(&out.join("v0"), "seg%d.ts", "index.m3u8", SECONDS)
+}
+
+/// `seconds` of MPEG-TS in 2 s segments named by `segments` (an ffmpeg pattern: `seg%d.ts`), listed by
+/// `playlist`, in `dir`, made by a fresh ffmpeg run; returns its first PTS in 90 kHz ticks (ffmpeg's
+/// MPEG-TS starts at 1.4 s, not 0: an X-TIMESTAMP-MAP must be read against it).
+fn ffmpeg_ts(dir: &Path, segments: &str, playlist: &str, seconds: u32) -> Result<u64> {
+    std::fs::create_dir_all(dir)?;
     let status = Command::new("ffmpeg")
-        .current_dir(out)
+        .current_dir(dir)
         .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30"])
-        .args(["-t", &SECONDS.to_string(), "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"])
+        .args(["-t", &seconds.to_string(), "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"])
         .args(["-g", "60", "-keyint_min", "60", "-sc_threshold", "0", "-f", "hls", "-hls_time", "2"])
-        .args(["-hls_playlist_type", "vod", "-hls_segment_filename", "v0/seg%d.ts", "v0/index.m3u8"])
+        .args(["-hls_playlist_type", "vod", "-hls_segment_filename", segments, playlist])
         .status()
         .context("running ffmpeg")?;
     if !status.success() {
         bail!("ffmpeg failed: {status}");
     }
-    // ffmpeg's MPEG-TS starts at 1.4 s, not 0: the map below must be read against it.
     let output = Command::new("ffprobe")
         .args(["-v", "error", "-show_entries", "format=start_time", "-of", "default=nw=1:nk=1"])
-        .arg(out.join("v0/seg0.ts"))
+        .arg(dir.join(segments.replace("%d", "0")))
         .output()
         .context("running ffprobe")?;
     let start: f64 = String::from_utf8_lossy(&output.stdout).trim().parse().context("ffprobe start_time")?;
@@ -209,30 +215,6 @@ fn after_a_seek_back_the_cues_of_the_new_position_are_shown_again() -> Result<()
     Ok(())
 }
 
-/// 4 s of MPEG-TS in two 2 s segments, `{dir}/{prefix}0.ts` and `{prefix}1.ts`, made by a fresh
-/// ffmpeg run (so its timestamps start over); returns its first PTS in 90 kHz ticks.
-fn make_ts(dir: &Path, prefix: &str) -> Result<u64> {
-    std::fs::create_dir_all(dir)?;
-    let status = Command::new("ffmpeg")
-        .current_dir(dir)
-        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30", "-t", "4"])
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", "60", "-keyint_min", "60"])
-        .args(["-sc_threshold", "0", "-f", "hls", "-hls_time", "2", "-hls_playlist_type", "vod"])
-        .args(["-hls_segment_filename", &format!("{prefix}%d.ts"), &format!("{prefix}.m3u8")])
-        .status()
-        .context("running ffmpeg")?;
-    if !status.success() {
-        bail!("ffmpeg failed: {status}");
-    }
-    let output = Command::new("ffprobe")
-        .args(["-v", "error", "-show_entries", "format=start_time", "-of", "default=nw=1:nk=1"])
-        .arg(dir.join(format!("{prefix}0.ts")))
-        .output()
-        .context("running ffprobe")?;
-    let start: f64 = String::from_utf8_lossy(&output.stdout).trim().parse().context("ffprobe start_time")?;
-    Ok((start * 90_000.0).round() as u64)
-}
-
 /// An ad break's worth of discontinuity: the video's timestamps start over at its third segment, and
 /// so do the subtitle segments' `X-TIMESTAMP-MAP`s. Each map is read against the video of its own
 /// discontinuity domain (RFC 8216 §3.5, §4.3.3.3), so the second programme's cue lands at 4.5 s, not
@@ -241,7 +223,8 @@ fn make_ts(dir: &Path, prefix: &str) -> Result<u64> {
 fn cues_after_a_discontinuity_are_timed_against_the_video_of_their_domain() -> Result<()> {
     let work = tempfile::Builder::new().prefix("eddy-subtitles-test").tempdir().context("temporary directory")?;
     let out = work.path().join("root/ads");
-    let (first_pts, second_pts) = (make_ts(&out, "a")?, make_ts(&out, "b")?);
+    let first_pts = ffmpeg_ts(&out, "a%d.ts", "a.m3u8", 4)?;
+    let second_pts = ffmpeg_ts(&out, "b%d.ts", "b.m3u8", 4)?;
     let playlist = |segments: [&str; 4]| {
         let mut text = String::from("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n");
         text.push_str("#EXT-X-DISCONTINUITY-SEQUENCE:3\n#EXT-X-PLAYLIST-TYPE:VOD\n");

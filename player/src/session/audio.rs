@@ -11,7 +11,7 @@ use super::keys::Keys;
 use super::monitor::MONITOR_INTERVAL;
 use super::playlists::{Next, NextPart, Playlists};
 use super::seams::Fetch;
-use super::state::{lock, AudioTrack, Playback};
+use super::state::{lock, wait_for_seek, AudioTrack, Playback};
 use super::{PlayError, PlayerConfig};
 use crate::events::Event;
 use crate::pipeline::Track;
@@ -135,17 +135,8 @@ impl<'a, F: Fetch> AudioLoader<'a, F> {
                         state.sink.end_of_stream(Track::Audio)?;
                     }
                     // A seek back can still come before the end.
-                    loop {
-                        {
-                            let state = lock(shared);
-                            if state.finish.is_some() {
-                                return Ok(());
-                            }
-                            if state.seek.generation != generation {
-                                break;
-                            }
-                        }
-                        tokio::time::sleep(MONITOR_INTERVAL).await;
+                    if !wait_for_seek(shared, generation).await {
+                        return Ok(());
                     }
                     continue;
                 }

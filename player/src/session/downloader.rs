@@ -10,7 +10,7 @@ use super::keys::Keys;
 use super::monitor::MONITOR_INTERVAL;
 use super::playlists::{Ladder, Next, NextPart, Playlists};
 use super::seams::Fetch;
-use super::state::{lock, Playback, SeekDone, Status};
+use super::state::{lock, wait_until, Playback, SeekDone, Status};
 use super::{PlayError, PlayerConfig};
 use crate::abr::history::{self, AbandonPoint, DecisionPoint, Download, History};
 use crate::abr::{AbrAlgorithm, PartialTransfer};
@@ -114,17 +114,13 @@ impl<F: Fetch> Downloader<'_, F> {
             if !self.config.keys && self.config.seek_to.is_none() {
                 return Ok(());
             }
-            loop {
-                {
-                    let state = lock(self.shared);
-                    if state.finish.is_some() {
-                        return Ok(());
-                    }
-                    if state.seek_request.is_some() {
-                        break;
-                    }
-                }
-                tokio::time::sleep(MONITOR_INTERVAL).await;
+            let sought = wait_until(self.shared, |state| match () {
+                _ if state.finish.is_some() => Some(false),
+                _ if state.seek_request.is_some() => Some(true),
+                _ => None,
+            });
+            if !sought.await {
+                return Ok(());
             }
         }
     }

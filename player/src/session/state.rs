@@ -277,3 +277,24 @@ pub(super) struct AudioTrack {
 pub(super) fn lock(shared: &Mutex<Playback>) -> MutexGuard<'_, Playback> {
     shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// Looks at the shared state every monitor interval until `decide` answers: what the loops beside the
+/// download loop wait on (the video reaching a point, a seek, the end of playback).
+pub(super) async fn wait_until(shared: &Mutex<Playback>, decide: impl Fn(&Playback) -> Option<bool>) -> bool {
+    loop {
+        if let Some(answer) = decide(&lock(shared)) {
+            return answer;
+        }
+        tokio::time::sleep(super::monitor::MONITOR_INTERVAL).await;
+    }
+}
+
+/// Waits for a seek after `generation` (true) or the end of playback (false).
+pub(super) async fn wait_for_seek(shared: &Mutex<Playback>, generation: u64) -> bool {
+    wait_until(shared, |state| match () {
+        _ if state.finish.is_some() => Some(false),
+        _ if state.seek.generation != generation => Some(true),
+        _ => None,
+    })
+    .await
+}

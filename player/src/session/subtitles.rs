@@ -10,10 +10,9 @@ use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 use super::keys::Keys;
-use super::monitor::MONITOR_INTERVAL;
 use super::playlists::{Next, Playlists};
 use super::seams::Fetch;
-use super::state::{lock, Playback};
+use super::state::{lock, wait_for_seek, wait_until, Playback};
 use super::PlayError;
 use crate::events::Event;
 use crate::playlist::{Rendition, TimelineAnchor, Variant};
@@ -206,42 +205,21 @@ fn video_start(shared: &Mutex<Playback>, domain: u64) -> Option<VideoStart> {
 /// will never get there (its last segment, or `--duration`, is pushed). True at once when a seek
 /// came after `generation`.
 async fn wait_for_video(shared: &Mutex<Playback>, segment_start_s: f64, generation: u64) -> bool {
-    loop {
-        {
-            let state = lock(shared);
-            if state.finish.is_some() {
-                return false;
-            }
-            if state.seek.generation != generation {
-                return true;
-            }
-            let media_start_s = state.subtitles.as_ref().map_or(0.0, |track| track.media_start_s);
-            let pushed = state.play_requested_at.is_some();
-            if pushed && segment_start_s < media_start_s + state.pushed_media_s {
-                return true;
-            }
-            if state.all_pushed || state.enough_pushed() {
-                return false;
-            }
+    wait_until(shared, |state| {
+        if state.finish.is_some() {
+            return Some(false);
         }
-        tokio::time::sleep(MONITOR_INTERVAL).await;
-    }
-}
-
-/// Waits for a seek after `generation` (true) or the end of playback (false).
-async fn wait_for_seek(shared: &Mutex<Playback>, generation: u64) -> bool {
-    loop {
-        {
-            let state = lock(shared);
-            if state.finish.is_some() {
-                return false;
-            }
-            if state.seek.generation != generation {
-                return true;
-            }
+        if state.seek.generation != generation {
+            return Some(true);
         }
-        tokio::time::sleep(MONITOR_INTERVAL).await;
-    }
+        let media_start_s = state.subtitles.as_ref().map_or(0.0, |track| track.media_start_s);
+        let pushed = state.play_requested_at.is_some();
+        if pushed && segment_start_s < media_start_s + state.pushed_media_s {
+            return Some(true);
+        }
+        (state.all_pushed || state.enough_pushed()).then_some(false)
+    })
+    .await
 }
 
 /// Updates the overlay from the playback position: the cue showing then, when subtitles are
