@@ -198,6 +198,8 @@ pub const DEFAULT_BLOCKING_RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default `origin.max_blocking_reloads`: a few renditions' next parts for hundreds of live
 /// channels, well under the default `max_connections`.
 pub const DEFAULT_MAX_BLOCKING_RELOADS: usize = 2048;
+/// The largest `origin.max_blocking_reloads` accepted: more than any machine's file descriptors.
+pub const MAX_MAX_BLOCKING_RELOADS: usize = 1 << 24;
 /// The longest `origin.blocking_reload_timeout` accepted: beyond it a value is a slip of the unit, and
 /// each held request keeps a client and an origin connection.
 pub const MAX_BLOCKING_RELOAD_TIMEOUT: Duration = Duration::from_secs(600);
@@ -647,11 +649,14 @@ impl Config {
                 ));
             }
         }
-        if self.origin.max_blocking_reloads == 0 {
+        if self.origin.max_blocking_reloads == 0 || self.origin.max_blocking_reloads > MAX_MAX_BLOCKING_RELOADS {
             return Err(invalid(
                 origin,
                 "origin.max_blocking_reloads",
-                "must be greater than 0: with none, no LL-HLS blocking playlist reload could be answered",
+                format!(
+                    "must be between 1 and {MAX_MAX_BLOCKING_RELOADS}: with none, no LL-HLS blocking playlist \
+                     reload could be answered, and each one holds a connection"
+                ),
             ));
         }
         if self.origin.idle_timeout.0.is_zero() {
@@ -963,8 +968,10 @@ mod tests {
     fn max_blocking_reloads_defaults_to_2048_and_refuses_zero() {
         assert_eq!(parse("").expect("valid").origin.max_blocking_reloads, 2048);
         assert_eq!(parse("[origin]\nmax_blocking_reloads = 8\n").expect("valid").origin.max_blocking_reloads, 8);
-        let err = parse("[origin]\nmax_blocking_reloads = 0\n").unwrap_err().to_string();
-        assert!(err.contains("edge.toml") && err.contains("origin.max_blocking_reloads"), "{err}");
+        for text in ["[origin]\nmax_blocking_reloads = 0\n", "[origin]\nmax_blocking_reloads = 9223372036854775807\n"] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains("edge.toml") && err.contains("origin.max_blocking_reloads"), "{err}");
+        }
     }
 
     #[test]

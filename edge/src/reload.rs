@@ -112,7 +112,7 @@ impl Reloader {
 fn needs_restart(started: &Config, new: &Config) -> Vec<&'static str> {
     // Debug text compares values of types that do not implement PartialEq; it is read once per reload.
     let differs = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
-    let checks: [(&'static str, bool); 14] = [
+    let checks: [(&'static str, bool); 15] = [
         ("listen", started.listen != new.listen),
         ("admin_listen", started.admin_listen != new.admin_listen),
         ("listen_tls", started.listen_tls != new.listen_tls),
@@ -127,6 +127,7 @@ fn needs_restart(started: &Config, new: &Config) -> Vec<&'static str> {
         ("cache.eviction", started.cache.eviction != new.cache.eviction),
         ("cache.ignore_query_params", started.cache.ignore_query_params != new.cache.ignore_query_params),
         ("prefetch", differs(&started.prefetch, &new.prefetch)),
+        ("origin.max_blocking_reloads", started.origin.max_blocking_reloads != new.origin.max_blocking_reloads),
     ];
     checks.into_iter().filter(|(_, changed)| *changed).map(|(name, _)| name).collect()
 }

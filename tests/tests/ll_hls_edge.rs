@@ -483,6 +483,23 @@ async fn blocking_reloads_past_the_bound_are_refused_and_identical_ones_still_co
     assert!(metrics.contains("eddy_edge_blocking_reloads_refused_total 1\n"), "{metrics}");
 }
 
+/// A blocking reload whose clients have all gone ends at once, and frees its slot: a client cannot
+/// pile up held origin requests by asking and hanging up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blocking_reload_every_client_left_frees_its_slot() {
+    let origin = LlHlsOrigin::start("max-age=6", 0, 6).await;
+    let (edge, _config) = edge_for(&origin, &format!("{NO_PREFETCH}[origin]\nmax_blocking_reloads = 1\n"));
+    let gone = tokio::spawn(get_url(edge.url("/live/index.m3u8?_HLS_msn=7&v=1")));
+    origin.until_held(1).await;
+    gone.abort();
+    until_stats(&edge, "the client is gone", |s| s["blocking_reloads_waiting"] == 0 && s["in_flight"] == 0).await;
+    let next = tokio::spawn(get_url(edge.url("/live/index.m3u8?_HLS_msn=7&v=2")));
+    origin.until_held(2).await;
+    origin.publish(7);
+    let answer = tokio::time::timeout(Duration::from_secs(10), next).await.expect("answered").expect("task");
+    assert!(answer.status == 200 && lists(&answer.body, 7), "{answer:?}");
+}
+
 /// A live LL-HLS media playlist as `eddy-package --live --low-latency` writes it, segments 0..=`last`
 /// with two 1 s parts each.
 fn dir_playlist(last: u64) -> String {

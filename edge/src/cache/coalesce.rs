@@ -253,6 +253,21 @@ impl Flight {
         self.consumed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
+    /// Returns once no reader is left (every client that asked has gone).
+    pub async fn until_no_readers(&self) {
+        let mut consumed = self.consumed.subscribe();
+        loop {
+            // Marked seen before the check, so that a reader leaving after it wakes the wait below.
+            consumed.borrow_and_update();
+            if self.lock().active_readers() == 0 {
+                return;
+            }
+            if consumed.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// The headers of the request that started this flight.
     pub fn leader_request(&self) -> &HeaderMap {
         &self.leader_request

@@ -28,6 +28,10 @@ use eddy_shared::media::content_type_for_path;
 
 /// Files up to this size are read in one call (segments and playlists); larger ones are streamed.
 const WHOLE_READ_LIMIT: u64 = 8 << 20;
+/// Longer than any hold may last (`origin.blocking_reload_timeout` is at most 10 minutes), and small
+/// enough to add to any clock reading.
+const FOREVER: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
 pub struct DirOrigin {
     name: String,
     root: PathBuf,
@@ -144,7 +148,9 @@ impl DirOrigin {
                     }
                 }
             }
-            match tokio::time::timeout_at(deadline_from + bound, watch.snapshots.changed()).await {
+            // A bound too large to add to a clock reading waits as if for ever (until the client goes).
+            let deadline = deadline_from.checked_add(bound).unwrap_or(deadline_from + FOREVER);
+            match tokio::time::timeout_at(deadline, watch.snapshots.changed()).await {
                 Err(_elapsed) => return Held::Unavailable,
                 // The poller ended, which only an abort does: serve what is there.
                 Ok(Err(_closed)) => return Held::Ready,

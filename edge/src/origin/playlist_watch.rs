@@ -121,17 +121,21 @@ async fn poll(file: PathBuf, sender: watch::Sender<Snapshot>, counters: Arc<Coun
     loop {
         counters.polls.fetch_add(1, Ordering::Relaxed);
         match tokio::fs::metadata(&file).await {
-            Ok(metadata) if metadata.len() <= MAX_WATCHED_PLAYLIST => {
+            Ok(metadata) if metadata.is_file() && metadata.len() <= MAX_WATCHED_PLAYLIST => {
                 let stamp = FileStamp::of(&metadata);
                 if seen.as_ref() != Some(&stamp) {
-                    let snapshot = match tokio::fs::read(&file).await {
-                        Ok(bytes) => {
-                            Snapshot::Read(Arc::new(blocking::Playlist::read(&String::from_utf8_lossy(&bytes))))
+                    match read_bounded(&file).await {
+                        Some(text) => {
+                            sender.send_replace(Snapshot::Read(Arc::new(blocking::Playlist::read(&text))));
+                            seen = Some(stamp);
                         }
-                        Err(_) => Snapshot::Unwatchable,
-                    };
-                    sender.send_replace(snapshot);
-                    seen = Some(stamp);
+                        // Read again at the next look: a passing error (out of file descriptors) must
+                        // not stand for the file until the packager rewrites it.
+                        None => {
+                            sender.send_replace(Snapshot::Unwatchable);
+                            seen = None;
+                        }
+                    }
                 }
             }
             _ => {
@@ -141,6 +145,23 @@ async fn poll(file: PathBuf, sender: watch::Sender<Snapshot>, counters: Arc<Coun
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
+}
+
+/// The file's text, read through a handle that is checked to be a regular file and never past
+/// [`MAX_WATCHED_PLAYLIST`]: the name may have been replaced since it was looked at (by a FIFO, which
+/// would block a read, or a link to a device without end).
+async fn read_bounded(file: &Path) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let handle = tokio::fs::File::open(file).await.ok()?;
+    if !handle.metadata().await.ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    handle.take(MAX_WATCHED_PLAYLIST + 1).read_to_end(&mut bytes).await.ok()?;
+    if bytes.len() as u64 > MAX_WATCHED_PLAYLIST {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// What tells one version of a file from the next: a packager renames a new file into place (a new
@@ -221,7 +242,10 @@ mod tests {
                 }
             }
         }
+        // A FIFO put in its place (a read would block a thread for ever): unwatchable, at once.
         std::fs::remove_file(&file).expect("remove");
+        let made = std::process::Command::new("mkfifo").arg(&file).status().expect("mkfifo");
+        assert!(made.success());
         loop {
             subscription.snapshots.changed().await.expect("poller runs");
             if matches!(*subscription.snapshots.borrow_and_update(), Snapshot::Unwatchable) {

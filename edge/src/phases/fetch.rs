@@ -531,7 +531,22 @@ async fn run_flight(edge: Arc<Edge>, mut guard: FillGuard, mut fill: FillRequest
     let flight = guard.flight().clone();
     let started = Instant::now();
     let request_time = SystemTime::now();
-    let Some((mut response, mut source)) = send(&edge, &flight, &fill).await else { return };
+    let sent = if fill.blocking_reload {
+        // The origin holds a blocking reload on purpose, up to a few target durations, keeping a
+        // connection and a slot (`origin.max_blocking_reloads`): once every client that asked has
+        // left, nobody waits for the answer, and the hold ends (a client cannot pile up holds by
+        // asking and hanging up).
+        tokio::select! {
+            sent = send(&edge, &flight, &fill) => sent,
+            () = flight.until_no_readers() => {
+                flight.fail(FlightFailure::new("every client left before the origin answered"));
+                return;
+            }
+        }
+    } else {
+        send(&edge, &flight, &fill).await
+    };
+    let Some((mut response, mut source)) = sent else { return };
     let mut exchange = Exchange { request_time, response_time: SystemTime::now() };
     if response.status == StatusCode::NOT_MODIFIED {
         let refreshed = fill.stale.as_ref().and_then(|stale| {
