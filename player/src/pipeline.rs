@@ -689,12 +689,13 @@ fn attach_branch(
 fn send_title(queue_src: &gst::Pad, title: Arc<Title>) {
     let sent = AtomicU64::new(0);
     queue_src.add_probe(gst::PadProbeType::BUFFER, move |pad, _| {
-        let wanted = title.wanted.lock().map(|w| w.clone()).unwrap_or_default();
-        if wanted.0 > sent.load(Ordering::Relaxed) {
-            sent.store(wanted.0, Ordering::Relaxed);
+        // Every frame passes here: the text is copied only when it changed since this branch sent it.
+        let newer = title.wanted.lock().ok().filter(|w| w.0 > sent.load(Ordering::Relaxed)).map(|w| w.clone());
+        if let Some((version, text)) = newer {
+            sent.store(version, Ordering::Relaxed);
             let mut tags = gst::TagList::new();
             if let Some(tags) = tags.get_mut() {
-                tags.add::<gst::tags::Title>(&wanted.1.as_str(), gst::TagMergeMode::Replace);
+                tags.add::<gst::tags::Title>(&text.as_str(), gst::TagMergeMode::Replace);
             }
             pad.push_event(gst::event::Tag::new(tags));
         }

@@ -208,18 +208,18 @@ pub async fn fetch(
             // A blocking reload's fill holds an origin connection for as long as the origin holds it:
             // at most `origin.max_blocking_reloads` at once, each permit released with its fill.
             let slot = match fill.blocking_reload {
-                true => edge.blocking_reload_slots.clone().try_acquire_owned().ok().map(Some),
-                false => Some(None),
+                true => edge.blocking_reload_slots.clone().try_acquire_owned().map(Some),
+                false => Ok(None),
             };
             match slot {
-                Some(slot) => {
+                Ok(slot) => {
                     let edge = edge.clone();
                     tokio::spawn(async move {
                         let _slot = slot;
                         run_flight(edge, guard, fill).await
                     });
                 }
-                None => {
+                Err(_no_slot) => {
                     edge.metrics.record_blocking_reload_refused();
                     // The flight fails for this request and any that joined it: all get the 503.
                     flight.fail(FlightFailure::busy("origin.max_blocking_reloads are under way"));

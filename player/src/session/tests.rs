@@ -398,16 +398,7 @@ async fn low_latency_live_pushes_parts_and_blocks_for_the_next_one() {
     for body in ["p/init.mp4", "p/0.0", "p/0.1", "p/1.0", "p/1.1"] {
         fetch.serve(body, body.trim_end_matches(".mp4").to_string());
     }
-    let variant = Variant {
-        index: 0,
-        uri: url("live.m3u8"),
-        bandwidth_bps: 0,
-        average_bandwidth_bps: None,
-        resolution: None,
-        codecs: None,
-        audio_group: None,
-        subtitles_group: None,
-    };
+    let variant = Variant::media_playlist(url("live.m3u8"));
     let Ok(crate::playlist::Parsed::Media(playlist)) = crate::playlist::parse(first.as_bytes(), &url("live.m3u8"))
     else {
         panic!("media expected")
