@@ -231,7 +231,7 @@ stop_server() {
 # start_server eddy|nginx NAME CACHE_SIZE [EVICTION]
 start_server() {
     case $1 in
-    eddy) start_eddy "$2" "$3" "${4:-tinylfu}" ;;
+    eddy) start_eddy "$2" "$3" "${4:-s3fifo}" ;;
     nginx) start_nginx "$2" "$3" ;;
     esac
 }
@@ -376,8 +376,9 @@ scenario_5() {
     described=$("${TOOLS[@]}" vod-gen --seed 7 --sessions 1000 --out "$sequence")
     capacity=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["catalogue_bytes"] // 10)' "$described")
     log "VOD workload: $described; cache $capacity bytes"
-    for variant in eddy-tinylfu eddy-lru nginx; do
+    for variant in eddy-s3fifo eddy-tinylfu eddy-lru nginx; do
         case $variant in
+        eddy-s3fifo) start_server eddy "s5-$variant" "$capacity" s3fifo ;;
         eddy-tinylfu) start_server eddy "s5-$variant" "$capacity" tinylfu ;;
         eddy-lru) start_server eddy "s5-$variant" "$capacity" lru ;;
         nginx) start_server nginx "s5-$variant" "$capacity" ;;
@@ -394,8 +395,8 @@ for line in open(sys.argv[1]):
     if r["scenario"] == 5 and r["server"] == "nginx":
         print(int(r["figures"].get("cache_mean_bytes", 0)))' "$RESULTS_JSONL")
     if ((held > capacity)); then
-        start_server eddy "s5-eddy-tinylfu-held" "$held" tinylfu
-        replay_through eddy-tinylfu-at-nginx-size "$sequence" "$held"
+        start_server eddy "s5-eddy-s3fifo-held" "$held" s3fifo
+        replay_through eddy-s3fifo-at-nginx-size "$sequence" "$held"
         stop_server
         record 5 belady-at-nginx-size "$("${TOOLS[@]}" belady "$sequence" --capacity "$held")"
     fi

@@ -142,3 +142,18 @@ class Policies(unittest.TestCase):
     def test_objects_larger_than_the_cache_are_never_cached(self):
         for name, policy in self.policies.POLICIES.items():
             self.assertEqual(policy([("big", 10), ("big", 10)], 5), 0, name)
+
+
+class VodVerdict(unittest.TestCase):
+    def test_judges_the_default_policy_against_nginx_at_its_bytes_and_belady_within_5_points(self):
+        by = {(5, "eddy-s3fifo"): {"byte_hit_ratio": 0.55}, (5, "nginx"): {"byte_hit_ratio": 0.60},
+              (5, "belady"): {"byte_hit_ratio": 0.59},
+              (5, "eddy-s3fifo-at-nginx-size"): {"byte_hit_ratio": 0.61}}
+        verdict = "\n".join(tools.vod_verdict(by))
+        self.assertIn("within 5 points of Belady: yes (4.0 points below)", verdict)
+        self.assertIn("at the bytes nginx really held: eddy (S3-FIFO) >= nginx: yes (+1.0 points)", verdict)
+        by[(5, "belady")] = {"byte_hit_ratio": 0.61}
+        self.assertIn("within 5 points of Belady: **no** (6.0 points below)", "\n".join(tools.vod_verdict(by)))
+
+    def test_says_nothing_without_the_three_runs(self):
+        self.assertEqual(tools.vod_verdict({(5, "nginx"): {"byte_hit_ratio": 0.6}}), [])

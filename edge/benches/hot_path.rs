@@ -53,7 +53,7 @@ fn cache_key(c: &mut Criterion) {
 
 fn lookup(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a tokio runtime");
-    for eviction in [Eviction::TinyLfu, Eviction::Lru] {
+    for eviction in [Eviction::TinyLfu, Eviction::Lru, Eviction::S3Fifo] {
         let storage = Storage::new(256 << 20, eviction);
         let object = Arc::new(segment(64 * 1024));
         let keys: Vec<CacheKey> = (0..1000)

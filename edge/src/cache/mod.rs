@@ -6,6 +6,7 @@ pub mod coalesce;
 pub mod directives;
 pub mod key;
 pub mod policy;
+pub mod s3fifo;
 pub mod storage;
 
 pub use key::CacheKey;

@@ -1,12 +1,14 @@
-//! Where objects live: a moka cache weighted by bytes (TinyLFU admission by default, LRU selectable),
-//! with a per-entry lifetime so that an object is dropped once it can no longer be served or revalidated.
+//! Where objects live: a store weighted by bytes, with a per-entry lifetime so that an object is dropped
+//! once it can no longer be served or revalidated. Two stores: moka (TinyLFU admission in front of LRU,
+//! the default, or plain LRU), and S3-FIFO (`s3fifo`, the pure policy, behind one short lock), which
+//! keeps more bytes of hits on VOD traffic (`BENCHMARKS.md`).
 //!
 //! Responses that Vary are stored as two entries, as Varnish does: the primary key maps to the list of
 //! varied header names (with a generation), and the variant key, which adds the request's values of
 //! those headers, maps to the object.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName};
@@ -16,6 +18,7 @@ use moka::policy::{EvictionPolicy, Expiry};
 
 use super::key::CacheKey;
 use super::policy::CachedObject;
+use super::s3fifo::S3Fifo;
 use crate::config::Eviction;
 
 #[derive(Clone)]
@@ -25,6 +28,13 @@ enum Entry {
 }
 
 impl Entry {
+    fn keep_for(&self) -> Duration {
+        match self {
+            Entry::Object(object) => object.keep_for(),
+            Entry::Variants { keep_for, .. } => *keep_for,
+        }
+    }
+
     fn weight(&self) -> u32 {
         let bytes = match self {
             Entry::Object(object) => object.weight(),
@@ -38,10 +48,7 @@ struct EntryLifetime;
 
 impl Expiry<CacheKey, Entry> for EntryLifetime {
     fn expire_after_create(&self, _key: &CacheKey, entry: &Entry, _created_at: Instant) -> Option<Duration> {
-        Some(match entry {
-            Entry::Object(object) => object.keep_for(),
-            Entry::Variants { keep_for, .. } => *keep_for,
-        })
+        Some(entry.keep_for())
     }
 
     fn expire_after_update(
@@ -63,12 +70,36 @@ pub enum Found {
     Miss,
 }
 
-/// The cache's store. Cloning is cheap (moka's handle is shared).
+/// An S3-FIFO entry and the instant it stops being kept (None: never, for lifetimes past the clock's end).
+struct Timed {
+    entry: Entry,
+    until: Option<Instant>,
+}
+
+type S3Store = Arc<Mutex<S3Fifo<CacheKey, Timed>>>;
+
+#[derive(Clone)]
+enum Backend {
+    Moka(Cache<CacheKey, Entry>),
+    S3Fifo(S3Store),
+}
+
+/// The cache's store. Cloning is cheap (the store is shared).
 #[derive(Clone)]
 pub struct Storage {
-    cache: Cache<CacheKey, Entry>,
+    backend: Backend,
     evictions: Arc<AtomicU64>,
     generations: Arc<AtomicU64>,
+}
+
+fn weigh(key: &CacheKey, entry: &Entry) -> u32 {
+    entry.weight().saturating_add(u32::try_from(key.weight()).unwrap_or(u32::MAX))
+}
+
+/// The S3-FIFO store's lock. A panic while it was held cannot leave the policy's bookkeeping half
+/// done in a way that matters more than losing the cache, so a poisoned lock is used as it is.
+fn locked(store: &S3Store) -> std::sync::MutexGuard<'_, S3Fifo<CacheKey, Timed>> {
+    store.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Storage {
@@ -78,10 +109,15 @@ impl Storage {
         let policy = match eviction {
             Eviction::TinyLfu => EvictionPolicy::tiny_lfu(),
             Eviction::Lru => EvictionPolicy::lru(),
+            Eviction::S3Fifo => {
+                let store = Arc::new(Mutex::new(S3Fifo::new(capacity_bytes)));
+                let generations = Arc::new(AtomicU64::new(1));
+                return Storage { backend: Backend::S3Fifo(store), evictions, generations };
+            }
         };
         let cache = Cache::builder()
             .max_capacity(capacity_bytes)
-            .weigher(|key: &CacheKey, entry: &Entry| entry.weight().saturating_add(key.weight() as u32))
+            .weigher(weigh)
             .eviction_policy(policy)
             .expire_after(EntryLifetime)
             .eviction_listener(move |_key, _entry, cause| {
@@ -90,7 +126,49 @@ impl Storage {
                 }
             })
             .build();
-        Storage { cache, evictions, generations: Arc::new(AtomicU64::new(1)) }
+        Storage { backend: Backend::Moka(cache), evictions, generations: Arc::new(AtomicU64::new(1)) }
+    }
+
+    async fn entry(&self, key: &CacheKey) -> Option<Entry> {
+        match &self.backend {
+            Backend::Moka(cache) => cache.get(key).await,
+            Backend::S3Fifo(store) => {
+                let now = Instant::now();
+                let mut store = locked(store);
+                let expired = store.peek(key)?.until.is_some_and(|until| until <= now);
+                if expired {
+                    let gone = store.remove(key);
+                    drop(store);
+                    drop(gone);
+                    return None;
+                }
+                store.get(key).map(|timed| timed.entry.clone())
+            }
+        }
+    }
+
+    async fn put(&self, key: CacheKey, entry: Entry) {
+        match &self.backend {
+            Backend::Moka(cache) => cache.insert(key, entry).await,
+            Backend::S3Fifo(store) => {
+                let weight = u64::from(weigh(&key, &entry));
+                let until = Instant::now().checked_add(entry.keep_for());
+                let inserted = locked(store).insert(key, Timed { entry, until }, weight);
+                self.evictions.fetch_add(inserted.evicted.len() as u64, Ordering::Relaxed);
+                // Dropped here, after the lock: freeing large bodies is not done while holding it.
+                drop(inserted);
+            }
+        }
+    }
+
+    async fn remove(&self, key: &CacheKey) -> Option<Entry> {
+        match &self.backend {
+            Backend::Moka(cache) => cache.remove(key).await,
+            Backend::S3Fifo(store) => {
+                let gone = locked(store).remove(key);
+                gone.map(|timed| timed.entry)
+            }
+        }
     }
 
     /// The stored object for this request, following a Vary indirection when there is one.
@@ -104,11 +182,11 @@ impl Storage {
     /// Like `get`, telling apart "nothing under this URI" from "other variants only" (for RFC 9211's
     /// `fwd=uri-miss` and `fwd=vary-miss`).
     pub async fn lookup(&self, primary: &CacheKey, request: &HeaderMap) -> Found {
-        match self.cache.get(primary).await {
+        match self.entry(primary).await {
             None => Found::Miss,
             Some(Entry::Object(object)) => Found::Object(object),
             Some(Entry::Variants { generation, names, .. }) => {
-                match self.cache.get(&primary.variant(generation, &names, request)).await {
+                match self.entry(&primary.variant(generation, &names, request)).await {
                     Some(Entry::Object(object)) => Found::Object(object),
                     _ => Found::VaryMiss,
                 }
@@ -125,33 +203,39 @@ impl Storage {
         object: Arc<CachedObject>,
     ) {
         if vary.is_empty() {
-            self.cache.insert(primary.clone(), Entry::Object(object)).await;
+            self.put(primary.clone(), Entry::Object(object)).await;
             return;
         }
         let keep_for = object.keep_for();
-        let generation = match self.cache.get(primary).await {
+        let generation = match self.entry(primary).await {
             Some(Entry::Variants { generation, names, .. }) if *names == *vary => generation,
             _ => {
                 let generation = self.generations.fetch_add(1, Ordering::Relaxed);
                 let names: Arc<[HeaderName]> = vary.into();
-                self.cache.insert(primary.clone(), Entry::Variants { generation, names, keep_for }).await;
+                self.put(primary.clone(), Entry::Variants { generation, names, keep_for }).await;
                 generation
             }
         };
-        self.cache.insert(primary.variant(generation, vary, request), Entry::Object(object)).await;
+        self.put(primary.variant(generation, vary, request), Entry::Object(object)).await;
     }
 
     /// Forgets the object (every variant of it) stored under this key. Returns whether there was one.
     pub async fn invalidate(&self, primary: &CacheKey) -> bool {
-        self.cache.remove(primary).await.is_some()
+        self.remove(primary).await.is_some()
     }
 
     pub fn entry_count(&self) -> u64 {
-        self.cache.entry_count()
+        match &self.backend {
+            Backend::Moka(cache) => cache.entry_count(),
+            Backend::S3Fifo(store) => locked(store).len() as u64,
+        }
     }
 
     pub fn weighted_bytes(&self) -> u64 {
-        self.cache.weighted_size()
+        match &self.backend {
+            Backend::Moka(cache) => cache.weighted_size(),
+            Backend::S3Fifo(store) => locked(store).weighted_bytes(),
+        }
     }
 
     pub fn evictions(&self) -> u64 {
@@ -159,8 +243,11 @@ impl Storage {
     }
 
     /// Applies pending maintenance (counts, evictions) now; tests and stats want settled figures.
+    /// (S3-FIFO keeps no pending work: its figures are always settled.)
     pub async fn settle(&self) {
-        self.cache.run_pending_tasks().await;
+        if let Backend::Moka(cache) = &self.backend {
+            cache.run_pending_tasks().await;
+        }
     }
 }
 
@@ -182,20 +269,30 @@ mod tests {
         Arc::new(CachedObject::new(StatusCode::OK, headers, Bytes::from_static(body), cacheability, Instant::now()))
     }
 
+    const EVERY_EVICTION: [Eviction; 3] = [Eviction::TinyLfu, Eviction::Lru, Eviction::S3Fifo];
+
     #[tokio::test]
     async fn stores_and_finds_plain_objects() {
-        let storage = Storage::new(1 << 20, Eviction::TinyLfu);
-        let key = CacheKey::primary("h", "/a", None, &[]);
-        storage.insert(&key, &HeaderMap::new(), &[], object(b"hello")).await;
-        let found = storage.get(&key, &HeaderMap::new()).await.expect("stored");
-        assert_eq!(found.body, Bytes::from_static(b"hello"));
-        assert!(storage.invalidate(&key).await);
-        assert!(storage.get(&key, &HeaderMap::new()).await.is_none());
+        for eviction in EVERY_EVICTION {
+            let storage = Storage::new(1 << 20, eviction);
+            let key = CacheKey::primary("h", "/a", None, &[]);
+            storage.insert(&key, &HeaderMap::new(), &[], object(b"hello")).await;
+            let found = storage.get(&key, &HeaderMap::new()).await.expect("stored");
+            assert_eq!(found.body, Bytes::from_static(b"hello"));
+            assert!(storage.invalidate(&key).await);
+            assert!(storage.get(&key, &HeaderMap::new()).await.is_none(), "{eviction:?}");
+        }
     }
 
     #[tokio::test]
     async fn variants_are_kept_apart_and_purged_together() {
-        let storage = Storage::new(1 << 20, Eviction::Lru);
+        for eviction in EVERY_EVICTION {
+            variants_apart(eviction).await;
+        }
+    }
+
+    async fn variants_apart(eviction: Eviction) {
+        let storage = Storage::new(1 << 20, eviction);
         let key = CacheKey::primary("h", "/a", None, &[]);
         let vary = [HeaderName::from_static("accept-language")];
         let mut en = HeaderMap::new();
@@ -216,15 +313,31 @@ mod tests {
 
     #[tokio::test]
     async fn capacity_is_counted_in_bytes() {
-        let storage = Storage::new(64 * 1024, Eviction::Lru);
-        static BODY: [u8; 16 * 1024] = [7; 16 * 1024];
-        for i in 0..20 {
-            let key = CacheKey::primary("h", &format!("/seg{i}.ts"), None, &[]);
-            storage.insert(&key, &HeaderMap::new(), &[], object(&BODY)).await;
+        for eviction in [Eviction::Lru, Eviction::S3Fifo] {
+            let storage = Storage::new(64 * 1024, eviction);
+            static BODY: [u8; 16 * 1024] = [7; 16 * 1024];
+            for i in 0..20 {
+                let key = CacheKey::primary("h", &format!("/seg{i}.ts"), None, &[]);
+                storage.insert(&key, &HeaderMap::new(), &[], object(&BODY)).await;
+            }
+            storage.settle().await;
+            assert!(storage.weighted_bytes() <= 64 * 1024, "{eviction:?}: {}", storage.weighted_bytes());
+            assert!(storage.entry_count() <= 4, "{eviction:?}");
+            assert!(storage.evictions() >= 16, "{eviction:?}");
         }
-        storage.settle().await;
-        assert!(storage.weighted_bytes() <= 64 * 1024, "{}", storage.weighted_bytes());
-        assert!(storage.entry_count() <= 4);
-        assert!(storage.evictions() >= 16);
+    }
+
+    #[tokio::test]
+    async fn an_s3fifo_object_past_its_lifetime_is_gone() {
+        let storage = Storage::new(1 << 20, Eviction::S3Fifo);
+        let key = CacheKey::primary("h", "/a", None, &[]);
+        let Backend::S3Fifo(store) = &storage.backend else { panic!("an S3-FIFO store") };
+        // An entry whose lifetime (counted from its insert, as moka counts it) ended a second ago.
+        let until = Instant::now().checked_sub(Duration::from_secs(1));
+        locked(store).insert(key.clone(), Timed { entry: Entry::Object(object(b"hello")), until }, 100);
+        assert_eq!(storage.entry_count(), 1);
+        assert!(storage.get(&key, &HeaderMap::new()).await.is_none());
+        assert_eq!(storage.entry_count(), 0, "the expired entry is dropped when found");
+        assert_eq!(storage.weighted_bytes(), 0);
     }
 }
