@@ -10,13 +10,13 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method};
+use http::Method;
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::body::{BodyError, EdgeBody};
 use crate::identity::ClientId;
 use crate::metrics::CacheResult;
-use crate::state::Edge;
+use crate::state::{Edge, RequestId};
 
 /// What the line says about one request, all known once its response head is ready.
 pub struct Entry {
@@ -26,7 +26,7 @@ pub struct Entry {
     pub result: CacheResult,
     pub client: ClientId,
     /// Also in the response's X-Request-Id, so that a client's report finds this line.
-    pub request_id: HeaderValue,
+    pub request_id: RequestId,
     /// What went wrong, when something did (never shown to the client).
     pub detail: Option<String>,
     pub from_cache: bool,
@@ -62,7 +62,7 @@ impl Drop for AccessLog {
             duration_ms: entry.started.elapsed().as_secs_f64() * 1000.0,
             client: entry.client.as_str(),
             complete: self.complete || entry.expected_bytes == Some(self.bytes),
-            request_id: entry.request_id.to_str().unwrap_or(""),
+            request_id: entry.request_id.as_str(),
             detail: entry.detail.as_deref(),
         }
         .log();

@@ -86,6 +86,16 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
     Some(ip.to_canonical())
 }
 
+/// `ip:<address>`, in one allocation of the right size (`format!` guesses short and grows: two).
+fn ip_id(ip: IpAddr) -> String {
+    use std::fmt::Write;
+    // The longest textual IPv6 address is 45 characters (an IPv4-mapped one, RFC 4291 §2.2).
+    let mut id = String::with_capacity(3 + 45);
+    id.push_str("ip:");
+    let _ = write!(id, "{ip}");
+    id
+}
+
 fn short_hash(value: &[u8]) -> String {
     hex::encode(Sha256::digest(value))[..32].to_string()
 }
@@ -109,14 +119,14 @@ impl ClientId {
                     .get(AUTHORIZATION)
                     .filter(|v| !v.as_bytes().trim_ascii().is_empty())
                     .map(|v| format!("auth:{}", short_hash(v.as_bytes()))),
-                IdentifyBy::ForwardedFor => rules.forwarded_for(headers, peer_ip).map(|ip| format!("ip:{ip}")),
-                IdentifyBy::Peer => Some(format!("ip:{peer_ip}")),
+                IdentifyBy::ForwardedFor => rules.forwarded_for(headers, peer_ip).map(ip_id),
+                IdentifyBy::Peer => Some(ip_id(peer_ip)),
             };
             if let Some(id) = found {
                 return ClientId(id);
             }
         }
-        ClientId(format!("ip:{peer_ip}"))
+        ClientId(ip_id(peer_ip))
     }
 
     pub fn as_str(&self) -> &str {

@@ -65,11 +65,14 @@ pub struct MediaPlaylist {
 /// Is a response worth reading as a playlist? By its Content-Type (RFC 8216 §4: the two registered
 /// types) or, when the origin gave none that says so, the `.m3u8` extension.
 pub fn may_be_playlist(path: &str, content_type: Option<&str>) -> bool {
-    let essence = content_type.and_then(|t| t.split(';').next()).map(|t| t.trim().to_ascii_lowercase());
-    match essence.as_deref() {
-        Some("application/vnd.apple.mpegurl" | "audio/mpegurl" | "application/x-mpegurl" | "audio/x-mpegurl") => true,
-        _ => path.to_ascii_lowercase().ends_with(".m3u8"),
+    // Compared without lowercased copies: this runs on every GET that answers 200.
+    const PLAYLIST_TYPES: [&str; 4] =
+        ["application/vnd.apple.mpegurl", "audio/mpegurl", "application/x-mpegurl", "audio/x-mpegurl"];
+    let essence = content_type.and_then(|t| t.split(';').next()).map(str::trim);
+    if essence.is_some_and(|e| PLAYLIST_TYPES.iter().any(|t| e.eq_ignore_ascii_case(t))) {
+        return true;
     }
+    path.len() >= 5 && path.get(path.len() - 5..).is_some_and(|suffix| suffix.eq_ignore_ascii_case(".m3u8"))
 }
 
 /// Reads a media playlist; `None` for anything else (a master playlist, not UTF-8, no `#EXTM3U`).
@@ -453,6 +456,8 @@ mod tests {
         assert!(may_be_playlist("/a/index.M3U8", None));
         assert!(may_be_playlist("/a/index.m3u8", Some("text/plain")));
         assert!(!may_be_playlist("/a/seg.ts", Some("video/mp2t")));
+        // A suffix that starts inside a multi-byte character is not ".m3u8" (and does not panic).
+        assert!(!may_be_playlist("/\u{e9}\u{e9}\u{e9}", None));
     }
 
     #[test]

@@ -124,16 +124,30 @@ impl RequestIds {
         RequestIds { prefix: hasher.finish() as u32, next: AtomicU64::new(1) }
     }
 
-    fn next(&self) -> HeaderValue {
+    fn next(&self) -> RequestId {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut text = [0u8; 24];
-        let len = {
+        let mut text = [0u8; 20];
+        {
             use std::io::Write;
             let mut cursor = std::io::Cursor::new(&mut text[..]);
             let _ = write!(cursor, "{:08x}{:012x}", self.prefix, n & 0xffff_ffff_ffff);
-            cursor.position() as usize
-        };
-        HeaderValue::from_bytes(&text[..len]).unwrap_or_else(|_| HeaderValue::from_static("0"))
+        }
+        RequestId(text)
+    }
+}
+
+/// A request's id: 20 hex digits (the process's prefix, then a counter), kept inline so that the
+/// response header and the access-log line need no shared allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestId([u8; 20]);
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+
+    pub fn header_value(&self) -> HeaderValue {
+        HeaderValue::from_bytes(&self.0).unwrap_or_else(|_| HeaderValue::from_static("0"))
     }
 }
 
@@ -180,7 +194,7 @@ impl Edge {
     }
 
     /// A new request id, for `X-Request-Id` and the access-log line.
-    pub fn next_request_id(&self) -> HeaderValue {
+    pub fn next_request_id(&self) -> RequestId {
         self.request_ids.next()
     }
 

@@ -92,7 +92,7 @@ pub async fn handle(
     };
     respond::finish_headers(&mut outcome, settings.cors_allow_origin.as_ref());
     let request_id = edge.next_request_id();
-    outcome.response.headers_mut().insert(X_REQUEST_ID.clone(), request_id.clone());
+    outcome.response.headers_mut().insert(X_REQUEST_ID.clone(), request_id.header_value());
     let status = outcome.response.status().as_u16();
     edge.metrics.record_response(status, outcome.result);
     if outcome.coalesced {
