@@ -67,7 +67,7 @@ fn s3fifo_matches_its_simulation_and_beats_lru_on_the_vod_replay() {
         if cache.get(path).is_some() {
             hit += size;
         } else {
-            cache.insert(path.clone(), (), *size);
+            cache.insert(path.clone(), (), *size, |_| false);
         }
         assert!(cache.weighted_bytes() <= capacity);
     }

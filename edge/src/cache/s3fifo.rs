@@ -27,6 +27,9 @@ const MAX_FREQUENCY: u8 = 3;
 const SMALL_SHARE_PERCENT: u64 = 10;
 /// A queue is compacted when its stale pairs exceed its live ones by this many.
 const COMPACT_SLACK: usize = 64;
+/// The ghost forgets at most this many hashes per eviction beyond the one it learns, so that after a
+/// mass purge it shrinks over the next evictions rather than all at once under the caller's lock.
+const GHOST_TRIM_PER_CALL: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Queue {
@@ -88,7 +91,9 @@ impl Ghost {
         }
         self.bytes = self.bytes.saturating_add(weight);
         self.order.push_back((hash, stamp, weight));
-        while self.bytes > max_bytes || self.members.len() > max_members {
+        let mut budget = GHOST_TRIM_PER_CALL;
+        while (self.bytes > max_bytes || self.members.len() > max_members) && budget > 0 {
+            budget -= 1;
             let Some((hash, stamp, weight)) = self.order.pop_front() else { break };
             if self.members.get(&hash).is_some_and(|(live, _)| *live == stamp) {
                 self.members.remove(&hash);
@@ -113,7 +118,8 @@ enum Step<K, V> {
 
 /// What an insert did.
 pub struct Inserted<K, V> {
-    /// Whether the object is held now (false when it weighs more than the whole capacity).
+    /// Whether the object is held now: false when it weighs more than the whole capacity, or when
+    /// making room took it out again.
     pub stored: bool,
     /// Objects pushed out to make room (the newcomer among them when nothing was worth less), and the
     /// value the insert replaced, if any. The caller drops them, outside whatever lock it holds.
@@ -164,13 +170,17 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
     }
 
     /// Stores `value` under `key`, replacing what was there (which keeps its place and uses), then
-    /// evicts until the held bytes fit the capacity.
-    pub fn insert(&mut self, key: K, value: V, weight: u64) -> Inserted<K, V> {
+    /// evicts until the held bytes fit the capacity. An object at a queue's head for which `is_dead`
+    /// holds (the caller's clock says it can no longer be served) is evicted whatever its uses.
+    /// Weights below 1 count as 1, so that every object takes room.
+    pub fn insert(&mut self, key: K, value: V, weight: u64, is_dead: impl Fn(&V) -> bool) -> Inserted<K, V> {
+        let weight = weight.max(1);
         if weight > self.capacity {
             let replaced = self.remove(&key);
             return Inserted { stored: false, evicted: vec![(key, value)], replaced };
         }
         let stamp = self.stamp();
+        let probe = key.clone();
         let replaced = match self.entries.entry(key.clone()) {
             MapEntry::Occupied(mut occupied) => {
                 let slot = occupied.get_mut();
@@ -203,14 +213,20 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
         };
         let mut evicted = Vec::new();
         while self.small_bytes.saturating_add(self.main_bytes) > self.capacity {
-            let from_small = self.small.live > 0 && (self.small_bytes > self.small_target || self.main.live == 0);
-            match if from_small { self.evict_from_small() } else { self.evict_from_main() } {
+            // The small queue keeps its newest object while the main queue has something to give:
+            // else an object heavier than the small queue's share would leave as soon as it came,
+            // and need a second fetch (from the ghost) to be kept at all.
+            let small_over = self.small_bytes > self.small_target && self.small.live > 1;
+            let from_small = self.small.live > 0 && (small_over || self.main.live == 0);
+            let step = if from_small { self.evict_from_small(&is_dead) } else { self.evict_from_main(&is_dead) };
+            match step {
                 Step::Evicted(key, value) => evicted.push((key, value)),
                 Step::Promoted => {}
                 Step::Empty => break,
             }
         }
-        Inserted { stored: true, evicted, replaced }
+        let stored = self.entries.contains_key(&probe);
+        Inserted { stored, evicted, replaced }
     }
 
     /// Forgets `key`; returns its value.
@@ -251,14 +267,14 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
 
     /// Takes the small queue's head: promoted to the main queue if it was asked again, else evicted
     /// into the ghost.
-    fn evict_from_small(&mut self) -> Step<K, V> {
+    fn evict_from_small(&mut self, is_dead: &impl Fn(&V) -> bool) -> Step<K, V> {
         let Some((key, stamp)) = Self::pop_live(&mut self.small, &self.entries, Queue::Small) else {
             return Step::Empty;
         };
         self.small.live = self.small.live.saturating_sub(1);
         let Some(slot) = self.entries.get_mut(&key) else { return Step::Empty };
         self.small_bytes = self.small_bytes.saturating_sub(slot.weight);
-        if slot.frequency > 0 {
+        if slot.frequency > 0 && !is_dead(&slot.value) {
             slot.frequency = 0;
             slot.queue = Queue::Main;
             self.main_bytes = self.main_bytes.saturating_add(slot.weight);
@@ -275,13 +291,13 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
     }
 
     /// Takes the main queue's head, sending round again (one use fewer) whatever was asked since.
-    fn evict_from_main(&mut self) -> Step<K, V> {
+    fn evict_from_main(&mut self, is_dead: &impl Fn(&V) -> bool) -> Step<K, V> {
         loop {
             let Some((key, stamp)) = Self::pop_live(&mut self.main, &self.entries, Queue::Main) else {
                 return Step::Empty;
             };
             let Some(slot) = self.entries.get_mut(&key) else { return Step::Empty };
-            if slot.frequency > 0 {
+            if slot.frequency > 0 && !is_dead(&slot.value) {
                 slot.frequency -= 1;
                 self.main.pairs.push_back((key, stamp));
                 continue;
@@ -326,7 +342,7 @@ mod tests {
         let mut cache = S3Fifo::new(1000);
         for i in 0..500u32 {
             let weight = u64::from(i % 7) * 40 + 10;
-            let inserted = cache.insert(i, i, weight);
+            let inserted = cache.insert(i, i, weight, |_| false);
             assert!(inserted.stored);
             assert!(cache.weighted_bytes() <= 1000, "{} after {i}", cache.weighted_bytes());
             if i % 3 == 0 {
@@ -342,7 +358,7 @@ mod tests {
         // Capacity for ten objects of 100 bytes; the small queue holds one of them.
         let mut cache = S3Fifo::new(1000);
         for i in 0..10u32 {
-            cache.insert(i, (), 100);
+            cache.insert(i, (), 100, |_| false);
         }
         for i in 0..10u32 {
             assert!(cache.get(&i).is_some());
@@ -351,7 +367,7 @@ mod tests {
         // first overflow: it moves the ten to the main queue with their uses cleared (as the paper
         // does), and the main queue's head makes room for the small queue's 10 %.
         for i in 100..150u32 {
-            cache.insert(i, (), 100);
+            cache.insert(i, (), 100, |_| false);
         }
         let held = keys(&cache);
         assert_eq!(held, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 149], "a scan pushed out popular objects");
@@ -360,16 +376,16 @@ mod tests {
     #[test]
     fn a_key_the_ghost_remembers_goes_to_the_main_queue() {
         let mut cache = S3Fifo::new(1000);
-        cache.insert(1u32, (), 100);
+        cache.insert(1u32, (), 100, |_| false);
         for i in 10..20u32 {
-            cache.insert(i, (), 100);
+            cache.insert(i, (), 100, |_| false);
         }
         assert!(cache.peek(&1).is_none(), "evicted from the small queue");
-        cache.insert(1, (), 100);
+        cache.insert(1, (), 100, |_| false);
         assert_eq!(cache.entries.get(&1).map(|slot| slot.queue), Some(Queue::Main));
         // A scan now does not push it out.
         for i in 30..60u32 {
-            cache.insert(i, (), 100);
+            cache.insert(i, (), 100, |_| false);
         }
         assert!(cache.peek(&1).is_some());
     }
@@ -377,8 +393,8 @@ mod tests {
     #[test]
     fn an_object_heavier_than_the_capacity_is_not_stored_and_does_not_flush_the_cache() {
         let mut cache = S3Fifo::new(1000);
-        cache.insert(1u32, "a", 400);
-        let inserted = cache.insert(2, "b", 1001);
+        cache.insert(1u32, "a", 400, |_| false);
+        let inserted = cache.insert(2, "b", 1001, |_| false);
         assert!(!inserted.stored);
         assert_eq!(inserted.evicted.len(), 1);
         assert_eq!(cache.peek(&1), Some(&"a"));
@@ -386,10 +402,40 @@ mod tests {
     }
 
     #[test]
+    fn an_object_heavier_than_the_small_queues_share_is_kept_on_its_first_fetch() {
+        let mut cache = S3Fifo::new(1000);
+        for i in 0..10u32 {
+            cache.insert(i, (), 100, |_| false);
+            cache.get(&i);
+        }
+        cache.insert(10, (), 100, |_| false);
+        // 300 bytes: three times the small queue's share.
+        let inserted = cache.insert(99, (), 300, |_| false);
+        assert!(inserted.stored);
+        assert!(cache.peek(&99).is_some());
+        assert!(cache.weighted_bytes() <= 1000);
+    }
+
+    #[test]
+    fn an_object_past_its_lifetime_leaves_at_a_queues_head_whatever_its_uses() {
+        // The value says whether the caller's clock finds it dead. All ten were asked again.
+        let mut cache = S3Fifo::new(1000);
+        for i in 0..10u32 {
+            cache.insert(i, i == 5, 100, |dead| *dead);
+            cache.get(&i);
+        }
+        // Making room walks the small queue: 0 to 4 move to the main queue, 5 leaves though it was
+        // asked (alive, it would have moved too, and 0 would have left from the main queue).
+        let inserted = cache.insert(10, false, 100, |dead| *dead);
+        let evicted: Vec<u32> = inserted.evicted.iter().map(|(key, _)| *key).collect();
+        assert_eq!(evicted, vec![5]);
+    }
+
+    #[test]
     fn replacing_keeps_the_place_and_reweighs() {
         let mut cache = S3Fifo::new(1000);
-        cache.insert(1u32, "old", 100);
-        let inserted = cache.insert(1, "new", 300);
+        cache.insert(1u32, "old", 100, |_| false);
+        let inserted = cache.insert(1, "new", 300, |_| false);
         assert_eq!(inserted.replaced, Some("old"));
         assert_eq!(cache.peek(&1), Some(&"new"));
         assert_eq!(cache.weighted_bytes(), 300);
@@ -401,11 +447,11 @@ mod tests {
     fn queues_and_ghost_stay_proportional_to_what_is_held() {
         let mut cache = S3Fifo::new(10_000);
         for round in 0..20_000u32 {
-            cache.insert(round % 97, round, 100);
+            cache.insert(round % 97, round, 100, |_| false);
             if round % 2 == 0 {
                 cache.remove(&(round % 89));
             }
-            cache.insert(1_000_000 + round, round, 50);
+            cache.insert(1_000_000 + round, round, 50, |_| false);
         }
         let held = cache.len();
         assert!(cache.small.pairs.len() <= 2 * held + 2 * COMPACT_SLACK, "{}", cache.small.pairs.len());
@@ -418,14 +464,14 @@ mod tests {
     #[test]
     fn removing_frees_its_bytes_and_a_stale_pair_is_skipped() {
         let mut cache = S3Fifo::new(300);
-        cache.insert(1u32, (), 100);
-        cache.insert(2, (), 100);
+        cache.insert(1u32, (), 100, |_| false);
+        cache.insert(2, (), 100, |_| false);
         assert_eq!(cache.remove(&1), Some(()));
         assert_eq!(cache.weighted_bytes(), 100);
-        cache.insert(1, (), 100);
-        cache.insert(3, (), 100);
+        cache.insert(1, (), 100, |_| false);
+        cache.insert(3, (), 100, |_| false);
         // Full: the next insert evicts the oldest live pair (2), not the stale pair of 1.
-        let inserted = cache.insert(4, (), 100);
+        let inserted = cache.insert(4, (), 100, |_| false);
         let evicted: Vec<u32> = inserted.evicted.iter().map(|(key, _)| *key).collect();
         assert_eq!(evicted, vec![2]);
         assert!(cache.peek(&1).is_some());

@@ -78,6 +78,13 @@ struct Timed {
 
 type S3Store = Arc<Mutex<S3Fifo<CacheKey, Timed>>>;
 
+/// Whether a lookup is a client's use of the object (it counts towards keeping it) or a look.
+#[derive(Clone, Copy)]
+enum Access {
+    Use,
+    Look,
+}
+
 #[derive(Clone)]
 enum Backend {
     Moka(Cache<CacheKey, Entry>),
@@ -129,8 +136,9 @@ impl Storage {
         Storage { backend: Backend::Moka(cache), evictions, generations: Arc::new(AtomicU64::new(1)) }
     }
 
-    async fn entry(&self, key: &CacheKey) -> Option<Entry> {
+    async fn entry(&self, key: &CacheKey, access: Access) -> Option<Entry> {
         match &self.backend {
+            // moka has no lookup that leaves its frequency sketch alone.
             Backend::Moka(cache) => cache.get(key).await,
             Backend::S3Fifo(store) => {
                 let now = Instant::now();
@@ -142,7 +150,11 @@ impl Storage {
                     drop(gone);
                     return None;
                 }
-                store.get(key).map(|timed| timed.entry.clone())
+                let found = match access {
+                    Access::Use => store.get(key),
+                    Access::Look => store.peek(key),
+                };
+                found.map(|timed| timed.entry.clone())
             }
         }
     }
@@ -152,8 +164,11 @@ impl Storage {
             Backend::Moka(cache) => cache.insert(key, entry).await,
             Backend::S3Fifo(store) => {
                 let weight = u64::from(weigh(&key, &entry));
-                let until = Instant::now().checked_add(entry.keep_for());
-                let inserted = locked(store).insert(key, Timed { entry, until }, weight);
+                let now = Instant::now();
+                let until = now.checked_add(entry.keep_for());
+                // An entry past its lifetime leaves when it reaches a queue's head, whatever its uses.
+                let dead = |timed: &Timed| timed.until.is_some_and(|until| until <= now);
+                let inserted = locked(store).insert(key, Timed { entry, until }, weight, dead);
                 self.evictions.fetch_add(inserted.evicted.len() as u64, Ordering::Relaxed);
                 // Dropped here, after the lock: freeing large bodies is not done while holding it.
                 drop(inserted);
@@ -179,14 +194,27 @@ impl Storage {
         }
     }
 
+    /// Like `get`, for the edge's own checks (prefetch: is the next segment cached?): not counted as a
+    /// use, so that an object nobody asked for again is not kept for it.
+    pub async fn peek(&self, primary: &CacheKey, request: &HeaderMap) -> Option<Arc<CachedObject>> {
+        match self.find(primary, request, Access::Look).await {
+            Found::Object(object) => Some(object),
+            Found::VaryMiss | Found::Miss => None,
+        }
+    }
+
     /// Like `get`, telling apart "nothing under this URI" from "other variants only" (for RFC 9211's
     /// `fwd=uri-miss` and `fwd=vary-miss`).
     pub async fn lookup(&self, primary: &CacheKey, request: &HeaderMap) -> Found {
-        match self.entry(primary).await {
+        self.find(primary, request, Access::Use).await
+    }
+
+    async fn find(&self, primary: &CacheKey, request: &HeaderMap, access: Access) -> Found {
+        match self.entry(primary, access).await {
             None => Found::Miss,
             Some(Entry::Object(object)) => Found::Object(object),
             Some(Entry::Variants { generation, names, .. }) => {
-                match self.entry(&primary.variant(generation, &names, request)).await {
+                match self.entry(&primary.variant(generation, &names, request), access).await {
                     Some(Entry::Object(object)) => Found::Object(object),
                     _ => Found::VaryMiss,
                 }
@@ -207,7 +235,7 @@ impl Storage {
             return;
         }
         let keep_for = object.keep_for();
-        let generation = match self.entry(primary).await {
+        let generation = match self.entry(primary, Access::Look).await {
             Some(Entry::Variants { generation, names, .. }) if *names == *vary => generation,
             _ => {
                 let generation = self.generations.fetch_add(1, Ordering::Relaxed);
@@ -328,13 +356,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_edges_own_looks_do_not_keep_an_object_a_client_did_not_ask_again() {
+        static BODY: [u8; 8 * 1024] = [7; 8 * 1024];
+        let filled = |i: usize| CacheKey::primary("h", &format!("/seg{i}.ts"), None, &[]);
+        for client_asked_again in [false, true] {
+            let storage = Storage::new(64 * 1024, Eviction::S3Fifo);
+            let key = filled(0);
+            storage.insert(&key, &HeaderMap::new(), &[], object(&BODY)).await;
+            // Prefetch checks whether it is cached; only in the second case does a client ask again.
+            assert!(storage.peek(&key, &HeaderMap::new()).await.is_some());
+            if client_asked_again {
+                assert!(storage.get(&key, &HeaderMap::new()).await.is_some());
+            }
+            for i in 1..12 {
+                storage.insert(&filled(i), &HeaderMap::new(), &[], object(&BODY)).await;
+            }
+            let kept = storage.peek(&key, &HeaderMap::new()).await.is_some();
+            assert_eq!(kept, client_asked_again);
+        }
+    }
+
+    #[tokio::test]
     async fn an_s3fifo_object_past_its_lifetime_is_gone() {
         let storage = Storage::new(1 << 20, Eviction::S3Fifo);
         let key = CacheKey::primary("h", "/a", None, &[]);
         let Backend::S3Fifo(store) = &storage.backend else { panic!("an S3-FIFO store") };
         // An entry whose lifetime (counted from its insert, as moka counts it) ended a second ago.
         let until = Instant::now().checked_sub(Duration::from_secs(1));
-        locked(store).insert(key.clone(), Timed { entry: Entry::Object(object(b"hello")), until }, 100);
+        let entry = Timed { entry: Entry::Object(object(b"hello")), until };
+        locked(store).insert(key.clone(), entry, 100, |_| false);
         assert_eq!(storage.entry_count(), 1);
         assert!(storage.get(&key, &HeaderMap::new()).await.is_none());
         assert_eq!(storage.entry_count(), 0, "the expired entry is dropped when found");

@@ -179,7 +179,7 @@ async fn prefetch_segment(edge: &Arc<Edge>, host: &str, next: &decide::Target, t
     let Some(query) = authorised_query(edge, &next.path, next.query.as_deref(), token) else {
         return skip(edge, "unauthorised");
     };
-    let stale = match edge.storage.get(&key, &HeaderMap::new()).await {
+    let stale = match edge.storage.peek(&key, &HeaderMap::new()).await {
         Some(object) if matches!(object.lifecycle(Instant::now()), Lifecycle::Fresh { .. }) => {
             return skip(edge, "cached");
         }
@@ -219,7 +219,7 @@ async fn settle(
     flight: &crate::cache::coalesce::Flight,
     before: Option<&Arc<CachedObject>>,
 ) {
-    let now_cached = edge.storage.get(key, &HeaderMap::new()).await;
+    let now_cached = edge.storage.peek(key, &HeaderMap::new()).await;
     match now_cached.filter(|o| before.is_none_or(|b| !Arc::ptr_eq(o, b))) {
         Some(object) if object.status == StatusCode::OK => {
             let bytes = object.body.len() as u64;
@@ -318,7 +318,7 @@ impl Refresher {
             if !self.mine() || !seen.live {
                 return;
             }
-            let Some(object) = edge.storage.get(&self.key, &headers).await else { return };
+            let Some(object) = edge.storage.peek(&self.key, &headers).await else { return };
             let ttl = match object.lifecycle(Instant::now()) {
                 Lifecycle::Fresh { ttl } => ttl,
                 _ => Duration::ZERO,
@@ -334,7 +334,7 @@ impl Refresher {
                 seen = latest;
             }
             // A client's miss may have stored a newer copy meanwhile: then wait for that one's end.
-            let current = edge.storage.get(&self.key, &headers).await;
+            let current = edge.storage.peek(&self.key, &headers).await;
             if current.as_ref().is_some_and(|c| !Arc::ptr_eq(c, &object)) {
                 continue;
             }
