@@ -179,11 +179,18 @@ pub fn preconditions(request: &HeaderMap, method: &Method, status: StatusCode, s
     if !status.is_success() {
         return Precondition::Proceed;
     }
+    // Most requests are unconditional: answer them before reading (and parsing dates of) the stored
+    // head. Parsing Last-Modified on every hit was 3 % of a small hit's CPU.
+    const CONDITIONS: [header::HeaderName; 4] =
+        [header::IF_MATCH, header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE, header::IF_UNMODIFIED_SINCE];
+    if !CONDITIONS.iter().any(|name| request.contains_key(name)) {
+        return Precondition::Proceed;
+    }
     let etag = stored.get(header::ETAG).and_then(|v| v.to_str().ok());
     let date_of = |name: header::HeaderName| {
         stored.get(name).and_then(|v| v.to_str().ok()).and_then(crate::cache::directives::http_date)
     };
-    let last_modified = date_of(header::LAST_MODIFIED);
+    let last_modified = || date_of(header::LAST_MODIFIED);
     let request_date = |name: header::HeaderName| {
         request.get(name).and_then(|v| v.to_str().ok()).and_then(crate::cache::directives::http_date)
     };
@@ -193,7 +200,7 @@ pub fn preconditions(request: &HeaderMap, method: &Method, status: StatusCode, s
             return Precondition::Failed;
         }
     } else if let Some(since) = request_date(header::IF_UNMODIFIED_SINCE) {
-        if last_modified.is_some_and(|modified| modified > since) {
+        if last_modified().is_some_and(|modified| modified > since) {
             return Precondition::Failed;
         }
     }
@@ -205,7 +212,7 @@ pub fn preconditions(request: &HeaderMap, method: &Method, status: StatusCode, s
         }
     } else if safe {
         if let Some(since) = request_date(header::IF_MODIFIED_SINCE) {
-            if last_modified.or_else(|| date_of(header::DATE)).is_some_and(|modified| modified <= since) {
+            if last_modified().or_else(|| date_of(header::DATE)).is_some_and(|modified| modified <= since) {
                 return Precondition::NotModified;
             }
         }
