@@ -126,11 +126,14 @@ impl RequestIds {
 
     fn next(&self) -> RequestId {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
+        // 8 hex digits of the prefix, then the low 48 bits of the counter in 12; by hand, not through
+        // `write!`, whose formatting machinery was 1 % of a small hit's CPU.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let digits = (u128::from(self.prefix) << 48) | u128::from(n & 0xffff_ffff_ffff);
         let mut text = [0u8; 20];
-        {
-            use std::io::Write;
-            let mut cursor = std::io::Cursor::new(&mut text[..]);
-            let _ = write!(cursor, "{:08x}{:012x}", self.prefix, n & 0xffff_ffff_ffff);
+        for (i, byte) in text.iter_mut().enumerate() {
+            // Digit i of 20, most significant first.
+            *byte = HEX[((digits >> (4 * (19 - i))) & 0xf) as usize];
         }
         RequestId(text)
     }
@@ -208,5 +211,21 @@ impl Edge {
             origin_retries: self.settings().origins.retried_requests(),
             playlist_watch: self.settings().origins.playlist_watch(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_the_prefix_then_the_counter_in_hex() {
+        let ids = RequestIds { prefix: 0x1cfc_ce00, next: AtomicU64::new(0xab) };
+        assert_eq!(ids.next().as_str(), "1cfcce000000000000ab");
+        assert_eq!(ids.next().as_str(), "1cfcce000000000000ac");
+        // The counter keeps its low 48 bits.
+        let ids = RequestIds { prefix: u32::MAX, next: AtomicU64::new(u64::MAX) };
+        assert_eq!(ids.next().as_str(), "ffffffffffffffffffff");
+        assert_eq!(ids.next().header_value(), HeaderValue::from_static("ffffffff000000000000"));
     }
 }
