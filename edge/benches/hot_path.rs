@@ -1,10 +1,13 @@
 //! Micro-benchmarks of the pieces every cache hit goes through: building the cache key, the storage
-//! lookup, building the response headers (`from_object` + `finish_headers`), and formatting the access
-//! line (by hand, and through tracing-subscriber as it was before).
+//! lookup (S3-FIFO, TinyLFU, LRU), building the response headers (`from_object` + `finish_headers`),
+//! formatting the access line (by hand, and through tracing-subscriber as it was before), and the
+//! smaller pieces (client id, playlist check, request id, preconditions).
 //!
 //! Run: `cargo bench -p eddy-edge --bench hot_path` (a few seconds per benchmark).
 
 use std::hint::black_box;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -16,9 +19,11 @@ use http::{Method, StatusCode};
 use eddy_edge::access_log::line::Line;
 use eddy_edge::cache::policy::{judge, CacheRules};
 use eddy_edge::cache::{CacheKey, CachedObject, Storage};
-use eddy_edge::config::{CacheConfig, Eviction};
+use eddy_edge::config::{CacheConfig, Config, Eviction};
+use eddy_edge::identity::ClientId;
 use eddy_edge::metrics::CacheResult;
 use eddy_edge::phases::respond::{self, Outcome};
+use eddy_edge::state::Edge;
 
 fn segment(size: usize) -> CachedObject {
     let rules = CacheRules::from_config(&CacheConfig::default());
@@ -139,5 +144,28 @@ fn access_line(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, cache_key, lookup, headers, access_line);
+/// The smaller pieces every hit runs (issue 18, goal 2): who the client is, whether the answer is a
+/// playlist (prefetch), the request id, and the preconditions of an unconditional request.
+fn hit_pieces(c: &mut Criterion) {
+    let config = Config::parse(r#"origins = ["http://127.0.0.1:9"]"#, Path::new("edge.toml")).expect("config");
+    let edge = Edge::new(config).expect("an edge");
+    let settings = edge.settings();
+    let peer: SocketAddr = "127.0.0.1:40000".parse().expect("address");
+    let mut request = HeaderMap::new();
+    request.insert(header::HOST, HeaderValue::from_static("edge.example"));
+    request.insert(header::USER_AGENT, HeaderValue::from_static("bench"));
+    c.bench_function("hit_pieces/client_id_peer", |b| {
+        b.iter(|| ClientId::of(&settings.identity, black_box(&request), peer))
+    });
+    c.bench_function("hit_pieces/may_be_playlist_segment", |b| {
+        b.iter(|| eddy_edge::prefetch::may_be_playlist(black_box("/v/720p/seg_00042.ts"), Some("video/mp2t")))
+    });
+    c.bench_function("hit_pieces/request_id", |b| b.iter(|| edge.next_request_id().header_value()));
+    let object = segment(1024);
+    c.bench_function("hit_pieces/preconditions_unconditional", |b| {
+        b.iter(|| respond::preconditions(black_box(&request), &Method::GET, StatusCode::OK, &object.headers))
+    });
+}
+
+criterion_group!(benches, cache_key, lookup, headers, access_line, hit_pieces);
 criterion_main!(benches);
