@@ -196,18 +196,13 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
                 let hash = self.hasher.hash_one(vacant.key());
                 let queue = if self.ghost.take(hash) { Queue::Main } else { Queue::Small };
                 vacant.insert(Slot { value, weight, frequency: 0, queue, stamp });
-                match queue {
-                    Queue::Small => {
-                        self.small.pairs.push_back((key, stamp));
-                        self.small.live += 1;
-                        self.small_bytes = self.small_bytes.saturating_add(weight);
-                    }
-                    Queue::Main => {
-                        self.main.pairs.push_back((key, stamp));
-                        self.main.live += 1;
-                        self.main_bytes = self.main_bytes.saturating_add(weight);
-                    }
-                }
+                let (fifo, bytes) = match queue {
+                    Queue::Small => (&mut self.small, &mut self.small_bytes),
+                    Queue::Main => (&mut self.main, &mut self.main_bytes),
+                };
+                fifo.pairs.push_back((key, stamp));
+                fifo.live += 1;
+                *bytes = bytes.saturating_add(weight);
                 None
             }
         };
@@ -232,18 +227,13 @@ impl<K: Hash + Eq + Clone, V> S3Fifo<K, V> {
     /// Forgets `key`; returns its value.
     pub fn remove(&mut self, key: &K) -> Option<V> {
         let slot = self.entries.remove(key)?;
-        match slot.queue {
-            Queue::Small => {
-                self.small.live = self.small.live.saturating_sub(1);
-                self.small_bytes = self.small_bytes.saturating_sub(slot.weight);
-                Self::compact(&mut self.small, &self.entries);
-            }
-            Queue::Main => {
-                self.main.live = self.main.live.saturating_sub(1);
-                self.main_bytes = self.main_bytes.saturating_sub(slot.weight);
-                Self::compact(&mut self.main, &self.entries);
-            }
-        }
+        let (fifo, bytes) = match slot.queue {
+            Queue::Small => (&mut self.small, &mut self.small_bytes),
+            Queue::Main => (&mut self.main, &mut self.main_bytes),
+        };
+        fifo.live = fifo.live.saturating_sub(1);
+        *bytes = bytes.saturating_sub(slot.weight);
+        Self::compact(fifo, &self.entries);
         Some(slot.value)
     }
 
